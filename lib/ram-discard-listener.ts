@@ -1,0 +1,23 @@
+// The listener side of QEMU's RamDiscardManager, as guestmem uses it for confidential
+// memory: populate = the range became shared, discard = the range became private.
+
+import type { GranuleRange } from './byte-range';
+
+export interface RamDiscardListener {
+  /** Shown in errors and reports; defaults to the constructor's name. */
+  readonly name?: string;
+  /**
+   * A listener that can discard a range of which parts are already discarded (VFIO: one
+   * unmap over a range of many mappings) gets a single whole-section discard when it is
+   * unregistered, instead of one per shared run.
+   */
+  readonly doubleDiscardSupported?: boolean;
+  /** The range (clipped to the listener's section) became shared. May throw or reject. */
+  populate(range: GranuleRange): void | PromiseLike<void>;
+  /** The range (clipped to the listener's section) became private. */
+  discard(range: GranuleRange): void | PromiseLike<void>;
+}
+
+export function listenerName(listener: RamDiscardListener): string {
+  return listener.name ?? listener.constructor?.name ?? 'listener';
+}

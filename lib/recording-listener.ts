@@ -1,0 +1,50 @@
+// A listener that models a VFIO DMA listener without a kernel: it keeps the set of granules
+// it has "mapped" and counts every notification that maps a granule twice or unmaps one it
+// does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
+// that the tracker's notifications are exact.
+
+import type { GranuleRange } from './byte-range';
+import { PageBitmap, type Run } from './page-bitmap';
+import type { RamDiscardListener } from './ram-discard-listener';
+
+export class RecordingListener implements RamDiscardListener {
+  readonly name: string;
+  readonly doubleDiscardSupported: boolean;
+  private readonly mapped: PageBitmap;
+  /** Notifications that mapped a mapped granule or unmapped an unmapped one. */
+  errors = 0;
+  populates = 0;
+  discards = 0;
+  /** Test hook: return true to make the next notification throw, as a failing DMA map would. */
+  failWhen: ((kind: 'populate' | 'discard', range: GranuleRange) => boolean) | null = null;
+
+  constructor(name: string, blockGranules: number, options: { doubleDiscardSupported?: boolean } = {}) {
+    this.name = name;
+    this.mapped = new PageBitmap(blockGranules);
+    this.doubleDiscardSupported = options.doubleDiscardSupported ?? false;
+  }
+
+  populate(range: GranuleRange): void {
+    if (this.failWhen?.('populate', range)) throw new Error(`injected populate failure on ${range}`);
+    this.populates++;
+    if (!this.mapped.isAllClear(range.first, range.count)) this.errors++;
+    this.mapped.setRange(range.first, range.count);
+  }
+
+  discard(range: GranuleRange): void {
+    if (this.failWhen?.('discard', range)) throw new Error(`injected discard failure on ${range}`);
+    this.discards++;
+    // A listener with double discard accepts a discard over granules it no longer holds.
+    if (!this.doubleDiscardSupported && !this.mapped.isAllSet(range.first, range.count)) this.errors++;
+    this.mapped.clearRange(range.first, range.count);
+  }
+
+  /** Maximal runs of mapped granules, ascending. */
+  mappedRuns(): Run[] {
+    return this.mapped.runs(0, this.mapped.bits, true);
+  }
+
+  get mappedGranules(): number {
+    return this.mapped.countSet(0, this.mapped.bits);
+  }
+}

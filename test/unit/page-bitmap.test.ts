@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { PageBitmap, type Run } from '../../lib/page-bitmap';
+
+/** The oracle: one boolean per bit, every operation a plain loop. */
+class NaiveBitmap {
+  readonly bits: boolean[];
+  constructor(n: number) {
+    this.bits = new Array<boolean>(n).fill(false);
+  }
+  fill(start: number, count: number, value: boolean): void {
+    for (let i = start; i < start + count; i++) this.bits[i] = value;
+  }
+  runs(start: number, count: number, value: boolean): Run[] {
+    const result: Run[] = [];
+    for (let i = start; i < start + count; i++) {
+      if (this.bits[i] !== value) continue;
+      const last = result[result.length - 1];
+      if (last && last[0] + last[1] === i) last[1]++;
+      else result.push([i, 1]);
+    }
+    return result;
+  }
+}
+
+describe('PageBitmap', () => {
+  it('starts clear and sets, clears and tests single bits and word edges', () => {
+    const bitmap = new PageBitmap(100);
+    assert.equal(bitmap.isAllClear(0, 100), true);
+    bitmap.setRange(31, 2);
+    assert.deepEqual([30, 31, 32, 33].map((i) => bitmap.test(i)), [false, true, true, false]);
+    assert.equal(bitmap.findNextSet(0), 31);
+    assert.equal(bitmap.findNextClear(31), 33);
+    bitmap.clearRange(32, 1);
+    assert.deepEqual(bitmap.runs(0, 100, true), [[31, 1]]);
+  });
+
+  it('reports the end of the window when nothing is found', () => {
+    const bitmap = new PageBitmap(64);
+    assert.equal(bitmap.findNextSet(10, 40), 40);
+    bitmap.setRange(0, 64);
+    assert.equal(bitmap.findNextClear(0), 64);
+    assert.equal(bitmap.findNextSet(40, 40), 40);
+  });
+
+  it('fills whole words in the middle of a long range', () => {
+    const bitmap = new PageBitmap(1000);
+    bitmap.setRange(5, 990);
+    assert.equal(bitmap.countSet(0, 1000), 990);
+    assert.deepEqual(bitmap.runs(0, 1000, false), [[0, 5], [995, 5]]);
+    assert.equal(bitmap.isAllSet(5, 990), true);
+    assert.equal(bitmap.isAllSet(4, 2), false);
+  });
+
+  it('handles bit indices beyond 2^32 (a huge block)', () => {
+    const bits = 2 ** 33 + 64;
+    // 1 GiB of words, but zero-filled lazily: only the touched pages are committed.
+    const bitmap = new PageBitmap(bits);
+    bitmap.setRange(2 ** 33 + 3, 5);
+    assert.deepEqual(bitmap.runs(2 ** 33, 64, true), [[2 ** 33 + 3, 5]]);
+    assert.equal(bitmap.test(3), false);
+  });
+
+  it('agrees with a naive model on random operations', () => {
+    const size = 200;
+    const op = fc.record({
+      start: fc.nat(size - 1),
+      count: fc.nat(size),
+      value: fc.boolean(),
+    });
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 40 }), fc.nat(size - 1), fc.nat(size), (ops, qStart, qCount) => {
+        const bitmap = new PageBitmap(size);
+        const naive = new NaiveBitmap(size);
+        for (const { start, count, value } of ops) {
+          const n = Math.min(count, size - start);
+          bitmap.fillRange(start, n, value);
+          naive.fill(start, n, value);
+        }
+        const n = Math.min(qCount, size - qStart);
+        assert.deepEqual(bitmap.runs(qStart, n, true), naive.runs(qStart, n, true));
+        assert.deepEqual(bitmap.runs(qStart, n, false), naive.runs(qStart, n, false));
+        assert.equal(bitmap.countSet(qStart, n), naive.runs(qStart, n, true).reduce((s, r) => s + r[1], 0));
+        const firstSet = naive.bits.slice(qStart, qStart + n).indexOf(true);
+        assert.equal(bitmap.findNextSet(qStart, qStart + n), firstSet < 0 ? qStart + n : qStart + firstSet);
+        const firstClear = naive.bits.slice(qStart, qStart + n).indexOf(false);
+        assert.equal(bitmap.findNextClear(qStart, qStart + n), firstClear < 0 ? qStart + n : qStart + firstClear);
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
