@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Boots the harness kernel under QEMU (software emulation: an AMD CPU with SVM so that
+# kvm_amd gives /dev/kvm, q35 with an emulated Intel IOMMU, edu devices bound to vfio-pci)
+# and runs a command inside it, in the host's root filesystem and this working directory.
+# Streams the command's output and exits with its status; 2 for bad usage or a missing
+# tool, 3 for a harness failure (guest panic, timeout, no status).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+project=$(cd "$here/../.." && pwd)
+
+memory=2G
+edu=1
+timeout=${GUESTMEM_VM_TIMEOUT:-1200}
+kernel_log=
+
+usage() {
+  cat >&2 <<USAGE
+usage: run-in-vm.sh [--memory SIZE] [--edu N] [--timeout SECONDS] [--kernel-log FILE] -- COMMAND [ARGS...]
+  Runs COMMAND inside the guestmem harness VM, from the current directory.
+  --memory      guest memory (default 2G)
+  --edu         number of edu DMA devices (default 1)
+  --timeout     give up after this many seconds (default \$GUESTMEM_VM_TIMEOUT or 1200)
+  --kernel-log  keep the whole console output (kernel messages included) in FILE
+USAGE
+  exit 2
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --memory) memory=${2:?}; shift 2 ;;
+    --edu) edu=${2:?}; shift 2 ;;
+    --timeout) timeout=${2:?}; shift 2 ;;
+    --kernel-log) kernel_log=${2:?}; shift 2 ;;
+    --) shift; break ;;
+    -h|--help) usage ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || usage
+[[ "$edu" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --edu takes a number, got '$edu'" >&2; exit 2; }
+[[ "$timeout" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --timeout takes seconds, got '$timeout'" >&2; exit 2; }
+
+need() {
+  echo "run-in-vm: $1 is missing; install the harness's packages: apt-get install $(tr '\n' ' ' <"$here/run-packages.txt")" >&2
+  exit 2
+}
+command -v qemu-system-x86_64 >/dev/null || need qemu-system-x86_64
+busybox=$(command -v busybox || true)
+[ -n "$busybox" ] && file_is_static=$(ldd "$busybox" 2>&1 | grep -c 'not a dynamic' || true)
+[ -n "$busybox" ] && [ "${file_is_static:-0}" -gt 0 ] || need "a static busybox"
+
+kernel=$("$here/build-kernel.sh")
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/guestmem-vm.XXXXXX")
+trap 'rm -rf "$run"' EXIT
+
+# The command, as a script the guest runs in a chroot of the host's root.
+{
+  echo "cd $(printf %q "$PWD") || exit 125"
+  echo "export HOME=/tmp PATH=$(printf %q "$PATH") GUESTMEM_IN_VM=1"
+  env | grep -E '^(GUESTMEM_|MOCHA_|CI=|NO_COLOR=|FORCE_COLOR=|NODE_OPTIONS=)' | grep -v '^GUESTMEM_IN_VM=' | while IFS= read -r line; do
+    echo "export $(printf %q "$line")"
+  done || true
+  printf 'exec'
+  printf ' %q' "$@"
+  echo
+} >"$run/command.sh"
+
+mkdir -p "$run/initramfs/bin" "$run/initramfs/proc" "$run/initramfs/sys" "$run/initramfs/dev"
+cp "$busybox" "$run/initramfs/bin/busybox"
+cp "$here/init.sh" "$run/initramfs/init"
+chmod +x "$run/initramfs/init"
+(cd "$run/initramfs" && find . | cpio -o -H newc --quiet) >"$run/initramfs.cpio"
+
+devices=()
+for _ in $(seq 1 "$edu"); do devices+=(-device edu); done
+
+console="$run/console.log"
+set +e
+timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
+  -accel tcg -cpu EPYC -smp 1 -m "$memory" \
+  -machine q35,kernel-irqchip=split \
+  -device intel-iommu,intremap=on,caching-mode=on \
+  "${devices[@]}" \
+  -kernel "$kernel" -initrd "$run/initramfs.cpio" \
+  -append "console=ttyS0 intel_iommu=on panic=-1 quiet guestmem.run=$run guestmem.project=$project" \
+  -fsdev local,id=hostroot,path=/,readonly=on,security_model=none,multidevs=remap \
+  -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
+  -fsdev local,id=project,path="$project",security_model=none,multidevs=remap \
+  -device virtio-9p-pci,fsdev=project,mount_tag=project \
+  -fsdev local,id=run,path="$run",security_model=none \
+  -device virtio-9p-pci,fsdev=run,mount_tag=run \
+  -nodefaults -display none -no-reboot \
+  -chardev stdio,id=console,signal=on -serial chardev:console \
+  </dev/null 2>&1 | grep --line-buffered -v "TCG doesn't support requested feature" | tee "$console"
+qemu_status=${PIPESTATUS[0]}
+set -e
+
+[ -z "$kernel_log" ] || cp "$console" "$kernel_log"
+
+if [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; then
+  echo "run-in-vm: the VM did not finish within $timeout s and was killed (raise --timeout or GUESTMEM_VM_TIMEOUT)" >&2
+  exit 3
+fi
+if [ ! -s "$run/status" ]; then
+  if grep -q 'Kernel panic' "$console"; then
+    echo "run-in-vm: the guest kernel panicked (see the console output above)" >&2
+  else
+    echo "run-in-vm: the guest stopped without reporting the command's status (QEMU exit $qemu_status)" >&2
+  fi
+  exit 3
+fi
+exit "$(cat "$run/status")"
