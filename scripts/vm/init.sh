@@ -39,7 +39,7 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 
-chroot /host /bin/sh "$run/command.sh" </dev/null >/dev/console 2>&1
+chroot /host /bin/bash "$run/command.sh" </dev/null >/dev/console 2>&1
 echo $? >"/host$run/status"
 sync
 poweroff -f

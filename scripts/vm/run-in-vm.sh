@@ -59,6 +59,8 @@ trap 'rm -rf "$run"' EXIT
 {
   echo "cd $(printf %q "$PWD") || exit 125"
   echo "export HOME=/tmp PATH=$(printf %q "$PATH") GUESTMEM_IN_VM=1"
+  # The guest's console is a terminal; colour only if ours is one too.
+  [ -t 1 ] || echo "export NO_COLOR=1 FORCE_COLOR=0"
   env | grep -E '^(GUESTMEM_|MOCHA_|CI=|NO_COLOR=|FORCE_COLOR=|NODE_OPTIONS=)' | grep -v '^GUESTMEM_IN_VM=' | while IFS= read -r line; do
     echo "export $(printf %q "$line")"
   done || true

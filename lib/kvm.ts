@@ -1,0 +1,185 @@
+// /dev/kvm, VMs and guest_memfd: typed owners of the fds, each method one native call.
+// Types and 64-bit ranges are checked here before any syscall; what only the kernel can
+// judge (alignment rules, slot overlap, attribute support) comes back as its errno.
+
+import fs from 'node:fs';
+import { checkBytes, type Bytes } from './byte-range';
+import { GuestmemError, invalidArgType, outOfRange } from './errors';
+import { FdOwner } from './fd-owner';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  KVM_CAP_GUEST_MEMFD,
+  KVM_CAP_MEMORY_ATTRIBUTES,
+  KVM_CAP_VM_TYPES,
+  KVM_MEMORY_ATTRIBUTE_PRIVATE,
+  KVM_MEM_GUEST_MEMFD,
+  VM_TYPES,
+  type VmType,
+} from './kvm-constants';
+import { native } from './native';
+
+const U64_LIMIT = 1n << 64n;
+
+/** Checks offset and size as 64-bit values whose sum stays within 2^64. */
+export function checkSpan(offset: Bytes, size: Bytes, what: string): [bigint, bigint] {
+  const start = checkBytes(offset, `${what} offset`);
+  const length = checkBytes(size, `${what} size`);
+  if (start + length > U64_LIMIT) throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) overflows past 2^64`);
+  return [start, length];
+}
+
+function checkU32(value: unknown, name: string): number {
+  if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) throw outOfRange(`${name} must be a uint32, got ${value}`);
+  return value;
+}
+
+export class Kvm extends FdOwner {
+  private constructor(fd: number) {
+    super(fd, '/dev/kvm');
+  }
+
+  static open(path = '/dev/kvm'): Kvm {
+    // libuv opens every fd with O_CLOEXEC.
+    return new Kvm(fs.openSync(path, 'r+'));
+  }
+
+  get apiVersion(): number {
+    return native().kvmGetApiVersion(this.fd);
+  }
+
+  checkExtension(capability: number): number {
+    return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
+  }
+
+  /** The VM types this host can create, from KVM_CAP_VM_TYPES (just 'default' before it existed). */
+  supportedVmTypes(): VmType[] {
+    const mask = this.checkExtension(KVM_CAP_VM_TYPES);
+    if (mask === 0) return ['default'];
+    return (Object.keys(VM_TYPES) as VmType[]).filter((name) => (mask & (1 << VM_TYPES[name])) !== 0);
+  }
+
+  /** Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). */
+  createVm(type: VmType | number = 'default'): Vm {
+    const number = typeof type === 'number' ? checkU32(type, 'VM type') : VM_TYPES[type];
+    if (number === undefined) throw outOfRange(`unknown VM type '${String(type)}'; known: ${Object.keys(VM_TYPES).join(', ')}`);
+    return this.adopt(new Vm(native().kvmCreateVm(this.fd, number), number));
+  }
+}
+
+export interface MemoryRegion {
+  slot: number;
+  gpa: Bytes;
+  size: Bytes;
+  /** Host virtual address of the shared backing (SharedMemory.address). */
+  userspaceAddress: Bytes;
+  /** The private backing; omitted for a plain (shared-only) slot. */
+  guestMemfd?: GuestMemfd;
+  guestMemfdOffset?: Bytes;
+  /** Extra KVM_MEM_* flags; KVM_MEM_GUEST_MEMFD is added when guestMemfd is given. */
+  flags?: number;
+}
+
+export class Vm extends FdOwner {
+  /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
+  readonly type: number;
+
+  /** @internal */
+  constructor(fd: number, type: number) {
+    super(fd, 'KVM VM');
+    this.type = type;
+  }
+
+  /**
+   * Takes a VM fd that another program created: duplicates it (the caller keeps its own
+   * fd) and checks that it is a KVM VM before anything else is done with it.
+   */
+  static adopt(fd: number): Vm {
+    checkU32(fd, 'fd');
+    let target: string;
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch (error) {
+      throw Object.assign(new Error(`fd ${fd} is not open: ${(error as Error).message}`), { code: 'EBADF' });
+    }
+    if (target !== 'anon_inode:kvm-vm') {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `fd ${fd} is not a KVM VM (it is ${target})`);
+    }
+    const vm = new Vm(native().dupCloexec(fd), -1);
+    try {
+      vm.checkExtension(KVM_CAP_GUEST_MEMFD);
+    } catch (error) {
+      vm.close();
+      throw error;
+    }
+    return vm;
+  }
+
+  checkExtension(capability: number): number {
+    return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
+  }
+
+  get supportsGuestMemfd(): boolean {
+    return this.checkExtension(KVM_CAP_GUEST_MEMFD) > 0;
+  }
+
+  /** The KVM_MEMORY_ATTRIBUTE_* bits this VM supports (PRIVATE is 1n << 3n). */
+  get memoryAttributes(): bigint {
+    return BigInt(this.checkExtension(KVM_CAP_MEMORY_ATTRIBUTES));
+  }
+
+  createGuestMemfd(size: Bytes, flags: Bytes = 0): GuestMemfd {
+    const length = checkBytes(size, 'guest_memfd size');
+    const fd = native().kvmCreateGuestMemfd(this.fd, length, checkBytes(flags, 'guest_memfd flags'));
+    return this.adopt(new GuestMemfd(fd, length));
+  }
+
+  setUserMemoryRegion(region: MemoryRegion): void {
+    const slot = checkU32(region.slot, 'slot');
+    const [gpa, size] = checkSpan(region.gpa, region.size, 'memslot');
+    const userspaceAddress = checkBytes(region.userspaceAddress, 'userspaceAddress');
+    const guestMemfdOffset = checkBytes(region.guestMemfdOffset ?? 0, 'guestMemfdOffset');
+    const flags = checkU32(region.flags ?? 0, 'flags') | (region.guestMemfd ? KVM_MEM_GUEST_MEMFD : 0);
+    const guestMemfd = region.guestMemfd ? region.guestMemfd.fd : 0;
+    native().kvmSetUserMemoryRegion2(this.fd, slot, flags, gpa, size, userspaceAddress, guestMemfd, guestMemfdOffset);
+  }
+
+  /** Deletes a memslot (a region of size 0, as KVM defines it). */
+  deleteMemorySlot(slot: number): void {
+    native().kvmSetUserMemoryRegion2(this.fd, checkU32(slot, 'slot'), 0, 0, 0, 0, 0, 0);
+  }
+
+  /** KVM_SET_MEMORY_ATTRIBUTES: 'private' sets KVM_MEMORY_ATTRIBUTE_PRIVATE, 'shared' clears all. */
+  setMemoryAttributes(gpa: Bytes, size: Bytes, to: 'private' | 'shared' | bigint): void {
+    const [start, length] = checkSpan(gpa, size, 'attribute range');
+    const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
+    if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
+    native().kvmSetMemoryAttributes(this.fd, start, length, attributes);
+  }
+}
+
+/**
+ * A guest_memfd: the private backing of guest memory. The host cannot map it (6.12: mmap →
+ * ENODEV); it can only give pages back (punch-hole) or preallocate them. guest_memfd
+ * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it.
+ */
+export class GuestMemfd extends FdOwner {
+  readonly size: bigint;
+
+  /** @internal */
+  constructor(fd: number, size: bigint) {
+    super(fd, 'guest_memfd');
+    this.size = size;
+  }
+
+  punchHole(offset: Bytes, size: Bytes): void {
+    const [start, length] = checkSpan(offset, size, 'punch-hole');
+    native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
+  }
+
+  allocate(offset: Bytes, size: Bytes): void {
+    const [start, length] = checkSpan(offset, size, 'allocate');
+    native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, start, length);
+  }
+}

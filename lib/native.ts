@@ -1,0 +1,115 @@
+// The addon's surface, declared once by hand. Native functions take fds and plain
+// numbers/bigints, make one syscall (or one batch of them), and throw Node-style errors
+// (`code`, `errno`, `syscall`). Policy and validation live in the TypeScript above them.
+//
+// The module always loads, even where the addon was not built or cannot load: `native()`
+// then throws ERR_GUESTMEM_NATIVE_UNAVAILABLE with the reason, and the tracker, the
+// simulator and the probe still work.
+
+import { GuestmemError } from './errors';
+
+type U64 = number | bigint;
+
+export interface NativeMapping {
+  buffer: ArrayBuffer;
+  address: bigint;
+}
+
+export interface Type1IommuInfo {
+  flags: number;
+  iovaPageSizes?: bigint;
+  iovaRanges: Array<[start: bigint, end: bigint]>;
+  /** Mappings left under the type1 entry limit (the dma-avail capability), if reported. */
+  dmaAvailable?: number;
+}
+
+export interface NativeAddon {
+  // KVM
+  kvmGetApiVersion(kvmFd: number): number;
+  kvmCheckExtension(fd: number, capability: number): number;
+  kvmCreateVm(kvmFd: number, type: number): number;
+  kvmCreateGuestMemfd(vmFd: number, size: U64, flags: U64): number;
+  kvmSetUserMemoryRegion2(
+    vmFd: number, slot: number, flags: number, gpa: U64, size: U64,
+    userspaceAddress: U64, guestMemfd: number, guestMemfdOffset: U64,
+  ): void;
+  kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
+  // Memory
+  memfdCreate(name: string): number;
+  fallocate(fd: number, mode: number, offset: U64, length: U64): void;
+  mmap(fd: number, length: U64, offset: U64, writable: boolean): NativeMapping;
+  munmap(buffer: ArrayBuffer): void;
+  dupCloexec(fd: number): number;
+  // VFIO type1
+  vfioGetApiVersion(containerFd: number): number;
+  vfioCheckExtension(containerFd: number, extension: number): number;
+  vfioSetIommu(containerFd: number, type: number): number;
+  vfioGroupGetStatus(groupFd: number): number;
+  vfioGroupSetContainer(groupFd: number, containerFd: number): void;
+  vfioIommuGetInfo(containerFd: number): Type1IommuInfo;
+  /** Maps [iova, iova + size) as size / granule mappings; undoes them all on failure. */
+  vfioMapDmaChunks(containerFd: number, vaddr: U64, iova: U64, size: U64, granule: U64): number;
+  /** One unmap over whole mappings; returns the bytes unmapped. */
+  vfioUnmapDma(containerFd: number, iova: U64, size: U64): bigint;
+  // iommufd
+  iommufdIoasAlloc(iommuFd: number): number;
+  iommufdIoasIovaRanges(iommuFd: number, ioasId: number): { ranges: Array<[start: bigint, last: bigint]>; alignment: bigint };
+  iommufdIoasMapChunks(iommuFd: number, ioasId: number, vaddr: U64, iova: U64, size: U64, granule: U64): number;
+  iommufdIoasUnmap(iommuFd: number, ioasId: number, iova: U64, size: U64): bigint;
+  // VFIO device
+  vfioGroupGetDeviceFd(groupFd: number, device: string): number;
+  vfioDeviceGetInfo(deviceFd: number): { flags: number; numRegions: number; numIrqs: number };
+  vfioDeviceGetRegionInfo(deviceFd: number, index: number): { index: number; flags: number; size: bigint; offset: bigint };
+  vfioDeviceBindIommufd(deviceFd: number, iommuFd: number): number;
+  vfioDeviceAttachIommufdPt(deviceFd: number, ptId: number): void;
+}
+
+let loaded: NativeAddon | null = null;
+let loadError: unknown = null;
+
+function load(): NativeAddon {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const bindings = require('bindings') as (name: string) => unknown;
+  return bindings('guestmem') as NativeAddon;
+}
+
+/** Counts crossings into C++, so benchmarks can show that a conversion's are bounded. */
+export const nativeCalls = { count: 0 };
+
+function counted(addon: NativeAddon): NativeAddon {
+  const wrapped: Record<string, unknown> = {};
+  for (const [name, fn] of Object.entries(addon)) {
+    wrapped[name] = (...args: unknown[]) => {
+      nativeCalls.count++;
+      return (fn as (...a: unknown[]) => unknown)(...args);
+    };
+  }
+  return wrapped as unknown as NativeAddon;
+}
+
+/** The addon, or a coded error that says why it is not there. */
+export function native(): NativeAddon {
+  if (loaded) return loaded;
+  if (loadError === null) {
+    try {
+      loaded = counted(load());
+      return loaded;
+    } catch (error) {
+      loadError = error;
+    }
+  }
+  throw new GuestmemError(
+    'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
+    `the guestmem native addon could not be loaded (run \`npm run build:native\`): ${(loadError as Error).message}`,
+    { cause: loadError },
+  );
+}
+
+export function nativeAvailable(): boolean {
+  try {
+    native();
+    return true;
+  } catch {
+    return false;
+  }
+}
