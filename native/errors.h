@@ -6,11 +6,14 @@
 #include <napi.h>
 #include <uv.h>
 
+#include <cstring>
 #include <string>
 
 inline Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall) {
   const char* code = uv_err_name(-err);
-  std::string message = std::string(code) + ": " + uv_strerror(-err) + ", " + syscall;
+  // strerror, not uv_strerror: libuv words EOPNOTSUPP (= ENOTSUP on Linux, the code
+  // Node gives it) as "operation not supported on socket", which misleads for a file.
+  std::string message = std::string(code) + ": " + strerror(err) + ", " + syscall;
   Napi::Error error = Napi::Error::New(env, message);
   error.Set("errno", Napi::Number::New(env, -err));
   error.Set("code", Napi::String::New(env, code));

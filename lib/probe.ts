@@ -1,0 +1,163 @@
+// What this host can do for confidential-VM memory work, and for each missing piece why
+// and what to do. Every answer comes from asking the kernel (open, KVM_CHECK_EXTENSION,
+// VFIO_CHECK_EXTENSION, sysfs), never from guessing by file existence alone.
+
+import fs from 'node:fs';
+import { KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_MEMORY_ATTRIBUTE_PRIVATE, type VmType } from './kvm-constants';
+import { Kvm, type Vm } from './kvm';
+import { native, nativeAvailable } from './native';
+import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio-type1';
+import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio-sysfs';
+
+export interface Feature {
+  ok: boolean;
+  /** Why not, when ok is false. */
+  why?: string;
+  /** What to do about it. */
+  fix?: string;
+}
+
+export interface ProbeReport {
+  nativeAddon: Feature;
+  kvm: Feature & { apiVersion?: number; vmTypes?: VmType[] };
+  swProtectedVm: Feature;
+  guestMemfd: Feature;
+  userMemory2: Feature;
+  memoryAttributes: Feature & { private?: boolean };
+  iommuGroups: Feature & { count: number };
+  vfioDevices: Feature & { devices: PciDeviceInfo[] };
+  type1: Feature & { dmaAvailableDefault?: number };
+  iommufd: Feature;
+}
+
+function errorWhy(error: unknown): string {
+  const e = error as NodeJS.ErrnoException;
+  return e.code ? `${e.code}: ${e.message}` : String(e.message ?? e);
+}
+
+function missing(why: string, fix?: string): Feature {
+  return fix ? { ok: false, why, fix } : { ok: false, why };
+}
+
+function openFailure(path: string, error: unknown): Feature {
+  const code = (error as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return missing(`no ${path}`, path === '/dev/kvm' ? 'load kvm_intel or kvm_amd, or run inside `guestmem vm`' : `load the module that provides ${path}`);
+  if (code === 'EACCES' || code === 'EPERM') return missing(`no permission to open ${path}`, `run as root or add yourself to the group owning ${path}`);
+  return missing(`cannot open ${path}: ${errorWhy(error)}`);
+}
+
+/** Probes KVM with a SW-protected VM when the host has that type, else a default VM. */
+function probeKvm(report: ProbeReport): void {
+  let kvm: Kvm;
+  try {
+    kvm = Kvm.open();
+  } catch (error) {
+    const feature = openFailure('/dev/kvm', error);
+    report.kvm = feature;
+    for (const key of ['swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes'] as const) {
+      report[key] = missing('no usable /dev/kvm', feature.fix);
+    }
+    return;
+  }
+  try {
+    const vmTypes = kvm.supportedVmTypes();
+    report.kvm = { ok: true, apiVersion: kvm.apiVersion, vmTypes };
+    const swProtected = vmTypes.includes('sw-protected');
+    report.swProtectedVm = swProtected
+      ? { ok: true }
+      : missing('KVM_CAP_VM_TYPES lacks KVM_X86_SW_PROTECTED_VM', 'use a kernel built with CONFIG_KVM_SW_PROTECTED_VM (guestmem vm does)');
+    let vm: Vm | null = null;
+    try {
+      vm = kvm.createVm(swProtected ? 'sw-protected' : 'default');
+    } catch (error) {
+      const failure = missing(`KVM_CREATE_VM failed: ${errorWhy(error)}`);
+      report.guestMemfd = report.userMemory2 = report.memoryAttributes = failure;
+      return;
+    }
+    const vmName = swProtected ? 'a SW-protected VM' : 'a default VM';
+    report.guestMemfd = vm.checkExtension(KVM_CAP_GUEST_MEMFD) > 0 ? { ok: true } : missing(`KVM_CAP_GUEST_MEMFD is 0 for ${vmName}`, 'a 6.8+ kernel with CONFIG_KVM_PRIVATE_MEM');
+    report.userMemory2 = vm.checkExtension(KVM_CAP_USER_MEMORY2) > 0 ? { ok: true } : missing(`KVM_CAP_USER_MEMORY2 is 0 for ${vmName}`, 'a 6.8+ kernel');
+    const attributes = BigInt(vm.checkExtension(KVM_CAP_MEMORY_ATTRIBUTES));
+    const hasPrivate = (attributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) !== 0n;
+    report.memoryAttributes = hasPrivate
+      ? { ok: true, private: true }
+      : { ...missing(`KVM_CAP_MEMORY_ATTRIBUTES is 0x${attributes.toString(16)} for ${vmName}: no KVM_MEMORY_ATTRIBUTE_PRIVATE`, 'a SW-protected, SNP or TDX VM type (guestmem vm has SW-protected)'), private: false };
+  } finally {
+    kvm.close();
+  }
+}
+
+function probeVfio(report: ProbeReport): void {
+  const count = iommuGroupCount();
+  report.iommuGroups = count > 0 ? { ok: true, count } : { ...missing('no IOMMU groups in /sys/kernel/iommu_groups', 'enable the IOMMU: intel_iommu=on or amd_iommu=on on the kernel command line'), count };
+  const devices = vfioPciDevices();
+  report.vfioDevices = devices.length > 0
+    ? { ok: true, devices }
+    : { ...missing('no PCI device is bound to vfio-pci', 'echo vfio-pci > /sys/bus/pci/devices/<bdf>/driver_override; echo <bdf> > /sys/bus/pci/drivers_probe'), devices };
+  try {
+    const container = VfioContainer.open();
+    try {
+      report.type1 = container.checkExtension(VFIO_TYPE1v2_IOMMU)
+        ? { ok: true, dmaAvailableDefault: readDmaEntryLimit() }
+        : missing('the VFIO container lacks the type1v2 IOMMU', 'load vfio_iommu_type1');
+    } finally {
+      container.close();
+    }
+  } catch (error) {
+    report.type1 = openFailure('/dev/vfio/vfio', error);
+  }
+  try {
+    fs.closeSync(fs.openSync('/dev/iommu', 'r+'));
+    report.iommufd = devices.some((d) => d.cdev) || devices.length === 0
+      ? { ok: true }
+      : missing('no vfio-pci device has a VFIO cdev', 'a kernel with CONFIG_VFIO_DEVICE_CDEV');
+  } catch (error) {
+    report.iommufd = openFailure('/dev/iommu', error);
+  }
+}
+
+/** type1's per-container mapping limit (vfio_iommu_type1 dma_entry_limit), if readable. */
+export function readDmaEntryLimit(): number | undefined {
+  try {
+    return Number(fs.readFileSync('/sys/module/vfio_iommu_type1/parameters/dma_entry_limit', 'utf8').trim());
+  } catch {
+    return undefined;
+  }
+}
+
+export function probe(): ProbeReport {
+  const report = {} as ProbeReport;
+  if (!nativeAvailable()) {
+    let why = 'unknown';
+    try {
+      native();
+    } catch (error) {
+      why = errorWhy(error);
+    }
+    const feature = missing(why, 'npm run build:native');
+    return {
+      nativeAddon: feature, kvm: feature, swProtectedVm: feature, guestMemfd: feature, userMemory2: feature,
+      memoryAttributes: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },
+      type1: feature, iommufd: feature,
+    };
+  }
+  report.nativeAddon = { ok: true };
+  probeKvm(report);
+  probeVfio(report);
+  return report;
+}
+
+/** The capabilities a test or command can require by name. */
+export type Capability = 'kvm' | 'sw-protected-vm' | 'guest-memfd' | 'memory-attributes' | 'vfio-type1' | 'iommufd' | 'vfio-device';
+
+export function capabilityFeature(report: ProbeReport, capability: Capability): Feature {
+  switch (capability) {
+    case 'kvm': return report.kvm;
+    case 'sw-protected-vm': return report.swProtectedVm;
+    case 'guest-memfd': return report.guestMemfd;
+    case 'memory-attributes': return report.memoryAttributes;
+    case 'vfio-type1': return report.type1.ok ? report.vfioDevices : report.type1;
+    case 'iommufd': return report.iommufd.ok ? report.vfioDevices : report.iommufd;
+    case 'vfio-device': return report.vfioDevices;
+  }
+}

@@ -1,0 +1,115 @@
+// A VFIO device fd: info, regions, register access by pread/pwrite at a region's offset,
+// BAR mmap, and (for a cdev) binding to iommufd and attaching to an IOAS.
+
+import fs from 'node:fs';
+import { GuestmemError, outOfRange } from './errors';
+import { FdOwner } from './fd-owner';
+import type { Ioas, Iommufd } from './iommufd';
+import { native } from './native';
+
+/** vfio-pci's fixed region indices. */
+export const VFIO_PCI_BAR0_REGION_INDEX = 0;
+export const VFIO_PCI_CONFIG_REGION_INDEX = 7;
+export const VFIO_REGION_INFO_FLAG_MMAP = 1 << 2;
+
+export interface RegionInfo {
+  index: number;
+  flags: number;
+  size: bigint;
+  offset: bigint;
+}
+
+/** A mapped region: a view until unmap() (or until it is collected). */
+export interface RegionMapping {
+  readonly buffer: ArrayBuffer;
+  readonly view: DataView;
+  unmap(): void;
+}
+
+export class VfioDevice extends FdOwner {
+  readonly name: string;
+  private readonly mappings = new Set<RegionMapping>();
+
+  /** @internal made by VfioGroup.openDevice or VfioDevice.openCdev */
+  constructor(fd: number, name: string) {
+    super(fd, `VFIO device ${name}`);
+    this.name = name;
+  }
+
+  /** Opens a device's cdev (/dev/vfio/devices/vfioN), for use with iommufd. */
+  static openCdev(path: string, name = path): VfioDevice {
+    return new VfioDevice(fs.openSync(path, 'r+'), name);
+  }
+
+  info(): { flags: number; numRegions: number; numIrqs: number } {
+    return native().vfioDeviceGetInfo(this.fd);
+  }
+
+  regionInfo(index: number): RegionInfo {
+    return native().vfioDeviceGetRegionInfo(this.fd, index);
+  }
+
+  private checkedOffset(region: RegionInfo, offset: number, length: number): number {
+    if (!Number.isSafeInteger(offset) || offset < 0 || BigInt(offset + length) > region.size) {
+      throw outOfRange(`[${offset}, +${length}) is outside region ${region.index} (${region.size} bytes)`);
+    }
+    return Number(region.offset) + offset;
+  }
+
+  read(regionIndex: number, offset: number, length: number): Buffer {
+    const region = this.regionInfo(regionIndex);
+    const buffer = Buffer.alloc(length);
+    const done = fs.readSync(this.fd, buffer, 0, length, this.checkedOffset(region, offset, length));
+    if (done !== length) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `short read of region ${regionIndex}: ${done} of ${length} bytes`);
+    return buffer;
+  }
+
+  write(regionIndex: number, offset: number, data: Buffer): void {
+    const region = this.regionInfo(regionIndex);
+    const done = fs.writeSync(this.fd, data, 0, data.length, this.checkedOffset(region, offset, data.length));
+    if (done !== data.length) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `short write to region ${regionIndex}: ${done} of ${data.length} bytes`);
+  }
+
+  read32(regionIndex: number, offset: number): number {
+    return this.read(regionIndex, offset, 4).readUInt32LE(0);
+  }
+
+  write32(regionIndex: number, offset: number, value: number): void {
+    const data = Buffer.alloc(4);
+    data.writeUInt32LE(value >>> 0, 0);
+    this.write(regionIndex, offset, data);
+  }
+
+  /** mmap of a region (a BAR); unmap it before binding the device through its cdev. */
+  mapRegion(regionIndex: number): RegionMapping {
+    const region = this.regionInfo(regionIndex);
+    if ((region.flags & VFIO_REGION_INFO_FLAG_MMAP) === 0) {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `region ${regionIndex} of ${this.name} cannot be mmapped`);
+    }
+    const { buffer } = native().mmap(this.fd, region.size, region.offset, true);
+    const mappings = this.mappings;
+    const mapping: RegionMapping = {
+      buffer,
+      view: new DataView(buffer),
+      unmap() {
+        if (!mappings.delete(mapping)) return;
+        native().munmap(buffer);
+      },
+    };
+    mappings.add(mapping);
+    return mapping;
+  }
+
+  /** VFIO_DEVICE_BIND_IOMMUFD; returns the device id in that iommufd. */
+  bindIommufd(iommufd: Iommufd): number {
+    return native().vfioDeviceBindIommufd(this.fd, iommufd.fd);
+  }
+
+  attachIoas(ioas: Ioas): void {
+    native().vfioDeviceAttachIommufdPt(this.fd, ioas.id);
+  }
+
+  protected override beforeClose(): void {
+    for (const mapping of [...this.mappings]) mapping.unmap();
+  }
+}

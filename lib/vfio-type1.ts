@@ -1,0 +1,117 @@
+// VFIO type1: a container (/dev/vfio/vfio) holding groups (/dev/vfio/N), with the type1v2
+// IOMMU set on it. The container is the DmaMapper.
+
+import fs from 'node:fs';
+import { checkBytes, type Bytes } from './byte-range';
+import { GuestmemError } from './errors';
+import { FdOwner } from './fd-owner';
+import type { DmaMapper } from './dma-mapper';
+import { checkSpan } from './kvm';
+import { native, type Type1IommuInfo } from './native';
+import { VfioDevice } from './vfio-device';
+
+export const VFIO_API_VERSION = 0;
+export const VFIO_TYPE1v2_IOMMU = 3;
+export const VFIO_GROUP_FLAGS_VIABLE = 1;
+
+export class VfioContainer extends FdOwner implements DmaMapper {
+  readonly backend = 'type1' as const;
+  private iommuSet = false;
+
+  private constructor(fd: number) {
+    super(fd, 'VFIO container');
+  }
+
+  static open(path = '/dev/vfio/vfio'): VfioContainer {
+    const container = new VfioContainer(fs.openSync(path, 'r+'));
+    const version = container.apiVersion;
+    if (version !== VFIO_API_VERSION) {
+      container.close();
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `VFIO API version ${version}, expected ${VFIO_API_VERSION}`);
+    }
+    return container;
+  }
+
+  get apiVersion(): number {
+    return native().vfioGetApiVersion(this.fd);
+  }
+
+  checkExtension(extension: number): boolean {
+    return native().vfioCheckExtension(this.fd, extension) > 0;
+  }
+
+  /** VFIO_SET_IOMMU; needs at least one group in the container first. */
+  setIommu(type = VFIO_TYPE1v2_IOMMU): void {
+    native().vfioSetIommu(this.fd, type);
+    this.iommuSet = true;
+  }
+
+  get hasIommu(): boolean {
+    return this.iommuSet;
+  }
+
+  /** Page sizes, usable IOVA ranges and dma-avail, from VFIO_IOMMU_GET_INFO's capability chain. */
+  iommuInfo(): Type1IommuInfo {
+    return native().vfioIommuGetInfo(this.fd);
+  }
+
+  mappingsAvailable(): number | null {
+    return this.iommuInfo().dmaAvailable ?? null;
+  }
+
+  map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
+    const [start, length] = checkSpan(iova, size, 'DMA map');
+    native().vfioMapDmaChunks(this.fd, checkBytes(vaddr, 'vaddr'), start, length, length);
+  }
+
+  mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
+    const [start, length] = checkSpan(iova, size, 'DMA map');
+    return native().vfioMapDmaChunks(this.fd, checkBytes(vaddr, 'vaddr'), start, length, checkBytes(granule, 'granule'));
+  }
+
+  unmap(iova: Bytes, size: Bytes): bigint {
+    const [start, length] = checkSpan(iova, size, 'DMA unmap');
+    return native().vfioUnmapDma(this.fd, start, length);
+  }
+
+  /** Opens the IOMMU group of a device and puts it in this container. */
+  addGroup(group: number): VfioGroup {
+    return this.adopt(VfioGroup.open(group, this));
+  }
+}
+
+export class VfioGroup extends FdOwner {
+  readonly group: number;
+
+  private constructor(fd: number, group: number) {
+    super(fd, `VFIO group ${group}`);
+    this.group = group;
+  }
+
+  /** @internal use VfioContainer.addGroup */
+  static open(group: number, container: VfioContainer): VfioGroup {
+    const vfioGroup = new VfioGroup(fs.openSync(`/dev/vfio/${group}`, 'r+'), group);
+    try {
+      if (!vfioGroup.viable) {
+        throw new GuestmemError(
+          'ERR_GUESTMEM_UNSUPPORTED',
+          `VFIO group ${group} is not viable: every device in it must be bound to vfio-pci (or no driver)`,
+        );
+      }
+      native().vfioGroupSetContainer(vfioGroup.fd, container.fd);
+      return vfioGroup;
+    } catch (error) {
+      vfioGroup.close();
+      throw error;
+    }
+  }
+
+  get viable(): boolean {
+    return (native().vfioGroupGetStatus(this.fd) & VFIO_GROUP_FLAGS_VIABLE) !== 0;
+  }
+
+  /** The device's fd through the group path; its owner closes with this group. */
+  openDevice(bdf: string): VfioDevice {
+    return this.adopt(new VfioDevice(native().vfioGroupGetDeviceFd(this.fd, bdf), bdf));
+  }
+}
