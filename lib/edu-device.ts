@@ -12,6 +12,11 @@ export const EDU_VENDOR = '0x1234';
 export const EDU_DEVICE = '0x11e8';
 export const EDU_BUFFER_ADDRESS = 0x40000;
 export const EDU_BUFFER_SIZE = 4096;
+/**
+ * QEMU's edu (7.2) checks that a transfer's end lies strictly inside its buffer, so a full
+ * 4096-byte transfer aborts QEMU with "DMA range ... out of bounds": one byte less is the most.
+ */
+export const EDU_MAX_DMA = EDU_BUFFER_SIZE - 1;
 export const EDU_DMA_LIMIT = 1 << 28;
 
 const REG_ID = 0x00;
@@ -53,7 +58,7 @@ export class EduDevice {
     if (!Number.isInteger(iova) || iova < 0 || iova + length > EDU_DMA_LIMIT) {
       throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `edu can only reach IOVAs below 0x${EDU_DMA_LIMIT.toString(16)}`);
     }
-    if (length <= 0 || length > EDU_BUFFER_SIZE) throw new RangeError(`edu DMA length must be 1..${EDU_BUFFER_SIZE}`);
+    if (!Number.isInteger(length) || length <= 0 || length > EDU_MAX_DMA) throw new RangeError(`edu DMA length must be 1..${EDU_MAX_DMA}`);
     const toRam = direction === 'to-ram';
     this.write(REG_DMA_SOURCE, toRam ? EDU_BUFFER_ADDRESS : iova);
     this.write(REG_DMA_DESTINATION, toRam ? iova : EDU_BUFFER_ADDRESS);

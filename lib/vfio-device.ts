@@ -19,10 +19,14 @@ export interface RegionInfo {
   offset: bigint;
 }
 
-/** A mapped region: a view until unmap() (or until it is collected). */
+/**
+ * A mapped region, valid until unmap() (or until it is collected). Registers are read and
+ * written through `words`: a typed-array element is one 32-bit access, as MMIO needs,
+ * while a DataView may split it into byte accesses (edu then answers 0).
+ */
 export interface RegionMapping {
   readonly buffer: ArrayBuffer;
-  readonly view: DataView;
+  readonly words: Uint32Array;
   unmap(): void;
 }
 
@@ -90,7 +94,7 @@ export class VfioDevice extends FdOwner {
     const mappings = this.mappings;
     const mapping: RegionMapping = {
       buffer,
-      view: new DataView(buffer),
+      words: new Uint32Array(buffer),
       unmap() {
         if (!mappings.delete(mapping)) return;
         native().munmap(buffer);

@@ -1,0 +1,44 @@
+#!/usr/bin/env node
+// `npm test`: the unit and property suites on the host, then the kernel-backed suites
+// inside the harness VM (a real 6.12 kernel with KVM, an IOMMU and a vfio-pci device),
+// where a missing capability fails instead of skipping. GUESTMEM_SKIP_VM=1 stops after
+// the host suites; GUESTMEM_TEST_ON_HOST=1 runs the kernel suites on this host instead
+// (for a host with SW-protected VMs and a device bound to vfio-pci).
+'use strict';
+
+const { spawnSync } = require('node:child_process');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const mocha = path.join(root, 'node_modules', 'mocha', 'bin', 'mocha.js');
+
+function phase(name, command, args, env = {}) {
+  const started = Date.now();
+  console.log(`\n== ${name}`);
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } });
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  if (result.error) {
+    console.error(`== ${name}: could not start ${command}: ${result.error.message}`);
+    process.exit(1);
+  }
+  if (result.status !== 0) {
+    console.error(`== ${name}: failed (exit ${result.status ?? result.signal}) after ${seconds} s`);
+    process.exit(result.status || 1);
+  }
+  console.log(`== ${name}: passed in ${seconds} s`);
+}
+
+phase('unit and property suites (host)', process.execPath, [mocha, '--config', '.mocharc.unit.json']);
+
+if (process.env.GUESTMEM_SKIP_VM === '1') {
+  console.log('\n== kernel suites: not run (GUESTMEM_SKIP_VM=1)');
+} else if (process.env.GUESTMEM_TEST_ON_HOST === '1') {
+  phase('kernel suites (this host)', process.execPath, [mocha, '--config', '.mocharc.kernel.json'], { GUESTMEM_REQUIRE_KERNEL: '1' });
+} else {
+  phase(
+    'kernel suites (harness VM)',
+    path.join(root, 'scripts', 'vm', 'run-in-vm.sh'),
+    ['--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
+    { GUESTMEM_REQUIRE_KERNEL: '1' },
+  );
+}
