@@ -1,0 +1,53 @@
+// The guest memory of one VM: its RAM blocks, each with its own memslot, and conversions
+// by guest physical address. A range must lie inside one block: QEMU converts per RAM
+// block too, and a range that spans two would need two transactions.
+
+import { GuestmemError } from './errors';
+import type { Vm } from './kvm';
+import { RamBlock } from './ram-block';
+import type { StateChangeResult } from './ram-block-attributes';
+import type { PageState } from './state-change-channel';
+
+export class GuestMemory implements Disposable {
+  readonly blocks: RamBlock[] = [];
+  private nextSlot = 0;
+
+  constructor(readonly vm: Vm) {}
+
+  addBlock(options: { gpa: number; size: number; granularity?: number; name?: string }): RamBlock {
+    const overlapping = this.blocks.find((b) => options.gpa < b.gpa + b.size && b.gpa < options.gpa + options.size);
+    if (overlapping) {
+      throw new RangeError(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
+    }
+    const block = new RamBlock(this.vm, { ...options, slot: this.nextSlot });
+    this.nextSlot++;
+    this.blocks.push(block);
+    return block;
+  }
+
+  /** The block holding all of [gpa, gpa + size), or a clear error. */
+  blockFor(gpa: number, size: number): RamBlock {
+    const block = this.blocks.find((b) => b.contains(gpa, size));
+    if (block) return block;
+    const touching = this.blocks.filter((b) => gpa < b.gpa + b.size && b.gpa < gpa + size);
+    const where = `[0x${gpa.toString(16)}, +0x${size.toString(16)})`;
+    throw new GuestmemError(
+      'ERR_GUESTMEM_CONVERSION_FAILED',
+      touching.length > 0
+        ? `${where} spans ${touching.map((b) => b.name).join(' and ')}${touching.length === 1 ? ' and unbacked memory' : ''}: convert each block's part separately`
+        : `${where} is in no RAM block`,
+    );
+  }
+
+  convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+    return this.blockFor(gpa, size).convert(gpa, size, to);
+  }
+
+  close(): void {
+    for (const block of this.blocks.splice(0)) block.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

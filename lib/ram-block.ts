@@ -1,0 +1,201 @@
+// One RAM block of a confidential VM: its shared backing (a memfd mapping), its private
+// backing (a guest_memfd), the memslot that joins them at a guest physical address, and
+// the tracker of which granules are shared. Its convert() is QEMU's kvm_convert_memory
+// for one block, with every step undone if a later one fails.
+
+import { ConversionStats, type ConversionStep } from './conversion-stats';
+import { GuestmemError } from './errors';
+import type { GuestMemfd, Vm } from './kvm';
+import type { RamDiscardListener } from './ram-discard-listener';
+import { RamBlockAttributes, type SectionInput, type StateChangeResult } from './ram-block-attributes';
+import { SharedMemory } from './shared-memory';
+import type { PageState } from './state-change-channel';
+import type { Run } from './page-bitmap';
+
+export interface RamBlockOptions {
+  slot: number;
+  gpa: number;
+  size: number;
+  granularity?: number;
+  name?: string;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class RamBlock implements Disposable {
+  readonly name: string;
+  readonly slot: number;
+  readonly gpa: number;
+  readonly size: number;
+  readonly shared: SharedMemory;
+  readonly guestMemfd: GuestMemfd;
+  readonly attributes: RamBlockAttributes;
+  readonly stats = new ConversionStats();
+  private closed = false;
+
+  /**
+   * Creates the backings and the memslot, then marks the whole block private in KVM, as
+   * QEMU does for a guest_memfd block. Until that call returns, KVM sees the new slot as
+   * shared (attributes default to 0) while the tracker already says private: nothing may
+   * run the guest on the block in that window.
+   */
+  constructor(readonly vm: Vm, options: RamBlockOptions) {
+    this.name = options.name ?? `ram-block@0x${options.gpa.toString(16)}`;
+    this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
+    this.slot = options.slot;
+    this.gpa = options.gpa;
+    this.size = options.size;
+    if (!Number.isSafeInteger(options.gpa) || options.gpa < 0 || options.gpa % this.attributes.granularity !== 0) {
+      throw new RangeError(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
+    }
+    this.shared = SharedMemory.create(options.size, this.name);
+    try {
+      this.guestMemfd = vm.createGuestMemfd(options.size);
+      try {
+        vm.setUserMemoryRegion({ slot: this.slot, gpa: this.gpa, size: this.size, userspaceAddress: this.shared.address, guestMemfd: this.guestMemfd });
+        vm.setMemoryAttributes(this.gpa, this.size, 'private');
+      } catch (error) {
+        this.guestMemfd.close();
+        throw error;
+      }
+    } catch (error) {
+      this.shared.close();
+      throw error;
+    }
+  }
+
+  /** True when [gpa, gpa + size) lies in this block. */
+  contains(gpa: number, size: number): boolean {
+    return gpa >= this.gpa && gpa + size <= this.gpa + this.size;
+  }
+
+  get sharedPages(): number {
+    return this.attributes.sharedGranules;
+  }
+
+  get privatePages(): number {
+    return this.attributes.privateGranules;
+  }
+
+  register(listener: RamDiscardListener, section: SectionInput = { offset: 0, size: this.size }): Promise<void> {
+    return this.attributes.register(listener, section);
+  }
+
+  unregister(listener: RamDiscardListener): Promise<void> {
+    return this.attributes.unregister(listener);
+  }
+
+  /**
+   * Converts [gpa, gpa + size) of this block: KVM attributes, then the tracker's state change
+   * (listeners map or unmap), then the discard of the backing that was left. A failure at
+   * any step undoes the earlier ones, so KVM, the tracker and every listener end as they were;
+   * the error (ERR_GUESTMEM_CONVERSION_FAILED) names the step and carries the cause.
+   */
+  async convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+    this.checkOpen();
+    if (typeof gpa !== 'number' || gpa < this.gpa) {
+      throw new RangeError(`gpa 0x${Number(gpa).toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+    }
+    const offset = gpa - this.gpa;
+    this.attributes.range(offset, size);
+    if (to !== 'shared' && to !== 'private') throw new RangeError(`target state must be 'shared' or 'private', got ${String(to)}`);
+    // The runs not yet in the target state: what an undo must put back.
+    const before = this.attributes.runs(to === 'shared' ? 'private' : 'shared', { offset, size });
+    this.stats.conversions++;
+    let step: ConversionStep = 'kvmAttributes';
+    let started = process.hrtime.bigint();
+    try {
+      this.vm.setMemoryAttributes(gpa, size, to);
+      this.stats.add(step, started);
+
+      step = 'listeners';
+      started = process.hrtime.bigint();
+      let result: StateChangeResult;
+      try {
+        result = await this.attributes.stateChange(offset, size, to);
+      } catch (error) {
+        this.restoreAttributes(before, to, error);
+        throw error;
+      }
+      this.stats.add(step, started);
+
+      step = 'discard';
+      started = process.hrtime.bigint();
+      try {
+        if (to === 'private') this.shared.discard(offset, size);
+        else this.guestMemfd.punchHole(offset, size);
+      } catch (error) {
+        await this.undoStateChange(before, to, error);
+        this.restoreAttributes(before, to, error);
+        throw error;
+      }
+      this.stats.add(step, started);
+      return result;
+    } catch (error) {
+      this.stats.failed++;
+      throw new GuestmemError(
+        'ERR_GUESTMEM_CONVERSION_FAILED',
+        `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}: ${describe(error)}`,
+        { cause: error },
+      );
+    }
+  }
+
+  /**
+   * Puts KVM's attributes back after the whole range was set to `to`: the runs in `before`
+   * were in the other state, the rest already was `to`.
+   */
+  private restoreAttributes(before: Run[], to: PageState, cause: unknown): void {
+    const other: PageState = to === 'shared' ? 'private' : 'shared';
+    const g = this.attributes.granularity;
+    try {
+      for (const [first, count] of before) this.vm.setMemoryAttributes(this.gpa + first * g, count * g, other);
+    } catch (error) {
+      throw new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${describe(cause)}; restoring the KVM attributes also failed, KVM may disagree with the tracker: ${describe(error)}`,
+        { cause },
+      );
+    }
+  }
+
+  /** Flips back the runs a successful state change flipped. */
+  private async undoStateChange(before: Run[], to: PageState, cause: unknown): Promise<void> {
+    const other: PageState = to === 'shared' ? 'private' : 'shared';
+    const g = this.attributes.granularity;
+    try {
+      for (const [first, count] of before) await this.attributes.stateChange(first * g, count * g, other);
+    } catch (error) {
+      throw new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${describe(cause)}; undoing the listeners' change also failed: ${describe(error)}`,
+        { cause },
+      );
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed || this.shared.closed || this.guestMemfd.closed) {
+      throw new GuestmemError('ERR_GUESTMEM_CLOSED', `RAM block ${this.name} is closed`);
+    }
+  }
+
+  /** Deletes the memslot and closes both backings. Listeners should be unregistered first. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (!this.vm.closed) this.vm.deleteMemorySlot(this.slot);
+    } finally {
+      this.guestMemfd.close();
+      this.shared.close();
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+

@@ -1,0 +1,41 @@
+// Asks the edu device whether it can read a guest page: it copies the page's first bytes to
+// a scratch page that stays DMA-mapped, and the scratch page tells whether they arrived.
+
+import { AssignedDevice } from '../../lib/assigned-device';
+import { EduDevice } from '../../lib/edu-device';
+import { SharedMemory } from '../../lib/shared-memory';
+import type { RamBlock } from '../../lib/ram-block';
+
+export const SCRATCH_IOVA = 200 * (1 << 20);
+const PROBE_BYTES = 64;
+
+export class DmaProbe implements Disposable {
+  readonly edu: EduDevice;
+  private readonly scratch: SharedMemory;
+
+  constructor(private readonly assigned: AssignedDevice) {
+    this.edu = new EduDevice(assigned.device);
+    this.edu.enableBusMaster();
+    this.scratch = SharedMemory.create(4096, 'dma-probe-scratch');
+    assigned.dma.map(this.scratch.address, SCRATCH_IOVA, 4096);
+  }
+
+  /** True if the device read the page at `offset` of `block` (through iova = gpa). */
+  async canRead(block: RamBlock, offset: number, marker: number): Promise<boolean> {
+    const page = new Uint8Array(block.shared.buffer, offset, PROBE_BYTES);
+    const scratch = new Uint8Array(this.scratch.buffer, 0, PROBE_BYTES);
+    scratch.fill(marker ^ 0xff);
+    page.fill(marker);
+    await this.edu.copy(block.gpa + offset, SCRATCH_IOVA, PROBE_BYTES);
+    return scratch.every((b) => b === marker);
+  }
+
+  close(): void {
+    this.assigned.dma.unmap(SCRATCH_IOVA, 4096);
+    this.scratch.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
