@@ -33,6 +33,10 @@ export class PageBitmap {
     }
     this.bits = bits;
     this.words = new Uint32Array(Math.ceil(bits / 32));
+    // The zeroed pages come from the kernel lazily; touch them all now, at creation, so that
+    // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
+    // otherwise fault 8192 times, each costing more than a conversion).
+    this.words.fill(0);
   }
 
   test(bit: number): boolean {

@@ -18,21 +18,40 @@ export class RecordingListener implements RamDiscardListener {
   /** Test hook: return true to make the next notification throw, as a failing DMA map would. */
   failWhen: ((kind: 'populate' | 'discard', range: GranuleRange) => boolean) | null = null;
 
-  constructor(name: string, blockGranules: number, options: { doubleDiscardSupported?: boolean } = {}) {
+  private readonly inner: RamDiscardListener | null;
+
+  /**
+   * With `inner`, it forwards each notification to that listener (a VfioDmaListener, say)
+   * and records only what the inner listener accepted: a witness of a real listener.
+   */
+  constructor(name: string, blockGranules: number, options: { doubleDiscardSupported?: boolean; inner?: RamDiscardListener } = {}) {
     this.name = name;
     this.mapped = new PageBitmap(blockGranules);
-    this.doubleDiscardSupported = options.doubleDiscardSupported ?? false;
+    this.inner = options.inner ?? null;
+    this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
   }
 
-  populate(range: GranuleRange): void {
+  populate(range: GranuleRange): void | PromiseLike<void> {
     if (this.failWhen?.('populate', range)) throw new Error(`injected populate failure on ${range}`);
+    const forwarded = this.inner?.populate(range);
+    if (forwarded && typeof forwarded.then === 'function') return Promise.resolve(forwarded).then(() => this.recordPopulate(range));
+    this.recordPopulate(range);
+  }
+
+  discard(range: GranuleRange): void | PromiseLike<void> {
+    if (this.failWhen?.('discard', range)) throw new Error(`injected discard failure on ${range}`);
+    const forwarded = this.inner?.discard(range);
+    if (forwarded && typeof forwarded.then === 'function') return Promise.resolve(forwarded).then(() => this.recordDiscard(range));
+    this.recordDiscard(range);
+  }
+
+  private recordPopulate(range: GranuleRange): void {
     this.populates++;
     if (!this.mapped.isAllClear(range.first, range.count)) this.errors++;
     this.mapped.setRange(range.first, range.count);
   }
 
-  discard(range: GranuleRange): void {
-    if (this.failWhen?.('discard', range)) throw new Error(`injected discard failure on ${range}`);
+  private recordDiscard(range: GranuleRange): void {
     this.discards++;
     // A listener with double discard accepts a discard over granules it no longer holds.
     if (!this.doubleDiscardSupported && !this.mapped.isAllSet(range.first, range.count)) this.errors++;

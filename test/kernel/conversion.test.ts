@@ -15,7 +15,7 @@ import { VfioDmaListener } from '../../lib/vfio-dma-listener';
 import type { Run } from '../../lib/page-bitmap';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
-import { DmaProbe } from '../support/dma-probe';
+import { DmaProbe } from '../../lib/dma-probe';
 import { prng } from '../support/prng';
 
 const PAGE = 4096;

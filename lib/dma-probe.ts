@@ -1,10 +1,11 @@
 // Asks the edu device whether it can read a guest page: it copies the page's first bytes to
-// a scratch page that stays DMA-mapped, and the scratch page tells whether they arrived.
+// a scratch page that stays DMA-mapped (at an IOVA above the blocks, below edu's 256 MiB
+// reach), and the scratch page tells whether they arrived. The demo and the tests use it.
 
-import { AssignedDevice } from '../../lib/assigned-device';
-import { EduDevice } from '../../lib/edu-device';
-import { SharedMemory } from '../../lib/shared-memory';
-import type { RamBlock } from '../../lib/ram-block';
+import type { AssignedDevice } from './assigned-device';
+import { EduDevice } from './edu-device';
+import { SharedMemory } from './shared-memory';
+import type { RamBlock } from './ram-block';
 
 export const SCRATCH_IOVA = 200 * (1 << 20);
 const PROBE_BYTES = 64;

@@ -1,0 +1,86 @@
+// `guestmem bench`: conversions of 1, 16 and 512 pages on a real kernel, through KVM, the
+// tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
+// how many times each conversion crossed into C++ (bounded, whatever the page count).
+
+import { parseArgs } from 'node:util';
+import { EDU_DEVICE, EDU_VENDOR } from '../edu-device';
+import { nativeCalls } from '../native';
+import type { ConversionStep } from '../conversion-stats';
+import type { PageState } from '../state-change-channel';
+import { vfioPciDevices } from '../vfio-sysfs';
+import { VmHost } from './hosts';
+import { printJson } from './output';
+import { UsageError } from './usage-error';
+import { needsVm, runInVm } from './vm-command';
+
+const PAGE = 4096;
+const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard'];
+
+export interface BenchRow {
+  pages: number;
+  to: PageState;
+  conversions: number;
+  meanNs: number;
+  stepNs: Record<ConversionStep, number>;
+  /** Crossings into C++ per conversion: the most seen. */
+  nativeCalls: number;
+}
+
+export async function benchCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' } },
+  });
+  const iterations = Number(values.iterations ?? 20);
+  if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
+  const sizes = (values.pages ?? '1,16,512').split(',').map(Number);
+  if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
+  const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
+  if (missing && !values['no-vm']) {
+    if (!values.json) console.error(`guestmem bench: this host lacks ${missing}; running it inside the harness VM (guestmem vm)`);
+    return runInVm(['bench', ...args]);
+  }
+
+  const edu = values['no-vfio'] ? undefined : vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
+  const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf });
+  const rows: BenchRow[] = [];
+  try {
+    host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
+    const block = host.block!;
+    const listener = host.makeListener('vfio');
+    if (listener) await block.register(listener);
+    for (const pages of sizes) {
+      for (const to of ['shared', 'private'] as const) rows.push({ pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0 }, nativeCalls: 0 });
+      const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
+      for (let i = 0; i < iterations; i++) {
+        for (const row of [toShared, toPrivate]) {
+          const before = { ...block.stats.ns };
+          const calls = nativeCalls.count;
+          const started = process.hrtime.bigint();
+          await block.convert(block.gpa, pages * PAGE, row.to);
+          row.meanNs += Number(process.hrtime.bigint() - started);
+          row.nativeCalls = Math.max(row.nativeCalls, nativeCalls.count - calls);
+          for (const step of STEPS) row.stepNs[step] += Number(block.stats.ns[step] - before[step]);
+          row.conversions++;
+        }
+      }
+      for (const row of [toShared, toPrivate]) {
+        row.meanNs = Math.round(row.meanNs / row.conversions);
+        for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
+      }
+    }
+    const backend = host.assigned?.backend ?? null;
+    if (values.json) printJson({ backend, iterations, rows });
+    else {
+      console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}`);
+      console.log('pages  to       mean µs   KVM attrs µs  listeners µs  discard µs  native calls');
+      const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
+      for (const row of rows) {
+        console.log(`${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${String(row.nativeCalls).padStart(12)}`);
+      }
+    }
+  } finally {
+    await host.shutdown().catch(() => host.close());
+  }
+  return 0;
+}

@@ -1,0 +1,72 @@
+// The conversion script read by `simulate` and `run`:
+//   block <bytes> [granule]          one RAM block; granule defaults to 4096
+//   listen <id> <offset> <size>      register a listener on a section of it
+//   unlisten <id>
+//   convert <offset> <size> shared|private
+// Blank lines and # comments are ignored; a malformed line is a UsageError naming its line.
+
+import { parseSize } from './sizes';
+import { UsageError } from './usage-error';
+
+export type ScriptOp =
+  | { op: 'block'; line: number; size: number; granule: number }
+  | { op: 'listen'; line: number; id: string; offset: number; size: number }
+  | { op: 'unlisten'; line: number; id: string }
+  | { op: 'convert'; line: number; offset: number; size: number; to: 'shared' | 'private' };
+
+export class ScriptError extends UsageError {
+  constructor(readonly line: number, message: string) {
+    super(`line ${line}: ${message}`);
+  }
+}
+
+function expectArgs(words: string[], line: number, count: number[], form: string): void {
+  if (!count.includes(words.length - 1)) throw new ScriptError(line, `expected '${form}', got '${words.join(' ')}'`);
+}
+
+function size(text: string, line: number, what: string): number {
+  try {
+    return parseSize(text, what);
+  } catch (error) {
+    throw new ScriptError(line, (error as Error).message);
+  }
+}
+
+export function parseScript(text: string): ScriptOp[] {
+  const ops: ScriptOp[] = [];
+  let haveBlock = false;
+  text.split('\n').forEach((raw, index) => {
+    const line = index + 1;
+    const words = raw.replace(/#.*/, '').trim().split(/\s+/).filter(Boolean);
+    if (words.length === 0) return;
+    const [keyword] = words;
+    if (keyword !== 'block' && !haveBlock) throw new ScriptError(line, `'${keyword}' before any 'block' line`);
+    switch (keyword) {
+      case 'block':
+        if (haveBlock) throw new ScriptError(line, 'a script has one block; this is a second');
+        expectArgs(words, line, [1, 2], 'block <bytes> [granule]');
+        ops.push({ op: 'block', line, size: size(words[1]!, line, 'block size'), granule: words[2] ? size(words[2], line, 'granule') : 4096 });
+        haveBlock = true;
+        return;
+      case 'listen':
+        expectArgs(words, line, [3], 'listen <id> <offset> <size>');
+        ops.push({ op: 'listen', line, id: words[1]!, offset: size(words[2]!, line, 'offset'), size: size(words[3]!, line, 'size') });
+        return;
+      case 'unlisten':
+        expectArgs(words, line, [1], 'unlisten <id>');
+        ops.push({ op: 'unlisten', line, id: words[1]! });
+        return;
+      case 'convert': {
+        expectArgs(words, line, [3], 'convert <offset> <size> shared|private');
+        const to = words[3];
+        if (to !== 'shared' && to !== 'private') throw new ScriptError(line, `convert target must be 'shared' or 'private', got '${to}'`);
+        ops.push({ op: 'convert', line, offset: size(words[1]!, line, 'offset'), size: size(words[2]!, line, 'size'), to });
+        return;
+      }
+      default:
+        throw new ScriptError(line, `unknown keyword '${keyword}' (expected block, listen, unlisten or convert)`);
+    }
+  });
+  if (!haveBlock) throw new ScriptError(1, "the script has no 'block' line");
+  return ops;
+}

@@ -1,0 +1,74 @@
+// `guestmem convert`: one VM, one block, optionally a device's VFIO listener; the requested
+// conversions in order; the result of each and where the time went.
+
+import { parseArgs } from 'node:util';
+import { nativeCalls } from '../native';
+import type { PageState } from '../state-change-channel';
+import { VmHost } from './hosts';
+import { mapLegend, mapStrip } from './map-picture';
+import { printJson } from './output';
+import { formatBytes, parseRange, parseSize } from './sizes';
+import { UsageError } from './usage-error';
+
+export async function convertCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      size: { type: 'string' }, gpa: { type: 'string' }, range: { type: 'string', multiple: true }, to: { type: 'string', multiple: true },
+      vfio: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean' },
+    },
+  });
+  if (!values.size || !values.gpa) throw new UsageError('convert needs --size and --gpa (example: --size 64M --gpa 16M)');
+  const ranges = (values.range ?? []).map((r) => parseRange(r, '--range'));
+  const targets = values.to ?? [];
+  if (ranges.length === 0) throw new UsageError('give at least one --range OFF+LEN (offsets within the block)');
+  if (targets.length !== 1 && targets.length !== ranges.length) throw new UsageError('give one --to for all ranges, or one per --range');
+  for (const to of targets) if (to !== 'private' && to !== 'shared') throw new UsageError(`--to must be private or shared, got '${to}'`);
+  const size = parseSize(values.size, '--size');
+  const gpa = parseSize(values.gpa, '--gpa');
+  const backend = (values.backend ?? 'auto') as 'auto';
+
+  const host = new VmHost({ gpa, vfio: values.vfio, backend });
+  const results: Array<Record<string, unknown>> = [];
+  let failed = false;
+  try {
+    const attributes = host.openBlock(size, 4096);
+    const listener = host.makeListener('vfio');
+    if (listener) await host.block!.register(listener);
+    for (const [i, range] of ranges.entries()) {
+      const to = (targets[i] ?? targets[0]) as PageState;
+      const calls = nativeCalls.count;
+      const started = process.hrtime.bigint();
+      try {
+        const result = await host.convert(range.offset, range.size, to);
+        results.push({ ...range, to, ok: true, ...(result as object), ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
+      } catch (error) {
+        failed = true;
+        results.push({ ...range, to, ok: false, error: (error as Error).message });
+      }
+    }
+    const { strip, pagesPerCell } = mapStrip(attributes);
+    const summary = {
+      block: { gpa, size, sharedPages: attributes.sharedGranules, privatePages: attributes.privateGranules },
+      vfio: host.assigned ? { bdf: host.assigned.bdf, backend: host.assigned.backend, mappings: listener?.mappings ?? 0 } : null,
+      conversions: results,
+      stats: host.block!.stats.toJSON(),
+      map: { shared: attributes.runs('shared'), strip },
+    };
+    if (values.json) printJson(summary);
+    else {
+      console.log(`block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
+      for (const r of results) {
+        console.log(r.ok
+          ? `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
+          : `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): FAILED: ${r.error}`);
+      }
+      console.log(`shared ${attributes.sharedGranules} pages, private ${attributes.privateGranules}${listener ? `, ${listener.mappings} DMA mappings held` : ''}`);
+      console.log(`time by step (ns): ${JSON.stringify(summary.stats.ns)}`);
+      console.log(`[${strip}]\n${mapLegend(pagesPerCell)}`);
+    }
+  } finally {
+    await host.shutdown().catch(() => host.close());
+  }
+  return failed ? 1 : 0;
+}

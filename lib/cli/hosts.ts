@@ -1,0 +1,85 @@
+// The two places a script or trace can run: the tracker alone (a dry run that touches no
+// kernel) and a real SW-protected VM with one RAM block, optionally with a VFIO device
+// whose DMA listener maps what turns shared.
+
+import { AssignedDevice } from '../assigned-device';
+import type { DmaBackend } from '../dma-mapper';
+import { GuestMemory } from '../guest-memory';
+import { Kvm } from '../kvm';
+import type { RamBlock } from '../ram-block';
+import { RamBlockAttributes } from '../ram-block-attributes';
+import type { PageState } from '../state-change-channel';
+import { VfioDmaListener } from '../vfio-dma-listener';
+import type { ScriptHost } from './script-runner';
+
+export class TrackerHost implements ScriptHost {
+  private attributes: RamBlockAttributes | null = null;
+
+  openBlock(size: number, granule: number): RamBlockAttributes {
+    this.attributes = new RamBlockAttributes(size, { granularity: granule, name: 'simulated' });
+    return this.attributes;
+  }
+
+  makeListener(): null {
+    return null;
+  }
+
+  convert(offset: number, size: number, to: PageState): Promise<unknown> {
+    return this.attributes!.stateChange(offset, size, to);
+  }
+
+  close(): void {}
+}
+
+export interface VmHostOptions {
+  gpa: number;
+  vfio?: string;
+  backend?: DmaBackend | 'auto';
+}
+
+/** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */
+export const DEFAULT_GPA = 16 * 1024 * 1024;
+
+export class VmHost implements ScriptHost {
+  readonly kvm: Kvm;
+  readonly memory: GuestMemory;
+  readonly assigned: AssignedDevice | null;
+  block: RamBlock | null = null;
+
+  constructor(private readonly options: VmHostOptions) {
+    this.kvm = Kvm.open();
+    try {
+      this.memory = new GuestMemory(this.kvm.createVm('sw-protected'));
+      this.assigned = options.vfio ? AssignedDevice.open(options.vfio, { backend: options.backend ?? 'auto' }) : null;
+    } catch (error) {
+      this.kvm.close();
+      throw error;
+    }
+  }
+
+  openBlock(size: number, granule: number): RamBlockAttributes {
+    this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram' });
+    return this.block.attributes;
+  }
+
+  makeListener(id: string): VfioDmaListener | null {
+    if (!this.assigned) return null;
+    return new VfioDmaListener(this.assigned.dma, { sharedAddress: this.block!.shared.address, gpa: BigInt(this.block!.gpa), name: id });
+  }
+
+  convert(offset: number, size: number, to: PageState): Promise<unknown> {
+    return this.block!.convert(this.block!.gpa + offset, size, to);
+  }
+
+  /** Unregisters listeners (unmapping what they hold) before the device and the VM go. */
+  async shutdown(): Promise<void> {
+    if (this.block) for (const listener of this.block.attributes.listeners) await this.block.unregister(listener);
+    this.close();
+  }
+
+  close(): void {
+    this.memory.close();
+    this.assigned?.close();
+    this.kvm.close();
+  }
+}

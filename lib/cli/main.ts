@@ -1,0 +1,135 @@
+// The guestmem command: dispatch, help, and exit codes (0 success, 1 a failed operation,
+// 2 bad usage with a message that says what to fix).
+
+import { benchCommand } from './bench-command';
+import { convertCommand } from './convert-command';
+import { demoCommand } from './demo-command';
+import { probeCommand } from './probe-command';
+import { replayCommand, runCommand, simulateCommand } from './script-commands';
+import { UsageError } from './usage-error';
+import { vmCommand } from './vm-command';
+
+const HELP: Record<string, string> = {
+  '': `guestmem: guest_memfd, KVM memory attributes and VFIO DMA for confidential-VM work
+
+usage: guestmem <command> [options]   (guestmem <command> --help for each)
+
+commands:
+  probe      what this host supports, and for each missing piece why and what to do
+  convert    make a VM with one RAM block and convert ranges of it
+  simulate   run a conversion script through the tracker only (no kernel)
+  run        run a conversion script against a real VM
+  replay     replay a QEMU trace of a guest's conversions
+  bench      time conversions of 1, 16 and 512 pages on a real kernel
+  demo       the whole story with proofs: share, DMA, convert private, DMA blocked
+  vm         run a guestmem command inside the harness VM (QEMU, built-in kernel)
+
+examples:
+  guestmem probe
+  guestmem demo
+  guestmem simulate script.txt --json`,
+  probe: `usage: guestmem probe [--json]
+  Reports /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
+  VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece, why and the fix.
+example:
+  guestmem probe --json | jq .memoryAttributes`,
+  convert: `usage: guestmem convert --size S --gpa A --range OFF+LEN --to private|shared [--range ... --to ...]
+                        [--vfio BDF] [--backend auto|type1|iommufd] [--json]
+  Makes a SW-protected VM with one RAM block of S bytes at guest address A (all private, as
+  KVM starts it), optionally attaches the device's VFIO DMA listener, converts each range
+  (offsets within the block) in order, and prints each result with its timing.
+  Sizes: 4096, 0x1000, 64K, 16M, 2G. One --to applies to every --range, or give one each.
+examples:
+  guestmem convert --size 64M --gpa 16M --range 1M+64K --to shared
+  guestmem convert --size 64M --gpa 16M --vfio 0000:00:01.0 --range 0+2M --to shared --range 0+4K --to private`,
+  simulate: `usage: guestmem simulate [FILE|-] [--json] [--svg FILE]
+  Runs a conversion script through the tracker with recording listeners that model VFIO
+  (a double map or unmap counts as an error), touching no kernel. Script lines:
+    block <bytes> [granule]          one RAM block; granule defaults to 4096
+    listen <id> <offset> <size>      register a recording listener on a section
+    unlisten <id>
+    convert <offset> <size> shared|private
+  Blank lines and # comments are ignored. A malformed line exits 2 with its line number;
+  an invalid conversion is counted as rejected and the run goes on.
+  --json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
+  "rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.
+example:
+  printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json`,
+  run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--svg FILE]
+  Executes a simulate script against a real SW-protected VM: the block becomes a guest_memfd
+  memslot at --gpa (default 16M); 'listen' attaches the VFIO DMA listener of the device named
+  by --vfio on its section (a recording listener without --vfio). Exits 1 if a conversion
+  fails in the kernel. A progress bar shows on long scripts when stdout is a terminal.
+example:
+  guestmem run script.txt --vfio 0000:00:01.0 --svg map.svg`,
+  replay: `usage: guestmem replay TRACE [--size S --gpa A] [--vfio BDF] [--dry-run] [--json] [--svg FILE]
+  Replays QEMU's kvm_convert_memory events (log trace backend, optionally '<pid>@<s>.<us>:'
+  prefixed) by guest address on a real VM (--dry-run: the tracker only), and checks each
+  ram_block_attributes_state_change event against the tracker's own view. Other lines are
+  skipped. Without --size/--gpa the block is inferred from the addresses (and it says so).
+  Exits 1 on a failed conversion or a mismatch with QEMU's view.
+example:
+  guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run`,
+  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-vm]
+  Times conversions on a real kernel, split by step (KVM attributes, listeners, discard),
+  with the number of native calls per conversion. Runs inside the harness VM when this host
+  lacks SW-protected VMs (--no-vm: fail instead).
+example:
+  guestmem bench --json`,
+  demo: `usage: guestmem demo [--json] [--no-vm]
+  A SW-protected VM with one RAM block, a VFIO listener on the edu device (iommufd where
+  present), a 64 KiB bounce buffer shared and reached by DMA, 16 KiB of it converted private
+  (DMA no longer reaches it) and back (DMA reaches it again), each step timed, and the final
+  map. Runs inside the harness VM when this host lacks what it needs. Exits 1 if a proof fails.
+example:
+  guestmem demo --json`,
+  vm: `usage: guestmem vm [--memory SIZE] [--edu N] [--kernel-log FILE] [--timeout SECONDS] [--] <command> [args]
+  Runs a guestmem command inside the harness VM: QEMU (software emulation) booting a 6.12
+  kernel with KVM (SW-protected VMs), an emulated Intel IOMMU and N edu devices bound to
+  vfio-pci. The kernel is built on first use (about 5 minutes) and cached under
+  ~/.cache/guestmem. Needs Debian's qemu-system-x86, busybox-static and the kernel build
+  packages (it names them if missing, exit 2).
+examples:
+  guestmem vm -- probe
+  guestmem vm --edu 2 --kernel-log vm.log -- demo --json`,
+};
+
+const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
+  probe: probeCommand,
+  convert: convertCommand,
+  simulate: simulateCommand,
+  run: runCommand,
+  replay: replayCommand,
+  bench: benchCommand,
+  demo: demoCommand,
+  vm: vmCommand,
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...args] = argv;
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(HELP[args[0] ?? ''] ?? HELP['']);
+    return command === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[command];
+  if (!run) {
+    console.error(`guestmem: unknown command '${command}'\n\n${HELP['']}`);
+    return 2;
+  }
+  if (command !== 'vm' && (args.includes('--help') || args.includes('-h'))) {
+    console.log(HELP[command]);
+    return 0;
+  }
+  try {
+    return await run(args);
+  } catch (error) {
+    const e = error as Error & { code?: string };
+    if (error instanceof UsageError || e.code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`guestmem ${command}: ${e.message}\n(see guestmem ${command} --help)`);
+      return 2;
+    }
+    console.error(`guestmem ${command}: ${e.message}`);
+    if (process.env.GUESTMEM_DEBUG) console.error(e.stack);
+    return 1;
+  }
+}

@@ -1,0 +1,181 @@
+// `guestmem simulate`, `guestmem run` and `guestmem replay`: a script or a QEMU trace, run
+// through the tracker alone or against a real VM, then a report and a picture of the map.
+
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { RamBlockAttributes } from '../ram-block-attributes';
+import { parseScript, type ScriptOp } from './conversion-script';
+import { DEFAULT_GPA, TrackerHost, VmHost } from './hosts';
+import { mapLegend, mapStrip, mapSvg } from './map-picture';
+import { parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { printJson, progressBar } from './output';
+import { runScript, type ScriptHost, type ScriptReport } from './script-runner';
+import { formatBytes, parseSize } from './sizes';
+import { UsageError } from './usage-error';
+import type { DmaBackend } from '../dma-mapper';
+
+function readInput(file: string | undefined, what: string): string {
+  if (file === undefined) throw new UsageError(`give the ${what} file (or - for stdin)`);
+  try {
+    return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (error) {
+    throw new UsageError(`cannot read ${what} '${file}': ${(error as Error).message}`);
+  }
+}
+
+function writeSvg(file: string | undefined, attributes: RamBlockAttributes, report: ScriptReport, title: string): void {
+  if (file) fs.writeFileSync(file, mapSvg(attributes, report.history, title));
+}
+
+function summary(report: ScriptReport, attributes: RamBlockAttributes, extra: string[] = []): string {
+  const { strip, pagesPerCell } = mapStrip(attributes);
+  const lines = [
+    `block: ${report.pages} pages of ${report.granule} bytes (${formatBytes(report.pages * report.granule)})`,
+    `shared: ${attributes.sharedGranules} pages in ${report.shared.length} run${report.shared.length === 1 ? '' : 's'}; private: ${attributes.privateGranules} pages`,
+    `conversions: ${report.ops} (${report.rejected} rejected, ${report.failed} failed) in ${(report.elapsedNs / 1e6).toFixed(3)} ms` +
+      (report.ops > 0 ? `, ${Math.round(report.elapsedNs / report.ops)} ns each` : ''),
+  ];
+  for (const [id, listener] of Object.entries(report.listeners)) {
+    const pages = listener.mapped.reduce((sum, [, count]) => sum + count, 0);
+    lines.push(`listener ${id}: ${pages} pages mapped in ${listener.mapped.length} runs, ${listener.errors} double map/unmap errors`);
+  }
+  lines.push(...extra, ...report.failures.map((f) => `failed: ${f}`), `[${strip}]`, mapLegend(pagesPerCell));
+  return lines.join('\n');
+}
+
+/** The JSON object of `simulate` (and the core of `run` and `replay`). */
+function reportJson(report: ScriptReport): Record<string, unknown> {
+  return {
+    granule: report.granule,
+    pages: report.pages,
+    shared: report.shared,
+    listeners: report.listeners,
+    rejected: report.rejected,
+    ops: report.ops,
+    elapsedNs: report.elapsedNs,
+  };
+}
+
+async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
+  try {
+    return await runScript(ops, host, progressBar(label, ops.length));
+  } finally {
+    if (host instanceof VmHost) await host.shutdown().catch(() => host.close());
+    else host.close();
+  }
+}
+
+const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' } } as const;
+const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' } } as const;
+
+function backendOption(value: string | undefined): DmaBackend | 'auto' {
+  const backend = value ?? 'auto';
+  if (backend !== 'auto' && backend !== 'type1' && backend !== 'iommufd') throw new UsageError(`--backend must be auto, type1 or iommufd, got '${backend}'`);
+  return backend;
+}
+
+export async function simulateCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, options: OUTPUT_OPTIONS, allowPositionals: true });
+  const ops = parseScript(readInput(positionals[0] ?? '-', 'script'));
+  const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate');
+  writeSvg(values.svg, attributes, report, 'guestmem simulate');
+  if (values.json) printJson(reportJson(report));
+  else console.log(summary(report, attributes));
+  return 0;
+}
+
+export async function runCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args, options: { ...OUTPUT_OPTIONS, ...VM_OPTIONS }, allowPositionals: true });
+  const ops = parseScript(readInput(positionals[0], 'script'));
+  const host = new VmHost({ gpa: values.gpa ? parseSize(values.gpa, '--gpa') : DEFAULT_GPA, vfio: values.vfio, backend: backendOption(values.backend) });
+  const { report, attributes } = await execute(ops, host, 'run');
+  writeSvg(values.svg, attributes, report, 'guestmem run');
+  const stats = host.block?.stats.toJSON();
+  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats });
+  else console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
+  return report.failed > 0 ? 1 : 0;
+}
+
+/** Compares QEMU's recorded state changes with ours, conversion by conversion. */
+function checkTrace(trace: ParsedTrace, results: Array<{ from: string; to: string } | null>, blockGpa: number, offsetsKnown: boolean): string[] {
+  const mismatches: string[] = [];
+  trace.conversions.forEach((conversion, i) => {
+    const ours = results[i];
+    for (const check of conversion.checks) {
+      const expectOffset = conversion.gpa - blockGpa;
+      const problems: string[] = [];
+      if (!ours) problems.push('ours was rejected or failed');
+      else {
+        if (ours.from !== check.from) problems.push(`from ${check.from} in the trace, ${ours.from} here`);
+        if (ours.to !== check.to) problems.push(`to ${check.to} in the trace, ${ours.to} here`);
+      }
+      if (check.size !== conversion.size) problems.push(`size 0x${check.size.toString(16)} vs 0x${conversion.size.toString(16)}`);
+      if (offsetsKnown && check.offset !== expectOffset) problems.push(`offset 0x${check.offset.toString(16)} in the trace, 0x${expectOffset.toString(16)} here`);
+      if (problems.length > 0) mismatches.push(`line ${check.line}: ${problems.join('; ')}`);
+    }
+  });
+  return mismatches;
+}
+
+export async function replayCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: { ...OUTPUT_OPTIONS, ...VM_OPTIONS, size: { type: 'string' }, 'dry-run': { type: 'boolean' } },
+    allowPositionals: true,
+  });
+  const trace = parseTrace(readInput(positionals[0], 'trace'));
+  if (trace.conversions.length === 0) throw new UsageError(`no kvm_convert_memory events in the trace (${trace.skipped} other lines skipped)`);
+  const notes: string[] = [];
+  let block: { gpa: number; size: number };
+  if (values.size !== undefined || values.gpa !== undefined) {
+    if (values.size === undefined || values.gpa === undefined) throw new UsageError('give both --size and --gpa, or neither to infer the block from the trace');
+    block = { gpa: parseSize(values.gpa, '--gpa'), size: parseSize(values.size, '--size') };
+  } else {
+    block = inferBlock(trace)!;
+    notes.push(`block inferred from the trace's addresses: gpa 0x${block.gpa.toString(16)}, size ${formatBytes(block.size)} (give --gpa/--size to set it)`);
+  }
+  // A trace becomes a script: one block, a listener on all of it, a convert per event.
+  const ops: ScriptOp[] = [{ op: 'block', line: 0, size: block.size, granule: 4096 }];
+  if (values.vfio || values['dry-run']) ops.push({ op: 'listen', line: 0, id: values.vfio ? 'vfio' : 'recorder', offset: 0, size: block.size });
+  for (const c of trace.conversions) ops.push({ op: 'convert', line: c.line, offset: c.gpa - block.gpa, size: c.size, to: c.to });
+
+  const results: Array<{ from: string; to: string } | null> = [];
+  const host: ScriptHost = values['dry-run']
+    ? new TrackerHost()
+    : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend: backendOption(values.backend) });
+  const recordingHost: ScriptHost = {
+    openBlock: (size, granule) => host.openBlock(size, granule),
+    makeListener: (id, offset, size) => host.makeListener(id, offset, size),
+    convert: async (offset, size, to) => {
+      try {
+        const result = (await host.convert(offset, size, to)) as { from: string; to: string };
+        results.push(result);
+        return result;
+      } catch (error) {
+        results.push(null);
+        throw error;
+      }
+    },
+    close: () => undefined,
+  };
+  let outcome;
+  try {
+    outcome = await runScript(ops, recordingHost, progressBar('replay', ops.length));
+  } finally {
+    if (host instanceof VmHost) await host.shutdown().catch(() => host.close());
+  }
+  const { report, attributes } = outcome;
+  const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
+  const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
+  writeSvg(values.svg, attributes, report, 'guestmem replay');
+  if (values.json) {
+    printJson({
+      ...reportJson(report), failed: report.failed, failures: report.failures, block, inferred: values.gpa === undefined,
+      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false,
+    });
+  } else {
+    notes.push(`${trace.skipped} other trace lines skipped; ${checked} state changes checked against QEMU's, ${mismatches.length} mismatches`);
+    console.log(summary(report, attributes, [...notes, ...mismatches.slice(0, 20).map((m) => `mismatch: ${m}`)]));
+  }
+  return report.failed > 0 || mismatches.length > 0 ? 1 : 0;
+}

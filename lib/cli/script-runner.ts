@@ -1,0 +1,131 @@
+// Executes a conversion script against a host: the tracker alone (`simulate`) or a real VM
+// (`run`). Listeners are RecordingListeners, wrapping the host's real listener where it has
+// one, so the report says what each listener really holds.
+
+import type { Run } from '../page-bitmap';
+import type { RamBlockAttributes } from '../ram-block-attributes';
+import type { RamDiscardListener } from '../ram-discard-listener';
+import { RecordingListener } from '../recording-listener';
+import type { PageState } from '../state-change-channel';
+import type { ScriptOp } from './conversion-script';
+import { ScriptError } from './conversion-script';
+
+/** Where a script runs: one block, its listeners, its conversions. */
+export interface ScriptHost {
+  /** Creates the block and returns its tracker. */
+  openBlock(size: number, granule: number): RamBlockAttributes;
+  /** The real listener for a `listen` line, or null for a recording listener alone. */
+  makeListener(id: string, offset: number, size: number): RamDiscardListener | null;
+  convert(offset: number, size: number, to: PageState): Promise<unknown>;
+  close(): void;
+}
+
+export interface ConversionRecord {
+  offset: number;
+  size: number;
+  to: PageState;
+  outcome: 'done' | 'rejected' | 'failed';
+}
+
+export interface ScriptReport {
+  granule: number;
+  pages: number;
+  shared: Run[];
+  listeners: Record<string, { mapped: Run[]; errors: number }>;
+  rejected: number;
+  /** Conversions the kernel or a listener failed (never in a simulation). */
+  failed: number;
+  /** Convert lines executed, rejected ones included. */
+  ops: number;
+  /** Time inside convert lines only: one clock reading around each run of consecutive converts. */
+  elapsedNs: number;
+  history: ConversionRecord[];
+  failures: string[];
+}
+
+/** A rejected conversion: bad input found before anything changed. */
+function isRejection(error: unknown): boolean {
+  return error instanceof RangeError || error instanceof TypeError;
+}
+
+export async function runScript(
+  ops: ScriptOp[],
+  host: ScriptHost,
+  onProgress?: (done: number, total: number) => void,
+): Promise<{ report: ScriptReport; attributes: RamBlockAttributes }> {
+  let attributes: RamBlockAttributes | null = null;
+  const listeners = new Map<string, RecordingListener>();
+  const report: ScriptReport = {
+    granule: 0, pages: 0, shared: [], listeners: {}, rejected: 0, failed: 0, ops: 0, elapsedNs: 0, history: [], failures: [],
+  };
+  let runStart: bigint | null = null;
+  const closeRun = () => {
+    if (runStart !== null) report.elapsedNs += Number(process.hrtime.bigint() - runStart);
+    runStart = null;
+  };
+
+  for (let index = 0; index < ops.length; index++) {
+    const op = ops[index]!;
+    onProgress?.(index, ops.length);
+    if (op.op !== 'convert') closeRun();
+    switch (op.op) {
+      case 'block':
+        try {
+          attributes = host.openBlock(op.size, op.granule);
+        } catch (error) {
+          throw new ScriptError(op.line, (error as Error).message);
+        }
+        report.granule = attributes.granularity;
+        report.pages = attributes.granules;
+        break;
+      case 'listen': {
+        if (listeners.has(op.id)) throw new ScriptError(op.line, `listener '${op.id}' is already listening`);
+        let listener: RecordingListener;
+        try {
+          const inner = host.makeListener(op.id, op.offset, op.size) ?? undefined;
+          listener = new RecordingListener(op.id, attributes!.granules, { inner });
+          await attributes!.register(listener, { offset: op.offset, size: op.size });
+        } catch (error) {
+          throw new ScriptError(op.line, `listen ${op.id}: ${(error as Error).message}`);
+        }
+        listeners.set(op.id, listener);
+        break;
+      }
+      case 'unlisten': {
+        const listener = listeners.get(op.id);
+        if (!listener) throw new ScriptError(op.line, `no listener '${op.id}' to unlisten`);
+        try {
+          await attributes!.unregister(listener);
+        } catch (error) {
+          throw new ScriptError(op.line, `unlisten ${op.id}: ${(error as Error).message}`);
+        }
+        listeners.delete(op.id);
+        break;
+      }
+      case 'convert': {
+        runStart ??= process.hrtime.bigint();
+        report.ops++;
+        let outcome: ConversionRecord['outcome'] = 'done';
+        try {
+          await host.convert(op.offset, op.size, op.to);
+        } catch (error) {
+          if (isRejection(error)) {
+            outcome = 'rejected';
+            report.rejected++;
+          } else {
+            outcome = 'failed';
+            report.failed++;
+            report.failures.push(`line ${op.line}: ${(error as Error).message}`);
+          }
+        }
+        report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome });
+        break;
+      }
+    }
+  }
+  closeRun();
+  onProgress?.(ops.length, ops.length);
+  report.shared = attributes!.runs('shared');
+  for (const [id, listener] of listeners) report.listeners[id] = { mapped: listener.mappedRuns(), errors: listener.errors };
+  return { report, attributes: attributes! };
+}

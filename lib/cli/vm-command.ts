@@ -1,0 +1,56 @@
+// `guestmem vm`: runs a guestmem command inside the harness VM (a 6.12 kernel with KVM,
+// SW-protected VMs, an emulated IOMMU and edu devices bound to vfio-pci), built on first
+// use and cached. Also the path `demo` and `bench` take on a host that lacks what they need.
+
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { capabilityFeature, probe, type Capability } from '../probe';
+import { UsageError } from './usage-error';
+
+export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+const RUN_IN_VM = path.join(PACKAGE_ROOT, 'scripts', 'vm', 'run-in-vm.sh');
+const GUESTMEM = path.join(PACKAGE_ROOT, 'bin', 'guestmem.js');
+
+export interface VmOptions {
+  memory?: string;
+  edu?: string;
+  kernelLog?: string;
+  timeout?: string;
+}
+
+/** Runs `guestmem <args>` in the harness VM, streaming its output; returns its exit status. */
+export function runInVm(args: string[], options: VmOptions = {}): number {
+  const vmArgs: string[] = [];
+  if (options.memory) vmArgs.push('--memory', options.memory);
+  if (options.edu) vmArgs.push('--edu', options.edu);
+  if (options.kernelLog) vmArgs.push('--kernel-log', path.resolve(options.kernelLog));
+  if (options.timeout) vmArgs.push('--timeout', options.timeout);
+  const result = spawnSync(RUN_IN_VM, [...vmArgs, '--', process.execPath, GUESTMEM, ...args], { stdio: 'inherit' });
+  if (result.error) throw new UsageError(`cannot start ${RUN_IN_VM}: ${result.error.message}`);
+  return result.status ?? 1;
+}
+
+export function vmCommand(args: string[]): number {
+  const split = args.indexOf('--');
+  const { values, positionals } = parseArgs({
+    args: split >= 0 ? args.slice(0, split) : args,
+    options: { memory: { type: 'string' }, edu: { type: 'string' }, 'kernel-log': { type: 'string' }, timeout: { type: 'string' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  const command = split >= 0 ? args.slice(split + 1) : positionals;
+  if (command.length === 0) throw new UsageError('give the guestmem command to run in the VM, e.g. guestmem vm -- demo');
+  return runInVm(command, { memory: values.memory, edu: values.edu, kernelLog: values['kernel-log'], timeout: values.timeout });
+}
+
+/**
+ * For commands that need a real kernel: null where this host has every capability (run
+ * here), else the reason (run in the VM). Inside the VM nothing is re-routed.
+ */
+export function needsVm(capabilities: Capability[]): string | null {
+  if (process.env.GUESTMEM_IN_VM === '1') return null;
+  const report = probe();
+  const lacking = capabilities.map((c) => capabilityFeature(report, c)).filter((f) => !f.ok);
+  return lacking.length === 0 ? null : lacking.map((f) => f.why).join('; ');
+}
