@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npm test`: the unit and property suites on the host, then the kernel-backed suites
 // inside the harness VM (a real 6.12 kernel with KVM, an IOMMU and a vfio-pci device),
-// where a missing capability fails instead of skipping. GUESTMEM_SKIP_VM=1 stops after
+// where a missing capability fails instead of skipping, then `guestmem demo` run from the
+// host as a newcomer runs it. GUESTMEM_SKIP_VM=1 stops after
 // the host suites; GUESTMEM_TEST_ON_HOST=1 runs the kernel suites on this host instead
 // (for a host with SW-protected VMs and a device bound to vfio-pci).
 'use strict';
@@ -41,4 +42,9 @@ if (process.env.GUESTMEM_SKIP_VM === '1') {
     ['--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
     { GUESTMEM_REQUIRE_KERNEL: '1' },
   );
+}
+
+if (process.env.GUESTMEM_SKIP_VM !== '1') {
+  // The newcomer's path: `guestmem demo` from this host, through the VM where needed.
+  phase('guestmem demo from the host', process.execPath, [mocha, '--config', '.mocharc.vm-path.json']);
 }

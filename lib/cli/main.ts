@@ -53,7 +53,8 @@ examples:
   an invalid conversion is counted as rejected and the run goes on.
   --json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
   "rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.
-example:
+examples:
+  guestmem simulate script.txt --svg map.svg
   printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json`,
   run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--svg FILE]
   Executes a simulate script against a real SW-protected VM: the block becomes a guest_memfd

@@ -23,6 +23,8 @@ mount -t 9p -o "$ninep,ro" hostroot /host || { say "cannot mount the host root o
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
+# devtmpfs has no /dev/fd: bash's process substitution needs it.
+ln -sf /proc/self/fd /host/dev/fd
 mount -t tmpfs tmp /host/tmp
 mkdir -p "/host$run" "/host/dev/shm"
 mount -t tmpfs shm /host/dev/shm
@@ -39,7 +41,10 @@ for dev in /sys/bus/pci/devices/*; do
   fi
 done
 
-chroot /host /bin/bash "$run/command.sh" </dev/null >/dev/console 2>&1
+# ttyS1 and ttyS2 carry the command's stdout and stderr to the host, byte for byte.
+stty -F /dev/ttyS1 raw -echo
+stty -F /dev/ttyS2 raw -echo
+chroot /host /bin/bash "$run/command.sh" </dev/null >/dev/ttyS1 2>/dev/ttyS2
 echo $? >"/host$run/status"
 sync
 poweroff -f

@@ -21,7 +21,7 @@ usage: run-in-vm.sh [--memory SIZE] [--edu N] [--timeout SECONDS] [--kernel-log 
   --memory      guest memory (default 2G)
   --edu         number of edu DMA devices (default 1)
   --timeout     give up after this many seconds (default \$GUESTMEM_VM_TIMEOUT or 1200)
-  --kernel-log  keep the whole console output (kernel messages included) in FILE
+  --kernel-log  keep the kernel's console and QEMU's messages in FILE
 USAGE
   exit 2
 }
@@ -55,18 +55,25 @@ kernel=$("$here/build-kernel.sh")
 run=$(mktemp -d "${TMPDIR:-/tmp}/guestmem-vm.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 
-# The command, as a script the guest runs in a chroot of the host's root.
+# The command, as a script the guest runs in a chroot of the host's root. Its stdout and
+# stderr reach ours on their own serial ports, apart from the kernel's console. They are
+# terminals in the guest: where ours are not, pipe through cat so that the command sees
+# pipes too (no colours, no progress bars).
 {
   echo "cd $(printf %q "$PWD") || exit 125"
   echo "export HOME=/tmp PATH=$(printf %q "$PATH") GUESTMEM_IN_VM=1"
-  # The guest's console is a terminal; colour only if ours is one too.
-  [ -t 1 ] || echo "export NO_COLOR=1 FORCE_COLOR=0"
-  env | grep -E '^(GUESTMEM_|MOCHA_|CI=|NO_COLOR=|FORCE_COLOR=|NODE_OPTIONS=)' | grep -v '^GUESTMEM_IN_VM=' | while IFS= read -r line; do
+  env | grep -E '^(GUESTMEM_|MOCHA_|CI=|NO_COLOR=|FORCE_COLOR=|NODE_OPTIONS=|TERM=)' | grep -v '^GUESTMEM_IN_VM=' | while IFS= read -r line; do
     echo "export $(printf %q "$line")"
   done || true
-  printf 'exec'
-  printf ' %q' "$@"
-  echo
+  if [ -t 1 ]; then
+    printf 'exec'
+    printf ' %q' "$@"
+    echo
+  else
+    printf '%q ' "$@"
+    echo '2> >(cat >&2) | cat'
+    echo 'exit ${PIPESTATUS[0]}'
+  fi
 } >"$run/command.sh"
 
 mkdir -p "$run/initramfs/bin" "$run/initramfs/proc" "$run/initramfs/sys" "$run/initramfs/dev"
@@ -78,7 +85,12 @@ chmod +x "$run/initramfs/init"
 devices=()
 for _ in $(seq 1 "$edu"); do devices+=(-device edu); done
 
-console="$run/console.log"
+# Serial ports: ttyS0 the kernel's console (to a file), ttyS1 the command's stdout (ours),
+# ttyS2 its stderr (a FIFO that cat copies to ours).
+console="$run/kernel.log"
+mkfifo "$run/stderr.fifo"
+cat "$run/stderr.fifo" >&2 &
+stderr_copier=$!
 set +e
 timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu EPYC -smp 1 -m "$memory" \
@@ -86,7 +98,7 @@ timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
   -device intel-iommu,intremap=on,caching-mode=on \
   "${devices[@]}" \
   -kernel "$kernel" -initrd "$run/initramfs.cpio" \
-  -append "console=ttyS0 intel_iommu=on panic=-1 quiet guestmem.run=$run guestmem.project=$project" \
+  -append "console=ttyS0 intel_iommu=on panic=-1 guestmem.run=$run guestmem.project=$project" \
   -fsdev local,id=hostroot,path=/,readonly=on,security_model=none,multidevs=remap \
   -device virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot \
   -fsdev local,id=project,path="$project",security_model=none,multidevs=remap \
@@ -94,23 +106,29 @@ timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
   -fsdev local,id=run,path="$run",security_model=none \
   -device virtio-9p-pci,fsdev=run,mount_tag=run \
   -nodefaults -display none -no-reboot \
-  -chardev stdio,id=console,signal=on -serial chardev:console \
-  </dev/null 2>&1 | grep --line-buffered -v "TCG doesn't support requested feature" | tee "$console"
-qemu_status=${PIPESTATUS[0]}
+  -chardev file,id=kernel,path="$console" -serial chardev:kernel \
+  -chardev stdio,id=stdout,signal=on -serial chardev:stdout \
+  -chardev file,id=stderr,path="$run/stderr.fifo" -serial chardev:stderr \
+  </dev/null 2>"$run/qemu.log"
+qemu_status=$?
 set -e
+wait "$stderr_copier" 2>/dev/null || true
 
+# QEMU's own messages (its emulated IOMMU reports every DMA it blocks) are kept with the
+# kernel's, not mixed into the command's output.
+grep -v "TCG doesn't support requested feature" "$run/qemu.log" >>"$console" || true
 [ -z "$kernel_log" ] || cp "$console" "$kernel_log"
 
-if [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; then
-  echo "run-in-vm: the VM did not finish within $timeout s and was killed (raise --timeout or GUESTMEM_VM_TIMEOUT)" >&2
+fail() {
+  echo "run-in-vm: $1; the last lines of the kernel console and QEMU:" >&2
+  tail -n 25 "$console" | sed 's/^/  | /' >&2
   exit 3
+}
+if [ "$qemu_status" -eq 124 ] || [ "$qemu_status" -eq 137 ]; then
+  fail "the VM did not finish within $timeout s and was killed (raise --timeout or GUESTMEM_VM_TIMEOUT)"
 fi
 if [ ! -s "$run/status" ]; then
-  if grep -q 'Kernel panic' "$console"; then
-    echo "run-in-vm: the guest kernel panicked (see the console output above)" >&2
-  else
-    echo "run-in-vm: the guest stopped without reporting the command's status (QEMU exit $qemu_status)" >&2
-  fi
-  exit 3
+  if grep -q 'Kernel panic' "$console"; then fail "the guest kernel panicked"; fi
+  fail "the guest stopped without reporting the command's status (QEMU exit $qemu_status)"
 fi
 exit "$(cat "$run/status")"
