@@ -37,7 +37,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
   const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
   if (missing && !values['no-vm']) {
-    console.error(`guestmem bench: this host lacks ${missing}; running it inside the harness VM (guestmem vm)`);
+    console.error(`guestmem bench: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['bench', ...args]);
   }
 

@@ -35,7 +35,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'no-vm': { type: 'boolean' } } });
   const missing = needsVm(['sw-protected-vm', 'memory-attributes', 'vfio-device']);
   if (missing && !values['no-vm']) {
-    console.error(`guestmem demo: this host lacks ${missing}; running it inside the harness VM (guestmem vm)`);
+    console.error(`guestmem demo: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['demo', ...args]);
   }
 
