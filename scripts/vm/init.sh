@@ -26,7 +26,9 @@ mount -t devtmpfs dev /host/dev
 # devtmpfs has no /dev/fd: bash's process substitution needs it.
 ln -sf /proc/self/fd /host/dev/fd
 mount -t tmpfs tmp /host/tmp
-mkdir -p "/host$run" "/host/dev/shm"
+# The run directory and the project may live under /tmp, which the tmpfs just hid: make
+# their mount points again (elsewhere they exist already in the read-only host root).
+mkdir -p "/host$run" "/host$project" "/host/dev/shm" 2>/dev/null
 mount -t tmpfs shm /host/dev/shm
 mount -t 9p -o "$ninep" run "/host$run" || { say "cannot mount the run directory"; poweroff -f; }
 # The project is shared without a cache: the host may rebuild between runs, the guest
