@@ -2,10 +2,9 @@
 // IOAS through their VFIO cdev. The IOAS is the DmaMapper; it has no entry limit.
 
 import fs from 'node:fs';
-import { checkBytes, type Bytes } from './byte-range';
+import type { Bytes } from './byte-range';
 import { FdOwner } from './fd-owner';
-import type { DmaMapper } from './dma-mapper';
-import { checkSpan } from './kvm';
+import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
 import { native } from './native';
 
 export class Iommufd extends FdOwner {
@@ -37,18 +36,25 @@ export class Ioas implements DmaMapper {
   }
 
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(iova, size, 'IOAS map');
-    native().iommufdIoasMapChunks(this.iommufd.fd, this.id, checkBytes(vaddr, 'vaddr'), start, length, length);
+    const run = checkedRun(vaddr, iova, size, 'IOAS map');
+    native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size);
   }
 
   mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    const [start, length] = checkSpan(iova, size, 'IOAS map');
-    return native().iommufdIoasMapChunks(this.iommufd.fd, this.id, checkBytes(vaddr, 'vaddr'), start, length, checkBytes(granule, 'granule'));
+    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([checkedRun(vaddr, iova, size, 'IOAS map')]), checkGranule(granule));
+  }
+
+  mapRuns(runs: DmaRun[], granule: number): number {
+    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule));
   }
 
   unmap(iova: Bytes, size: Bytes): bigint {
-    const [start, length] = checkSpan(iova, size, 'IOAS unmap');
-    return native().iommufdIoasUnmap(this.iommufd.fd, this.id, start, length);
+    const run = checkedRun(0, iova, size, 'IOAS unmap');
+    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size, false);
+  }
+
+  unmapRuns(runs: DmaRun[], granule: number, options: { absentOk?: boolean } = {}): bigint {
+    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule), options.absentOk ?? false);
   }
 
   mappingsAvailable(): null {

@@ -47,15 +47,16 @@ export interface NativeAddon {
   vfioGroupGetStatus(groupFd: number): number;
   vfioGroupSetContainer(groupFd: number, containerFd: number): void;
   vfioIommuGetInfo(containerFd: number): Type1IommuInfo;
-  /** Maps [iova, iova + size) as size / granule mappings; undoes them all on failure. */
-  vfioMapDmaChunks(containerFd: number, vaddr: U64, iova: U64, size: U64, granule: U64): number;
-  /** One unmap over whole mappings; returns the bytes unmapped. */
-  vfioUnmapDma(containerFd: number, iova: U64, size: U64): bigint;
+  /** Maps each (vaddr, iova, size) run as size / granule mappings; all or nothing. */
+  vfioMapDmaRuns(containerFd: number, runs: BigUint64Array, granule: U64): number;
+  /** One unmap per run, over whole mappings; returns the bytes unmapped; all or nothing. */
+  vfioUnmapDmaRuns(containerFd: number, runs: BigUint64Array, granule: U64): bigint;
   // iommufd
   iommufdIoasAlloc(iommuFd: number): number;
   iommufdIoasIovaRanges(iommuFd: number, ioasId: number): { ranges: Array<[start: bigint, last: bigint]>; alignment: bigint };
-  iommufdIoasMapChunks(iommuFd: number, ioasId: number, vaddr: U64, iova: U64, size: U64, granule: U64): number;
-  iommufdIoasUnmap(iommuFd: number, ioasId: number, iova: U64, size: U64): bigint;
+  iommufdIoasMapRuns(iommuFd: number, ioasId: number, runs: BigUint64Array, granule: U64): number;
+  /** absentOk: a run with nothing mapped (ENOENT) counts as 0 bytes instead of failing. */
+  iommufdIoasUnmapRuns(iommuFd: number, ioasId: number, runs: BigUint64Array, granule: U64, absentOk: boolean): bigint;
   // VFIO device
   vfioGroupGetDeviceFd(groupFd: number, device: string): number;
   vfioDeviceGetInfo(deviceFd: number): { flags: number; numRegions: number; numIrqs: number };

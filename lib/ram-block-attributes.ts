@@ -43,6 +43,18 @@ async function notify(listener: RamDiscardListener, kind: Notify, range: Granule
   if (isThenable(result)) await result;
 }
 
+function batchOf(listener: RamDiscardListener, kind: Notify): ((ranges: GranuleRange[]) => void | PromiseLike<void>) | undefined {
+  const batch = kind === 'populate' ? listener.populateRuns : listener.discardRuns;
+  return batch?.bind(listener);
+}
+
+/** What one listener accepted during a change: undone, newest first, if the change fails. */
+type Delivery = [Registration, GranuleRange[]];
+
+function describeRanges(ranges: GranuleRange[]): string {
+  return ranges.length === 1 ? String(ranges[0]) : `${ranges.length} runs from ${ranges[0]} to ${ranges[ranges.length - 1]}`;
+}
+
 function inverse(kind: Notify): Notify {
   return kind === 'populate' ? 'discard' : 'populate';
 }
@@ -145,7 +157,7 @@ export class RamBlockAttributes {
         throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${listenerName(listener)}" is already registered on ${this.name}`);
       }
       const registration = { listener, section: range };
-      await this.notifyRuns(registration, this.bitmap.runs(range.first, range.count, true), 'populate');
+      await this.notifyRuns(registration, this.toRanges(this.bitmap.runs(range.first, range.count, true)), 'populate');
       this.registrations = [registration, ...this.registrations];
     });
   }
@@ -162,10 +174,8 @@ export class RamBlockAttributes {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
       }
       const { section } = registration;
-      const runs: Run[] = listener.doubleDiscardSupported
-        ? [[section.first, section.count]]
-        : this.bitmap.runs(section.first, section.count, true);
-      await this.notifyRuns(registration, runs, 'discard');
+      const ranges = listener.doubleDiscardSupported ? [section] : this.toRanges(this.bitmap.runs(section.first, section.count, true));
+      await this.notifyRuns(registration, ranges, 'discard');
       this.registrations = this.registrations.filter((r) => r !== registration);
     });
   }
@@ -240,75 +250,96 @@ export class RamBlockAttributes {
     this.shared += toShared ? count : -count;
   }
 
+  private toRanges(runs: Run[]): GranuleRange[] {
+    return runs.map(([first, count]) => new GranuleRange(first, count, this.granularity));
+  }
+
   /**
-   * Flips each run and notifies every listener whose section it meets, newest first. On a
-   * failure, undoes in reverse order what was done for this change and rethrows.
+   * Flips the runs, then notifies every listener whose section they meet, newest first,
+   * each with all of its clipped runs (in one call where it takes batches). On a failure,
+   * undoes in reverse order what was done for this change, restores the bitmap, rethrows.
    */
   private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
     const kind: Notify = toShared ? 'populate' : 'discard';
-    const registrations = this.registrations;
-    const done: Array<[Registration, GranuleRange]> = [];
-    let flipped = 0;
+    for (const [first, count] of runs) this.flip(first, count, toShared);
+    const done: Delivery[] = [];
     try {
-      for (const [first, count] of runs) {
-        this.flip(first, count, toShared);
-        flipped++;
-        for (const registration of registrations) {
-          const clipped = clip(registration.section, first, count);
-          if (!clipped) continue;
-          try {
-            await notify(registration.listener, kind, clipped);
-          } catch (cause) {
-            throw this.listenerFailed(registration.listener, kind, clipped, cause);
-          }
-          done.push([registration, clipped]);
+      for (const registration of this.registrations) {
+        const clipped: GranuleRange[] = [];
+        for (const [first, count] of runs) {
+          const range = clip(registration.section, first, count);
+          if (range) clipped.push(range);
         }
+        if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
       }
     } catch (failure) {
       const rollbackErrors = await this.undo(done, kind);
-      for (let i = flipped - 1; i >= 0; i--) this.flip(runs[i]![0], runs[i]![1], !toShared);
+      for (let i = runs.length - 1; i >= 0; i--) this.flip(runs[i]![0], runs[i]![1], !toShared);
       throw this.withRollbackErrors(failure, rollbackErrors);
     }
   }
 
-  /** Notifies one listener for several runs, undoing its earlier runs if a later one fails. */
-  private async notifyRuns(registration: Registration, runs: Run[], kind: Notify): Promise<void> {
-    const done: Array<[Registration, GranuleRange]> = [];
-    for (const [first, count] of runs) {
-      const range = new GranuleRange(first, count, this.granularity);
-      try {
-        await notify(registration.listener, kind, range);
-      } catch (cause) {
-        const failure = this.listenerFailed(registration.listener, kind, range, cause);
-        throw this.withRollbackErrors(failure, await this.undo(done, kind));
-      }
-      done.push([registration, range]);
+  /** Notifies one listener of several ranges, undoing its earlier ones if a later one fails. */
+  private async notifyRuns(registration: Registration, ranges: GranuleRange[], kind: Notify): Promise<void> {
+    if (ranges.length === 0) return;
+    const done: Delivery[] = [];
+    try {
+      await this.deliver(registration, kind, ranges, done);
+    } catch (failure) {
+      throw this.withRollbackErrors(failure, await this.undo(done, kind));
     }
   }
 
-  /** Sends the inverse notification for each done step, last first; returns what failed. */
-  private async undo(done: Array<[Registration, GranuleRange]>, kind: Notify): Promise<unknown[]> {
+  /**
+   * Hands ranges to one listener: in one call if it takes batches (all or nothing), else
+   * one by one. Records in `done` what it accepted; throws ERR_GUESTMEM_LISTENER_FAILED.
+   */
+  private async deliver(registration: Registration, kind: Notify, ranges: GranuleRange[], done: Delivery[]): Promise<void> {
+    const { listener } = registration;
+    const batch = batchOf(listener, kind);
+    if (batch) {
+      try {
+        const result = batch(ranges);
+        if (isThenable(result)) await result;
+      } catch (cause) {
+        throw this.listenerFailed(listener, kind, ranges, cause);
+      }
+      done.push([registration, ranges]);
+      return;
+    }
+    for (const range of ranges) {
+      try {
+        await notify(listener, kind, range);
+      } catch (cause) {
+        throw this.listenerFailed(listener, kind, [range], cause);
+      }
+      done.push([registration, [range]]);
+    }
+  }
+
+  /** Sends the inverse notification for each delivery, last first; returns what failed. */
+  private async undo(done: Delivery[], kind: Notify): Promise<unknown[]> {
     const errors: unknown[] = [];
     for (let i = done.length - 1; i >= 0; i--) {
-      const [registration, range] = done[i]!;
+      const [registration, ranges] = done[i]!;
       try {
-        await notify(registration.listener, inverse(kind), range);
+        await this.deliver(registration, inverse(kind), ranges, []);
       } catch (error) {
-        errors.push(this.listenerFailed(registration.listener, inverse(kind), range, error));
+        errors.push(error);
       }
     }
     return errors;
   }
 
-  private listenerFailed(listener: RamDiscardListener, kind: Notify, range: GranuleRange, cause: unknown): GuestmemError {
+  private listenerFailed(listener: RamDiscardListener, kind: Notify, ranges: GranuleRange[], cause: unknown): GuestmemError {
     const name = listenerName(listener);
     return Object.assign(
       new GuestmemError(
         'ERR_GUESTMEM_LISTENER_FAILED',
-        `listener "${name}" failed to ${kind} ${range} of ${this.name}: ${message(cause)}`,
+        `listener "${name}" failed to ${kind} ${describeRanges(ranges)} of ${this.name}: ${message(cause)}`,
         { cause },
       ),
-      { listener: name, operation: kind, range: range.toJSON() },
+      { listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
     );
   }
 

@@ -16,6 +16,13 @@ export interface RamDiscardListener {
   populate(range: GranuleRange): void | PromiseLike<void>;
   /** The range (clipped to the listener's section) became private. */
   discard(range: GranuleRange): void | PromiseLike<void>;
+  /**
+   * Optional batch forms: every run of one change (a mixture, a replay) in one call, so a
+   * listener that crosses into the kernel can do it once. All or nothing: when one throws,
+   * the listener must hold exactly what it held before the call.
+   */
+  populateRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
+  discardRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
 }
 
 export function listenerName(listener: RamDiscardListener): string {

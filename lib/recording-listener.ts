@@ -19,16 +19,42 @@ export class RecordingListener implements RamDiscardListener {
   failWhen: ((kind: 'populate' | 'discard', range: GranuleRange) => boolean) | null = null;
 
   private readonly inner: RamDiscardListener | null;
+  populateRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
+  discardRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
 
   /**
    * With `inner`, it forwards each notification to that listener (a VfioDmaListener, say)
-   * and records only what the inner listener accepted: a witness of a real listener.
+   * and records only what the inner listener accepted: a witness of a real listener. It
+   * takes batches when asked to (`batch`) or when the inner listener does.
    */
-  constructor(name: string, blockGranules: number, options: { doubleDiscardSupported?: boolean; inner?: RamDiscardListener } = {}) {
+  constructor(
+    name: string,
+    blockGranules: number,
+    options: { doubleDiscardSupported?: boolean; inner?: RamDiscardListener; batch?: boolean } = {},
+  ) {
     this.name = name;
     this.mapped = new PageBitmap(blockGranules);
     this.inner = options.inner ?? null;
     this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
+    if (options.batch || this.inner?.populateRuns) this.populateRuns = (ranges) => this.batch('populate', ranges);
+    if (options.batch || this.inner?.discardRuns) this.discardRuns = (ranges) => this.batch('discard', ranges);
+  }
+
+  /** A batch is all or nothing: an injected failure on any range fails it before any change. */
+  private batch(kind: 'populate' | 'discard', ranges: GranuleRange[]): void | PromiseLike<void> {
+    for (const range of ranges) {
+      if (this.failWhen?.(kind, range)) throw new Error(`injected ${kind} failure on ${range}`);
+    }
+    const inner = kind === 'populate' ? this.inner?.populateRuns : this.inner?.discardRuns;
+    const record = () => {
+      for (const range of ranges) {
+        if (kind === 'populate') this.recordPopulate(range);
+        else this.recordDiscard(range);
+      }
+    };
+    const forwarded = inner?.call(this.inner, ranges);
+    if (forwarded && typeof forwarded.then === 'function') return Promise.resolve(forwarded).then(record);
+    record();
   }
 
   populate(range: GranuleRange): void | PromiseLike<void> {

@@ -1,10 +1,10 @@
-// The VFIO side of a conversion, as QEMU's VFIO RamDiscardListener: when a range turns
-// shared, DMA-map its shared backing at iova = gpa, one mapping per granule (so any granule
-// can later be unmapped alone); when it turns private, unmap it before anything else
-// happens to the page. Each notification is one native call, whatever its size.
+// The VFIO side of a conversion, as QEMU's VFIO RamDiscardListener: when ranges turn
+// shared, DMA-map their shared backing at iova = gpa, one mapping per granule (so any
+// granule can later be unmapped alone); when they turn private, unmap them before anything
+// else happens to the pages. Every runs of one change go to the kernel in one native call.
 
 import type { GranuleRange } from './byte-range';
-import type { DmaMapper } from './dma-mapper';
+import type { DmaMapper, DmaRun } from './dma-mapper';
 import { GuestmemError } from './errors';
 import type { RamDiscardListener } from './ram-discard-listener';
 
@@ -31,32 +31,41 @@ export class VfioDmaListener implements RamDiscardListener {
   }
 
   populate(range: GranuleRange): void {
-    // type1 fails a map past its entry limit part-way; refuse before starting instead.
-    const available = this.dma.mappingsAvailable();
-    if (available !== null && range.count > available) {
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_DMA_LIMIT',
-          `mapping ${range.count} granules needs ${range.count} type1 DMA entries but only ${available} are left; ` +
-            'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
-            '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit before opening the container) or use iommufd, which has no such limit',
-        ),
-        { needed: range.count, available },
-      );
-    }
-    const offset = range.offsetBigInt;
-    this.mappings += this.dma.mapChunks(this.options.sharedAddress + offset, this.options.gpa + offset, range.sizeBigInt, range.granularity);
+    this.populateRuns([range]);
   }
 
   discard(range: GranuleRange): void {
-    let unmapped: bigint;
-    try {
-      unmapped = this.dma.unmap(this.options.gpa + range.offsetBigInt, range.sizeBigInt);
-    } catch (error) {
-      // iommufd answers ENOENT when nothing in the range was mapped: already discarded.
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT' && this.dma.backend === 'iommufd') return;
-      throw error;
+    this.discardRuns([range]);
+  }
+
+  populateRuns(ranges: GranuleRange[]): void {
+    const needed = ranges.reduce((sum, range) => sum + range.count, 0);
+    // type1 fails a map past its entry limit part-way; refuse before starting instead.
+    const available = this.dma.mappingsAvailable();
+    if (available !== null && needed > available) {
+      throw Object.assign(
+        new GuestmemError(
+          'ERR_GUESTMEM_DMA_LIMIT',
+          `mapping ${needed} granules needs ${needed} type1 DMA entries but only ${available} are left; ` +
+            'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
+            '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit before opening the container) or use iommufd, which has no such limit',
+        ),
+        { needed, available },
+      );
     }
-    this.mappings -= Number(unmapped / BigInt(range.granularity));
+    this.mappings += this.dma.mapRuns(this.runs(ranges), ranges[0]!.granularity);
+  }
+
+  discardRuns(ranges: GranuleRange[]): void {
+    const granularity = ranges[0]!.granularity;
+    const unmapped = this.dma.unmapRuns(this.runs(ranges), granularity, { absentOk: true });
+    this.mappings -= Number(unmapped / BigInt(granularity));
+  }
+
+  private runs(ranges: GranuleRange[]): DmaRun[] {
+    return ranges.map((range) => {
+      const offset = range.offsetBigInt;
+      return { vaddr: this.options.sharedAddress + offset, iova: this.options.gpa + offset, size: range.sizeBigInt };
+    });
   }
 }

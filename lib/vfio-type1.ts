@@ -2,11 +2,10 @@
 // IOMMU set on it. The container is the DmaMapper.
 
 import fs from 'node:fs';
-import { checkBytes, type Bytes } from './byte-range';
+import type { Bytes } from './byte-range';
 import { GuestmemError } from './errors';
 import { FdOwner } from './fd-owner';
-import type { DmaMapper } from './dma-mapper';
-import { checkSpan } from './kvm';
+import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
 import { native, type Type1IommuInfo } from './native';
 import { VfioDevice } from './vfio-device';
 
@@ -60,18 +59,26 @@ export class VfioContainer extends FdOwner implements DmaMapper {
   }
 
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(iova, size, 'DMA map');
-    native().vfioMapDmaChunks(this.fd, checkBytes(vaddr, 'vaddr'), start, length, length);
+    const run = checkedRun(vaddr, iova, size, 'DMA map');
+    native().vfioMapDmaRuns(this.fd, packRuns([run]), run.size);
   }
 
   mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    const [start, length] = checkSpan(iova, size, 'DMA map');
-    return native().vfioMapDmaChunks(this.fd, checkBytes(vaddr, 'vaddr'), start, length, checkBytes(granule, 'granule'));
+    return native().vfioMapDmaRuns(this.fd, packRuns([checkedRun(vaddr, iova, size, 'DMA map')]), checkGranule(granule));
+  }
+
+  mapRuns(runs: DmaRun[], granule: number): number {
+    return native().vfioMapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
   }
 
   unmap(iova: Bytes, size: Bytes): bigint {
-    const [start, length] = checkSpan(iova, size, 'DMA unmap');
-    return native().vfioUnmapDma(this.fd, start, length);
+    const run = checkedRun(0, iova, size, 'DMA unmap');
+    return native().vfioUnmapDmaRuns(this.fd, packRuns([run]), run.size);
+  }
+
+  /** type1 answers 0 bytes for a run with nothing mapped, so absentOk changes nothing. */
+  unmapRuns(runs: DmaRun[], granule: number): bigint {
+    return native().vfioUnmapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
   }
 
   /** Opens the IOMMU group of a device and puts it in this container. */

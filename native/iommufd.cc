@@ -2,7 +2,7 @@
 #include <vector>
 
 #include "args.h"
-#include "dma_chunks.h"
+#include "dma_runs.h"
 #include "uapi.h"
 
 namespace {
@@ -69,26 +69,28 @@ int IoasUnmap(int fd, uint32_t ioas, uint64_t iova, uint64_t size, uint64_t* unm
   return 0;
 }
 
-Napi::Value IoasMapChunks(const Napi::CallbackInfo& info) {
-  Args args(info);
-  int fd = args.Fd(0);
-  uint32_t ioas = args.U32(1, "ioasId");
-  ChunkOps ops{
+DmaOps IoasOps(int fd, uint32_t ioas) {
+  return DmaOps{
       "ioctl(IOMMU_IOAS_MAP)",
+      "ioctl(IOMMU_IOAS_UNMAP)",
       [fd, ioas](uint64_t vaddr, uint64_t iova, uint64_t size) { return IoasMap(fd, ioas, vaddr, iova, size); },
-      [fd, ioas](uint64_t iova, uint64_t size) { return IoasUnmap(fd, ioas, iova, size, nullptr); },
+      [fd, ioas](uint64_t iova, uint64_t size, uint64_t* unmapped) { return IoasUnmap(fd, ioas, iova, size, unmapped); },
   };
-  return MapChunks(info.Env(), ops, args.U64(2, "vaddr"), args.U64(3, "iova"), args.U64(4, "size"), args.U64(5, "granule"));
 }
 
-// One unmap over many whole mappings; iommufd refuses (ENOENT) to split one.
-Napi::Value IoasUnmapRange(const Napi::CallbackInfo& info) {
+Napi::Value IoasMapRuns(const Napi::CallbackInfo& info) {
   Args args(info);
-  uint64_t unmapped = 0;
-  if (IoasUnmap(args.Fd(0), args.U32(1, "ioasId"), args.U64(2, "iova"), args.U64(3, "size"), &unmapped) < 0) {
-    throw ErrnoError(info.Env(), errno, "ioctl(IOMMU_IOAS_UNMAP)");
-  }
-  return U64Value(info.Env(), unmapped);
+  uint64_t granule = args.U64(3, "granule");
+  return MapRuns(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadRuns(info, 2, granule), granule);
+}
+
+// iommufd refuses (ENOENT) to split a mapping, and answers ENOENT too for a range with
+// nothing mapped: with absentOk that counts as 0 bytes (a double discard), else it throws.
+Napi::Value IoasUnmapRuns(const Napi::CallbackInfo& info) {
+  Args args(info);
+  uint64_t granule = args.U64(3, "granule");
+  int absent = info[4].ToBoolean() ? ENOENT : 0;
+  return UnmapRuns(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadRuns(info, 2, granule), granule, absent);
 }
 
 }  // namespace
@@ -96,6 +98,6 @@ Napi::Value IoasUnmapRange(const Napi::CallbackInfo& info) {
 void InitIommufd(Napi::Env env, Napi::Object exports) {
   exports.Set("iommufdIoasAlloc", Napi::Function::New(env, IoasAlloc));
   exports.Set("iommufdIoasIovaRanges", Napi::Function::New(env, IoasIovaRanges));
-  exports.Set("iommufdIoasMapChunks", Napi::Function::New(env, IoasMapChunks));
-  exports.Set("iommufdIoasUnmap", Napi::Function::New(env, IoasUnmapRange));
+  exports.Set("iommufdIoasMapRuns", Napi::Function::New(env, IoasMapRuns));
+  exports.Set("iommufdIoasUnmapRuns", Napi::Function::New(env, IoasUnmapRuns));
 }

@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "args.h"
-#include "dma_chunks.h"
+#include "dma_runs.h"
 #include "uapi.h"
 
 namespace {
@@ -106,6 +106,8 @@ int MapDma(int fd, uint64_t vaddr, uint64_t iova, uint64_t size) {
   return RetryIoctl(fd, uapi::VFIO_IOMMU_MAP_DMA, &map) < 0 ? -1 : 0;
 }
 
+// type1 removes every whole mapping inside [iova, iova + size) and answers with the bytes
+// it removed (0 where there were none); it refuses (EINVAL) to split a mapping.
 int UnmapDma(int fd, uint64_t iova, uint64_t size, uint64_t* unmapped) {
   uapi::vfio_iommu_type1_dma_unmap unmap{};
   unmap.argsz = sizeof(unmap);
@@ -116,26 +118,25 @@ int UnmapDma(int fd, uint64_t iova, uint64_t size, uint64_t* unmapped) {
   return 0;
 }
 
-Napi::Value MapDmaChunks(const Napi::CallbackInfo& info) {
-  Args args(info);
-  int fd = args.Fd(0);
-  ChunkOps ops{
+DmaOps Type1Ops(int fd) {
+  return DmaOps{
       "ioctl(VFIO_IOMMU_MAP_DMA)",
+      "ioctl(VFIO_IOMMU_UNMAP_DMA)",
       [fd](uint64_t vaddr, uint64_t iova, uint64_t size) { return MapDma(fd, vaddr, iova, size); },
-      [fd](uint64_t iova, uint64_t size) { return UnmapDma(fd, iova, size, nullptr); },
+      [fd](uint64_t iova, uint64_t size, uint64_t* unmapped) { return UnmapDma(fd, iova, size, unmapped); },
   };
-  return MapChunks(info.Env(), ops, args.U64(1, "vaddr"), args.U64(2, "iova"), args.U64(3, "size"), args.U64(4, "granule"));
 }
 
-// One unmap over [iova, iova + size): type1 removes every whole mapping inside it and
-// answers with the bytes it removed; it refuses (EINVAL) to split a mapping.
-Napi::Value UnmapDmaRange(const Napi::CallbackInfo& info) {
+Napi::Value MapDmaRuns(const Napi::CallbackInfo& info) {
   Args args(info);
-  uint64_t unmapped = 0;
-  if (UnmapDma(args.Fd(0), args.U64(1, "iova"), args.U64(2, "size"), &unmapped) < 0) {
-    throw ErrnoError(info.Env(), errno, "ioctl(VFIO_IOMMU_UNMAP_DMA)");
-  }
-  return U64Value(info.Env(), unmapped);
+  uint64_t granule = args.U64(2, "granule");
+  return MapRuns(info.Env(), Type1Ops(args.Fd(0)), ReadRuns(info, 1, granule), granule);
+}
+
+Napi::Value UnmapDmaRuns(const Napi::CallbackInfo& info) {
+  Args args(info);
+  uint64_t granule = args.U64(2, "granule");
+  return UnmapRuns(info.Env(), Type1Ops(args.Fd(0)), ReadRuns(info, 1, granule), granule, 0);
 }
 
 }  // namespace
@@ -147,6 +148,6 @@ void InitVfioType1(Napi::Env env, Napi::Object exports) {
   exports.Set("vfioGroupGetStatus", Napi::Function::New(env, GroupGetStatus));
   exports.Set("vfioGroupSetContainer", Napi::Function::New(env, GroupSetContainer));
   exports.Set("vfioIommuGetInfo", Napi::Function::New(env, IommuGetInfo));
-  exports.Set("vfioMapDmaChunks", Napi::Function::New(env, MapDmaChunks));
-  exports.Set("vfioUnmapDma", Napi::Function::New(env, UnmapDmaRange));
+  exports.Set("vfioMapDmaRuns", Napi::Function::New(env, MapDmaRuns));
+  exports.Set("vfioUnmapDmaRuns", Napi::Function::New(env, UnmapDmaRuns));
 }

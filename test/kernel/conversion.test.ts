@@ -10,6 +10,7 @@ import { AssignedDevice } from '../../lib/assigned-device';
 import type { DmaBackend } from '../../lib/dma-mapper';
 import { GuestMemory } from '../../lib/guest-memory';
 import { Kvm, type Vm } from '../../lib/kvm';
+import { nativeCalls } from '../../lib/native';
 import type { RamBlock } from '../../lib/ram-block';
 import { VfioDmaListener } from '../../lib/vfio-dma-listener';
 import type { Run } from '../../lib/page-bitmap';
@@ -132,6 +133,25 @@ describe('conversions end to end: KVM + tracker + VFIO', function () {
           }
         }
         assert.ok(rejected > 0, 'the sequence exercised invalid conversions');
+      });
+
+      it('converts a mixture of many runs with a bounded number of native calls', async () => {
+        f = await setUp(backend, [{ gpa: 16 * MiB, size: MiB }]);
+        const [block] = [...f.listeners.keys()];
+        const listener = f.listeners.get(block!)!;
+        for (let page = 0; page < 64; page += 2) await block!.convert(block!.gpa + page * PAGE, PAGE, 'shared');
+        let calls = nativeCalls.count;
+        const toShared = await block!.convert(block!.gpa, 64 * PAGE, 'shared');
+        assert.deepEqual([toShared.from, toShared.runs, toShared.changed], ['mixture', 32, 32]);
+        assert.ok(nativeCalls.count - calls <= 4, `${nativeCalls.count - calls} native calls for 32 runs`);
+        assert.equal(listener.mappings, 64);
+        for (let page = 1; page < 64; page += 4) await block!.convert(block!.gpa + page * PAGE, PAGE, 'private');
+        calls = nativeCalls.count;
+        const toPrivate = await block!.convert(block!.gpa, 64 * PAGE, 'private');
+        assert.deepEqual([toPrivate.from, toPrivate.runs], ['mixture', 17]);
+        assert.ok(nativeCalls.count - calls <= 3, `${nativeCalls.count - calls} native calls for 17 runs`);
+        assert.equal(listener.mappings, 0);
+        assert.equal(await f.probe.canRead(block!, 6 * PAGE, 0x21), false);
       });
 
       it('rolls everything back when a listener fails', async () => {

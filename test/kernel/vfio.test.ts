@@ -83,6 +83,25 @@ function describeBackend(backend: DmaBackend): void {
       assert.equal(assigned.dma.unmap(IOVA, 16 * PAGE), BigInt(PAGE));
     });
 
+    it('maps and unmaps several runs in one call, all or nothing', () => {
+      const run = (page: number, pages: number) => ({ vaddr: memory.address + BigInt(page * PAGE), iova: BigInt(IOVA + page * PAGE), size: BigInt(pages * PAGE) });
+      const before = available();
+      // The third run collides with a mapping made beforehand: the first two are undone.
+      assigned.dma.map(memory.address + BigInt(40 * PAGE), IOVA + 40 * PAGE, PAGE);
+      assert.throws(() => assigned.dma.mapRuns([run(0, 4), run(10, 4), run(38, 4)], PAGE), { code: 'EEXIST' });
+      assert.equal(assigned.dma.unmap(IOVA + 40 * PAGE, PAGE), BigInt(PAGE));
+      assert.equal(assigned.dma.unmapRuns([run(0, 64)], PAGE, { absentOk: true }), 0n);
+      assert.equal(available(), before);
+
+      assert.equal(assigned.dma.mapRuns([run(0, 4), run(10, 4), run(20, 1)], PAGE), 9);
+      if (backend === 'type1') assert.equal(available(), before! - 9);
+      // An unmap that would split a mapping fails, and the run unmapped before it is mapped again.
+      assigned.dma.map(memory.address + BigInt(30 * PAGE), IOVA + 30 * PAGE, 2 * PAGE);
+      assert.throws(() => assigned.dma.unmapRuns([run(0, 4), run(30, 1)], PAGE), { code: backend === 'type1' ? 'EINVAL' : 'ENOENT' });
+      assert.equal(assigned.dma.unmapRuns([run(0, 4), run(10, 4), run(20, 1), run(30, 2)], PAGE), BigInt(11 * PAGE));
+      assert.equal(available(), before);
+    });
+
     it('reads the edu id through the BAR by pread and by mmap', () => {
       const edu = new EduDevice(assigned.device);
       assert.equal(edu.id() >>> 0, 0x010000ed);

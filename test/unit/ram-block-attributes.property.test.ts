@@ -69,7 +69,11 @@ describe('RamBlockAttributes against a naive model', () => {
       fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 60 }), async (ops) => {
         const attrs = new RamBlockAttributes(PAGES * PAGE);
         const model = new Array<boolean>(PAGES).fill(false);
-        const listeners = Array.from({ length: LISTENERS }, (_, id) => new RecordingListener(`l${id}`, PAGES, { doubleDiscardSupported: id % 2 === 1 }));
+        // Half take batches; half support double discard; one of each pair of both.
+        const listeners = Array.from(
+          { length: LISTENERS },
+          (_, id) => new RecordingListener(`l${id}`, PAGES, { doubleDiscardSupported: id % 2 === 1, batch: id >= LISTENERS / 2 }),
+        );
         const sections = new Map<number, [number, number]>();
 
         const snapshot = () => JSON.stringify([attrs.runs('shared'), listeners.map((l) => l.mappedRuns()), attrs.listeners.map((l) => l.name)]);

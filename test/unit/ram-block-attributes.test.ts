@@ -172,6 +172,54 @@ describe('RamBlockAttributes', () => {
     });
   });
 
+  describe('batches', () => {
+    /** Takes batches and logs each call with its runs. */
+    class BatchListener extends LogListener {
+      readonly calls: Array<[string, Array<[number, number]>]> = [];
+      fail = false;
+      populateRuns(ranges: GranuleRange[]): void {
+        if (this.fail) throw new Error('batch refused');
+        this.calls.push(['populateRuns', ranges.map((r) => [r.first, r.count])]);
+      }
+      discardRuns(ranges: GranuleRange[]): void {
+        this.calls.push(['discardRuns', ranges.map((r) => [r.first, r.count])]);
+      }
+    }
+
+    it('hands a batch listener every changed run of a mixture in one call', async () => {
+      const attrs = block();
+      const listener = new BatchListener('batch');
+      await attrs.register(listener, { offset: 0, size: 256 * PAGE });
+      await attrs.stateChange(2 * PAGE, 2 * PAGE, 'shared');
+      await attrs.stateChange(8 * PAGE, 3 * PAGE, 'shared');
+      await attrs.stateChange(0, 16 * PAGE, 'shared');
+      await attrs.stateChange(0, 16 * PAGE, 'private');
+      assert.deepEqual(listener.calls, [
+        ['populateRuns', [[2, 2]]],
+        ['populateRuns', [[8, 3]]],
+        ['populateRuns', [[0, 2], [4, 4], [11, 5]]],
+        ['discardRuns', [[0, 16]]],
+      ]);
+      assert.deepEqual(listener.log, [], 'the per-range methods are not used');
+    });
+
+    it('replays on register in one batch, and undoes other listeners when a batch fails', async () => {
+      const attrs = block();
+      const witness = new RecordingListener('witness', 256);
+      await attrs.register(witness, { offset: 0, size: 256 * PAGE });
+      await attrs.stateChange(0, 2 * PAGE, 'shared');
+      await attrs.stateChange(4 * PAGE, 2 * PAGE, 'shared');
+      const listener = new BatchListener('batch');
+      await attrs.register(listener, { offset: 0, size: 256 * PAGE });
+      assert.deepEqual(listener.calls, [['populateRuns', [[0, 2], [4, 2]]]]);
+      listener.fail = true;
+      // The batch listener is newest, so it is asked first: nothing to undo but the bitmap.
+      await rejectsWithCode(attrs.stateChange(0, 8 * PAGE, 'shared'), 'ERR_GUESTMEM_LISTENER_FAILED', /"batch" failed to populate 2 runs from \[0x2000, \+0x2000\) to \[0x6000, \+0x2000\)/);
+      assert.deepEqual(attrs.runs('shared'), [[0, 2], [4, 2]]);
+      assert.deepEqual(witness.mappedRuns(), [[0, 2], [4, 2]]);
+    });
+  });
+
   describe('listener failures', () => {
     it('rolls a whole change back when a populate throws, naming the listener and range', async () => {
       const attrs = block();
