@@ -80,7 +80,7 @@ export async function benchCommand(args: string[]): Promise<number> {
       }
     }
   } finally {
-    await host.shutdown().catch(() => host.close());
+    await host.shutdown();
   }
   return 0;
 }

@@ -68,7 +68,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       console.log(`[${strip}]\n${mapLegend(pagesPerCell)}`);
     }
   } finally {
-    await host.shutdown().catch(() => host.close());
+    await host.shutdown();
   }
   return failed ? 1 : 0;
 }

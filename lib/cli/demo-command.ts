@@ -24,6 +24,8 @@ const BLOCK_SIZE = 4 * MiB;
 const WINDOW = { offset: MiB, size: 64 * KiB };
 const TURNED = { offset: MiB, size: 16 * KiB };
 
+const PAGE = 4096;
+
 interface Step {
   step: string;
   ok: boolean;
@@ -40,88 +42,89 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
 
   const steps: Step[] = [];
-  const log = (step: Step) => {
-    steps.push(step);
-    if (!values.json) console.log(`${step.ok ? 'ok  ' : 'FAIL'} ${step.step.padEnd(16)} ${step.ms.toFixed(2).padStart(8)} ms  ${step.detail}`);
-  };
-  async function run(step: string, action: () => Promise<string | [boolean, string]> | string | [boolean, string]): Promise<boolean> {
-    const started = performance.now();
-    try {
-      const outcome = await action();
-      const [ok, detail] = typeof outcome === 'string' ? [true, outcome] : outcome;
-      log({ step, ok, ms: performance.now() - started, detail });
-      return ok;
-    } catch (error) {
-      log({ step, ok: false, ms: performance.now() - started, detail: (error as Error).message });
-      return false;
-    }
-  }
-
   const kvm = Kvm.open();
   const memory = new GuestMemory(kvm.createVm('sw-protected'));
-  let assigned: AssignedDevice | null = null;
-  let probe: DmaProbe | null = null;
-  let listener: VfioDmaListener | null = null;
-  let block: RamBlock | null = null;
-  const window = () => `[0x${(BLOCK_GPA + WINDOW.offset).toString(16)}, +${formatBytes(WINDOW.size)})`;
+  const parts: { block?: RamBlock; assigned?: AssignedDevice; listener?: VfioDmaListener; probe?: DmaProbe } = {};
+  const window = `[0x${(BLOCK_GPA + WINDOW.offset).toString(16)}, +${formatBytes(WINDOW.size)})`;
   const turned = `[0x${(BLOCK_GPA + TURNED.offset).toString(16)}, +${formatBytes(TURNED.size)})`;
+
+  // Each step returns [proof held, what happened]; the demo stops at the first that fails.
+  const script: Array<[string, () => Promise<[boolean, string]>]> = [
+    ['add-block', async () => {
+      parts.block = memory.addBlock({ gpa: BLOCK_GPA, size: BLOCK_SIZE, name: 'guest-ram' });
+      return [parts.block.privatePages === BLOCK_SIZE / PAGE, `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`];
+    }],
+    ['attach-vfio', async () => {
+      const edu = vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
+      if (!edu) return [false, 'no edu device bound to vfio-pci'];
+      parts.assigned = AssignedDevice.open(edu.bdf);
+      parts.listener = new VfioDmaListener(parts.assigned.dma, { sharedAddress: parts.block!.shared.address, gpa: BigInt(BLOCK_GPA) });
+      await parts.block!.register(parts.listener);
+      parts.probe = new DmaProbe(parts.assigned);
+      return [true, `edu ${edu.bdf} through ${parts.assigned.backend}; its DMA listener registered on the block`];
+    }],
+    ['share-window', async () => {
+      const result = await parts.block!.convert(BLOCK_GPA + WINDOW.offset, WINDOW.size, 'shared');
+      return [parts.listener!.mappings === WINDOW.size / PAGE, `bounce buffer ${window} shared: ${result.changed} pages, ${parts.listener!.mappings} DMA mappings`];
+    }],
+    ['dma-shared', async () => {
+      const reached = await parts.probe!.canRead(parts.block!, WINDOW.offset, 0x5a);
+      return [reached, reached ? 'the device read the shared window by DMA' : 'the device could NOT read the shared window'];
+    }],
+    ['convert-private', async () => {
+      const result = await parts.block!.convert(BLOCK_GPA + TURNED.offset, TURNED.size, 'private');
+      return [true, `${turned} converted private: ${result.changed} pages unmapped, shared backing freed`];
+    }],
+    ['dma-private', async () => {
+      const reached = await parts.probe!.canRead(parts.block!, TURNED.offset, 0xa5);
+      const rest = await parts.probe!.canRead(parts.block!, TURNED.offset + TURNED.size, 0x3c);
+      return [!reached && rest, `${reached ? 'the device STILL reads the private page' : 'the device no longer reaches the private page'}; ${rest ? 'the rest of the window is still reachable' : 'the rest of the window is NOT reachable'}`];
+    }],
+    ['convert-back', async () => {
+      const result = await parts.block!.convert(BLOCK_GPA + TURNED.offset, TURNED.size, 'shared');
+      return [true, `${turned} shared again: ${result.changed} pages mapped, guest_memfd backing freed`];
+    }],
+    ['dma-restored', async () => {
+      const reached = await parts.probe!.canRead(parts.block!, TURNED.offset, 0x69);
+      return [reached, reached ? 'the device reaches the page again' : 'the device does NOT reach the page again'];
+    }],
+  ];
+
+  let report: Record<string, unknown>;
   try {
-    await run('add-block', () => {
-      block = memory.addBlock({ gpa: BLOCK_GPA, size: BLOCK_SIZE, name: 'guest-ram' });
-      return `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`;
-    }) &&
-      (await run('attach-vfio', async () => {
-        const edu = vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
-        if (!edu) return [false, 'no edu device bound to vfio-pci'];
-        assigned = AssignedDevice.open(edu.bdf);
-        listener = new VfioDmaListener(assigned.dma, { sharedAddress: block!.shared.address, gpa: BigInt(BLOCK_GPA) });
-        await block!.register(listener);
-        probe = new DmaProbe(assigned);
-        return `edu ${edu.bdf} through ${assigned.backend}; its DMA listener registered on the block`;
-      })) &&
-      (await run('share-window', async () => {
-        const result = await block!.convert(BLOCK_GPA + WINDOW.offset, WINDOW.size, 'shared');
-        return [listener!.mappings === WINDOW.size / 4096, `bounce buffer ${window()} shared: ${result.changed} pages, ${listener!.mappings} DMA mappings`];
-      })) &&
-      (await run('dma-shared', async () => {
-        const reached = await probe!.canRead(block!, WINDOW.offset, 0x5a);
-        return [reached, reached ? 'the device read the shared window by DMA' : 'the device could NOT read the shared window'];
-      })) &&
-      (await run('convert-private', async () => {
-        const result = await block!.convert(BLOCK_GPA + TURNED.offset, TURNED.size, 'private');
-        return `${turned} converted private: ${result.changed} pages unmapped, shared backing freed`;
-      })) &&
-      (await run('dma-private', async () => {
-        const reached = await probe!.canRead(block!, TURNED.offset, 0xa5);
-        const rest = await probe!.canRead(block!, TURNED.offset + TURNED.size, 0x3c);
-        return [!reached && rest, `${reached ? 'the device STILL reads the private page' : 'the device no longer reaches the private page'}; ${rest ? 'the rest of the window is still reachable' : 'the rest of the window is NOT reachable'}`];
-      })) &&
-      (await run('convert-back', async () => {
-        const result = await block!.convert(BLOCK_GPA + TURNED.offset, TURNED.size, 'shared');
-        return `${turned} shared again: ${result.changed} pages mapped, guest_memfd backing freed`;
-      })) &&
-      (await run('dma-restored', async () => {
-        const reached = await probe!.canRead(block!, TURNED.offset, 0x69);
-        return [reached, reached ? 'the device reaches the page again' : 'the device does NOT reach the page again'];
-      }));
-  } finally {
-    const finalBlock = block as RamBlock | null;
-    const { strip, pagesPerCell } = finalBlock ? mapStrip(finalBlock.attributes) : { strip: '', pagesPerCell: 0 };
-    const ok = steps.length === 8 && steps.every((s) => s.ok);
-    const stats = finalBlock?.stats.toJSON() ?? null;
-    const map = finalBlock ? { shared: finalBlock.attributes.runs('shared'), sharedPages: finalBlock.sharedPages, privatePages: finalBlock.privatePages, strip } : null;
-    const backend = (assigned as AssignedDevice | null)?.backend ?? null;
-    if (listener && finalBlock) await finalBlock.unregister(listener).catch(() => undefined);
-    (probe as DmaProbe | null)?.close();
-    memory.close();
-    (assigned as AssignedDevice | null)?.close();
-    kvm.close();
-    if (values.json) printJson({ ok, backend, steps, map, stats });
-    else {
-      console.log(`\nfinal map of guest-ram [${strip}]\n${mapLegend(pagesPerCell)}`);
-      console.log(ok ? 'demo: every proof held' : 'demo: a proof FAILED');
+    for (const [name, action] of script) {
+      const started = performance.now();
+      let outcome: [boolean, string];
+      try {
+        outcome = await action();
+      } catch (error) {
+        outcome = [false, (error as Error).message];
+      }
+      const step = { step: name, ok: outcome[0], ms: performance.now() - started, detail: outcome[1] };
+      steps.push(step);
+      if (!values.json) console.log(`${step.ok ? 'ok  ' : 'FAIL'} ${step.step.padEnd(16)} ${step.ms.toFixed(2).padStart(8)} ms  ${step.detail}`);
+      if (!step.ok) break;
     }
-    process.exitCode = ok ? 0 : 1;
+    const block = parts.block;
+    report = {
+      ok: steps.length === script.length && steps.every((s) => s.ok),
+      backend: parts.assigned?.backend ?? null,
+      steps,
+      map: block ? { shared: block.attributes.runs('shared'), sharedPages: block.sharedPages, privatePages: block.privatePages, strip: mapStrip(block.attributes).strip } : null,
+      stats: block?.stats.toJSON() ?? null,
+    };
+  } finally {
+    if (parts.listener) await parts.block!.unregister(parts.listener);
+    parts.probe?.close();
+    memory.close();
+    parts.assigned?.close();
+    kvm.close();
   }
-  return process.exitCode as number;
+  if (values.json) printJson(report);
+  else if (parts.block) {
+    const { strip, pagesPerCell } = mapStrip(parts.block.attributes);
+    console.log(`\nfinal map of guest-ram [${strip}]\n${mapLegend(pagesPerCell)}`);
+    console.log(report.ok ? 'demo: every proof held' : 'demo: a proof FAILED');
+  }
+  return report.ok ? 0 : 1;
 }

@@ -28,7 +28,7 @@ export class TrackerHost implements ScriptHost {
     return this.attributes!.stateChange(offset, size, to);
   }
 
-  close(): void {}
+  async shutdown(): Promise<void> {}
 }
 
 export interface VmHostOptions {
@@ -73,13 +73,12 @@ export class VmHost implements ScriptHost {
 
   /** Unregisters listeners (unmapping what they hold) before the device and the VM go. */
   async shutdown(): Promise<void> {
-    if (this.block) for (const listener of this.block.attributes.listeners) await this.block.unregister(listener);
-    this.close();
-  }
-
-  close(): void {
-    this.memory.close();
-    this.assigned?.close();
-    this.kvm.close();
+    try {
+      if (this.block) for (const listener of this.block.attributes.listeners) await this.block.unregister(listener);
+    } finally {
+      this.memory.close();
+      this.assigned?.close();
+      this.kvm.close();
+    }
   }
 }

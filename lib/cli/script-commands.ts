@@ -60,8 +60,7 @@ async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
   try {
     return await runScript(ops, host, progressBar(label, ops.length));
   } finally {
-    if (host instanceof VmHost) await host.shutdown().catch(() => host.close());
-    else host.close();
+    await host.shutdown();
   }
 }
 
@@ -156,15 +155,9 @@ export async function replayCommand(args: string[]): Promise<number> {
         throw error;
       }
     },
-    close: () => undefined,
+    shutdown: () => host.shutdown(),
   };
-  let outcome;
-  try {
-    outcome = await runScript(ops, recordingHost, progressBar('replay', ops.length));
-  } finally {
-    if (host instanceof VmHost) await host.shutdown().catch(() => host.close());
-  }
-  const { report, attributes } = outcome;
+  const { report, attributes } = await execute(ops, recordingHost, 'replay');
   const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
   const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
   writeSvg(values.svg, attributes, report, 'guestmem replay');

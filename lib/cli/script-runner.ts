@@ -17,7 +17,8 @@ export interface ScriptHost {
   /** The real listener for a `listen` line, or null for a recording listener alone. */
   makeListener(id: string, offset: number, size: number): RamDiscardListener | null;
   convert(offset: number, size: number, to: PageState): Promise<unknown>;
-  close(): void;
+  /** Releases everything: listeners first (unmapping what they hold), then the block and VM. */
+  shutdown(): Promise<void>;
 }
 
 export interface ConversionRecord {
