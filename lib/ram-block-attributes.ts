@@ -193,8 +193,10 @@ export class RamBlockAttributes {
   /**
    * Converts a range to `to`. Already there: nothing. Wholly the other state: one
    * notification per listener with the range clipped to its section. A mixture: only the
-   * granules that change, one notification per changed run. A failing listener rolls the
-   * whole change back and the returned promise rejects with ERR_GUESTMEM_LISTENER_FAILED.
+   * granules that change, one notification per changed run (or one batch of them for a
+   * listener that takes batches). Invalid input throws at once and changes nothing; a
+   * failing listener rolls the whole change back and the promise rejects with
+   * ERR_GUESTMEM_LISTENER_FAILED.
    */
   stateChange(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     const range = this.range(offset, size);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs the Debian packages guestmem's harness VM needs: QEMU and a static busybox to
-# boot it, and the tools to build its kernel from Debian's linux-source-6.12.
+# Installs the Debian packages guestmem needs: a C++ toolchain and Python for node-gyp (the
+# addon), QEMU and a static busybox to boot the harness VM, and the tools to build its
+# kernel from Debian's linux-source-6.12.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 sudo=""
@@ -8,4 +9,4 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 # shellcheck disable=SC2046
-$sudo apt-get install -y -q --no-install-recommends $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")
+$sudo apt-get install -y -q --no-install-recommends g++ make python3 $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")
