@@ -43,6 +43,16 @@ export class GuestMemory implements Disposable {
     return this.blockFor(gpa, size).convert(gpa, size, to);
   }
 
+  /** Shuts every block down: listeners unregistered (DMA unmapped), then memslots and backings. */
+  async shutdown(): Promise<void> {
+    for (const block of this.blocks.splice(0)) await block.shutdown();
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+
+  /** Closes every block at once; see RamBlock.close for listeners still registered. */
   close(): void {
     for (const block of this.blocks.splice(0)) block.close();
   }

@@ -182,7 +182,27 @@ export class RamBlock implements Disposable {
     }
   }
 
-  /** Deletes the memslot and closes both backings. Listeners should be unregistered first. */
+  /**
+   * Unregisters every listener (a VFIO listener unmaps what it holds), then closes. Use this
+   * (or `await using`) rather than close() while listeners are registered.
+   */
+  async shutdown(): Promise<void> {
+    try {
+      for (const listener of this.attributes.listeners) await this.attributes.unregister(listener);
+    } finally {
+      this.close();
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.shutdown();
+  }
+
+  /**
+   * Deletes the memslot and closes both backings. It cannot wait for listeners: DMA mappings
+   * they still hold stay (pinning the shared pages) until they are unregistered or their
+   * container closes, so prefer shutdown().
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;

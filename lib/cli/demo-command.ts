@@ -114,11 +114,13 @@ export async function demoCommand(args: string[]): Promise<number> {
       stats: block?.stats.toJSON() ?? null,
     };
   } finally {
-    if (parts.listener) await parts.block!.unregister(parts.listener);
-    parts.probe?.close();
-    memory.close();
-    parts.assigned?.close();
-    kvm.close();
+    try {
+      await memory.shutdown();
+      parts.probe?.close();
+    } finally {
+      parts.assigned?.close();
+      kvm.close();
+    }
   }
   if (values.json) printJson(report);
   else if (parts.block) {

@@ -74,9 +74,8 @@ export class VmHost implements ScriptHost {
   /** Unregisters listeners (unmapping what they hold) before the device and the VM go. */
   async shutdown(): Promise<void> {
     try {
-      if (this.block) for (const listener of this.block.attributes.listeners) await this.block.unregister(listener);
+      await this.memory.shutdown();
     } finally {
-      this.memory.close();
       this.assigned?.close();
       this.kvm.close();
     }

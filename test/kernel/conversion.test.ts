@@ -49,9 +49,8 @@ async function setUp(backend: DmaBackend, blocks: Array<{ gpa: number; size: num
 
 async function tearDown(f: Fixture | undefined): Promise<void> {
   if (!f) return;
-  for (const [block, listener] of f.listeners) await block.unregister(listener);
+  await f.memory.shutdown();
   f.probe.close();
-  f.memory.close();
   f.assigned.close();
   f.kvm.close();
 }

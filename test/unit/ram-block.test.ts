@@ -79,7 +79,9 @@ describe('RamBlock conversion sequence', () => {
     assert.deepEqual(order, ['attributes 4+8 shared', 'populate 4+8', 'gmem-punch 4+8', 'attributes 4+2 private', 'discard 4+2']);
     assert.equal(block.shared.allocatedBytes(), 0, 'the shared memfd was punched (nothing was ever written)');
     assert.equal(block.stats.conversions, 2);
-    block.close();
+    await block.shutdown();
+    assert.deepEqual(order.slice(-1), ['discard 6+6'], 'shutdown unregistered the listeners, discarding what they held');
+    assert.deepEqual(block.attributes.listeners, []);
   });
 
   it('puts a mixture\'s KVM attributes back, run by run, when a listener fails', async () => {
