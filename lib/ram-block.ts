@@ -34,6 +34,7 @@ export class RamBlock implements Disposable {
   readonly attributes: RamBlockAttributes;
   readonly stats = new ConversionStats();
   private closed = false;
+  private tail: Promise<unknown> = Promise.resolve();
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -93,7 +94,18 @@ export class RamBlock implements Disposable {
    * any step undoes the earlier ones, so KVM, the tracker and every listener end as they were;
    * the error (ERR_GUESTMEM_CONVERSION_FAILED) names the step and carries the cause.
    */
-  async convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+    // One conversion at a time per block: each reads the tracker to know what to undo, and
+    // KVM's attributes must change in the same order as the tracker's bitmap.
+    const run = this.tail.then(() => this.convertNow(gpa, size, to));
+    this.tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async convertNow(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
     this.checkOpen();
     if (typeof gpa !== 'number' || gpa < this.gpa) {
       throw new RangeError(`gpa 0x${Number(gpa).toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);

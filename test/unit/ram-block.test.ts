@@ -84,6 +84,21 @@ describe('RamBlock conversion sequence', () => {
     assert.deepEqual(block.attributes.listeners, []);
   });
 
+  it('runs concurrent conversions of a block one after the other, KVM in step with the tracker', async () => {
+    const { vm, block, listener } = setUp();
+    await block.register(listener);
+    vm.log.length = 0;
+    await Promise.all([
+      block.convert(GPA, 8 * PAGE, 'shared'),
+      block.convert(GPA + 4 * PAGE, 8 * PAGE, 'private'),
+      block.convert(GPA + 2 * PAGE, 4 * PAGE, 'shared'),
+    ]);
+    assert.deepEqual(vm.log, ['attributes 0+8 shared', 'gmem-punch 0+8', 'attributes 4+8 private', 'attributes 2+4 shared', 'gmem-punch 2+4']);
+    assert.deepEqual(block.attributes.runs('shared'), [[0, 6]]);
+    assert.equal(vm.attributes.slice(0, 12).join(','), 'shared,shared,shared,shared,shared,shared,private,private,private,private,private,private');
+    block.close();
+  });
+
   it('puts a mixture\'s KVM attributes back, run by run, when a listener fails', async () => {
     const { vm, block, listener } = setUp();
     await block.register(listener);
