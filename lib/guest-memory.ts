@@ -3,6 +3,7 @@
 // block too, and a range that spans two would need two transactions.
 
 import { GuestmemError } from './errors';
+import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { Vm } from './kvm';
 import { RamBlock } from './ram-block';
 import type { StateChangeResult } from './ram-block-attributes';
@@ -12,7 +13,19 @@ export class GuestMemory implements Disposable {
   readonly blocks: RamBlock[] = [];
   private nextSlot = 0;
 
-  constructor(readonly vm: Vm) {}
+  /**
+   * Checks first that the VM can have private memory: guest_memfd and the PRIVATE memory
+   * attribute, which KVM gives SW-protected, SNP and TDX VMs but not default ones.
+   */
+  constructor(readonly vm: Vm) {
+    if (!vm.supportsGuestMemfd || (vm.memoryAttributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) === 0n) {
+      throw new GuestmemError(
+        'ERR_GUESTMEM_UNSUPPORTED',
+        `this VM (type ${vm.type < 0 ? 'unknown' : vm.type}) has ${vm.supportsGuestMemfd ? '' : 'no guest_memfd and '}no KVM_MEMORY_ATTRIBUTE_PRIVATE: ` +
+          "create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports",
+      );
+    }
+  }
 
   addBlock(options: { gpa: number; size: number; granularity?: number; name?: string }): RamBlock {
     const overlapping = this.blocks.find((b) => options.gpa < b.gpa + b.size && b.gpa < options.gpa + options.size);

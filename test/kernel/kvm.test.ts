@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import { GuestMemory } from '../../lib/guest-memory';
 import { Kvm, Vm, type GuestMemfd } from '../../lib/kvm';
 import { native } from '../../lib/native';
 import { SharedMemory } from '../../lib/shared-memory';
@@ -97,6 +98,19 @@ describe('KVM: SW-protected VM, guest_memfd and memory attributes', () => {
   it('closes a VM\'s guest_memfds with it', () => {
     vm.close();
     assert.equal(gmem.closed, true);
+  });
+
+  it('refuses guest memory on a VM type without private memory, saying which type to use', () => {
+    using plain = kvm.createVm('default');
+    assert.throws(() => new GuestMemory(plain), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'ERR_GUESTMEM_UNSUPPORTED');
+      assert.match(e.message, /VM \(type 0\) has (no guest_memfd and )?no KVM_MEMORY_ATTRIBUTE_PRIVATE: create it as 'sw-protected'/);
+      return true;
+    });
+  });
+
+  it('gives the kernel\'s answer for a VM type this kernel does not have', () => {
+    assertSystemError(() => kvm.createVm('tdx'), 'EINVAL', 'ioctl(KVM_CREATE_VM)');
   });
 
   it('adopts a VM fd made elsewhere, and refuses one that is not a VM', () => {
