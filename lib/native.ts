@@ -69,7 +69,6 @@ let loaded: NativeAddon | null = null;
 let loadError: unknown = null;
 
 function load(): NativeAddon {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const bindings = require('bindings') as (name: string) => unknown;
   return bindings('guestmem') as NativeAddon;
 }
