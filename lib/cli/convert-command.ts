@@ -4,7 +4,7 @@
 import { parseArgs } from 'node:util';
 import { nativeCalls } from '../native';
 import type { PageState } from '../state-change-channel';
-import { VmHost } from './hosts';
+import { VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
@@ -26,7 +26,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   for (const to of targets) if (to !== 'private' && to !== 'shared') throw new UsageError(`--to must be private or shared, got '${to}'`);
   const size = parseSize(values.size, '--size');
   const gpa = parseSize(values.gpa, '--gpa');
-  const backend = (values.backend ?? 'auto') as 'auto';
+  const backend = backendOption(values.backend);
 
   const host = new VmHost({ gpa, vfio: values.vfio, backend });
   const results: Array<Record<string, unknown>> = [];

@@ -11,6 +11,7 @@ import { RamBlockAttributes } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
 import { VfioDmaListener } from '../vfio-dma-listener';
 import type { ScriptHost } from './script-runner';
+import { UsageError } from './usage-error';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -35,6 +36,13 @@ export interface VmHostOptions {
   gpa: number;
   vfio?: string;
   backend?: DmaBackend | 'auto';
+}
+
+/** The --backend option: auto (iommufd where the device has a cdev), type1 or iommufd. */
+export function backendOption(value: string | undefined): DmaBackend | 'auto' {
+  const backend = value ?? 'auto';
+  if (backend !== 'auto' && backend !== 'type1' && backend !== 'iommufd') throw new UsageError(`--backend must be auto, type1 or iommufd, got '${backend}'`);
+  return backend;
 }
 
 /** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */

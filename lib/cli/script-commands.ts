@@ -5,14 +5,13 @@ import fs from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { RamBlockAttributes } from '../ram-block-attributes';
 import { parseScript, type ScriptOp } from './conversion-script';
-import { DEFAULT_GPA, TrackerHost, VmHost } from './hosts';
+import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
 import { printJson, progressBar } from './output';
 import { runScript, type ScriptHost, type ScriptReport } from './script-runner';
 import { formatBytes, parseSize } from './sizes';
 import { UsageError } from './usage-error';
-import type { DmaBackend } from '../dma-mapper';
 
 function readInput(file: string | undefined, what: string): string {
   if (file === undefined) throw new UsageError(`give the ${what} file (or - for stdin)`);
@@ -67,11 +66,6 @@ async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
 const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' } } as const;
 const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' } } as const;
 
-function backendOption(value: string | undefined): DmaBackend | 'auto' {
-  const backend = value ?? 'auto';
-  if (backend !== 'auto' && backend !== 'type1' && backend !== 'iommufd') throw new UsageError(`--backend must be auto, type1 or iommufd, got '${backend}'`);
-  return backend;
-}
 
 export async function simulateCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: OUTPUT_OPTIONS, allowPositionals: true });

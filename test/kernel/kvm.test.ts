@@ -10,6 +10,7 @@ import { SharedMemory } from '../../lib/shared-memory';
 import { KVM_CAP_GUEST_MEMFD } from '../../lib/kvm-constants';
 import { requires } from '../support/requires';
 import { assertSystemError } from '../support/errors';
+import { isCloexec } from '../support/cloexec';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -33,6 +34,12 @@ describe('KVM: SW-protected VM, guest_memfd and memory attributes', () => {
   afterEach(() => {
     shared?.close();
     kvm?.close();
+  });
+
+  it('opens every fd close-on-exec, guest_memfd included (6.12 hands it out without)', () => {
+    for (const [what, fd] of [['/dev/kvm', kvm.fd], ['VM', vm.fd], ['guest_memfd', gmem.fd], ['memfd', shared.fd]] as const) {
+      assert.equal(isCloexec(fd), true, what);
+    }
   });
 
   it('registers a guest_memfd memslot and flips attributes on whole and partial ranges', () => {

@@ -12,6 +12,7 @@ import { VfioContainer } from '../../lib/vfio-type1';
 import { VFIO_PCI_BAR0_REGION_INDEX } from '../../lib/vfio-device';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
+import { isCloexec } from '../support/cloexec';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -41,6 +42,7 @@ function describeBackend(backend: DmaBackend): void {
 
     it('maps and unmaps one range, the unmap reporting its size', () => {
       assert.equal(assigned.backend, backend);
+      assert.equal(isCloexec(assigned.device.fd), true, 'the device fd is close-on-exec');
       assigned.dma.map(memory.address, IOVA, MiB);
       assert.equal(assigned.dma.unmap(IOVA, MiB), BigInt(MiB));
     });

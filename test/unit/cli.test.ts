@@ -144,6 +144,7 @@ describe('guestmem CLI', () => {
       [['convert', '--size', '4M', '--gpa', '16M', '--range', '0+4K', '--to', 'public'], /--to must be private or shared/],
       [['convert', '--size', '4M', '--gpa', '16M', '--range', '4K', '--to', 'shared'], /is not OFFSET\+LENGTH/],
       [['convert', '--size', '4M', '--gpa', '16M', '--bogus'], /Unknown option '--bogus'/],
+      [['convert', '--size', '4M', '--gpa', '16M', '--range', '0+4K', '--to', 'shared', '--backend', 'vfio2'], /--backend must be auto, type1 or iommufd/],
       [['bench', '--iterations', '0'], /--iterations must be a positive integer/],
       [['vm'], /give the guestmem command to run in the VM/],
       [['run'], /give the script file/],
