@@ -25,7 +25,7 @@ export class RecordingListener implements RamDiscardListener {
   /**
    * With `inner`, it forwards each notification to that listener (a VfioDmaListener, say)
    * and records only what the inner listener accepted: a witness of a real listener. It
-   * takes batches when asked to (`batch`) or when the inner listener does.
+   * takes batches when the inner listener does, or, without one, when asked to (`batch`).
    */
   constructor(
     name: string,
@@ -36,8 +36,9 @@ export class RecordingListener implements RamDiscardListener {
     this.mapped = new PageBitmap(blockGranules);
     this.inner = options.inner ?? null;
     this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
-    if (options.batch || this.inner?.populateRuns) this.populateRuns = (ranges) => this.batch('populate', ranges);
-    if (options.batch || this.inner?.discardRuns) this.discardRuns = (ranges) => this.batch('discard', ranges);
+    const inner = this.inner;
+    if (inner ? inner.populateRuns : options.batch) this.populateRuns = (ranges) => this.batch('populate', ranges);
+    if (inner ? inner.discardRuns : options.batch) this.discardRuns = (ranges) => this.batch('discard', ranges);
   }
 
   /** A batch is all or nothing: an injected failure on any range fails it before any change. */
