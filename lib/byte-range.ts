@@ -74,6 +74,14 @@ export function checkBytes(value: unknown, name: string): bigint {
   throw invalidArgType(`${name} must be a number or a bigint, got ${typeof value}`);
 }
 
+/** Checks offset and size as 64-bit values whose sum stays within 2^64. */
+export function checkSpan(offset: unknown, size: unknown, what: string): [bigint, bigint] {
+  const start = checkBytes(offset, `${what} offset`);
+  const length = checkBytes(size, `${what} size`);
+  if (start + length > U64_LIMIT) throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) overflows past 2^64`);
+  return [start, length];
+}
+
 /**
  * Validates [offset, offset + size) against a space of `limitGranules` granules and returns
  * it in granules. Rejects wrong types, zero size, misalignment, overflow past 2^64 and
@@ -107,15 +115,11 @@ function toGranuleRangeSlow(
   limitGranules: number,
   what: string,
 ): GranuleRange {
-  const start = checkBytes(offset, `${what} offset`);
-  const length = checkBytes(size, `${what} size`);
+  const [start, length] = checkSpan(offset, size, what);
   const g = BigInt(granularity);
   if (length === 0n) throw outOfRange(`${what} size must be greater than zero`);
   if (start % g !== 0n) throw outOfRange(`${what} offset 0x${start.toString(16)} is not aligned to the granularity ${granularity}`);
   if (length % g !== 0n) throw outOfRange(`${what} size 0x${length.toString(16)} is not a multiple of the granularity ${granularity}`);
-  if (start + length > U64_LIMIT) {
-    throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) overflows past 2^64`);
-  }
   const limit = BigInt(limitGranules) * g;
   if (start + length > limit) {
     throw outOfRange(

@@ -4,8 +4,7 @@
 // over many whole mappings. The run forms take a whole conversion's runs in one native
 // call, all or nothing.
 
-import { checkBytes, type Bytes } from './byte-range';
-import { checkSpan } from './kvm';
+import { checkBytes, checkSpan, type Bytes } from './byte-range';
 
 export type DmaBackend = 'type1' | 'iommufd';
 

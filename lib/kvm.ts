@@ -3,7 +3,7 @@
 // judge (alignment rules, slot overlap, attribute support) comes back as its errno.
 
 import fs from 'node:fs';
-import { checkBytes, type Bytes } from './byte-range';
+import { checkBytes, checkSpan, type Bytes } from './byte-range';
 import { GuestmemError, invalidArgType, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import {
@@ -18,16 +18,6 @@ import {
   type VmType,
 } from './kvm-constants';
 import { native } from './native';
-
-const U64_LIMIT = 1n << 64n;
-
-/** Checks offset and size as 64-bit values whose sum stays within 2^64. */
-export function checkSpan(offset: Bytes, size: Bytes, what: string): [bigint, bigint] {
-  const start = checkBytes(offset, `${what} offset`);
-  const length = checkBytes(size, `${what} size`);
-  if (start + length > U64_LIMIT) throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) overflows past 2^64`);
-  return [start, length];
-}
 
 function checkU32(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);

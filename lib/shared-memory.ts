@@ -3,11 +3,10 @@
 // mapping lives as long as the buffer (or any view of it), not as long as the fd.
 
 import fs from 'node:fs';
-import { type Bytes } from './byte-range';
+import { checkSpan, type Bytes } from './byte-range';
 import { invalidArgType, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './kvm-constants';
-import { checkSpan } from './kvm';
 import { native } from './native';
 
 export class SharedMemory extends FdOwner {
