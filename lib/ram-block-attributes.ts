@@ -6,6 +6,7 @@
 import { GranuleRange, bytesOf, toGranuleRange, type Bytes } from './byte-range';
 import { GuestmemError, outOfRange } from './errors';
 import { PageBitmap, type Run } from './page-bitmap';
+import { Serializer } from './serializer';
 import { listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
@@ -80,7 +81,7 @@ export class RamBlockAttributes {
   private registrations: Registration[] = [];
   private shared = 0;
   /** Operations that call listeners run one at a time, in call order. */
-  private tail: Promise<unknown> = Promise.resolve();
+  private readonly queue = new Serializer();
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
@@ -152,7 +153,7 @@ export class RamBlockAttributes {
    */
   register(listener: RamDiscardListener, section: SectionInput): Promise<void> {
     const range = this.range(section.offset, section.size, 'section');
-    return this.serialize(async () => {
+    return this.queue.run(async () => {
       if (this.registrations.some((r) => r.listener === listener)) {
         throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${listenerName(listener)}" is already registered on ${this.name}`);
       }
@@ -168,7 +169,7 @@ export class RamBlockAttributes {
    * registered, with what it had discarded populated again.
    */
   unregister(listener: RamDiscardListener): Promise<void> {
-    return this.serialize(async () => {
+    return this.queue.run(async () => {
       const registration = this.registrations.find((r) => r.listener === listener);
       if (!registration) {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
@@ -203,7 +204,7 @@ export class RamBlockAttributes {
     if (to !== 'shared' && to !== 'private') {
       throw outOfRange(`target state must be 'shared' or 'private', got ${String(to)}`);
     }
-    return this.serialize(async () => {
+    return this.queue.run(async () => {
       const toShared = to === 'shared';
       const { first, count } = range;
       const from: StateChangeResult['from'] = this.bitmap.isAllSet(first, count)
@@ -224,22 +225,13 @@ export class RamBlockAttributes {
     });
   }
 
-  private serialize<T>(op: () => Promise<T>): Promise<T> {
-    const run = this.tail.then(op);
-    this.tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
-  }
-
   private async replay(
     section: SectionInput,
     shared: boolean,
     fn: (range: GranuleRange) => void | PromiseLike<void>,
   ): Promise<void> {
     const range = this.range(section.offset, section.size, 'section');
-    return this.serialize(async () => {
+    return this.queue.run(async () => {
       for (const [first, count] of this.bitmap.runs(range.first, range.count, shared)) {
         const result = fn(new GranuleRange(first, count, this.granularity));
         if (isThenable(result)) await result;

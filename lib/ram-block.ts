@@ -8,6 +8,7 @@ import { GuestmemError } from './errors';
 import type { GuestMemfd, Vm } from './kvm';
 import type { RamDiscardListener } from './ram-discard-listener';
 import { RamBlockAttributes, type SectionInput, type StateChangeResult } from './ram-block-attributes';
+import { Serializer } from './serializer';
 import { SharedMemory } from './shared-memory';
 import type { PageState } from './state-change-channel';
 import type { Run } from './page-bitmap';
@@ -34,7 +35,7 @@ export class RamBlock implements Disposable {
   readonly attributes: RamBlockAttributes;
   readonly stats = new ConversionStats();
   private closed = false;
-  private tail: Promise<unknown> = Promise.resolve();
+  private readonly conversions = new Serializer();
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -97,12 +98,7 @@ export class RamBlock implements Disposable {
   convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
     // One conversion at a time per block: each reads the tracker to know what to undo, and
     // KVM's attributes must change in the same order as the tracker's bitmap.
-    const run = this.tail.then(() => this.convertNow(gpa, size, to));
-    this.tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    return run;
+    return this.conversions.run(() => this.convertNow(gpa, size, to));
   }
 
   private async convertNow(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
