@@ -6,6 +6,7 @@
 // edu masks DMA addresses to 28 bits by default: keep IOVAs below 256 MiB.
 
 import { GuestmemError } from './errors';
+import { vfioPciDevices, type PciDeviceInfo } from './vfio-sysfs';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, type VfioDevice } from './vfio-device';
 
 export const EDU_VENDOR = '0x1234';
@@ -29,6 +30,11 @@ const DMA_RUN = 1;
 const DMA_TO_RAM = 2;
 const PCI_COMMAND = 0x04;
 const PCI_COMMAND_MASTER = 1 << 2;
+
+/** The first edu device bound to vfio-pci, or undefined. */
+export function findEduDevice(): PciDeviceInfo | undefined {
+  return vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
+}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 

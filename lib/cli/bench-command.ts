@@ -3,11 +3,10 @@
 // how many times each conversion crossed into C++ (bounded, whatever the page count).
 
 import { parseArgs } from 'node:util';
-import { EDU_DEVICE, EDU_VENDOR } from '../edu-device';
+import { findEduDevice } from '../edu-device';
 import { nativeCalls } from '../native';
 import type { ConversionStep } from '../conversion-stats';
 import type { PageState } from '../state-change-channel';
-import { vfioPciDevices } from '../vfio-sysfs';
 import { VmHost } from './hosts';
 import { printJson } from './output';
 import { UsageError } from './usage-error';
@@ -41,7 +40,7 @@ export async function benchCommand(args: string[]): Promise<number> {
     return runInVm(['bench', ...args]);
   }
 
-  const edu = values['no-vfio'] ? undefined : vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
+  const edu = values['no-vfio'] ? undefined : findEduDevice();
   const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf });
   const rows: BenchRow[] = [];
   try {

@@ -6,12 +6,11 @@
 import { parseArgs } from 'node:util';
 import { AssignedDevice } from '../assigned-device';
 import { DmaProbe } from '../dma-probe';
-import { EDU_DEVICE, EDU_VENDOR } from '../edu-device';
+import { findEduDevice } from '../edu-device';
 import { GuestMemory } from '../guest-memory';
 import { Kvm } from '../kvm';
 import type { RamBlock } from '../ram-block';
 import { VfioDmaListener } from '../vfio-dma-listener';
-import { vfioPciDevices } from '../vfio-sysfs';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
@@ -55,7 +54,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       return [parts.block.privatePages === BLOCK_SIZE / PAGE, `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`];
     }],
     ['attach-vfio', async () => {
-      const edu = vfioPciDevices().find((d) => d.vendor === EDU_VENDOR && d.device === EDU_DEVICE);
+      const edu = findEduDevice();
       if (!edu) return [false, 'no edu device bound to vfio-pci'];
       parts.assigned = AssignedDevice.open(edu.bdf);
       parts.listener = new VfioDmaListener(parts.assigned.dma, { sharedAddress: parts.block!.shared.address, gpa: BigInt(BLOCK_GPA) });
