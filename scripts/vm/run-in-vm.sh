@@ -52,6 +52,15 @@ busybox=$(command -v busybox || true)
 
 kernel=$("$here/build-kernel.sh")
 
+# One harness VM at a time on this machine (2 cores; TCG takes one whole): a second run
+# waits here for the first to power off.
+lock=${GUESTMEM_VM_LOCK:-${TMPDIR:-/tmp}/guestmem-vm.lock}
+exec 8>"$lock"
+if ! flock -n 8; then
+  echo "run-in-vm: another harness VM is running; waiting for it ($lock)" >&2
+  flock 8
+fi
+
 run=$(mktemp -d "${TMPDIR:-/tmp}/guestmem-vm.XXXXXX")
 trap 'rm -rf "$run"' EXIT
 
