@@ -31,6 +31,9 @@ export interface GuestVmOptions {
 
 const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 
+/** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
+const nextVcpuIds = new WeakMap<object, number>();
+
 /** GuestMemory as the VMM loop sees it: ranges by bigint gpa. */
 export function loopMemory(memory: GuestMemory): LoopMemory {
   const exact = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null);
@@ -88,8 +91,10 @@ export class GuestVm implements Disposable {
     const guest = new GuestVm(options, layout, block);
     try {
       const cpuid = supportedCpuid(kvm);
+      const firstId = nextVcpuIds.get(memory.vm) ?? 0;
+      nextVcpuIds.set(memory.vm, firstId + count);
       for (let id = 0; id < count; id++) {
-        const vcpu = Vcpu.create(kvm, memory.vm, id);
+        const vcpu = Vcpu.create(kvm, memory.vm, firstId + id);
         guest.vcpus.push(vcpu);
         vcpu.setCpuid(cpuid);
         vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);
