@@ -28,9 +28,11 @@ examples:
   guestmem probe
   guestmem demo
   guestmem simulate script.txt --json`,
-  probe: `usage: guestmem probe [--json]
+  probe: `usage: guestmem probe [--json] [--guest-size S]
   Reports /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
   VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece, why and the fix.
+  For type1 it says how much of a guest of size S (default 8G) can be shared at once at
+  4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.
 example:
   guestmem probe --json | jq .memoryAttributes`,
   convert: `usage: guestmem convert --size S --gpa A --range OFF+LEN --to private|shared [--range ... --to ...]
