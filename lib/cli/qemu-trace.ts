@@ -78,11 +78,15 @@ export function parseTrace(text: string): ParsedTrace {
 
 const U64_LIMIT = 1n << 64n;
 
+/** x86's widest guest physical address (MAXPHYADDR 52): no real guest converts above it. */
+export const GUEST_PHYS_LIMIT = 1n << 52n;
+
 /**
- * The smallest 2 MiB-aligned block holding every valid conversion (one that ends within
- * 2^64; the others are rejected when replayed). With no valid one, 2 MiB at 0.
+ * The smallest 2 MiB-aligned block holding every conversion that ends within `limit`
+ * (2^64 for the tracker alone, GUEST_PHYS_LIMIT for a real VM); the others are rejected
+ * when replayed. With none inside, 2 MiB at 0.
  */
-export function inferBlock(trace: ParsedTrace): { gpa: Bytes; size: Bytes } | null {
+export function inferBlock(trace: ParsedTrace, limit = U64_LIMIT): { gpa: Bytes; size: Bytes } | null {
   if (trace.conversions.length === 0) return null;
   const align = 2n * 1024n * 1024n;
   let low: bigint | null = null;
@@ -90,7 +94,7 @@ export function inferBlock(trace: ParsedTrace): { gpa: Bytes; size: Bytes } | nu
   for (const c of trace.conversions) {
     const start = BigInt(c.gpa);
     const end = start + BigInt(c.size);
-    if (end > U64_LIMIT || c.size === 0 || c.size === 0n) continue;
+    if (end > limit || c.size === 0 || c.size === 0n) continue;
     if (low === null || start < low) low = start;
     if (end > high) high = end;
   }

@@ -7,7 +7,7 @@ import type { RamBlockAttributes } from '../ram-block-attributes';
 import { parseScript, type ScriptOp } from './conversion-script';
 import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
-import { parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
 import { printJson, progressBar } from './output';
 import { runScript, type ScriptHost, type ScriptReport } from './script-runner';
 import type { Bytes } from '../byte-range';
@@ -126,7 +126,8 @@ export async function replayCommand(args: string[]): Promise<number> {
     if (values.size === undefined || values.gpa === undefined) throw new UsageError('give both --size and --gpa, or neither to infer the block from the trace');
     block = { gpa: parseSize(values.gpa, '--gpa'), size: parseSize(values.size, '--size') };
   } else {
-    block = inferBlock(trace)!;
+    // A real VM's block must lie below any guest's physical-address limit; a dry run's may be anywhere.
+    block = inferBlock(trace, values['dry-run'] ? undefined : GUEST_PHYS_LIMIT)!;
     notes.push(`block inferred from the trace's addresses: gpa 0x${block.gpa.toString(16)}, size ${formatBytes(block.size)} (give --gpa/--size to set it)`);
   }
   // A trace becomes a script: one block, a listener on all of it, a convert per event.
