@@ -11,8 +11,6 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { AssignedDevice } from '../../lib/assigned-device';
 import { EduDevice } from '../../lib/edu-device';
 import { GuestMemory } from '../../lib/guest-memory';
@@ -135,14 +133,9 @@ describe('an 8 GiB block at gpa 4 GiB on a real kernel', function () {
 describe('the CLI on 8 GiB at gpa 4 GiB', function () {
   this.timeout(300_000);
   let edu: string;
-  let dir: string;
 
   before(requires('sw-protected-vm', 'memory-attributes', 'vfio-device'));
-  before(() => {
-    edu = findEdu()!;
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'guestmem-big-'));
-  });
-  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  before(() => (edu = findEdu()!));
 
   it('guestmem convert --size 8G --gpa 4G converts first, middle and last pages with the device attached', () => {
     const result = guestmem([
@@ -158,16 +151,15 @@ describe('the CLI on 8 GiB at gpa 4 GiB', function () {
   });
 
   it('replays a trace whose addresses lie above 4 GiB, inferring the 8 GiB block', () => {
-    const trace = path.join(dir, 'high.log');
-    fs.writeFileSync(trace, [
+    const trace = [
       '7@1.000001:kvm_convert_memory start 0x100000000 size 0x40000 private_to_shared',
       "7@1.000002:ram_block_attributes_state_change offset 0x0 size 0x40000 from 'discarded' to 'populated'",
       '7@1.000003:kvm_convert_memory start 0x2fffff000 size 0x1000 private_to_shared',
       '7@1.000004:kvm_convert_memory start 0x100010000 size 0x1000 shared_to_private',
       "7@1.000005:ram_block_attributes_state_change offset 0x10000 size 0x1000 from 'populated' to 'discarded'",
       '7@1.000006:kvm_convert_memory start 0xfffffffffffff000 size 0x1000 private_to_shared',
-    ].join('\n') + '\n');
-    const result = guestmem(['replay', trace, '--vfio', edu, '--json']);
+    ].join('\n') + '\n';
+    const result = guestmem(['replay', '-', '--vfio', edu, '--json'], trace);
     assert.equal(result.status, 0, result.stderr + result.stdout);
     const report = JSON.parse(result.stdout);
     assert.deepEqual(report.block, { gpa: 4 * GiB, size: 8 * GiB });
