@@ -10,6 +10,8 @@ export { STATE_CHANGE_CHANNEL, type PageState, type StateChangeMessage } from '.
 export { Kvm, Vm, GuestMemfd, type MemoryRegion } from './kvm';
 export * from './kvm-constants';
 export { SharedMemory } from './shared-memory';
+export { HostMapping, maxWindowBytes } from './host-mapping';
+export { type1Reach, type Type1Reach } from './type1-reach';
 export { RamBlock, type RamBlockOptions } from './ram-block';
 export { GuestMemory } from './guest-memory';
 export { ConversionStats, type ConversionStep } from './conversion-stats';

@@ -34,18 +34,11 @@ const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 /** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
 const nextVcpuIds = new WeakMap<object, number>();
 
-/** GuestMemory as the VMM loop sees it: ranges by bigint gpa. */
+/** GuestMemory as the VMM loop sees it. */
 export function loopMemory(memory: GuestMemory): LoopMemory {
-  const exact = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null);
   return {
-    covers(gpa, size) {
-      const start = exact(gpa);
-      const length = exact(size);
-      return start !== null && length !== null && memory.blocks.some((block) => block.contains(start, length));
-    },
-    convert(gpa, size, to) {
-      return memory.convert(Number(gpa), Number(size), to);
-    },
+    covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
+    convert: (gpa, size, to) => memory.convert(gpa, size, to),
   };
 }
 
