@@ -190,10 +190,11 @@ describe('guest-driven conversions on a real kernel', function () {
     });
   }
 
-  it('reaches a block above 4 GiB: the guest converts pages of a block at 8 GiB', async () => {
+  it('reaches a block above 4 GiB: the guest converts pages at the far end of an 8 GiB block at 4 GiB', async () => {
     f = await setUp();
-    const high = f.memory.addBlock({ gpa: 8 * 1024 * MiB, size: 64 * MiB, name: 'high-ram' });
-    const dataGpa = BigInt(high.gpa + 63 * MiB);
+    const GiB = 1024 * MiB;
+    const high = f.memory.addBlock({ gpa: 4 * GiB, size: 8 * GiB, name: 'high-ram' });
+    const dataGpa = BigInt(high.gpa + high.size - MiB);
     const report = await session(f, { program: 'random', iterations: 8, dataGpa, dataPages: 256, seed: 3n });
     assertOk(report);
     assert.equal(report.run.conversions.converted, 8);
