@@ -5,6 +5,7 @@
 // in test/kernel/vmm.test.ts.
 
 import assert from 'node:assert/strict';
+import type { Bytes } from '../../lib/byte-range';
 import { GuestmemError } from '../../lib/errors';
 import type { StateChangeResult } from '../../lib/ram-block-attributes';
 import type { PageState } from '../../lib/state-change-channel';
@@ -74,12 +75,14 @@ class RecordingMemory implements LoopMemory {
   readonly conversions: string[] = [];
   failWith: Error | null = null;
 
-  covers(gpa: bigint, size: bigint): boolean {
-    return gpa >= BLOCK.gpa && gpa + size <= BLOCK.gpa + BLOCK.size;
+  covers(gpa: Bytes, size: Bytes): boolean {
+    return BigInt(gpa) >= BLOCK.gpa && BigInt(gpa) + BigInt(size) <= BLOCK.gpa + BLOCK.size;
   }
 
-  async convert(gpa: bigint, size: bigint, to: PageState): Promise<StateChangeResult> {
+  async convert(at: Bytes, length: Bytes, to: PageState): Promise<StateChangeResult> {
     if (this.failWith) throw this.failWith;
+    const gpa = BigInt(at);
+    const size = BigInt(length);
     this.conversions.push(`0x${gpa.toString(16)}+${size / PAGE} ${to}`);
     return { from: to === 'shared' ? 'private' : 'shared', to, changed: Number(size / PAGE), runs: 1 };
   }
