@@ -14,7 +14,7 @@ import { identityMap, longModeRegisters } from './long-mode';
 import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
-import { VmmLoop, type ConversionEvent, type LoopMemory, type VmmReport } from './vmm-loop';
+import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
 
 export interface GuestVmOptions {
   kvm: Kvm;
@@ -26,6 +26,7 @@ export interface GuestVmOptions {
   bootGpa?: bigint;
   vcpus?: number;
   ports?: Map<number, PortHandler>;
+  mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -110,7 +111,7 @@ export class GuestVm implements Disposable {
   /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
-    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, onConversion: this.options.onConversion });
+    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion });
     return this.loop.run();
   }
 

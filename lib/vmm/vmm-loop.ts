@@ -14,7 +14,7 @@ import type { PageState } from '../state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
 import type { Registers } from './vcpu';
-import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type VcpuExit } from './vcpu-exit';
+import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
 /**
  * What the loop needs of a vCPU (lib/vmm/vcpu.ts's Vcpu; a stand-in in unit tests). The
@@ -25,8 +25,12 @@ export interface LoopVcpu {
   stop(): void;
   completeHypercall(ret: number | bigint): void;
   completeIo(data: Uint8Array): void;
+  completeMmio(data: Uint8Array): void;
   readonly registers: Registers;
 }
+
+/** Returns the bytes a read returns (`length` of them), nothing for a write. */
+export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8Array | Promise<void | Uint8Array>;
 
 /** What the loop needs of guest memory (GuestMemory through an adapter; a stand-in in tests). */
 export interface LoopMemory {
@@ -51,6 +55,8 @@ export interface ConversionEvent {
 
 export interface VmmLoopOptions {
   ports?: Map<number, PortHandler>;
+  /** Guest physical addresses outside RAM that a device model answers. */
+  mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -124,6 +130,9 @@ export class VmmLoop {
         case 'io':
           await this.io(vcpu, id, exit, context);
           break;
+        case 'mmio':
+          await this.mmio(vcpu, id, exit, context);
+          break;
         case 'hlt':
           this.outcomes.set(id, { vcpu: id, halted: true });
           break;
@@ -196,6 +205,13 @@ export class VmmLoop {
       const bytes = answer ?? new Uint8Array(exit.size * exit.count).fill(0xff);
       vcpu.completeIo(bytes);
     }
+  }
+
+  private async mmio(vcpu: LoopVcpu, id: number, exit: MmioExit, context: PortContext): Promise<void> {
+    const handler = this.options.mmio;
+    if (!handler) throw this.unexpected(vcpu, id, exit, `no MMIO handler for 0x${exit.address.toString(16)}`);
+    const answer = await handler(exit, context);
+    if (!exit.isWrite) vcpu.completeMmio(answer ?? new Uint8Array(exit.length).fill(0xff));
   }
 
   /** Counts the outcome; builds the event only for an observer (the hot path has none). */
