@@ -95,7 +95,7 @@ example:
     secret   a private page hides a secret from the host and the device; a shared one carries messages
     random   --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
     loop     --iterations x (private, shared) of one page
-    misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts
+    misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts, 4 ud2
   Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
   Exits 1 if a check fails or the guest does not exit 0.
 examples:
