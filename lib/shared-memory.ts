@@ -3,7 +3,7 @@
 // mapping lives as long as the buffer (or any view of it), not as long as the fd.
 
 import fs from 'node:fs';
-import { checkSpan, type Bytes } from './byte-range';
+import { checkExtent, type Bytes } from './byte-range';
 import { invalidArgType, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './kvm-constants';
@@ -37,10 +37,7 @@ export class SharedMemory extends FdOwner {
 
   /** Frees the pages of a range (fallocate PUNCH_HOLE | KEEP_SIZE); it reads back as zero. */
   discard(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'discard');
-    if (start + length > BigInt(this.size)) {
-      throw outOfRange(`discard [0x${start.toString(16)}, +0x${length.toString(16)}) is outside the ${this.size}-byte shared memory`);
-    }
+    const [start, length] = checkExtent(offset, size, BigInt(this.size), 'discard', 'shared memory');
     native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
   }
 
