@@ -95,6 +95,15 @@ export function bytesOf(granules: number, granularity: number): Bytes {
   return Number.isSafeInteger(value) ? value : BigInt(granules) * BigInt(granularity);
 }
 
+/** A byte count for a message: "256 TiB", "1.5 GiB", "12 bytes" (rounded, for people). */
+export function approximateBytes(bytes: number | bigint): string {
+  const value = Number(bytes);
+  for (const [unit, scale] of [['EiB', 2 ** 60], ['PiB', 2 ** 50], ['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+    if (value >= scale) return `${+(value / scale).toFixed(1)} ${unit}`;
+  }
+  return `${value} bytes`;
+}
+
 /** Checks that `value` is a valid 64-bit byte quantity and returns it as a bigint. */
 export function checkBytes(value: unknown, name: string): bigint {
   if (typeof value === 'number') {

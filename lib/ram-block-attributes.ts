@@ -3,7 +3,7 @@
 // change of policy: a listener that fails does not end the process, the change is rolled
 // back so that the bitmap, every listener and the caller agree.
 
-import { GranuleRange, bytesOf, checkGranularity, toGranuleRange, type Bytes } from './byte-range';
+import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from './byte-range';
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from './errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from './serializer';
@@ -101,13 +101,6 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function formatBytes(bytes: number): string {
-  for (const [unit, scale] of [['EiB', 2 ** 60], ['PiB', 2 ** 50], ['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
-    if (bytes >= scale) return `${+(bytes / scale).toFixed(1)} ${unit}`;
-  }
-  return `${bytes} bytes`;
-}
-
 /**
  * Checks a block's geometry without allocating anything: the size (a positive multiple
  * of the granularity, below 2^64), the granularity (a power of two) and the memory its
@@ -126,8 +119,8 @@ export function blockGeometry(size: unknown, options: RamBlockAttributesOptions 
     let fits = granularity;
     while (fits < 2 ** 52 && Math.ceil(granules / (fits / granularity) / 8) > bound) fits *= 2;
     throw outOfRange(
-      `a block of ${formatBytes(granules * granularity)} in ${granularity}-byte granules needs a ${formatBytes(bitmapBytes)} bitmap, ` +
-        `above the bound of ${formatBytes(bound)} (maxBitmapBytes): use a granularity of ${fits} or more, or raise the bound`,
+      `a block of ${approximateBytes(granules * granularity)} in ${granularity}-byte granules needs a ${approximateBytes(bitmapBytes)} bitmap, ` +
+        `above the bound of ${approximateBytes(bound)} (maxBitmapBytes): use a granularity of ${fits} or more, or raise the bound`,
     );
   }
   return { granularity, granules };

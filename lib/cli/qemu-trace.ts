@@ -5,6 +5,7 @@
 // for the conversion before it, and is checked against ours. Every other line is skipped.
 
 import type { PageState } from '../state-change-channel';
+import { ScriptError } from './conversion-script';
 
 export interface TraceCheck {
   line: number;
@@ -41,9 +42,9 @@ function state(word: string): PageState | 'mixture' {
   return word === 'populated' ? 'shared' : word === 'discarded' ? 'private' : 'mixture';
 }
 
-function hex(text: string): number {
+function hex(text: string, line: number): number {
   const value = Number.parseInt(text, 16);
-  if (!Number.isSafeInteger(value)) throw new RangeError(`0x${text} is above 2^53`);
+  if (!Number.isSafeInteger(value)) throw new ScriptError(line, `0x${text} is above 2^53`);
   return value;
 }
 
@@ -55,8 +56,8 @@ export function parseTrace(text: string): ParsedTrace {
     if (convert) {
       trace.conversions.push({
         line,
-        gpa: hex(convert[1]!),
-        size: hex(convert[2]!),
+        gpa: hex(convert[1]!, line),
+        size: hex(convert[2]!, line),
         to: convert[3]!.toLowerCase() === 'shared_to_private' ? 'private' : 'shared',
         checks: [],
       });
@@ -65,7 +66,7 @@ export function parseTrace(text: string): ParsedTrace {
     const change = STATE_CHANGE.exec(raw);
     if (change) {
       const last = trace.conversions[trace.conversions.length - 1];
-      const check: TraceCheck = { line, offset: hex(change[1]!), size: hex(change[2]!), from: state(change[3]!.toLowerCase()), to: state(change[4]!.toLowerCase()) as PageState };
+      const check: TraceCheck = { line, offset: hex(change[1]!, line), size: hex(change[2]!, line), from: state(change[3]!.toLowerCase()), to: state(change[4]!.toLowerCase()) as PageState };
       if (last) last.checks.push(check);
       else trace.orphanChecks++;
       return;

@@ -6,9 +6,10 @@ import { UsageError } from './usage-error';
 const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40, p: 2 ** 50 };
 
 export function parseSize(text: string, what: string): number {
-  const match = /^(0x[0-9a-f]+|\d+)\s*([kmgtp]?)(?:i?b)?$/i.exec(text.trim());
+  // 'iB' only after a unit letter: 4096ib is not a size.
+  const match = /^(0x[0-9a-f]+|\d+)\s*(?:([kmgtp])(?:i?b)?|b)?$/i.exec(text.trim());
   if (!match) throw new UsageError(`${what}: '${text}' is not a size (examples: 4096, 0x1000, 64M, 2G)`);
-  const value = Number(match[1]) * UNITS[match[2]!.toLowerCase()]!;
+  const value = Number(match[1]) * UNITS[(match[2] ?? '').toLowerCase()]!;
   if (!Number.isSafeInteger(value)) throw new UsageError(`${what}: '${text}' is too large`);
   return value;
 }
