@@ -373,6 +373,10 @@ export class RamBlockAttributes {
     let result: unknown;
     try {
       result = method.call(listener, arg);
+    } catch (error) {
+      // It failed anyway (with the re-entry error or another): the notification fails.
+      this.reentry = null;
+      throw error;
     } finally {
       this.notifying = false;
     }
