@@ -35,9 +35,15 @@ export function sometimes<T>(valid: fc.Arbitrary<T>): fc.Arbitrary<unknown> {
   return fc.oneof(valid, hostileValue);
 }
 
-/** Writes what is about to run to stderr, so a hang in the child names its case. */
+/**
+ * Where progress goes: the file GUESTMEM_TEST_PROGRESS_FILE names (a pipe to a busy parent
+ * would answer EAGAIN), else stderr.
+ */
+const progressFd = process.env.GUESTMEM_TEST_PROGRESS_FILE ? fs.openSync(process.env.GUESTMEM_TEST_PROGRESS_FILE, 'w') : 2;
+
+/** Writes what is about to run, so that a hang or a crash in the child names its case. */
 export function progress(label: string, args: unknown[]): void {
-  fs.writeSync(2, `case ${label}(${args.map((a) => fc.stringify(a)).join(', ').replace(/\s*\n\s*/g, ' ')})\n`);
+  fs.writeSync(progressFd, `case ${label}(${args.map((a) => fc.stringify(a)).join(', ').replace(/\s*\n\s*/g, ' ')})\n`);
 }
 
 export type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
