@@ -585,7 +585,47 @@ async function syscallRanges(): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// The raw addon's mmap: a mapping comes out usable (every byte readable and writable) or
+// not at all. A read-only one or one past the end of its file would kill this process.
+
+async function rawMmap(): Promise<void> {
+  const SIZE = 4 * PAGE;
+  const fd = native().memfdCreate('hostile-mmap');
+  fs.ftruncateSync(fd, SIZE);
+  const counts = fc.oneof(fc.integer({ min: 0, max: 6 }).map((n) => n * PAGE), fc.constantFrom(1, PAGE - 1, 2 ** 53, 2n ** 63n));
+  type Mapped = { buffer?: ArrayBuffer; handle?: unknown; address: bigint };
+  const raw = native() as unknown as {
+    mmap(...args: unknown[]): Mapped;
+    munmap(target: unknown): void;
+    mapWindow?(handle: unknown, offset: bigint, length: number): ArrayBuffer;
+  };
+  try {
+    await fc.assert(
+      fc.asyncProperty(sometimes(counts), sometimes(counts), sometimes(fc.boolean()), async (length, offset, writable) => {
+        const outcome = await bounded('native().mmap', [fd, length, offset, writable], () => raw.mmap(fd, length, offset, writable));
+        if (!outcome.ok) {
+          assertCoded(outcome.error, [...ARGUMENT_CODES, 'EINVAL', 'ENOMEM', 'EOVERFLOW'], `mmap(${fc.stringify([length, offset, writable])})`);
+          return;
+        }
+        assert.equal(writable, true, 'only writable mappings are handed out');
+        assert.ok(BigInt(offset as number) + BigInt(length as number) <= BigInt(SIZE), 'no mapping past the end of the file');
+        const mapped = outcome.value;
+        const buffer = mapped.buffer ?? raw.mapWindow!(mapped.handle, 0n, Number(length));
+        const bytes = new Uint8Array(buffer);
+        bytes.fill(0xa5); // every byte writable
+        assert.equal(bytes.reduce((sum, b) => sum + b, 0), 0xa5 * bytes.length); // and readable
+        raw.munmap(mapped.buffer ?? mapped.handle);
+      }),
+      { numRuns: RUNS },
+    );
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export const GROUPS: Record<string, () => Promise<void>> = {
+  'raw-mmap': rawMmap,
   'page-bitmap': pageBitmap,
   'byte-ranges': byteRanges,
   'tracker-construction': trackerConstruction,
