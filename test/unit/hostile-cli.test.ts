@@ -153,6 +153,9 @@ const CASES: CliCase[] = [
   { name: 'bench --no-vm --iterations NaN', args: ['bench', '--no-vm', '--iterations', 'NaN'], status: [2], stderr: /--iterations must be a positive integer/ },
   { name: 'bench --no-vm --pages 1,,2', args: ['bench', '--no-vm', '--pages', '1,,2'], status: [2], stderr: /--pages takes page counts/ },
 
+  { name: 'vm --memory 0', args: ['vm', '--memory', '0', '--', 'probe'], status: [2], stderr: /--memory takes a size/ },
+  { name: 'vm --edu x', args: ['vm', '--edu', 'x', '--', 'probe'], status: [2], stderr: /--edu takes a count/ },
+
   // Commands and help topics are own keys, not Object.prototype's.
   { name: 'command constructor', args: ['constructor'], status: [2], stderr: /unknown command 'constructor'/ },
   { name: 'command __proto__', args: ['__proto__'], status: [2], stderr: /unknown command '__proto__'/ },
