@@ -201,6 +201,15 @@ export class RamBlockAttributes {
     return this.granules - this.shared;
   }
 
+  /**
+   * True while one of this tracker's listeners (or a replay callback) runs. Anything that
+   * queues behind the change in progress (RamBlock.convert does) would deadlock if called
+   * from there: check this and refuse, as stateChange does.
+   */
+  get inNotification(): boolean {
+    return this.notifying;
+  }
+
   /** The registered listeners, newest first. */
   get listeners(): RamDiscardListener[] {
     const result: RamDiscardListener[] = [];
