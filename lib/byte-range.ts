@@ -119,6 +119,16 @@ export function checkBytes(value: unknown, name: string): bigint {
   throw invalidArgType(`${name} must be a number or a bigint, got ${describeValue(value)}`);
 }
 
+/**
+ * A byte value that must also be a safe number: a guest physical address (x86 stops at
+ * 2^52) or a memslot's size (at most 2^31 - 1 pages). Number or bigint in, number out.
+ */
+export function checkSafeBytes(value: unknown, name: string): number {
+  const bytes = checkBytes(value, name);
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw outOfRange(`${name} 0x${bytes.toString(16)} is above 2^53, past any guest's physical addresses`);
+  return Number(bytes);
+}
+
 /** Checks offset and size as 64-bit values whose sum stays within 2^64. */
 export function checkSpan(offset: unknown, size: unknown, what: string): [bigint, bigint] {
   const start = checkBytes(offset, `${what} offset`);

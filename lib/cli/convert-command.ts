@@ -2,7 +2,7 @@
 // conversions in order; the result of each and where the time went.
 
 import { parseArgs } from 'node:util';
-import { toGranuleRange } from '../byte-range';
+import { toGranuleRange, type Bytes } from '../byte-range';
 import { nativeCalls } from '../native';
 import { blockGeometry } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
@@ -87,8 +87,8 @@ export async function convertCommand(args: string[]): Promise<number> {
       console.log(`block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
       for (const r of results) {
         console.log(r.ok
-          ? `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
-          : `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): FAILED: ${r.error}`);
+          ? `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
+          : `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): FAILED: ${r.error}`);
       }
       console.log(`shared ${attributes.sharedGranules} pages, private ${attributes.privateGranules}${listener ? `, ${listener.mappings} DMA mappings held` : ''}`);
       console.log(`time by step (ns): ${JSON.stringify(summary.stats.ns)}`);

@@ -30,9 +30,11 @@ examples:
   guestmem probe
   guestmem demo
   guestmem simulate script.txt --json`,
-  probe: `usage: guestmem probe [--json]
+  probe: `usage: guestmem probe [--json] [--guest-size S]
   Reports /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
   VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece, why and the fix.
+  For type1 it says how much of a guest of size S (default 8G) can be shared at once at
+  4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.
 example:
   guestmem probe --json | jq .memoryAttributes`,
   convert: `usage: guestmem convert --size S --gpa A --range OFF+LEN --to private|shared [--range ... --to ...]
@@ -70,14 +72,18 @@ example:
   Replays QEMU's kvm_convert_memory events (log trace backend, optionally '<pid>@<s>.<us>:'
   prefixed) by guest address on a real VM (--dry-run: the tracker only), and checks each
   ram_block_attributes_state_change event against the tracker's own view. Other lines are
-  skipped. Without --size/--gpa the block is inferred from the addresses (and it says so);
-  a huge inferred block that the conversions barely touch is refused: give --gpa/--size.
+  skipped. Without --size/--gpa the block is inferred from the addresses (and it says so),
+  leaving out conversions past 2^64 (and, on a real VM, past 2^52: no guest has such
+  addresses); those are rejected and counted. Addresses and sizes go to 2^64 - 1. A huge
+  inferred block that the conversions barely touch is refused: give --gpa/--size.
   Exits 1 on a failed conversion or a mismatch with QEMU's view.
 example:
   guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run`,
-  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-vm]
+  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-far-end] [--no-vm]
   Times conversions on a real kernel, split by step (KVM attributes, listeners, discard),
-  with the number of native calls per conversion. Runs inside the harness VM when this host
+  with the number of native calls per conversion; then one page at the far end of an 8 GiB
+  block against one at the far end of a 1 GiB block (same VM, alternating), which should
+  cost the same (--no-far-end skips it: creating the blocks makes KVM mark 9 GiB private). Runs inside the harness VM when this host
   lacks SW-protected VMs (--no-vm: fail instead).
 example:
   guestmem bench --json`,

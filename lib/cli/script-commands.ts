@@ -10,10 +10,12 @@ import { parseScript, type ScriptOp } from './conversion-script';
 import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
-import { parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
 import { printJson, progressBar } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
-import { formatBytes, parseSize } from './sizes';
+import type { Bytes } from '../byte-range';
+import { bytesOf } from '../byte-range';
+import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
 
 /** A file option: a name that is not empty, in a place this process can write. */
@@ -66,7 +68,7 @@ function parseGpa(text: string): ReturnType<typeof parseSize> {
 function summary(report: ScriptReport, attributes: RamBlockAttributes, extra: string[] = []): string {
   const { strip, pagesPerCell } = mapStrip(attributes);
   const lines = [
-    `block: ${report.pages} pages of ${report.granule} bytes (${formatBytes(report.pages * report.granule)})`,
+    `block: ${report.pages} pages of ${report.granule} bytes (${formatBytes(bytesOf(report.pages, report.granule))})`,
     `shared: ${attributes.sharedGranules} pages in ${report.shared.length} run${report.shared.length === 1 ? '' : 's'}; private: ${attributes.privateGranules} pages`,
     `conversions: ${report.ops} (${report.rejected} rejected, ${report.failed} failed) in ${(report.elapsedNs / 1e6).toFixed(3)} ms` +
       (report.ops > 0 ? `, ${Math.round(report.elapsedNs / report.ops)} ns each` : ''),
@@ -134,20 +136,20 @@ export async function runCommand(args: string[]): Promise<number> {
 }
 
 /** Compares QEMU's recorded state changes with ours, conversion by conversion. */
-function checkTrace(trace: ParsedTrace, results: Array<{ from: string; to: string } | null>, blockGpa: number, offsetsKnown: boolean): string[] {
+function checkTrace(trace: ParsedTrace, results: Array<{ from: string; to: string } | null>, blockGpa: Bytes, offsetsKnown: boolean): string[] {
   const mismatches: string[] = [];
   trace.conversions.forEach((conversion, i) => {
     const ours = results[i];
     for (const check of conversion.checks) {
-      const expectOffset = conversion.gpa - blockGpa;
+      const expectOffset = subtractBytes(conversion.gpa, blockGpa);
       const problems: string[] = [];
       if (!ours) problems.push('ours was rejected or failed');
       else {
         if (ours.from !== check.from) problems.push(`from ${check.from} in the trace, ${ours.from} here`);
         if (ours.to !== check.to) problems.push(`to ${check.to} in the trace, ${ours.to} here`);
       }
-      if (check.size !== conversion.size) problems.push(`size 0x${check.size.toString(16)} vs 0x${conversion.size.toString(16)}`);
-      if (offsetsKnown && check.offset !== expectOffset) problems.push(`offset 0x${check.offset.toString(16)} in the trace, 0x${expectOffset.toString(16)} here`);
+      if (BigInt(check.size) !== BigInt(conversion.size)) problems.push(`size 0x${check.size.toString(16)} vs 0x${conversion.size.toString(16)}`);
+      if (offsetsKnown && BigInt(check.offset) !== BigInt(expectOffset)) problems.push(`offset 0x${check.offset.toString(16)} in the trace, 0x${expectOffset.toString(16)} here`);
       if (problems.length > 0) mismatches.push(`line ${check.line}: ${problems.join('; ')}`);
     }
   });
@@ -155,7 +157,7 @@ function checkTrace(trace: ParsedTrace, results: Array<{ from: string; to: strin
 }
 
 /** An inferred block above this size is refused when the trace touches little of it. */
-const HUGE_INFERRED_BLOCK = 64 * 2 ** 30;
+const HUGE_INFERRED_BLOCK = 2 ** 40;
 
 /**
  * Refuses an inferred block that is huge and sparse (two conversions far apart make a block
@@ -199,13 +201,14 @@ export async function replayCommand(args: string[]): Promise<number> {
   const trace = parseTrace(await readInputText(positionals[0], 'trace', maxInput(values['max-input'])));
   if (trace.conversions.length === 0) throw new UsageError(`no kvm_convert_memory events in the trace (${trace.skipped} other lines skipped)`);
   const notes: string[] = [];
-  let block: { gpa: number; size: number };
+  let block: { gpa: Bytes; size: Bytes };
   if (values.size !== undefined || values.gpa !== undefined) {
     if (values.size === undefined || values.gpa === undefined) throw new UsageError('give both --size and --gpa, or neither to infer the block from the trace');
     block = { gpa: parseGpa(values.gpa), size: parseSize(values.size, '--size') };
     checkReplayBlock(block, '--size');
   } else {
-    block = inferBlock(trace)!;
+    // A real VM's block must lie below any guest's physical-address limit; a dry run's may be anywhere.
+    block = inferBlock(trace, values['dry-run'] ? undefined : GUEST_PHYS_LIMIT)!;
     checkInferredBlock(block, trace);
     checkReplayBlock(block, 'the block inferred from the trace (give --gpa/--size)');
     notes.push(`block inferred from the trace's addresses: gpa 0x${block.gpa.toString(16)}, size ${formatBytes(block.size)} (give --gpa/--size to set it)`);
@@ -213,7 +216,7 @@ export async function replayCommand(args: string[]): Promise<number> {
   // A trace becomes a script: one block, a listener on all of it, a convert per event.
   const ops: ScriptOp[] = [{ op: 'block', line: 0, size: block.size, granule: 4096 }];
   if (values.vfio || values['dry-run']) ops.push({ op: 'listen', line: 0, id: values.vfio ? 'vfio' : 'recorder', offset: 0, size: block.size });
-  for (const c of trace.conversions) ops.push({ op: 'convert', line: c.line, offset: c.gpa - block.gpa, size: c.size, to: c.to });
+  for (const c of trace.conversions) ops.push({ op: 'convert', line: c.line, offset: subtractBytes(c.gpa, block.gpa), size: c.size, to: c.to });
 
   const results: Array<{ from: string; to: string } | null> = [];
   const host: ScriptHost = values['dry-run']

@@ -2,7 +2,7 @@
 // (`run`). Listeners are RecordingListeners, wrapping the host's real listener where it has
 // one, so the report says what each listener really holds.
 
-import { toGranuleRange } from '../byte-range';
+import { toGranuleRange, type Bytes } from '../byte-range';
 import type { Run } from '../page-bitmap';
 import { blockGeometry, type RamBlockAttributes } from '../ram-block-attributes';
 import type { RamDiscardListener } from '../ram-discard-listener';
@@ -14,17 +14,17 @@ import { ScriptError } from './conversion-script';
 /** Where a script runs: one block, its listeners, its conversions. */
 export interface ScriptHost {
   /** Creates the block and returns its tracker. */
-  openBlock(size: number, granule: number): RamBlockAttributes;
+  openBlock(size: Bytes, granule: number): RamBlockAttributes;
   /** The real listener for a `listen` line, or null for a recording listener alone. */
-  makeListener(id: string, offset: number, size: number): RamDiscardListener | null;
-  convert(offset: number, size: number, to: PageState): Promise<unknown>;
+  makeListener(id: string, offset: Bytes, size: Bytes): RamDiscardListener | null;
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown>;
   /** Releases everything: listeners first (unmapping what they hold), then the block and VM. */
   shutdown(): Promise<void>;
 }
 
 export interface ConversionRecord {
-  offset: number;
-  size: number;
+  offset: Bytes;
+  size: Bytes;
   to: PageState;
   outcome: 'done' | 'rejected' | 'failed';
 }

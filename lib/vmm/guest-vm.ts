@@ -31,18 +31,14 @@ export interface GuestVmOptions {
 
 const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 
-/** GuestMemory as the VMM loop sees it: ranges by bigint gpa. */
+/** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
+const nextVcpuIds = new WeakMap<object, number>();
+
+/** GuestMemory as the VMM loop sees it. */
 export function loopMemory(memory: GuestMemory): LoopMemory {
-  const exact = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null);
   return {
-    covers(gpa, size) {
-      const start = exact(gpa);
-      const length = exact(size);
-      return start !== null && length !== null && memory.blocks.some((block) => block.contains(start, length));
-    },
-    convert(gpa, size, to) {
-      return memory.convert(Number(gpa), Number(size), to);
-    },
+    covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
+    convert: (gpa, size, to) => memory.convert(gpa, size, to),
   };
 }
 
@@ -88,8 +84,10 @@ export class GuestVm implements Disposable {
     const guest = new GuestVm(options, layout, block);
     try {
       const cpuid = supportedCpuid(kvm);
+      const firstId = nextVcpuIds.get(memory.vm) ?? 0;
+      nextVcpuIds.set(memory.vm, firstId + count);
       for (let id = 0; id < count; id++) {
-        const vcpu = Vcpu.create(kvm, memory.vm, id);
+        const vcpu = Vcpu.create(kvm, memory.vm, firstId + id);
         guest.vcpus.push(vcpu);
         vcpu.setCpuid(cpuid);
         vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);

@@ -4,6 +4,7 @@
 // reach by DMA at the guest's sync points (lib/vmm/programs/).
 
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { AssignedDevice } from '../../lib/assigned-device';
 import type { DmaBackend } from '../../lib/dma-mapper';
 import { DmaProbe } from '../../lib/dma-probe';
@@ -54,6 +55,17 @@ function session(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestS
   return runGuestSession({ kvm: f.kvm, memory: f.memory, dataGpa: DATA_GPA, dataPages: 64, probe: f.probe, listener: f.listener, timeoutMs: 240_000, ...options });
 }
 
+/** Threads of this process that run a vCPU (native/vcpu_thread.cc names them). */
+function vcpuThreads(): number {
+  return fs.readdirSync('/proc/self/task').filter((task) => {
+    try {
+      return fs.readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'guestmem-vcpu';
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
 function assertOk(report: GuestSessionReport): void {
   assert.deepEqual(report.problems, [], `${report.program}: ${report.problems.join('; ')}\nconsole: ${report.console}`);
   assert.equal(report.ok, true);
@@ -82,6 +94,7 @@ describe('guest-driven conversions on a real kernel', function () {
 
   it('keeps Node live while a guest spins, and stops it on request', async () => {
     f = await setUp();
+    const threadsBefore = vcpuThreads();
     let ticks = 0;
     const timer = setInterval(() => ticks++, 10);
     const started = Date.now();
@@ -91,6 +104,7 @@ describe('guest-driven conversions on a real kernel', function () {
     assert.deepEqual(report.run.vcpus, [{ vcpu: 0, stopped: true }]);
     assert.ok(Date.now() - started < 30_000, 'stop() took effect');
     assert.ok(ticks >= 20, `the event loop ran while the guest spun (${ticks} ticks)`);
+    assert.equal(vcpuThreads(), threadsBefore, 'the vCPU thread ended with its vCPU');
   });
 
   for (const [mode, pattern] of [
@@ -165,19 +179,22 @@ describe('guest-driven conversions on a real kernel', function () {
 
       it('random: two vCPUs converting overlapping ranges at once end as the model, with no stale mapping', async () => {
         f = await setUp(backend);
+        const threadsBefore = vcpuThreads();
         const report = await session(f, { program: 'random', vcpus: 2, iterations: 25, dataPages: 32, seed: 77n });
         assertOk(report);
         assert.equal(report.run.conversions.converted, 50);
         assert.deepEqual(report.run.vcpus, [{ vcpu: 0, status: 0 }, { vcpu: 1, status: 0 }]);
         assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
+        assert.equal(vcpuThreads(), threadsBefore, 'both vCPU threads ended');
       });
     });
   }
 
-  it('reaches a block above 4 GiB: the guest converts pages of a block at 8 GiB', async () => {
+  it('reaches a block above 4 GiB: the guest converts pages at the far end of an 8 GiB block at 4 GiB', async () => {
     f = await setUp();
-    const high = f.memory.addBlock({ gpa: 8 * 1024 * MiB, size: 64 * MiB, name: 'high-ram' });
-    const dataGpa = BigInt(high.gpa + 63 * MiB);
+    const GiB = 1024 * MiB;
+    const high = f.memory.addBlock({ gpa: 4 * GiB, size: 8 * GiB, name: 'high-ram' });
+    const dataGpa = BigInt(high.gpa + high.size - MiB);
     const report = await session(f, { program: 'random', iterations: 8, dataGpa, dataPages: 256, seed: 3n });
     assertOk(report);
     assert.equal(report.run.conversions.converted, 8);

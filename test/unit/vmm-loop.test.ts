@@ -35,7 +35,7 @@ class ScriptedVcpu implements LoopVcpu {
   private wake: (() => void) | null = null;
 
   constructor(
-    readonly id: number,
+    readonly index: number,
     private readonly exits: VcpuExit[],
     /** After the script: spin until stopped (true) or fail the test (false). */
     private readonly spinAfter = false,
@@ -46,7 +46,7 @@ class ScriptedVcpu implements LoopVcpu {
     if (this.stopped) return { reason: 'intr', exitReason: 10 };
     const next = this.exits.shift();
     if (next) return next;
-    if (!this.spinAfter) throw new Error(`vCPU ${this.id} ran past its script`);
+    if (!this.spinAfter) throw new Error(`vCPU ${this.index} ran past its script`);
     await new Promise<void>((resolve) => (this.wake = resolve));
     return { reason: 'intr', exitReason: 10 };
   }
