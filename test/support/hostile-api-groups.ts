@@ -579,6 +579,28 @@ async function syscallRanges(): Promise<void> {
       }),
       { numRuns: RUNS * 2 },
     );
+    // Windows onto the shared memory: inside it and usable to the last byte, or refused.
+    const lengths = fc.oneof(fc.integer({ min: 0, max: 18 }).map((n) => n * 1024), fc.constantFrom(1, SIZE + 1, 2 ** 32 + 1));
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('view', 'read', 'write'), sometimes(offsets), sometimes(lengths), async (method, offset, length) => {
+        // write takes bytes, not a length: a sane length becomes that many bytes, anything else none.
+        const writeLength = isIndex(length, SIZE + 1) ? length : 0;
+        const outcome = await bounded(`SharedMemory.${method}`, [offset, length], () => {
+          if (method === 'write') return shared.write(offset as number, new Uint8Array(writeLength));
+          const bytes = shared[method](offset as number, length as number);
+          bytes.fill(0x5a);
+          return bytes.length;
+        });
+        const span = method === 'write' ? writeLength : length;
+        const valid = isBytes(offset) && isIndex(span, SIZE) && BigInt(offset) + BigInt(span) <= BigInt(SIZE);
+        if (valid) assert.ok(outcome.ok, `${method}(${fc.stringify([offset, length])}) threw ${String(!outcome.ok && outcome.error)}`);
+        else {
+          assert.ok(!outcome.ok, `${method}(${fc.stringify([offset, length])}) accepted`);
+          assertArgumentError(outcome.error, `${method}(${fc.stringify([offset, length])})`);
+        }
+      }),
+      { numRuns: RUNS * 2 },
+    );
   } finally {
     guestMemfd.close();
     shared.close();
