@@ -217,6 +217,13 @@ export class RamBlockAttributes {
     return result;
   }
 
+  /** Each listener with its section in granules, newest first. */
+  get registered(): ReadonlyArray<{ readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
+    const result: Array<{ listener: RamDiscardListener; section: GranuleRange }> = [];
+    for (let r = this.newest; r; r = r.older) result.push({ listener: r.listener, section: r.section });
+    return result;
+  }
+
   /** Validates a byte range of this block and returns it in granules. */
   range(offset: Bytes, size: Bytes, what = 'range'): GranuleRange {
     return toGranuleRange(offset, size, this.granularity, this.granules, what);

@@ -43,6 +43,15 @@ export interface CheckedListener {
   readonly doubleDiscardSupported: boolean;
 }
 
+/** The name a report shows, whatever the listener is (never throws). */
+export function listenerName(listener: RamDiscardListener): string {
+  try {
+    return checkListenerName(listener);
+  } catch {
+    return 'listener';
+  }
+}
+
 /** The name errors show: `name` where it is a string, else the constructor's name. */
 export function checkListenerName(listener: RamDiscardListener): string {
   const { name } = listener;
