@@ -7,7 +7,7 @@ import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRan
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from './errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from './serializer';
-import { checkListener, checkListenerName, type RamDiscardListener } from './ram-discard-listener';
+import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
 export interface SectionInput {
@@ -297,7 +297,7 @@ export class RamBlockAttributes {
     return this.queue.run(async () => {
       const registration = this.byListener.get(listener);
       if (!registration) {
-        throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${checkListenerName(listener)}" is not registered on ${this.name}`);
+        throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
       }
       const { section } = registration;
       const ranges = registration.doubleDiscardSupported ? [section] : this.toRanges(this.bitmap.runs(section.first, section.count, true));
