@@ -7,6 +7,7 @@
 // simulator and the probe still work.
 
 import { GuestmemError } from './errors';
+import { guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
 
@@ -146,7 +147,9 @@ export function native(): NativeAddon {
   if (loaded) return loaded;
   if (loadError === null) {
     try {
-      loaded = counted(load());
+      const addon = counted(load());
+      addon.mmap = guardedMmap(addon.mmap) as NativeAddon['mmap'];
+      loaded = addon;
       return loaded;
     } catch (error) {
       loadError = error;
