@@ -92,6 +92,11 @@ export function longModeRegisters(sregs: SpecialRegisters, pml4: bigint): Specia
     ss: data,
     // VMX's entry checks want a busy 64-bit TSS; SVM does not mind one.
     tr: { ...sregs.tr, base: 0n, limit: 0x67, selector: 0x18, type: 0xb, present: 1, s: 0, unusable: 0 },
+    // No descriptor tables: the programs never load a segment or take an interrupt, and an
+    // exception with an empty IDT is a clean triple fault (KVM_EXIT_SHUTDOWN) instead of a
+    // walk through whatever lies at address 0.
+    gdt: { base: 0n, limit: 0 },
+    idt: { base: 0n, limit: 0 },
     cr0: CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG,
     cr3: pml4,
     cr4: CR4_PAE,
