@@ -3,7 +3,7 @@
 // judge (alignment rules, slot overlap, attribute support) comes back as its errno.
 
 import fs from 'node:fs';
-import { checkBytes, checkSpan, type Bytes } from './byte-range';
+import { checkBytes, checkExtent, checkSpan, type Bytes } from './byte-range';
 import { GuestmemError, invalidArgType, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import {
@@ -110,6 +110,16 @@ export class Vm extends FdOwner {
     return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
   }
 
+  /** KVM_ENABLE_CAP on the VM, with args[0] = arg0. */
+  enableCap(capability: number, arg0: Bytes = 0): void {
+    native().kvmEnableCap(this.fd, checkU32(capability, 'capability'), checkBytes(arg0, 'capability argument'));
+  }
+
+  /** @internal Makes `child` (a vCPU) close before this VM does. */
+  own<T extends FdOwner>(child: T): T {
+    return this.adopt(child);
+  }
+
   get supportsGuestMemfd(): boolean {
     return this.checkExtension(KVM_CAP_GUEST_MEMFD) > 0;
   }
@@ -142,7 +152,7 @@ export class Vm extends FdOwner {
 
   /** KVM_SET_MEMORY_ATTRIBUTES: 'private' sets KVM_MEMORY_ATTRIBUTE_PRIVATE, 'shared' clears all. */
   setMemoryAttributes(gpa: Bytes, size: Bytes, to: 'private' | 'shared' | bigint): void {
-    const [start, length] = checkSpan(gpa, size, 'attribute range');
+    const [start, length] = checkExtent(gpa, size, 1n << 64n, 'attribute range');
     const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
     if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
     native().kvmSetMemoryAttributes(this.fd, start, length, attributes);
@@ -164,12 +174,12 @@ export class GuestMemfd extends FdOwner {
   }
 
   punchHole(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'punch-hole');
+    const [start, length] = checkExtent(offset, size, this.size, 'punch-hole', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
   }
 
   allocate(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'allocate');
+    const [start, length] = checkExtent(offset, size, this.size, 'allocate', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, start, length);
   }
 }

@@ -5,7 +5,7 @@
 // and empties every window still alive.
 
 import fs from 'node:fs';
-import { checkBytes, checkSpan, type Bytes } from './byte-range';
+import { checkBytes, checkExtent, type Bytes } from './byte-range';
 import { outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import { HostMapping } from './host-mapping';
@@ -60,10 +60,7 @@ export class SharedMemory extends FdOwner {
 
   /** Frees the pages of a range (fallocate PUNCH_HOLE | KEEP_SIZE); it reads back as zero. */
   discard(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'discard');
-    if (start + length > this.size) {
-      throw outOfRange(`discard [0x${start.toString(16)}, +0x${length.toString(16)}) is outside the ${this.size}-byte shared memory`);
-    }
+    const [start, length] = checkExtent(offset, size, this.size, 'discard', 'shared memory');
     native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
   }
 

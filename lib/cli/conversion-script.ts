@@ -36,6 +36,14 @@ function size(text: string, line: number, what: string): Bytes {
   }
 }
 
+const KEYWORDS = ['block', 'listen', 'unlisten', 'convert'];
+
+function unknownKeyword(keyword: string): string {
+  const lower = keyword.toLowerCase();
+  const hint = lower !== keyword && KEYWORDS.includes(lower) ? `; keywords are lowercase: '${lower}'` : '';
+  return `unknown keyword '${keyword}' (expected block, listen, unlisten or convert${hint})`;
+}
+
 export function parseScript(text: string): ScriptOp[] {
   const ops: ScriptOp[] = [];
   let haveBlock = false;
@@ -44,6 +52,7 @@ export function parseScript(text: string): ScriptOp[] {
     const words = raw.replace(/#.*/, '').trim().split(/\s+/).filter(Boolean);
     if (words.length === 0) return;
     const [keyword] = words;
+    if (!KEYWORDS.includes(keyword!)) throw new ScriptError(line, unknownKeyword(keyword!));
     if (keyword !== 'block' && !haveBlock) throw new ScriptError(line, `'${keyword}' before any 'block' line`);
     switch (keyword) {
       case 'block':
@@ -68,7 +77,7 @@ export function parseScript(text: string): ScriptOp[] {
         return;
       }
       default:
-        throw new ScriptError(line, `unknown keyword '${keyword}' (expected block, listen, unlisten or convert)`);
+        throw new ScriptError(line, unknownKeyword(keyword!));
     }
   });
   if (!haveBlock) throw new ScriptError(1, "the script has no 'block' line");

@@ -50,6 +50,24 @@ export function backendOption(value: string | undefined): DmaBackend | 'auto' {
 /** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */
 export const DEFAULT_GPA = 16 * 1024 * 1024;
 
+/**
+ * Opening KVM or creating a SW-protected VM fails on most hosts, with an errno that alone
+ * says little (EINVAL from KVM_CREATE_VM): keep the kernel's error (code, errno, syscall)
+ * and say what to do.
+ */
+function withVmHint<T>(make: () => T): T {
+  try {
+    return make();
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException;
+    if (typeof e?.syscall !== 'string') throw error;
+    throw Object.assign(
+      new Error(`${e.message}: this host cannot make a SW-protected VM ('guestmem probe' says why); run the command inside the harness VM: guestmem vm -- <command>`, { cause: error }),
+      { code: e.code, errno: e.errno, syscall: e.syscall },
+    );
+  }
+}
+
 export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
@@ -57,9 +75,9 @@ export class VmHost implements ScriptHost {
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
-    this.kvm = Kvm.open();
+    this.kvm = withVmHint(() => Kvm.open());
     try {
-      this.memory = new GuestMemory(this.kvm.createVm('sw-protected'));
+      this.memory = new GuestMemory(withVmHint(() => this.kvm.createVm('sw-protected')));
       this.assigned = options.vfio ? AssignedDevice.open(options.vfio, { backend: options.backend ?? 'auto' }) : null;
     } catch (error) {
       this.kvm.close();

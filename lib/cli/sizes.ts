@@ -38,9 +38,10 @@ export function parseDigits(digits: string, hex: boolean): bigint {
  * those as it rejects any invalid range); a UsageError only for text that is not a number.
  */
 export function parseBytes(text: string, what: string): Bytes {
-  const match = /^(-?)(?:0x([0-9a-f]+)|(\d+))\s*([kmgtpe]?)(?:i?b)?$/i.exec(text.trim());
+  // 'iB' only after a unit letter: 4096ib is not a size.
+  const match = /^(-?)(?:0x([0-9a-f]+)|(\d+))\s*(?:([kmgtpe])(?:i?b)?|b)?$/i.exec(text.trim());
   if (!match) throw new UsageError(`${what}: '${text}' is not a size (examples: 4096, 0x1000, 64M, 2G)`);
-  const magnitude = parseDigits(match[2] ?? match[3]!, match[2] !== undefined) * UNITS[match[4]!.toLowerCase()]!;
+  const magnitude = parseDigits(match[2] ?? match[3]!, match[2] !== undefined) * UNITS[(match[4] ?? '').toLowerCase()]!;
   return exactBytes(match[1] ? -magnitude : magnitude);
 }
 
