@@ -84,13 +84,15 @@ describe('an 8 GiB block at gpa 4 GiB on a real kernel', function () {
     assert.equal(block.shared.allocatedBytes(), 3 * PAGE, 'only the three written pages hold memory');
 
     for (const [i, offset] of offsets.entries()) {
-      assert.equal(block.shared.read(offset, 20).toString(), `page ${i} of the big b`);
+      const text = `page ${i} of the big block`;
+      assert.equal(block.shared.read(offset, text.length).toString(), text);
       await memory.convert(block.gpa + offset, PAGE, 'private');
       assert.equal(listener.mappings, offsets.length - i - 1);
-      assert.ok(block.shared.read(offset, PAGE).every((b) => b === 0), 'the punched page reads back zero');
+      assert.equal(block.shared.allocatedBytes(), (offsets.length - i - 1) * PAGE, 'punch-hole gave the page back');
     }
-    assert.equal(block.shared.allocatedBytes(), 0, 'punch-hole gave every page back');
     assert.equal(block.sharedPages, 0);
+    // Read last: a read through a shared mapping faults a shmem page in again.
+    for (const offset of offsets) assert.ok(block.shared.read(offset, PAGE).every((b) => b === 0), 'a punched page reads back zero');
   });
 
   it('lets the device read, at the block\'s last page, what a window wrote there', async function () {

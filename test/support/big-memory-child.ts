@@ -3,6 +3,8 @@
 // past Node's buffer limit and prints one JSON line of what it saw.
 
 import fs from 'node:fs';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { SharedMemory } from '../../lib/shared-memory';
 import { maxWindowBytes } from '../../lib/host-mapping';
 import { native } from '../../lib/native';
@@ -35,10 +37,13 @@ function mapped(name: string): boolean {
   return fs.readFileSync('/proc/self/maps', 'utf8').includes(`/memfd:${name} `);
 }
 
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
+
 /** Collects garbage until `done` holds (finalizers run after the GC, on later turns). */
 async function collectUntil(done: () => boolean): Promise<boolean> {
   for (let i = 0; i < 50 && !done(); i++) {
-    (globalThis as unknown as { gc: () => void }).gc();
+    gc();
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return done();
