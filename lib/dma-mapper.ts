@@ -5,6 +5,7 @@
 // call, all or nothing.
 
 import { checkBytes, checkSpan, type Bytes } from './byte-range';
+import { outOfRange } from './errors';
 
 export type DmaBackend = 'type1' | 'iommufd';
 
@@ -16,6 +17,8 @@ export interface DmaRun {
 
 export interface DmaMapper {
   readonly backend: DmaBackend;
+  /** True once its fd is closed: the kernel dropped every mapping with it. */
+  readonly closed: boolean;
   /** Maps [iova, iova + size) to the host range at vaddr, as one mapping. */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void;
   /** Maps the range as size / granule consecutive mappings in one native call, all or nothing. */
@@ -53,6 +56,6 @@ export function checkedRun(vaddr: Bytes, iova: Bytes, size: Bytes, what: string)
 
 export function checkGranule(granule: number): bigint {
   const value = checkBytes(granule, 'granule');
-  if (value === 0n) throw new RangeError('granule must be greater than zero');
+  if (value === 0n) throw outOfRange('granule must be greater than zero');
   return value;
 }

@@ -117,6 +117,11 @@ export class RamBlockAttributes {
     return this.registrations.map((r) => r.listener);
   }
 
+  /** Each listener with its section in granules, newest first (what a repair must follow). */
+  get registered(): ReadonlyArray<{ readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
+    return this.registrations;
+  }
+
   /** Validates a byte range of this block and returns it in granules. */
   range(offset: Bytes, size: Bytes, what = 'range'): GranuleRange {
     return toGranuleRange(offset, size, this.granularity, this.granules, what);

@@ -6,6 +6,7 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitVfioType1(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitVfioDevice(Napi::Env env, Napi::Object exports);
+void InitFaultInjection(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -15,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVfioType1(env, exports);
   InitIommufd(env, exports);
   InitVfioDevice(env, exports);
+  InitFaultInjection(env, exports);
   return exports;
 }
 
