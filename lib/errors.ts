@@ -61,6 +61,14 @@ export function shutdownIncomplete(what: string, errors: unknown[]): AggregateEr
   );
 }
 
+/**
+ * A system error made in JS, shaped as the addon's (and Node's fs) are: "EIO: short read of
+ * region 0, pread" with `code`, negative `errno` and `syscall`.
+ */
+export function systemError(code: string, errno: number, syscall: string, detail: string): Error & { code: string; errno: number; syscall: string } {
+  return Object.assign(new Error(`${code}: ${detail}, ${syscall}`), { code, errno: -Math.abs(errno), syscall });
+}
+
 export function closedError(what: string): GuestmemError {
   return new GuestmemError('ERR_GUESTMEM_CLOSED', `${what} is closed`);
 }

@@ -246,9 +246,13 @@ export class RamBlock implements Disposable {
     const g = this.attributes.granularity;
     const errors: unknown[] = [];
     if (step === 'discard') {
+      // Run by run, in the safe order: a run going back to shared is shared in KVM before
+      // it is mapped; one going back to private is unmapped before KVM makes it private.
       for (const [first, count] of before) {
         try {
+          if (to === 'private') this.setAttributes(first, count, 'shared');
           await this.attributes.stateChange(first * g, count * g, opposite(to));
+          if (to === 'shared') this.setAttributes(first, count, 'private');
         } catch (error) {
           errors.push(error);
         }
@@ -292,10 +296,13 @@ export class RamBlock implements Disposable {
     const trackerPrivate = this.attributes.runs('private', section);
     const trackerShared = this.attributes.runs('shared', section);
     const withHoldings = this.attributes.registered.filter((r) => r.listener.heldRuns);
-    // 1. When in doubt, unmap: a mapping of a granule the tracker calls private goes.
+    // 1. When in doubt, unmap: a mapping of a granule the tracker or KVM calls private goes.
+    const kvmPrivate = this.kvmShared.runs(first, count, false);
     for (const { listener, section: own } of withHoldings) {
-      const excess = this.heldWhere(listener, own, trackerPrivate, true);
-      if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+      for (const runs of [trackerPrivate, kvmPrivate]) {
+        const excess = this.heldWhere(listener, own, runs, true);
+        if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+      }
     }
     // 2. KVM follows the bitmap, run by run.
     for (const [state, runs] of [['private', trackerPrivate], ['shared', trackerShared]] as const) {

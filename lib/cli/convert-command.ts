@@ -2,6 +2,7 @@
 // conversions in order; the result of each and where the time went.
 
 import { parseArgs } from 'node:util';
+import { isRejection } from '../errors';
 import { nativeCalls } from '../native';
 import type { PageState } from '../state-change-channel';
 import { VmHost, backendOption } from './hosts';
@@ -44,7 +45,7 @@ export async function convertCommand(args: string[]): Promise<number> {
         results.push({ ...range, to, ok: true, ...(result as object), ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
       } catch (error) {
         failed = true;
-        results.push({ ...range, to, ok: false, error: (error as Error).message });
+        results.push({ ...range, to, ok: false, outcome: isRejection(error) ? 'rejected' : 'failed', code: (error as { code?: string }).code, error: (error as Error).message });
       }
     }
     const { strip, pagesPerCell } = mapStrip(attributes);
@@ -61,7 +62,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       for (const r of results) {
         console.log(r.ok
           ? `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
-          : `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): FAILED: ${r.error}`);
+          : `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): ${r.outcome === 'rejected' ? 'REJECTED' : 'FAILED'}: ${r.error}`);
       }
       console.log(`shared ${attributes.sharedGranules} pages, private ${attributes.privateGranules}${listener ? `, ${listener.mappings} DMA mappings held` : ''}`);
       console.log(`time by step (ns): ${JSON.stringify(summary.stats.ns)}`);

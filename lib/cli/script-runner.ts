@@ -2,6 +2,7 @@
 // (`run`). Listeners are RecordingListeners, wrapping the host's real listener where it has
 // one, so the report says what each listener really holds.
 
+import { isRejection } from '../errors';
 import type { Run } from '../page-bitmap';
 import type { RamBlockAttributes } from '../ram-block-attributes';
 import type { RamDiscardListener } from '../ram-discard-listener';
@@ -42,11 +43,6 @@ export interface ScriptReport {
   elapsedNs: number;
   history: ConversionRecord[];
   failures: string[];
-}
-
-/** A rejected conversion: bad input found before anything changed. */
-function isRejection(error: unknown): boolean {
-  return error instanceof RangeError || error instanceof TypeError;
 }
 
 export async function runScript(

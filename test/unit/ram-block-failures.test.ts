@@ -1,0 +1,217 @@
+// Every step of a conversion, and every undo step, made to fail, singly and in pairs, with
+// a stand-in VM whose memory attributes can be read back (KVM 6.12 cannot): after each case
+// either KVM, the tracker and the listeners agree (ERR_GUESTMEM_CONVERSION_FAILED), or the
+// error is ERR_GUESTMEM_ROLLBACK_FAILED naming exactly what disagrees, the block refuses
+// those pages, and repair() makes them agree. No listener ever keeps a mapping of a page
+// that KVM or the tracker calls private. The real kernel runs the same matrix in
+// test/kernel/fault-matrix.test.ts.
+
+import assert from 'node:assert/strict';
+import type { Vm } from '../../lib/kvm';
+import type { Run } from '../../lib/page-bitmap';
+import { RamBlock, type Disagreement } from '../../lib/ram-block';
+import { RecordingListener } from '../../lib/recording-listener';
+import type { PageState } from '../../lib/state-change-channel';
+
+const PAGE = 4096;
+const PAGES = 32;
+const GPA = 1 << 24;
+
+type Site = 'attributes' | 'backing' | 'populate' | 'discard';
+const SITES: Site[] = ['attributes', 'backing', 'populate', 'discard'];
+
+/** Fails the Nth call of a site (counted from arming), like the addon's GUESTMEM_FAULTS. */
+class Faults {
+  calls: Record<Site, number> = { attributes: 0, backing: 0, populate: 0, discard: 0 };
+  rules: Array<[Site, number]> = [];
+  fired = 0;
+
+  arm(rules: Array<[Site, number]>): void {
+    this.rules = rules;
+    this.calls = { attributes: 0, backing: 0, populate: 0, discard: 0 };
+  }
+
+  check(site: Site): void {
+    const call = ++this.calls[site];
+    if (this.rules.some(([s, n]) => s === site && n === call)) {
+      this.fired++;
+      throw Object.assign(new Error(`EIO: input/output error, injected ${site} #${call}`), { code: 'EIO' });
+    }
+  }
+}
+
+class FakeVm {
+  readonly closed = false;
+  readonly attributes = new Array<PageState>(PAGES).fill('shared');
+  constructor(private readonly faults: Faults) {}
+
+  createGuestMemfd() {
+    return { closed: false, punchHole: () => this.faults.check('backing'), close() {} };
+  }
+
+  setUserMemoryRegion(): void {}
+  deleteMemorySlot(): void {}
+
+  setMemoryAttributes(gpa: number, size: number, to: PageState): void {
+    this.faults.check('attributes');
+    this.attributes.fill(to, (gpa - GPA) / PAGE, (gpa - GPA + size) / PAGE);
+  }
+}
+
+interface Case {
+  block: RamBlock;
+  vm: FakeVm;
+  faults: Faults;
+  listeners: RecordingListener[];
+}
+
+async function setUp(): Promise<Case> {
+  const faults = new Faults();
+  const vm = new FakeVm(faults);
+  const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'test' });
+  block.shared.discard = () => faults.check('backing');
+  // A batch listener as VFIO is, over the whole block, and a one-run-at-a-time one over half.
+  const dma = new RecordingListener('dma', PAGES, { batch: true, doubleDiscardSupported: true });
+  const half = new RecordingListener('half', PAGES);
+  for (const listener of [dma, half]) {
+    listener.failWhen = (kind) => {
+      faults.check(kind);
+      return false;
+    };
+  }
+  await block.register(dma);
+  await block.register(half, { offset: 8 * PAGE, size: 16 * PAGE });
+  // Shared before: pages 0-3 and 8-11.
+  await block.convert(GPA, 4 * PAGE, 'shared');
+  await block.convert(GPA + 8 * PAGE, 4 * PAGE, 'shared');
+  return { block, vm, faults, listeners: [dma, half] };
+}
+
+/** What disagrees, computed from the stand-in VM's own record (not the block's). */
+function oracle(c: Case): Disagreement[] {
+  const tracker = c.block.attributes;
+  const found: Disagreement[] = [];
+  let key = '';
+  for (let page = 0; page < PAGES; page++) {
+    const kvm = c.vm.attributes[page]!;
+    const shared = tracker.countShared({ offset: page * PAGE, size: PAGE }) === 1;
+    const listeners: Record<string, 'mapped' | 'unmapped'> = {};
+    for (const { listener, section } of tracker.registered) {
+      if (page < section.first || page >= section.end) continue;
+      const mapped = (listener as RecordingListener).heldRuns(page, 1).length === 1;
+      if (mapped !== shared) listeners[listener.name!] = mapped ? 'mapped' : 'unmapped';
+    }
+    const trackerState: PageState = shared ? 'shared' : 'private';
+    if (kvm === trackerState && Object.keys(listeners).length === 0) {
+      key = '';
+      continue;
+    }
+    const next = JSON.stringify([kvm, trackerState, listeners]);
+    const last = found[found.length - 1];
+    if (next === key && last) last.count++;
+    else found.push({ first: page, count: 1, kvm, tracker: trackerState, listeners });
+    key = next;
+  }
+  return found;
+}
+
+/** No listener maps a page that KVM or the tracker calls private. */
+function assertNoPrivateMapped(c: Case, label: string): void {
+  for (const listener of c.listeners) {
+    for (const [first, count] of listener.mappedRuns()) {
+      for (let page = first; page < first + count; page++) {
+        const shared = c.block.attributes.countShared({ offset: page * PAGE, size: PAGE }) === 1;
+        assert.ok(shared && c.vm.attributes[page] === 'shared', `${label}: ${listener.name} maps page ${page}, which is not shared everywhere`);
+      }
+    }
+  }
+}
+
+function state(c: Case): string {
+  return JSON.stringify([c.vm.attributes.join(''), c.block.attributes.runs('shared'), c.listeners.map((l) => l.mappedRuns())]);
+}
+
+type Outcome = 'ok' | 'failed' | 'rollback-failed';
+
+/** One conversion with faults armed, and everything the outcome promises, checked. */
+async function runCase(to: PageState, rules: Array<[Site, number]>): Promise<Outcome> {
+  const c = await setUp();
+  const label = `to ${to} with ${JSON.stringify(rules)}`;
+  const before = state(c);
+  c.faults.arm(rules);
+  const error = await c.block.convert(GPA, 16 * PAGE, to).then(() => null, (e: Error & { code?: string; disagreements?: Disagreement[] }) => e);
+  c.faults.arm([]);
+  assertNoPrivateMapped(c, label);
+  if (error === null) {
+    assert.deepEqual(oracle(c), [], label);
+    assert.equal(c.block.attributes.isPopulated({ offset: 0, size: 16 * PAGE }), to === 'shared', label);
+    return 'ok';
+  }
+  if (error.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
+    assert.deepEqual(oracle(c), [], `${label}: ${error.message}`);
+    assert.deepEqual(c.block.disagreements(), [], label);
+    if ((error as { applied?: Run[] }).applied?.length === 0) assert.equal(state(c), before, `${label}: rolled back wholly`);
+    return 'failed';
+  }
+  assert.equal(error.code, 'ERR_GUESTMEM_ROLLBACK_FAILED', `${label}: ${error.message}`);
+  const named = error.disagreements!;
+  assert.ok(named.length > 0, label);
+  assert.deepEqual(named, oracle(c), `${label}: the error names exactly what disagrees`);
+  assert.deepEqual(c.block.disagreements(), named, label);
+  const first = named[0]!.first;
+  await assert.rejects(c.block.convert(GPA + first * PAGE, PAGE, 'private'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CONVERSION_REJECTED', label);
+  assert.deepEqual(await c.block.repair(), { repaired: named.reduce((sum, d) => sum + d.count, 0) });
+  assert.deepEqual(oracle(c), [], `${label}: repaired`);
+  assert.deepEqual(c.block.unsettledRuns, []);
+  assertNoPrivateMapped(c, `${label} after repair`);
+  // Converting works again and is exact.
+  await c.block.convert(GPA, PAGES * PAGE, 'shared');
+  assert.deepEqual(oracle(c), [], `${label}: converts after repair`);
+  for (const listener of c.listeners) assert.equal(listener.errors, 0, `${label}: ${listener.name} never mapped twice or unmapped what it lacked`);
+  return 'rollback-failed';
+}
+
+describe('RamBlock under injected failures (stand-in VM)', () => {
+  for (const to of ['shared', 'private'] as const) {
+    it(`converting to ${to}: every single failure and every pair of failures ends agreed, or named and repaired`, async () => {
+      // Calls per site of the fault-free conversion, plus room for the undo's own calls.
+      const singles: Array<[Site, number]> = SITES.flatMap((site) => [1, 2, 3, 4].map((n) => [site, n] as [Site, number]));
+      const outcomes: Record<Outcome, number> = { ok: 0, failed: 0, 'rollback-failed': 0 };
+      for (const single of singles) outcomes[await runCase(to, [single])]++;
+      for (let i = 0; i < singles.length; i++) {
+        for (let j = i + 1; j < singles.length; j++) {
+          if (singles[i]![0] === singles[j]![0] && singles[i]![1] === singles[j]![1]) continue;
+          outcomes[await runCase(to, [singles[i]!, singles[j]!])]++;
+        }
+      }
+      // The matrix reached every outcome: it is not vacuous.
+      assert.ok(outcomes.failed > 0 && outcomes['rollback-failed'] > 0 && outcomes.ok > 0, JSON.stringify(outcomes));
+    });
+  }
+
+  it('deletes the memslot again when marking a new block private fails, so the slot number is free', () => {
+    const faults = new Faults();
+    const vm = new FakeVm(faults);
+    const log: string[] = [];
+    vm.setUserMemoryRegion = () => void log.push('create');
+    vm.deleteMemorySlot = () => void log.push('delete');
+    faults.arm([['attributes', 1]]);
+    assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 3, gpa: GPA, size: PAGES * PAGE }), /EIO/);
+    assert.deepEqual(log, ['create', 'delete']);
+  });
+
+  it('says so when deleting that memslot fails too', () => {
+    const faults = new Faults();
+    const vm = new FakeVm(faults);
+    vm.deleteMemorySlot = () => {
+      throw Object.assign(new Error('EIO: i/o error, ioctl(KVM_SET_USER_MEMORY_REGION2)'), { code: 'EIO' });
+    };
+    faults.arm([['attributes', 1]]);
+    assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 3, gpa: GPA, size: PAGES * PAGE }), (e: Error & { code?: string; slot?: number }) => {
+      assert.equal(e.code, 'ERR_GUESTMEM_ROLLBACK_FAILED');
+      assert.equal(e.slot, 3);
+      assert.match(e.message, /deleting memslot 3 again also failed/);
+      return true;
+    });
+  });
+});
