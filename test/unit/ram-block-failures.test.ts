@@ -9,6 +9,7 @@
 import assert from 'node:assert/strict';
 import type { Vm } from '../../lib/kvm';
 import type { Run } from '../../lib/page-bitmap';
+import { GuestMemory } from '../../lib/guest-memory';
 import { RamBlock, type Disagreement } from '../../lib/ram-block';
 import { RecordingListener } from '../../lib/recording-listener';
 import type { PageState } from '../../lib/state-change-channel';
@@ -42,19 +43,34 @@ class Faults {
 
 class FakeVm {
   readonly closed = false;
+  readonly supportsGuestMemfd = true;
+  readonly memoryAttributes = 8n;
+  readonly slots = new Set<number>();
   readonly attributes = new Array<PageState>(PAGES).fill('shared');
   constructor(private readonly faults: Faults) {}
 
   createGuestMemfd() {
-    return { closed: false, punchHole: () => this.faults.check('backing'), close() {} };
+    return {
+      closed: false,
+      punchHole: () => this.faults.check('backing'),
+      close() {
+        this.closed = true;
+      },
+    };
   }
 
-  setUserMemoryRegion(): void {}
-  deleteMemorySlot(): void {}
+  setUserMemoryRegion(region: { slot: number }): void {
+    this.slots.add(region.slot);
+  }
+
+  deleteMemorySlot(slot: number): void {
+    this.slots.delete(slot);
+  }
 
   setMemoryAttributes(gpa: number, size: number, to: PageState): void {
     this.faults.check('attributes');
-    this.attributes.fill(to, (gpa - GPA) / PAGE, (gpa - GPA + size) / PAGE);
+    const first = (gpa - GPA) / PAGE;
+    if (first >= 0 && first < PAGES) this.attributes.fill(to, first, Math.min(PAGES, first + size / PAGE));
   }
 }
 
@@ -213,5 +229,56 @@ describe('RamBlock under injected failures (stand-in VM)', () => {
       assert.match(e.message, /deleting memslot 3 again also failed/);
       return true;
     });
+  });
+
+  it('shuts guest memory down past a block whose listener cannot let go, reporting what is left', async () => {
+    const faults = new Faults();
+    const vm = new FakeVm(faults);
+    const memory = new GuestMemory(vm as unknown as Vm);
+    const stuck = memory.addBlock({ gpa: GPA, size: PAGES * PAGE, name: 'stuck' });
+    const fine = memory.addBlock({ gpa: 2 * GPA, size: PAGES * PAGE, name: 'fine' });
+    const holding = new RecordingListener('holding', PAGES, { batch: true });
+    const other = new RecordingListener('other', PAGES);
+    await stuck.register(holding);
+    await fine.register(other);
+    await stuck.convert(GPA, 4 * PAGE, 'shared');
+    holding.failWhen = (kind) => kind === 'discard';
+    await assert.rejects(memory.shutdown(), (e: AggregateError & { code?: string }) => {
+      assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
+      assert.match(e.message, /listener "holding" failed to unregister from stuck: .*it still holds granules 0\+4/);
+      return true;
+    });
+    assert.deepEqual([...vm.slots], [], 'both memslots deleted');
+    assert.equal(stuck.shared.closed && stuck.guestMemfd.closed && fine.shared.closed, true, 'every fd closed');
+    assert.deepEqual(fine.attributes.listeners, [], 'the other block unregistered its listener');
+    assert.equal(memory.blocks.length, 0);
+  });
+
+  it('lets a conversion in flight finish before close() or shutdown() releases the block', async () => {
+    const faults = new Faults();
+    const vm = new FakeVm(faults);
+    const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE });
+    let release!: () => void;
+    await block.register({ name: 'slow', populate: () => new Promise<void>((resolve) => (release = resolve)), discard: () => {} });
+    const converting = block.convert(GPA, 4 * PAGE, 'shared');
+    await new Promise((resolve) => setImmediate(resolve));
+    block.close();
+    await assert.rejects(block.convert(GPA, PAGE, 'private'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CLOSED');
+    assert.equal(block.shared.closed, false, 'not released under the conversion');
+    release();
+    assert.equal((await converting).changed, 4);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(block.shared.closed && block.guestMemfd.closed, true);
+    assert.deepEqual([...vm.slots], []);
+  });
+
+  it('refuses a range in no block, or across two, as a rejection', async () => {
+    const vm = new FakeVm(new Faults());
+    const memory = new GuestMemory(vm as unknown as Vm);
+    memory.addBlock({ gpa: GPA, size: PAGES * PAGE });
+    for (const gpa of [0, GPA + (PAGES - 1) * PAGE]) {
+      await assert.rejects(memory.convert(gpa, 2 * PAGE, 'shared'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CONVERSION_REJECTED');
+    }
+    memory.close();
   });
 });
