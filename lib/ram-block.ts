@@ -293,18 +293,29 @@ export class RamBlock implements Disposable {
     const g = this.attributes.granularity;
     const errors: unknown[] = [];
     const section = { offset: first * g, size: count * g };
-    const trackerPrivate = this.attributes.runs('private', section);
-    const trackerShared = this.attributes.runs('shared', section);
     const withHoldings = this.attributes.registered.filter((r) => r.listener.heldRuns);
     // 1. When in doubt, unmap: a mapping of a granule the tracker or KVM calls private goes.
-    const kvmPrivate = this.kvmShared.runs(first, count, false);
+    const notShared = () => [...this.attributes.runs('private', section), ...this.kvmShared.runs(first, count, false)];
     for (const { listener, section: own } of withHoldings) {
-      for (const runs of [trackerPrivate, kvmPrivate]) {
-        const excess = this.heldWhere(listener, own, runs, true);
-        if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+      const excess = this.heldWhere(listener, own, notShared(), true);
+      if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+    }
+    // 2. A mapping that could not be removed keeps its page shared everywhere instead (KVM
+    //    first, then the tracker, whose populate maps it for the other listeners too): a
+    //    device must never reach a page that KVM or the tracker calls private.
+    for (const { listener, section: own } of withHoldings) {
+      for (const [start, length] of this.heldWhere(listener, own, notShared(), true)) {
+        try {
+          this.setAttributes(start, length, 'shared');
+          await this.attributes.stateChange(start * g, length * g, 'shared');
+        } catch (error) {
+          errors.push(error);
+        }
       }
     }
-    // 2. KVM follows the bitmap, run by run.
+    // 3. KVM follows the bitmap, run by run.
+    const trackerPrivate = this.attributes.runs('private', section);
+    const trackerShared = this.attributes.runs('shared', section);
     for (const [state, runs] of [['private', trackerPrivate], ['shared', trackerShared]] as const) {
       for (const [start, length] of runs) {
         for (const [f, c] of this.kvmShared.runs(start, length, state === 'private')) {
@@ -316,7 +327,7 @@ export class RamBlock implements Disposable {
         }
       }
     }
-    // 3. A granule shared in both gets its mappings back where a listener lacks them.
+    // 4. A granule shared in both gets its mappings back where a listener lacks them.
     const kvmAndTrackerShared = trackerShared.flatMap(([start, length]) => this.kvmShared.runs(start, length, true));
     for (const { listener, section: own } of withHoldings) {
       const missing = this.heldWhere(listener, own, kvmAndTrackerShared, false);

@@ -72,6 +72,9 @@ function rules(backend: DmaBackend): string[] {
   return Object.values(sites(backend)).flatMap((site) => ['1', '2', '3', '2+'].map((n) => `${site}:${n}:EIO`));
 }
 
+/** Mappings of a not-shared page seen (named by their error): only a double persistent failure makes one. */
+let stuckMappings = 0;
+
 /** Everything agrees, by the block's check and by type1's own count of mappings. */
 function assertAgreement(f: Fixture, expected: Disagreement[], label: string): void {
   assert.deepEqual(f.block.disagreements(), expected, label);
@@ -79,13 +82,17 @@ function assertAgreement(f: Fixture, expected: Disagreement[], label: string): v
   assert.equal(f.listener.mappings, held, label);
   if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline - held, `${label}: type1 holds exactly the listener's mappings`);
   if (expected.length === 0) assert.deepEqual(f.listener.heldRuns(0, f.block.size / PAGE), f.block.attributes.runs('shared'), label);
-  // Never a mapping of a page KVM or the tracker calls private.
+  // Never a mapping of a page KVM or the tracker calls private, unless both the unmap and
+  // the attribute call that would make it shared failed for good: then the error names it.
   const kvmShared = f.block.kvmRuns('shared');
   const trackerShared = f.block.attributes.runs('shared');
+  const named: Run[] = expected.map((d) => [d.first, d.count]);
   const inside = (runs: Run[], page: number) => runs.some(([first, count]) => page >= first && page < first + count);
   for (const [first, count] of f.listener.heldRuns(0, f.block.size / PAGE)) {
     for (let page = first; page < first + count; page++) {
-      assert.ok(inside(kvmShared, page) && inside(trackerShared, page), `${label}: page ${page} is mapped but not shared everywhere`);
+      const shared = inside(kvmShared, page) && inside(trackerShared, page);
+      assert.ok(shared || inside(named, page), `${label}: page ${page} is mapped but not shared everywhere, and not named`);
+      if (!shared) stuckMappings++;
     }
   }
 }
@@ -164,7 +171,7 @@ describe('fault-injection matrix on a real kernel', function () {
           }
           const fired = faultCounts().fired - firedBefore;
           console.log(`      ${cases.length} cases, ${fired} faults fired: ${outcomes.ok} unaffected, ${outcomes.failed} failed and agreed, ` +
-            `${outcomes.rollbackFailed} named and repaired; ${outcomes.probes} DMA probes`);
+            `${outcomes.rollbackFailed} named and repaired; ${outcomes.probes} DMA probes; ${stuckMappings} page mappings left by two persistent failures, named and repaired`);
           assert.ok(outcomes.failed > 0 && outcomes.rollbackFailed > 0, 'the matrix reached both failure outcomes');
         });
       }
