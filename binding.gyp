@@ -9,6 +9,8 @@
         "native/vfio_type1.cc",
         "native/iommufd.cc",
         "native/vfio_device.cc",
+        "native/vcpu.cc",
+        "native/vcpu_thread.cc",
         "native/fault_injection.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
