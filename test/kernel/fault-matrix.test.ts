@@ -244,11 +244,11 @@ describe('fault-injection matrix on a real kernel', function () {
       });
 
       it('unregisters a block over the probe scratch IOVA without removing the probe\'s mapping', async () => {
-        // A block over [196 MiB, 204 MiB) covers SCRATCH_IOVA (200 MiB) in its IOVA window.
+        // A block over [196 MiB, 204 MiB) has SCRATCH_IOVA (200 MiB) inside its IOVA window.
         f = await setUp(backend, 16 * MiB);
-        const wide = f.memory.addBlock({ gpa: SCRATCH_IOVA - 4 * MiB, size: 2 * MiB });
+        const wide = f.memory.addBlock({ gpa: SCRATCH_IOVA - 4 * MiB, size: 8 * MiB });
         const listener = new VfioDmaListener(f.assigned.dma, { sharedAddress: wide.shared.address, gpa: BigInt(wide.gpa), name: 'wide' });
-        await wide.register(listener, { offset: 0, size: 2 * MiB });
+        await wide.register(listener);
         await wide.convert(wide.gpa, 4 * PAGE, 'shared');
         await wide.unregister(listener);
         await f.block.convert(f.block.gpa, PAGE, 'shared');
