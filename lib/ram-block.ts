@@ -36,6 +36,14 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps them. */
+function kernelFacts(error: unknown): { errno?: number; syscall?: string } {
+  for (let e = error as { errno?: unknown; syscall?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
+    if (typeof e.errno === 'number' && typeof e.syscall === 'string') return { errno: e.errno, syscall: e.syscall };
+  }
+  return {};
+}
+
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return value != null && typeof (value as PromiseLike<unknown>).then === 'function';
 }
@@ -260,7 +268,7 @@ export class RamBlock implements Disposable {
     }
     if (step !== 'kvmAttributes') errors.push(...(await this.reconcile(range.first, range.count)));
     const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes);
-    const facts = { step, cause, errors };
+    const facts = { step, cause, errors, ...kernelFacts(cause) };
     if (disagreements.length > 0) {
       for (const d of disagreements) this.unsettled.setRange(d.first, d.count);
       return Object.assign(

@@ -37,7 +37,7 @@ class Faults {
     const call = ++this.calls[site];
     if (this.rules.some(([s, n, onward]) => s === site && (n === call || (onward === true && call > n)))) {
       this.fired++;
-      throw Object.assign(new Error(`EIO: input/output error, injected ${site} #${call}`), { code: 'EIO' });
+      throw Object.assign(new Error(`EIO: input/output error, injected ${site} #${call}`), { code: 'EIO', errno: -5, syscall: site });
     }
   }
 }
@@ -168,6 +168,9 @@ async function runCase(to: PageState, rules: Array<[Site, number, boolean?]>): P
     assert.equal(c.block.attributes.isPopulated({ offset: 0, size: 16 * PAGE }), to === 'shared', label);
     return 'ok';
   }
+  // A kernel failure keeps its errno and syscall, under the conversion's own code.
+  assert.equal((error as { errno?: number }).errno, -5, label);
+  assert.equal(typeof (error as { syscall?: string }).syscall, 'string', label);
   if (error.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
     assert.deepEqual(oracle(c), [], `${label}: ${error.message}`);
     assert.deepEqual(c.block.disagreements(), [], label);
