@@ -282,9 +282,7 @@ export class RamBlock implements Disposable {
       );
     }
     // Everything agrees; runs whose undo failed may have stayed converted, consistently.
-    const applied = clipRuns(this.attributes.runs(to, { offset: range.first * g, size: range.count * g }), range.first, range.count).filter(
-      ([first, count]) => before.some(([f, c]) => first < f + c && f < first + count),
-    );
+    const applied = before.flatMap(([first, count]) => this.attributes.runs(to, { offset: first * g, size: count * g }));
     const partly = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${applied.map(([f, c]) => `${f}+${c}`).join(', ')}` : '';
     return Object.assign(
       new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${partly}`, { cause }),

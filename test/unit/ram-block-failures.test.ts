@@ -174,7 +174,12 @@ async function runCase(to: PageState, rules: Array<[Site, number, boolean?]>): P
   if (error.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
     assert.deepEqual(oracle(c), [], `${label}: ${error.message}`);
     assert.deepEqual(c.block.disagreements(), [], label);
-    if ((error as { applied?: Run[] }).applied?.length === 0) assert.equal(state(c), before, `${label}: rolled back wholly`);
+    const applied = (error as { applied?: Run[] }).applied!;
+    if (applied.length === 0) assert.equal(state(c), before, `${label}: rolled back wholly`);
+    // Exactly the runs it names stayed converted; every other page is as it was.
+    const expected = Array.from({ length: PAGES }, (_, page) => (page < 4 || (page >= 8 && page < 12) ? 'shared' : 'private'));
+    for (const [first, count] of applied) expected.fill(to, first, first + count);
+    assert.equal(c.vm.attributes.join(','), expected.join(','), `${label}: applied ${JSON.stringify(applied)}`);
     return 'failed';
   }
   assert.equal(error.code, 'ERR_GUESTMEM_ROLLBACK_FAILED', `${label}: ${error.message}`);
