@@ -136,6 +136,7 @@ describe('fault-injection matrix on a real kernel', function () {
           const random = prng(Number(process.env.GUESTMEM_SEED ?? 0x13));
           const outcomes = { ok: 0, failed: 0, rollbackFailed: 0, probes: 0 };
           const firedBefore = faultCounts().fired;
+          stuckMappings = 0;
           for (const [index, rule] of cases.entries()) {
             const label = `to ${to}, ${rule.join(' + ')}`;
             await reset(fx);
@@ -218,23 +219,20 @@ describe('fault-injection matrix on a real kernel', function () {
         await f.memory.shutdown(); // the first unmap fails; the direct retry succeeds
         assert.equal(f.listener.mappings, 0);
         if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline);
-        const f2 = await setUp(backend, 32 * MiB);
-        try {
-          await f2.block.convert(f2.block.gpa, 32 * PAGE, 'shared');
-          injectFaults(`${sites(backend).unmap}:1+:EIO`);
-          await assert.rejects(f2.memory.shutdown(), (e: AggregateError & { code?: string }) => {
-            assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
-            assert.match(e.message, /still holds granules 0\+32/);
-            return true;
-          });
-          assert.equal(f2.block.shared.closed && f2.block.guestMemfd.closed, true, 'the memslot and fds went anyway');
-          assert.equal(f2.memory.blocks.length, 0);
-        } finally {
-          injectFaults('');
-          f2.probe.close();
-          f2.assigned.close(); // closing the container or iommufd drops the mappings left
-          f2.kvm.close();
-        }
+        // Only one process may hold the device: the second half gets a fresh fixture.
+        await tearDown(f);
+        const f2 = (f = await setUp(backend, 32 * MiB));
+        await f2.block.convert(f2.block.gpa, 32 * PAGE, 'shared');
+        injectFaults(`${sites(backend).unmap}:1+:EIO`);
+        await assert.rejects(f2.memory.shutdown(), (e: AggregateError & { code?: string }) => {
+          assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
+          assert.match(e.message, /still holds granules 0\+32/);
+          return true;
+        });
+        injectFaults('');
+        assert.equal(f2.block.shared.closed && f2.block.guestMemfd.closed, true, 'the memslot and fds went anyway');
+        assert.equal(f2.memory.blocks.length, 0);
+        // afterEach closes the container or iommufd, which drops the mappings left.
       });
 
       it('shuts down after the device was closed first: nothing left to unmap, nothing reported', async () => {
