@@ -36,6 +36,7 @@ export interface GuestSessionOptions {
   timeoutMs?: number;
   onConsole?(text: string, vcpu: number): void;
   onConversion?(event: ConversionEvent): void;
+  onCheck?(check: HostCheck): void;
 }
 
 export interface GuestSessionReport {
@@ -66,7 +67,10 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     probe: options.probe,
     listener: options.listener,
     sharedOutsideData: 0,
-    check: (name, ok, detail) => hostChecks.push({ name, ok, detail }),
+    check: (name, ok, detail) => {
+      hostChecks.push({ name, ok, detail });
+      options.onCheck?.({ name, ok, detail });
+    },
   };
   const protocol = new GuestProtocol({
     onConsole: options.onConsole,
