@@ -15,8 +15,11 @@ export interface Disagreement {
   kvm: PageState;
   /** What the tracker's bitmap says. */
   tracker: PageState;
-  /** Each listener that holds a mapping the tracker does not call shared, or lacks one it does. */
-  listeners: Record<string, 'mapped' | 'unmapped'>;
+  /**
+   * Each listener that holds a mapping the tracker does not call shared, or lacks one it
+   * does; 'unknown' for one that cannot say what it holds and whose undo failed there.
+   */
+  listeners: Record<string, 'mapped' | 'unmapped' | 'unknown'>;
 }
 
 /** True iff `index` lies in one of the sorted, disjoint runs. */
@@ -45,7 +48,13 @@ function boundaries(runs: Run[], into: Set<number>): void {
  * description. Costs O(runs · log runs) of the parties' run lists, not O(granules).
  * `kvmShared` is the block's record of KVM's attributes (1 = shared).
  */
-export function findDisagreements(first: number, count: number, kvmShared: PageBitmap, tracker: RamBlockAttributes): Disagreement[] {
+export function findDisagreements(
+  first: number,
+  count: number,
+  kvmShared: PageBitmap,
+  tracker: RamBlockAttributes,
+  doubts: ReadonlyMap<string, Run[]> = new Map(),
+): Disagreement[] {
   const end = first + count;
   const kvmRuns = kvmShared.runs(first, count, true);
   const trackerRuns = tracker.runs('shared', { offset: first * tracker.granularity, size: count * tracker.granularity });
@@ -64,6 +73,7 @@ export function findDisagreements(first: number, count: number, kvmShared: PageB
     cuts.add(stop);
     boundaries(held, cuts);
   }
+  for (const runs of doubts.values()) boundaries(runs, cuts);
   const points = [...cuts].filter((p) => p >= first && p <= end).sort((a, b) => a - b);
   const found: Disagreement[] = [];
   let key = '';
@@ -77,6 +87,7 @@ export function findDisagreements(first: number, count: number, kvmShared: PageB
       const mapped = inRuns(party.held, at);
       if (mapped !== (trackerState === 'shared')) listeners[party.name] = mapped ? 'mapped' : 'unmapped';
     }
+    for (const [name, runs] of doubts) if (inRuns(runs, at)) listeners[name] = 'unknown';
     if (kvm === trackerState && Object.keys(listeners).length === 0) {
       key = '';
       continue;

@@ -86,6 +86,11 @@ export class RamBlock implements Disposable {
   private readonly kvmShared: PageBitmap;
   /** Granules that disagree since a failed rollback: refused until repair(). */
   private readonly unsettled: PageBitmap;
+  /**
+   * Per listener that cannot say what it holds (no heldRuns): the runs where the tracker's
+   * undo of it failed, so that nobody knows what it maps there.
+   */
+  private readonly doubts = new Map<string, Run[]>();
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -267,7 +272,8 @@ export class RamBlock implements Disposable {
       }
     }
     if (step !== 'kvmAttributes') errors.push(...(await this.reconcile(range.first, range.count)));
-    const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes);
+    for (const error of [cause, ...errors]) this.noteDoubts(error);
+    const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes, this.doubts);
     const facts = { step, cause, errors, ...kernelFacts(cause) };
     if (disagreements.length > 0) {
       for (const d of disagreements) this.unsettled.setRange(d.first, d.count);
@@ -288,6 +294,55 @@ export class RamBlock implements Disposable {
       new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${partly}`, { cause }),
       { ...facts, applied },
     );
+  }
+
+  /**
+   * The tracker reports a listener whose undo failed in a ROLLBACK_FAILED with the failures
+   * in `errors` (listener, ranges). For a listener that can say what it holds, the check
+   * sees it anyway; for one that cannot, those ranges become doubts.
+   */
+  private noteDoubts(error: unknown): void {
+    const failures = (error as { code?: string; errors?: unknown[] } | null)?.code === 'ERR_GUESTMEM_ROLLBACK_FAILED' ? (error as { errors: unknown[] }).errors : [];
+    for (const failure of failures ?? []) {
+      const { listener: name, ranges } = failure as { listener?: string; ranges?: Array<{ offset: number; size: number }> };
+      const registration = this.attributes.registered.find((r) => listenerName(r.listener) === name);
+      if (!registration || registration.listener.heldRuns || !ranges) continue;
+      const g = this.attributes.granularity;
+      const runs = [...(this.doubts.get(name!) ?? []), ...ranges.map((r) => [Number(r.offset) / g, Number(r.size) / g] as Run)];
+      runs.sort((a, b) => a[0] - b[0]);
+      const merged: Run[] = [];
+      for (const [f, c] of runs) {
+        const last = merged[merged.length - 1];
+        if (last && f <= last[0] + last[1]) last[1] = Math.max(last[1], f + c - last[0]);
+        else merged.push([f, c]);
+      }
+      this.doubts.set(name!, merged);
+    }
+  }
+
+  /**
+   * A listener in doubt is told to discard its doubtful runs (it must accept a discard of
+   * what it may not hold: double discard), then to populate the parts that are shared.
+   */
+  private async resolveDoubts(errors: unknown[]): Promise<void> {
+    const g = this.attributes.granularity;
+    for (const [name, runs] of [...this.doubts]) {
+      const registration = this.attributes.registered.find((r) => listenerName(r.listener) === name);
+      if (!registration) {
+        this.doubts.delete(name);
+        continue;
+      }
+      if (!registration.listener.doubleDiscardSupported) {
+        errors.push(new GuestmemError('ERR_GUESTMEM_REPAIR_FAILED', `listener "${name}" cannot say what it holds and takes no double discard: unregister it and register it again`));
+        continue;
+      }
+      const before = errors.length;
+      await this.tell(registration.listener, 'discard', runs, errors);
+      const shared = runs.flatMap(([f, c]) => this.attributes.runs('shared', { offset: f * g, size: c * g }))
+        .flatMap(([f, c]) => this.kvmShared.runs(f, c, true));
+      if (errors.length === before && shared.length > 0) await this.tell(registration.listener, 'populate', shared, errors);
+      if (errors.length === before) this.doubts.delete(name);
+    }
   }
 
   /**
@@ -399,9 +454,10 @@ export class RamBlock implements Disposable {
     return this.serialized(async () => {
       this.checkOpen();
       const granules = this.attributes.granules;
-      const found = findDisagreements(0, granules, this.kvmShared, this.attributes);
+      const found = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
       const errors = found.length > 0 ? await this.reconcile(0, granules) : [];
-      const left = findDisagreements(0, granules, this.kvmShared, this.attributes);
+      await this.resolveDoubts(errors);
+      const left = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
       this.unsettled.clearRange(0, granules);
       for (const d of left) this.unsettled.setRange(d.first, d.count);
       if (left.length > 0) {
@@ -419,7 +475,7 @@ export class RamBlock implements Disposable {
 
   /** What disagrees now over the whole block (empty when KVM, tracker and listeners agree). */
   disagreements(): Disagreement[] {
-    return findDisagreements(0, this.attributes.granules, this.kvmShared, this.attributes);
+    return findDisagreements(0, this.attributes.granules, this.kvmShared, this.attributes, this.doubts);
   }
 
   private checkOpen(): void {

@@ -72,6 +72,12 @@ function rules(backend: DmaBackend): string[] {
   return Object.values(sites(backend)).flatMap((site) => ['1', '2', '3', '2+'].map((n) => `${site}:${n}:EIO`));
 }
 
+/** KVM refuses a memslot that overlaps a live one (EEXIST): a new block where the old one was proves it gone. */
+function assertMemslotGone(f: Fixture, old: RamBlock): void {
+  const again = f.memory.addBlock({ gpa: old.gpa, size: old.size });
+  assert.equal(again.privatePages, old.size / PAGE);
+}
+
 /** Mappings of a not-shared page seen (named by their error): only a double persistent failure makes one. */
 let stuckMappings = 0;
 
@@ -210,6 +216,7 @@ describe('fault-injection matrix on a real kernel', function () {
         assert.equal(f.listener.mappings, 0);
         if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline);
         assert.equal(f.block.shared.closed && f.block.guestMemfd.closed, true);
+        assertMemslotGone(f, f.block);
       });
 
       it('shuts down past a listener that fails to unregister, reports it, and unmaps it on a second try', async () => {
@@ -232,6 +239,7 @@ describe('fault-injection matrix on a real kernel', function () {
         injectFaults('');
         assert.equal(f2.block.shared.closed && f2.block.guestMemfd.closed, true, 'the memslot and fds went anyway');
         assert.equal(f2.memory.blocks.length, 0);
+        assertMemslotGone(f2, f2.block);
         // afterEach closes the container or iommufd, which drops the mappings left.
       });
 
@@ -242,6 +250,8 @@ describe('fault-injection matrix on a real kernel', function () {
         f.assigned.close();
         await f.memory.shutdown();
         assert.equal(f.listener.mappings, 0);
+        assertMemslotGone(f, f.block);
+        f.memory.close();
         f.kvm.close();
         f = undefined;
       });

@@ -7,6 +7,7 @@
 // test/kernel/fault-matrix.test.ts.
 
 import assert from 'node:assert/strict';
+import type { GranuleRange } from '../../lib/byte-range';
 import type { Vm } from '../../lib/kvm';
 import type { Run } from '../../lib/page-bitmap';
 import { GuestMemory } from '../../lib/guest-memory';
@@ -297,5 +298,42 @@ describe('RamBlock under injected failures (stand-in VM)', () => {
       await assert.rejects(memory.convert(gpa, 2 * PAGE, 'shared'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CONVERSION_REJECTED');
     }
     memory.close();
+  });
+
+  it('names a listener that cannot say what it holds, where its undo failed, and repairs it', async () => {
+    const vm = new FakeVm(new Faults());
+    const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE });
+    const failing = new RecordingListener('failing', PAGES);
+    failing.failWhen = (kind) => kind === 'populate';
+    const held = new Set<number>();
+    let failDiscard = true;
+    const opaque = {
+      name: 'opaque',
+      doubleDiscardSupported: true,
+      populate: (r: GranuleRange) => {
+        for (let i = r.first; i < r.end; i++) held.add(i);
+      },
+      discard: (r: GranuleRange) => {
+        if (failDiscard) {
+          failDiscard = false;
+          throw new Error('EIO: injected discard');
+        }
+        for (let i = r.first; i < r.end; i++) held.delete(i);
+      },
+    };
+    await block.register(failing);
+    await block.register(opaque); // newest: notified first, so it is undone when "failing" fails
+    const error = await block.convert(GPA, 4 * PAGE, 'shared').then(() => null, (e: Error & { code?: string; disagreements?: Disagreement[] }) => e);
+    assert.equal(error?.code, 'ERR_GUESTMEM_ROLLBACK_FAILED');
+    assert.deepEqual(error!.disagreements, [{ first: 0, count: 4, kvm: 'private', tracker: 'private', listeners: { opaque: 'unknown' } }]);
+    assert.match(error!.message, /\[0x0, \+0x4000\) KVM private, tracker private, opaque unknown/);
+    await assert.rejects(block.convert(GPA, PAGE, 'shared'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CONVERSION_REJECTED');
+    assert.deepEqual(await block.repair(), { repaired: 4 });
+    assert.deepEqual([...held], [], 'the repair discarded what it might hold');
+    assert.deepEqual(block.disagreements(), []);
+    failing.failWhen = null;
+    await block.convert(GPA, 4 * PAGE, 'shared');
+    assert.deepEqual([...held], [0, 1, 2, 3]);
+    block.close();
   });
 });
