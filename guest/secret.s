@@ -18,11 +18,11 @@ start:
 
   lea rsi, [rip + secret]
   mov rdi, r13
-  mov ecx, secret_length
+  mov ecx, offset secret_length
   rep movsb
   lea rsi, [rip + secret]
   mov rdi, r13
-  mov ecx, secret_length
+  mov ecx, offset secret_length
   repe cmpsb
   mov edi, 2                            # check 2: the guest reads its secret back
   check edi
@@ -39,14 +39,14 @@ start:
 
   lea rsi, [rip + host_note]
   mov rdi, r13
-  mov ecx, host_note_length
+  mov ecx, offset host_note_length
   repe cmpsb
   mov edi, 4                            # check 4: the guest reads what the host wrote
   check edi
 
   lea rsi, [rip + message]
   lea rdi, [r13 + 2048]
-  mov ecx, message_length
+  mov ecx, offset message_length
   rep movsb
 
   sync 2                                # host: the device reads the message by DMA

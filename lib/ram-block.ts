@@ -11,9 +11,9 @@
 // not call shared is unmapped first, whatever else fails: when in doubt, unmap.
 
 import { describeDisagreements, findDisagreements, type Disagreement } from './block-agreement';
-import { GranuleRange } from './byte-range';
+import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from './byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
-import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
+import { GuestmemError, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
 import type { GuestMemfd, Vm } from './kvm';
 import { PageBitmap, type Run } from './page-bitmap';
 import { listenerName, type RamDiscardListener } from './ram-discard-listener';
@@ -24,8 +24,9 @@ import type { PageState } from './state-change-channel';
 
 export interface RamBlockOptions {
   slot: number;
-  gpa: number;
-  size: number;
+  /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
+  gpa: Bytes;
+  size: Bytes;
   granularity?: number;
   name?: string;
 }
@@ -103,10 +104,10 @@ export class RamBlock implements Disposable {
     this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.slot = options.slot;
-    this.gpa = options.gpa;
-    this.size = options.size;
-    if (typeof options.gpa !== 'number') throw invalidArgType(`block gpa must be a number, got ${typeof options.gpa}`);
-    if (!Number.isSafeInteger(options.gpa) || options.gpa < 0 || options.gpa % this.attributes.granularity !== 0) {
+    // Numbers suffice: guest physical addresses stop at 2^52 and a memslot at 2^31 - 1 pages.
+    this.gpa = checkSafeBytes(options.gpa, 'block gpa');
+    this.size = checkSafeBytes(options.size, 'block size');
+    if (this.gpa % this.attributes.granularity !== 0) {
       throw outOfRange(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
     }
     this.kvmShared = new PageBitmap(this.attributes.granules);
@@ -148,8 +149,8 @@ export class RamBlock implements Disposable {
   }
 
   /** True when [gpa, gpa + size) lies in this block. */
-  contains(gpa: number, size: number): boolean {
-    return gpa >= this.gpa && gpa + size <= this.gpa + this.size;
+  contains(gpa: Bytes, size: Bytes): boolean {
+    return BigInt(gpa) >= BigInt(this.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(this.gpa + this.size);
   }
 
   get sharedPages(): number {
@@ -186,7 +187,7 @@ export class RamBlock implements Disposable {
    * when everything agrees afterwards (`applied` lists any runs left converted because their
    * undo failed, consistently), ERR_GUESTMEM_ROLLBACK_FAILED with `disagreements` when not.
    */
-  convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     // One conversion at a time per block: each reads the tracker to know what to undo, and
     // KVM's attributes must change in the same order as the tracker's bitmap.
     // Asked for after close() or shutdown(): refused; asked for before: they still run.
@@ -205,12 +206,17 @@ export class RamBlock implements Disposable {
     });
   }
 
-  private async convertNow(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  private async convertNow(gpaIn: Bytes, sizeIn: Bytes, to: PageState): Promise<StateChangeResult> {
     this.checkOpen();
-    if (typeof gpa !== 'number') throw invalidArgType(`gpa must be a number, got ${typeof gpa}`);
-    if (gpa < this.gpa) throw outOfRange(`gpa 0x${gpa.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+    const [start, length] = checkSpan(gpaIn, sizeIn, 'conversion');
+    if (start < BigInt(this.gpa)) {
+      throw outOfRange(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+    }
+    // Inside the block (checked here), both are below 2^53.
+    const range = this.attributes.range(start - BigInt(this.gpa), length);
+    const gpa = Number(start);
+    const size = Number(length);
     const offset = gpa - this.gpa;
-    const range = this.attributes.range(offset, size);
     if (to !== 'shared' && to !== 'private') throw invalidArgValue(`target state must be 'shared' or 'private', got ${String(to)}`);
     if (!this.unsettled.isAllClear(range.first, range.count)) {
       const runs = this.unsettled.runs(range.first, range.count, true);

@@ -1,6 +1,7 @@
 // `guestmem bench`: conversions of 1, 16 and 512 pages on a real kernel, through KVM, the
 // tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
-// how many times each conversion crossed into C++ (bounded, whatever the page count).
+// how many times each conversion crossed into C++ (bounded, whatever the page count); then
+// one page at the far end of an 8 GiB block against one at the far end of a 1 GiB block.
 
 import { parseArgs } from 'node:util';
 import { findEduDevice } from '../edu-device';
@@ -8,8 +9,10 @@ import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../native';
 import type { ConversionStep } from '../conversion-stats';
 import type { PageState } from '../state-change-channel';
+import { benchFarEnd } from './far-end-bench';
 import { VmHost } from './hosts';
 import { printJson } from './output';
+import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { needsVm, runInVm } from './vm-command';
 
@@ -31,7 +34,7 @@ export async function benchCommand(args: string[]): Promise<number> {
     args,
     options: {
       json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' },
-      'guest-iterations': { type: 'string' },
+      'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' },
     },
   });
   const iterations = Number(values.iterations ?? 20);
@@ -81,16 +84,24 @@ export async function benchCommand(args: string[]): Promise<number> {
         for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
       }
     }
+    const farEnd = values['no-far-end'] ? null : await benchFarEnd(host, iterations);
     const backend = host.assigned?.backend ?? null;
     await host.shutdown();
     const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
-    if (values.json) printJson({ backend, iterations, rows, guestLoop });
+    if (values.json) printJson({ backend, iterations, rows, farEnd, guestLoop });
     else {
       console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}`);
       console.log('pages  to       mean µs   KVM attrs µs  listeners µs  discard µs  native calls');
       const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
       for (const row of rows) {
         console.log(`${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${String(row.nativeCalls).padStart(12)}`);
+      }
+      if (farEnd) {
+        console.log(`one page at the far end of a block, end to end (${farEnd.rows[0]!.conversions} conversions each, alternating):`);
+        for (const row of farEnd.rows) {
+          console.log(`  ${formatBytes(row.blockSize).padStart(6)} block at 0x${row.gpa.toString(16)}, page 0x${row.offset.toString(16)}: median ${(row.medianNs / 1000).toFixed(1)} µs, mean ${(row.meanNs / 1000).toFixed(1)} µs`);
+        }
+        console.log(`  8 GiB / 1 GiB (medians): ${farEnd.ratio.toFixed(3)}${Math.abs(farEnd.ratio - 1) <= 0.1 ? ' (within 10%)' : ' (NOT within 10%)'}`);
       }
       if (guestLoop) {
         const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
@@ -99,6 +110,7 @@ export async function benchCommand(args: string[]): Promise<number> {
         if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
         console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
         if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
+        console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
       }
     }
   } finally {

@@ -90,8 +90,11 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
       options.onConversion?.(event);
     },
   });
-  const bootRegion = guest.layout.end - guest.layout.bootInfo;
-  if (guest.bootBlock === dataBlock) context.sharedOutsideData = Number(bootRegion) / PAGE;
+  // What the listener maps besides the data area: the boot region, and whatever else of
+  // the block someone shared before.
+  const dataOffset = Number(options.dataGpa) - dataBlock.gpa;
+  context.sharedOutsideData = dataBlock.sharedPages - dataBlock.attributes.countShared({ offset: dataOffset, size: options.dataPages * PAGE });
+  host.prepare?.(context);
   const started = performance.now();
   let timer: NodeJS.Timeout | undefined;
   let timedOut = false;

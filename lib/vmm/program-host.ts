@@ -33,6 +33,8 @@ export interface ProgramContext {
 export interface ProgramHost {
   readonly description: string;
   boot(context: ProgramContext): BootParams;
+  /** Before the guest runs (after its boot region is shared). */
+  prepare?(context: ProgramContext): void;
   onSync?(step: number, vcpu: number, context: ProgramContext): Promise<void>;
   onConversion?(event: ConversionEvent, context: ProgramContext): void;
   finish?(context: ProgramContext): Promise<void>;

@@ -7,29 +7,36 @@
 // handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
 // its registers.
 
+import type { Bytes } from '../byte-range';
 import { GuestmemError } from '../errors';
 import type { StateChangeResult } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
 import type { Registers } from './vcpu';
-import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type VcpuExit } from './vcpu-exit';
+import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
-/** What the loop needs of a vCPU (lib/vmm/vcpu.ts's Vcpu; a stand-in in unit tests). */
+/**
+ * What the loop needs of a vCPU (lib/vmm/vcpu.ts's Vcpu; a stand-in in unit tests). The
+ * loop names each by its index in the list it was given, the guest's own numbering.
+ */
 export interface LoopVcpu {
-  readonly id: number;
   run(): Promise<VcpuExit>;
   stop(): void;
   completeHypercall(ret: number | bigint): void;
   completeIo(data: Uint8Array): void;
+  completeMmio(data: Uint8Array): void;
   readonly registers: Registers;
 }
+
+/** Returns the bytes a read returns (`length` of them), nothing for a write. */
+export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8Array | Promise<void | Uint8Array>;
 
 /** What the loop needs of guest memory (GuestMemory through an adapter; a stand-in in tests). */
 export interface LoopMemory {
   /** True if [gpa, gpa + size) lies inside one block that can convert it. */
-  covers(gpa: bigint, size: bigint): boolean;
-  convert(gpa: bigint, size: bigint, to: PageState): Promise<StateChangeResult>;
+  covers(gpa: Bytes, size: Bytes): boolean;
+  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
 }
 
 export interface ConversionEvent {
@@ -48,6 +55,8 @@ export interface ConversionEvent {
 
 export interface VmmLoopOptions {
   ports?: Map<number, PortHandler>;
+  /** Guest physical addresses outside RAM that a device model answers. */
+  mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -81,10 +90,10 @@ export class VmmLoop {
 
   /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
   async run(): Promise<VmmReport> {
-    await Promise.all(this.vcpus.map((vcpu) => this.runVcpu(vcpu).catch((error: unknown) => this.fail(error))));
+    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, index).catch((error: unknown) => this.fail(error))));
     if (this.failure) throw this.failure;
     return {
-      vcpus: this.vcpus.map((vcpu) => this.outcomes.get(vcpu.id) ?? { vcpu: vcpu.id, stopped: true as const }),
+      vcpus: this.vcpus.map((_, index) => this.outcomes.get(index) ?? { vcpu: index, stopped: true as const }),
       stopped: this.stopping,
       exits: this.exits,
       conversions: { ...this.counts },
@@ -103,65 +112,67 @@ export class VmmLoop {
     for (const vcpu of this.vcpus) vcpu.stop();
   }
 
-  private async runVcpu(vcpu: LoopVcpu): Promise<void> {
+  private async runVcpu(vcpu: LoopVcpu, id: number): Promise<void> {
     const context: PortContext = {
-      vcpu: vcpu.id,
-      exitVcpu: (status) => this.outcomes.set(vcpu.id, { vcpu: vcpu.id, status }),
+      vcpu: id,
+      exitVcpu: (status) => this.outcomes.set(id, { vcpu: id, status }),
     };
-    while (!this.stopping && !this.outcomes.has(vcpu.id)) {
+    while (!this.stopping && !this.outcomes.has(id)) {
       const exit = await vcpu.run();
       this.exits++;
       switch (exit.reason) {
         case 'hypercall':
-          await this.hypercall(vcpu, exit);
+          await this.hypercall(vcpu, id, exit);
           break;
         case 'memory-fault':
-          await this.memoryFault(vcpu, exit);
+          await this.memoryFault(vcpu, id, exit);
           break;
         case 'io':
-          await this.io(vcpu, exit, context);
+          await this.io(vcpu, id, exit, context);
+          break;
+        case 'mmio':
+          await this.mmio(vcpu, id, exit, context);
           break;
         case 'hlt':
-          this.outcomes.set(vcpu.id, { vcpu: vcpu.id, halted: true });
+          this.outcomes.set(id, { vcpu: id, halted: true });
           break;
         case 'intr':
           // A kick: stop() (the loop ends) or a stray signal (run again).
-          if (this.stopping) this.outcomes.set(vcpu.id, { vcpu: vcpu.id, stopped: true });
+          if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
           break;
         default:
-          throw this.unexpected(vcpu, exit, 'an exit the VMM does not handle');
+          throw this.unexpected(vcpu, id, exit, 'an exit the VMM does not handle');
       }
     }
   }
 
-  private async hypercall(vcpu: LoopVcpu, exit: HypercallExit): Promise<void> {
-    if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
+  private async hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): Promise<void> {
+    if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
     const request = decodeMapGpaRange(exit.args);
-    const started = process.hrtime.bigint();
-    const [gpa = 0n, pages = 0n] = exit.args;
     if ('rejected' in request) {
-      this.record({ vcpu: vcpu.id, source: 'hypercall', gpa, size: pages * 4096n, to: 'shared', result: -KVM_EINVAL, outcome: 'rejected', reason: request.rejected, ns: 0 });
+      const [gpa = 0n, pages = 0n] = exit.args;
+      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', -KVM_EINVAL, 'rejected', request.rejected, 0);
       vcpu.completeHypercall(-KVM_EINVAL);
       return;
     }
-    const { size, to } = request;
+    const { gpa, size, to } = request;
     if (!this.memory.covers(gpa, size)) {
-      this.record({ vcpu: vcpu.id, source: 'hypercall', gpa, size, to, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
+      this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       vcpu.completeHypercall(-KVM_EINVAL);
       return;
     }
+    const started = performance.now();
     try {
       await this.memory.convert(gpa, size, to);
     } catch (error) {
-      const reason = (error as Error).message;
-      this.record({ vcpu: vcpu.id, source: 'hypercall', gpa, size, to, result: -KVM_EFAULT, outcome: 'failed', reason, ns: elapsed(started) });
+      this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, performance.now() - started);
       // Rolled back: the guest hears the error and goes on. Not rolled back: the host no
       // longer knows what the device can reach, so nothing may run.
       if ((error as { code?: string }).code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       vcpu.completeHypercall(-KVM_EFAULT);
       return;
     }
-    this.record({ vcpu: vcpu.id, source: 'hypercall', gpa, size, to, result: 0, outcome: 'converted', ns: elapsed(started) });
+    this.record(id, 'hypercall', gpa, size, to, 0, 'converted', undefined, performance.now() - started);
     vcpu.completeHypercall(0);
   }
 
@@ -170,26 +181,25 @@ export class VmmLoop {
    * converts the range to what the access wanted and re-enters. There is no answer to
    * give the guest, so a conversion that fails stops the VM, as in QEMU.
    */
-  private async memoryFault(vcpu: LoopVcpu, exit: MemoryFaultExit): Promise<void> {
+  private async memoryFault(vcpu: LoopVcpu, id: number, exit: MemoryFaultExit): Promise<void> {
     const to: PageState = (exit.flags & KVM_MEMORY_EXIT_FLAG_PRIVATE) !== 0n ? 'private' : 'shared';
-    const started = process.hrtime.bigint();
-    const base = { vcpu: vcpu.id, source: 'memory-fault' as const, gpa: exit.gpa, size: exit.size, to };
     if (!this.memory.covers(exit.gpa, exit.size)) {
-      this.record({ ...base, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
-      throw this.unexpected(vcpu, exit, 'a memory fault outside every RAM block');
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
+      throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
     }
+    const started = performance.now();
     try {
       await this.memory.convert(exit.gpa, exit.size, to);
     } catch (error) {
-      this.record({ ...base, result: -KVM_EFAULT, outcome: 'failed', reason: (error as Error).message, ns: elapsed(started) });
-      throw this.unexpected(vcpu, exit, `converting the faulting range failed: ${(error as Error).message}`);
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EFAULT, 'failed', (error as Error).message, performance.now() - started);
+      throw this.unexpected(vcpu, id, exit, `converting the faulting range failed: ${(error as Error).message}`);
     }
-    this.record({ ...base, result: 0, outcome: 'converted', ns: elapsed(started) });
+    this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, performance.now() - started);
   }
 
-  private async io(vcpu: LoopVcpu, exit: IoExit, context: PortContext): Promise<void> {
+  private async io(vcpu: LoopVcpu, id: number, exit: IoExit, context: PortContext): Promise<void> {
     const handler = this.ports.get(exit.port);
-    if (!handler) throw this.unexpected(vcpu, exit, `no handler for port 0x${exit.port.toString(16)}`);
+    if (!handler) throw this.unexpected(vcpu, id, exit, `no handler for port 0x${exit.port.toString(16)}`);
     const answer = await handler(exit, context);
     if (exit.direction === 'in') {
       const bytes = answer ?? new Uint8Array(exit.size * exit.count).fill(0xff);
@@ -197,12 +207,27 @@ export class VmmLoop {
     }
   }
 
-  private record(event: ConversionEvent): void {
-    this.counts[event.outcome]++;
-    this.options.onConversion?.(event);
+  private async mmio(vcpu: LoopVcpu, id: number, exit: MmioExit, context: PortContext): Promise<void> {
+    const handler = this.options.mmio;
+    if (!handler) throw this.unexpected(vcpu, id, exit, `no MMIO handler for 0x${exit.address.toString(16)}`);
+    const answer = await handler(exit, context);
+    if (!exit.isWrite) vcpu.completeMmio(answer ?? new Uint8Array(exit.length).fill(0xff));
   }
 
-  private unexpected(vcpu: LoopVcpu, exit: VcpuExit, why: string): GuestmemError {
+  /** Counts the outcome; builds the event only for an observer (the hot path has none). */
+  private record(
+    vcpu: number, source: ConversionEvent['source'], gpa: Bytes, size: Bytes, to: PageState,
+    result: number, outcome: ConversionEvent['outcome'], reason: string | undefined, ms: number,
+  ): void {
+    this.counts[outcome]++;
+    const observer = this.options.onConversion;
+    if (!observer) return;
+    const event: ConversionEvent = { vcpu, source, gpa: BigInt(gpa), size: BigInt(size), to, result, outcome, ns: Math.round(ms * 1e6) };
+    if (reason !== undefined) event.reason = reason;
+    observer(event);
+  }
+
+  private unexpected(vcpu: LoopVcpu, id: number, exit: VcpuExit, why: string): GuestmemError {
     let registers = '';
     try {
       const regs = vcpu.registers;
@@ -211,12 +236,9 @@ export class VmmLoop {
       registers = `; registers unreadable: ${(error as Error).message}`;
     }
     return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu.id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`),
-      { vcpu: vcpu.id, exit },
+      new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`),
+      { vcpu: id, exit },
     );
   }
 }
 
-function elapsed(started: bigint): number {
-  return Number(process.hrtime.bigint() - started);
-}

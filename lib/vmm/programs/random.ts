@@ -31,7 +31,7 @@ function state(context: ProgramContext): RandomState {
   let found = states.get(context);
   if (!found) {
     found = {
-      model: new Array<PageState>(context.dataPages).fill('private'),
+      model: trackerView(context),
       streams: Array.from({ length: context.vcpus }, (_, i) => new GuestRandom(context.seed, i)),
       last: new Map(),
       mismatches: 0,
@@ -41,12 +41,18 @@ function state(context: ProgramContext): RandomState {
   return found;
 }
 
-function agreement(context: ProgramContext, model: PageState[]): string | null {
+/** The data area's pages as the tracker has them. */
+function trackerView(context: ProgramContext): PageState[] {
   const offset = Number(context.dataGpa) - context.block.gpa;
-  const tracker = new Array<PageState>(model.length).fill('private');
-  for (const [first, count] of context.block.attributes.runs('shared', { offset, size: model.length * PAGE })) {
-    for (let page = first - offset / PAGE; page < first - offset / PAGE + count; page++) tracker[page] = 'shared';
+  const pages = new Array<PageState>(context.dataPages).fill('private');
+  for (const [first, count] of context.block.attributes.runs('shared', { offset, size: context.dataPages * PAGE })) {
+    pages.fill('shared', first - offset / PAGE, first - offset / PAGE + count);
   }
+  return pages;
+}
+
+function agreement(context: ProgramContext, model: PageState[]): string | null {
+  const tracker = trackerView(context);
   const differing = model.findIndex((s, i) => tracker[i] !== s);
   if (differing >= 0) return `tracker says page ${differing} is ${tracker[differing]}, the model ${model[differing]}`;
   if (context.listener) {
@@ -74,6 +80,12 @@ export const randomProgram: ProgramHost = {
     maxRunPages: MAX_RUN,
     patterns: context.vcpus === 1,
   }),
+
+  // The model starts from the data area as it is (another program may have left pages
+  // shared) and from then on follows only the guest's requests.
+  prepare(context) {
+    state(context);
+  },
 
   onConversion(event, context) {
     const s = state(context);
