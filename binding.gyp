@@ -11,7 +11,8 @@
         "native/iommufd.cc",
         "native/vfio_device.cc",
         "native/vcpu.cc",
-        "native/vcpu_thread.cc"
+        "native/vcpu_thread.cc",
+        "native/fault_injection.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -17,6 +17,8 @@ export interface DmaRun {
 
 export interface DmaMapper {
   readonly backend: DmaBackend;
+  /** True once its fd is closed: the kernel dropped every mapping with it. */
+  readonly closed: boolean;
   /** Maps [iova, iova + size) to the host range at vaddr, as one mapping. */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void;
   /** Maps the range as size / granule consecutive mappings in one native call, all or nothing. */

@@ -5,7 +5,7 @@
 // source, 0x88 destination, 0x90 count, 0x98 command (bit 0 run, bit 1 device → RAM).
 // edu masks DMA addresses to 28 bits by default: keep IOVAs below 256 MiB.
 
-import { GuestmemError } from './errors';
+import { outOfRange, systemError } from './errors';
 import { vfioPciDevices, type PciDeviceInfo } from './vfio-sysfs';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, type VfioDevice } from './vfio-device';
 
@@ -62,9 +62,9 @@ export class EduDevice {
   /** One DMA transfer between a bus address (an IOVA) and the device's buffer. */
   async dma(direction: 'to-device' | 'to-ram', iova: number, length: number, timeoutMs = 10_000): Promise<void> {
     if (!Number.isInteger(iova) || iova < 0 || iova + length > EDU_DMA_LIMIT) {
-      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `edu can only reach IOVAs below 0x${EDU_DMA_LIMIT.toString(16)}`);
+      throw outOfRange(`edu can only reach IOVAs below 0x${EDU_DMA_LIMIT.toString(16)}, got ${iova}`);
     }
-    if (!Number.isInteger(length) || length <= 0 || length > EDU_MAX_DMA) throw new RangeError(`edu DMA length must be 1..${EDU_MAX_DMA}`);
+    if (!Number.isInteger(length) || length <= 0 || length > EDU_MAX_DMA) throw outOfRange(`edu DMA length must be 1..${EDU_MAX_DMA}, got ${length}`);
     const toRam = direction === 'to-ram';
     this.write(REG_DMA_SOURCE, toRam ? EDU_BUFFER_ADDRESS : iova);
     this.write(REG_DMA_DESTINATION, toRam ? iova : EDU_BUFFER_ADDRESS);
@@ -73,7 +73,7 @@ export class EduDevice {
     // edu completes a transfer on a 100 ms virtual-time timer: poll the run bit.
     const deadline = Date.now() + timeoutMs;
     while (this.device.read32(VFIO_PCI_BAR0_REGION_INDEX, REG_DMA_COMMAND) & DMA_RUN) {
-      if (Date.now() > deadline) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `edu DMA did not complete within ${timeoutMs} ms`);
+      if (Date.now() > deadline) throw systemError('ETIMEDOUT', 110, 'edu DMA', `the transfer did not complete within ${timeoutMs} ms`);
       await sleep(5);
     }
   }

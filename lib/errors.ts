@@ -10,6 +10,9 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_NOT_REGISTERED'
   | 'ERR_GUESTMEM_CLOSED'
   | 'ERR_GUESTMEM_CONVERSION_FAILED'
+  | 'ERR_GUESTMEM_CONVERSION_REJECTED'
+  | 'ERR_GUESTMEM_REPAIR_FAILED'
+  | 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE'
   | 'ERR_GUESTMEM_DMA_LIMIT'
   | 'ERR_GUESTMEM_UNSUPPORTED'
   | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
@@ -33,6 +36,35 @@ export function outOfRange(message: string): RangeError & { code: string } {
 /** A TypeError with Node's `ERR_INVALID_ARG_TYPE` code. */
 export function invalidArgType(message: string): TypeError & { code: string } {
   return Object.assign(new TypeError(message), { code: 'ERR_INVALID_ARG_TYPE' });
+}
+
+/**
+ * A conversion refused before any step ran: bad input (TypeError/RangeError), a range in no
+ * block or across two, pages awaiting repair, a closed block. Nothing changed. Any other
+ * error from a conversion is a failure: some step ran, and was undone (or the error says
+ * which pages disagree).
+ */
+export function isRejection(error: unknown): boolean {
+  if (error instanceof RangeError || error instanceof TypeError) return true;
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === 'ERR_GUESTMEM_CONVERSION_REJECTED' || code === 'ERR_GUESTMEM_CLOSED';
+}
+
+/** What a shutdown could not release, all of it: an AggregateError with a code. */
+export function shutdownIncomplete(what: string, errors: unknown[]): AggregateError & { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' } {
+  const messages = errors.map((e) => (e instanceof Error ? e.message : String(e)));
+  return Object.assign(
+    new AggregateError(errors, `shutting down ${what} released all it could, but ${errors.length} thing(s) failed: ${messages.join('; ')}`),
+    { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' as const },
+  );
+}
+
+/**
+ * A system error made in JS, shaped as the addon's (and Node's fs) are: "EIO: short read of
+ * region 0, pread" with `code`, negative `errno` and `syscall`.
+ */
+export function systemError(code: string, errno: number, syscall: string, detail: string): Error & { code: string; errno: number; syscall: string } {
+  return Object.assign(new Error(`${code}: ${detail}, ${syscall}`), { code, errno: -Math.abs(errno), syscall });
 }
 
 export function closedError(what: string): GuestmemError {

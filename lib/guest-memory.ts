@@ -3,7 +3,7 @@
 // block too, and a range that spans two would need two transactions.
 
 import { checkSpan, type Bytes } from './byte-range';
-import { GuestmemError } from './errors';
+import { GuestmemError, outOfRange, shutdownIncomplete } from './errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { Vm } from './kvm';
 import { RamBlock } from './ram-block';
@@ -33,15 +33,17 @@ export class GuestMemory implements Disposable {
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
     const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
     if (overlapping) {
-      throw new RangeError(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
+      throw outOfRange(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
     }
-    const block = new RamBlock(this.vm, { ...options, slot: this.nextSlot });
-    this.nextSlot++;
+    // A slot number is used once, even when the block failed: if deleting its memslot
+    // failed too, KVM still holds that number.
+    const slot = this.nextSlot++;
+    const block = new RamBlock(this.vm, { ...options, slot });
     this.blocks.push(block);
     return block;
   }
 
-  /** The block holding all of [gpa, gpa + size), or a clear error. */
+  /** The block holding all of [gpa, gpa + size), or a rejection (nothing has run yet). */
   blockFor(gpa: Bytes, size: Bytes): RamBlock {
     const [start, length] = checkSpan(gpa, size, 'range');
     const block = this.blocks.find((b) => b.contains(start, length));
@@ -49,20 +51,39 @@ export class GuestMemory implements Disposable {
     const touching = this.blocks.filter((b) => start < BigInt(b.gpa + b.size) && BigInt(b.gpa) < start + length);
     const where = `[0x${gpa.toString(16)}, +0x${size.toString(16)})`;
     throw new GuestmemError(
-      'ERR_GUESTMEM_CONVERSION_FAILED',
+      'ERR_GUESTMEM_CONVERSION_REJECTED',
       touching.length > 0
         ? `${where} spans ${touching.map((b) => b.name).join(' and ')}${touching.length === 1 ? ' and unbacked memory' : ''}: convert each block's part separately`
         : `${where} is in no RAM block`,
     );
   }
 
+  /** Converts by guest physical address; a refusal, like a failure, is a rejected promise. */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
-    return this.blockFor(gpa, size).convert(gpa, size, to);
+    try {
+      return this.blockFor(gpa, size).convert(gpa, size, to);
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
-  /** Shuts every block down: listeners unregistered (DMA unmapped), then memslots and backings. */
+  /** Repairs every block that has granules in disagreement (see RamBlock.repair). */
+  async repair(): Promise<{ repaired: number }> {
+    let repaired = 0;
+    for (const block of this.blocks) repaired += (await block.repair()).repaired;
+    return { repaired };
+  }
+
+  /**
+   * Shuts every block down, each after its conversions in flight: listeners unregistered
+   * (DMA unmapped), then memslots and backings. A block that fails does not stop the others;
+   * everything that could not be released is reported at the end in one
+   * ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (an AggregateError).
+   */
   async shutdown(): Promise<void> {
-    for (const block of this.blocks.splice(0)) await block.shutdown();
+    const results = await Promise.allSettled(this.blocks.splice(0).map((block) => block.shutdown()));
+    const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []));
+    if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -71,7 +92,15 @@ export class GuestMemory implements Disposable {
 
   /** Closes every block at once; see RamBlock.close for listeners still registered. */
   close(): void {
-    for (const block of this.blocks.splice(0)) block.close();
+    const errors: unknown[] = [];
+    for (const block of this.blocks.splice(0)) {
+      try {
+        block.close();
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
   [Symbol.dispose](): void {

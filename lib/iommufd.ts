@@ -30,6 +30,10 @@ export class Ioas implements DmaMapper {
     readonly id: number,
   ) {}
 
+  get closed(): boolean {
+    return this.iommufd.closed;
+  }
+
   /** Usable IOVA ranges ([start, last], inclusive) and the required IOVA alignment. */
   iovaRanges(): { ranges: Array<[bigint, bigint]>; alignment: bigint } {
     return native().iommufdIoasIovaRanges(this.iommufd.fd, this.id);

@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import { checkBytes, checkExtent, checkSpan, type Bytes } from './byte-range';
-import { GuestmemError, invalidArgType, outOfRange } from './errors';
+import { GuestmemError, invalidArgType, outOfRange, systemError } from './errors';
 import { FdOwner } from './fd-owner';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -91,7 +91,7 @@ export class Vm extends FdOwner {
     try {
       target = fs.readlinkSync(`/proc/self/fd/${fd}`);
     } catch (error) {
-      throw Object.assign(new Error(`fd ${fd} is not open: ${(error as Error).message}`), { code: 'EBADF' });
+      throw systemError('EBADF', 9, 'readlink', `fd ${fd} is not open (${(error as NodeJS.ErrnoException).code ?? 'unreadable'})`);
     }
     if (target !== 'anon_inode:kvm-vm') {
       throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `fd ${fd} is not a KVM VM (it is ${target})`);

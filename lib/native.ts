@@ -113,6 +113,9 @@ export interface NativeAddon {
   vfioDeviceGetRegionInfo(deviceFd: number, index: number): { index: number; flags: number; size: bigint; offset: bigint };
   vfioDeviceBindIommufd(deviceFd: number, iommuFd: number): number;
   vfioDeviceAttachIommufdPt(deviceFd: number, ptId: number): void;
+  // Fault injection: present only when GUESTMEM_FAULTS was set at load (lib/fault-injection.ts).
+  setFaults?(spec: string): void;
+  faultCounts?(): { fired: number; calls: Record<string, number> };
 }
 
 let loaded: NativeAddon | null = null;

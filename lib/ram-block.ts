@@ -2,17 +2,25 @@
 // backing (a guest_memfd), the memslot that joins them at a guest physical address, and
 // the tracker of which granules are shared. Its convert() is QEMU's kvm_convert_memory
 // for one block, with every step undone if a later one fails.
+//
+// After any failure, single or double, one of two things holds: KVM's attributes, the
+// tracker's bitmap and every listener's mappings agree over the range (the error is
+// ERR_GUESTMEM_CONVERSION_FAILED); or the error is ERR_GUESTMEM_ROLLBACK_FAILED naming the
+// granules that disagree and how, and the block refuses to convert them until repair()
+// has made KVM and the listeners follow the bitmap again. A mapping the tracker or KVM does
+// not call shared is unmapped first, whatever else fails: when in doubt, unmap.
 
-import { checkSafeBytes, checkSpan, type Bytes } from './byte-range';
+import { describeDisagreements, findDisagreements, type Disagreement } from './block-agreement';
+import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from './byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
-import { GuestmemError } from './errors';
+import { GuestmemError, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
 import type { GuestMemfd, Vm } from './kvm';
-import type { RamDiscardListener } from './ram-discard-listener';
+import { PageBitmap, type Run } from './page-bitmap';
+import { listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { RamBlockAttributes, type SectionInput, type StateChangeResult } from './ram-block-attributes';
 import { Serializer } from './serializer';
 import { SharedMemory } from './shared-memory';
 import type { PageState } from './state-change-channel';
-import type { Run } from './page-bitmap';
 
 export interface RamBlockOptions {
   slot: number;
@@ -23,8 +31,38 @@ export interface RamBlockOptions {
   name?: string;
 }
 
+export type { Disagreement } from './block-agreement';
+
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps them. */
+function kernelFacts(error: unknown): { errno?: number; syscall?: string } {
+  for (let e = error as { errno?: unknown; syscall?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
+    if (typeof e.errno === 'number' && typeof e.syscall === 'string') return { errno: e.errno, syscall: e.syscall };
+  }
+  return {};
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return value != null && typeof (value as PromiseLike<unknown>).then === 'function';
+}
+
+function opposite(state: PageState): PageState {
+  return state === 'shared' ? 'private' : 'shared';
+}
+
+/** Runs of `runs` that lie inside [first, first + count), clipped. */
+function clipRuns(runs: Run[], first: number, count: number): Run[] {
+  const end = first + count;
+  const clipped: Run[] = [];
+  for (const [start, length] of runs) {
+    const a = Math.max(start, first);
+    const b = Math.min(start + length, end);
+    if (a < b) clipped.push([a, b - a]);
+  }
+  return clipped;
 }
 
 export class RamBlock implements Disposable {
@@ -37,30 +75,54 @@ export class RamBlock implements Disposable {
   readonly attributes: RamBlockAttributes;
   readonly stats = new ConversionStats();
   private closed = false;
+  private released = false;
+  /** Conversions, repairs and the shutdown: one at a time, in call order. */
   private readonly conversions = new Serializer();
+  private pending = 0;
+  /**
+   * KVM's memory attributes as this block set them (1 = shared). 6.12 cannot read them
+   * back; a KVM_SET_MEMORY_ATTRIBUTES that fails changes nothing (KVM reserves its xarray
+   * entries before it stores any), so this record follows every call that succeeded.
+   */
+  private readonly kvmShared: PageBitmap;
+  /** Granules that disagree since a failed rollback: refused until repair(). */
+  private readonly unsettled: PageBitmap;
+  /**
+   * Per listener that cannot say what it holds (no heldRuns): the runs where the tracker's
+   * undo of it failed, so that nobody knows what it maps there.
+   */
+  private readonly doubts = new Map<string, Run[]>();
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
    * QEMU does for a guest_memfd block. Until that call returns, KVM sees the new slot as
    * shared (attributes default to 0) while the tracker already says private: nothing may
-   * run the guest on the block in that window.
+   * run the guest on the block in that window. If that call fails, the memslot is deleted
+   * again: a guest_memfd slot cannot be changed, and one left behind would hold its number.
    */
   constructor(readonly vm: Vm, options: RamBlockOptions) {
-    this.name = options.name ?? `ram-block@0x${options.gpa.toString(16)}`;
+    this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.slot = options.slot;
     // Numbers suffice: guest physical addresses stop at 2^52 and a memslot at 2^31 - 1 pages.
     this.gpa = checkSafeBytes(options.gpa, 'block gpa');
     this.size = checkSafeBytes(options.size, 'block size');
     if (this.gpa % this.attributes.granularity !== 0) {
-      throw new RangeError(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
+      throw outOfRange(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
     }
+    this.kvmShared = new PageBitmap(this.attributes.granules);
+    this.unsettled = new PageBitmap(this.attributes.granules);
     this.shared = SharedMemory.create(options.size, this.name);
     try {
       this.guestMemfd = vm.createGuestMemfd(options.size);
       try {
         vm.setUserMemoryRegion({ slot: this.slot, gpa: this.gpa, size: this.size, userspaceAddress: this.shared.address, guestMemfd: this.guestMemfd });
-        vm.setMemoryAttributes(this.gpa, this.size, 'private');
+        try {
+          vm.setMemoryAttributes(this.gpa, this.size, 'private');
+        } catch (error) {
+          this.deleteSlotAfter(error);
+          throw error;
+        }
       } catch (error) {
         this.guestMemfd.close();
         throw error;
@@ -68,6 +130,21 @@ export class RamBlock implements Disposable {
     } catch (error) {
       this.shared.close();
       throw error;
+    }
+  }
+
+  private deleteSlotAfter(cause: unknown): void {
+    try {
+      this.vm.deleteMemorySlot(this.slot);
+    } catch (error) {
+      throw Object.assign(
+        new GuestmemError(
+          'ERR_GUESTMEM_ROLLBACK_FAILED',
+          `${describe(cause)}; deleting memslot ${this.slot} again also failed, it stays in the VM: ${describe(error)}`,
+          { cause },
+        ),
+        { slot: this.slot, errors: [error] },
+      );
     }
   }
 
@@ -84,6 +161,16 @@ export class RamBlock implements Disposable {
     return this.attributes.privateGranules;
   }
 
+  /** Runs of granules refused until repair(), ascending; empty when everything agrees. */
+  get unsettledRuns(): Run[] {
+    return this.unsettled.runs(0, this.unsettled.bits, true);
+  }
+
+  /** KVM's attributes as this block last set them: runs of shared granules. */
+  kvmRuns(state: PageState = 'shared'): Run[] {
+    return this.kvmShared.runs(0, this.kvmShared.bits, state === 'shared');
+  }
+
   register(listener: RamDiscardListener, section: SectionInput = { offset: 0, size: this.size }): Promise<void> {
     return this.attributes.register(listener, section);
   }
@@ -94,119 +181,358 @@ export class RamBlock implements Disposable {
 
   /**
    * Converts [gpa, gpa + size) of this block: KVM attributes, then the tracker's state change
-   * (listeners map or unmap), then the discard of the backing that was left. A failure at
-   * any step undoes the earlier ones, so KVM, the tracker and every listener end as they were;
-   * the error (ERR_GUESTMEM_CONVERSION_FAILED) names the step and carries the cause.
+   * (listeners map or unmap), then the discard of the backing that was left. Refused before
+   * any step (ERR_GUESTMEM_CONVERSION_REJECTED, or a RangeError for a bad range) changes
+   * nothing. A failure at a step undoes the earlier ones: ERR_GUESTMEM_CONVERSION_FAILED
+   * when everything agrees afterwards (`applied` lists any runs left converted because their
+   * undo failed, consistently), ERR_GUESTMEM_ROLLBACK_FAILED with `disagreements` when not.
    */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     // One conversion at a time per block: each reads the tracker to know what to undo, and
     // KVM's attributes must change in the same order as the tracker's bitmap.
-    return this.conversions.run(() => this.convertNow(gpa, size, to));
+    // Asked for after close() or shutdown(): refused; asked for before: they still run.
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.serialized(() => this.convertNow(gpa, size, to));
+  }
+
+  private serialized<T>(op: () => Promise<T>): Promise<T> {
+    this.pending++;
+    return this.conversions.run(async () => {
+      try {
+        return await op();
+      } finally {
+        this.pending--;
+      }
+    });
   }
 
   private async convertNow(gpaIn: Bytes, sizeIn: Bytes, to: PageState): Promise<StateChangeResult> {
     this.checkOpen();
     const [start, length] = checkSpan(gpaIn, sizeIn, 'conversion');
     if (start < BigInt(this.gpa)) {
-      throw new RangeError(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+      throw outOfRange(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
     }
     // Inside the block (checked here), both are below 2^53.
-    this.attributes.range(start - BigInt(this.gpa), length);
+    const range = this.attributes.range(start - BigInt(this.gpa), length);
     const gpa = Number(start);
     const size = Number(length);
     const offset = gpa - this.gpa;
-    if (to !== 'shared' && to !== 'private') throw new RangeError(`target state must be 'shared' or 'private', got ${String(to)}`);
+    if (to !== 'shared' && to !== 'private') throw invalidArgValue(`target state must be 'shared' or 'private', got ${String(to)}`);
+    if (!this.unsettled.isAllClear(range.first, range.count)) {
+      const runs = this.unsettled.runs(range.first, range.count, true);
+      throw Object.assign(
+        new GuestmemError(
+          'ERR_GUESTMEM_CONVERSION_REJECTED',
+          `[0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} holds granules that disagree since a failed rollback ` +
+            `(${runs.map(([f, c]) => `${f}+${c}`).join(', ')}): call repair() first`,
+        ),
+        { unsettled: runs },
+      );
+    }
     // The runs not yet in the target state: what an undo must put back.
-    const before = this.attributes.runs(to === 'shared' ? 'private' : 'shared', { offset, size });
+    const before = this.attributes.runs(opposite(to), { offset, size });
     this.stats.conversions++;
     let step: ConversionStep = 'kvmAttributes';
     let started = process.hrtime.bigint();
     try {
-      this.vm.setMemoryAttributes(gpa, size, to);
+      this.setAttributes(range.first, range.count, to);
       this.stats.add(step, started);
 
       step = 'listeners';
       started = process.hrtime.bigint();
-      let result: StateChangeResult;
-      try {
-        result = await this.attributes.stateChange(offset, size, to);
-      } catch (error) {
-        this.restoreAttributes(before, to, error);
-        throw error;
-      }
+      const result = await this.attributes.stateChange(offset, size, to);
       this.stats.add(step, started);
 
       step = 'discard';
       started = process.hrtime.bigint();
-      try {
-        if (to === 'private') this.shared.discard(offset, size);
-        else this.guestMemfd.punchHole(offset, size);
-      } catch (error) {
-        await this.undoStateChange(before, to, error);
-        this.restoreAttributes(before, to, error);
-        throw error;
-      }
+      if (to === 'private') this.shared.discard(offset, size);
+      else this.guestMemfd.punchHole(offset, size);
       this.stats.add(step, started);
       return result;
     } catch (error) {
       this.stats.failed++;
-      throw new GuestmemError(
-        'ERR_GUESTMEM_CONVERSION_FAILED',
-        `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}: ${describe(error)}`,
-        { cause: error },
-      );
+      throw await this.undo(step, range, before, to, error, `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}`);
     }
   }
 
   /**
-   * Puts KVM's attributes back after the whole range was set to `to`: the runs in `before`
-   * were in the other state, the rest already was `to`.
+   * Undoes a conversion that failed at `step`: the tracker's change first, if it was made
+   * (the discard failed), run by run so one failure does not stop the rest; then KVM and
+   * the listeners are made to follow whatever the bitmap now says (reconcile); then the
+   * range is checked. The error says which of the two outcomes it is.
    */
-  private restoreAttributes(before: Run[], to: PageState, cause: unknown): void {
-    const other: PageState = to === 'shared' ? 'private' : 'shared';
+  private async undo(step: ConversionStep, range: GranuleRange, before: Run[], to: PageState, cause: unknown, what: string): Promise<Error> {
     const g = this.attributes.granularity;
-    try {
-      for (const [first, count] of before) this.vm.setMemoryAttributes(this.gpa + first * g, count * g, other);
-    } catch (error) {
-      throw new GuestmemError(
-        'ERR_GUESTMEM_ROLLBACK_FAILED',
-        `${describe(cause)}; restoring the KVM attributes also failed, KVM may disagree with the tracker: ${describe(error)}`,
-        { cause },
+    const errors: unknown[] = [];
+    if (step === 'discard') {
+      // Run by run, in the safe order: a run going back to shared is shared in KVM before
+      // it is mapped; one going back to private is unmapped before KVM makes it private.
+      for (const [first, count] of before) {
+        try {
+          if (to === 'private') this.setAttributes(first, count, 'shared');
+          await this.attributes.stateChange(first * g, count * g, opposite(to));
+          if (to === 'shared') this.setAttributes(first, count, 'private');
+        } catch (error) {
+          errors.push(error);
+        }
+      }
+    }
+    if (step !== 'kvmAttributes') errors.push(...(await this.reconcile(range.first, range.count)));
+    for (const error of [cause, ...errors]) this.noteDoubts(error);
+    const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes, this.doubts);
+    const facts = { step, cause, errors, ...kernelFacts(cause) };
+    if (disagreements.length > 0) {
+      for (const d of disagreements) this.unsettled.setRange(d.first, d.count);
+      return Object.assign(
+        new GuestmemError(
+          'ERR_GUESTMEM_ROLLBACK_FAILED',
+          `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
+            describeDisagreements(disagreements, g),
+          { cause },
+        ),
+        { ...facts, disagreements },
       );
+    }
+    // Everything agrees; runs whose undo failed may have stayed converted, consistently.
+    const applied = before.flatMap(([first, count]) => this.attributes.runs(to, { offset: first * g, size: count * g }));
+    const partly = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${applied.map(([f, c]) => `${f}+${c}`).join(', ')}` : '';
+    return Object.assign(
+      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${partly}`, { cause }),
+      { ...facts, applied },
+    );
+  }
+
+  /**
+   * The tracker reports a listener whose undo failed in a ROLLBACK_FAILED with the failures
+   * in `errors` (listener, ranges). For a listener that can say what it holds, the check
+   * sees it anyway; for one that cannot, those ranges become doubts.
+   */
+  private noteDoubts(error: unknown): void {
+    const failures = (error as { code?: string; errors?: unknown[] } | null)?.code === 'ERR_GUESTMEM_ROLLBACK_FAILED' ? (error as { errors: unknown[] }).errors : [];
+    for (const failure of failures ?? []) {
+      const { listener: name, ranges } = failure as { listener?: string; ranges?: Array<{ offset: number; size: number }> };
+      const registration = this.attributes.registered.find((r) => listenerName(r.listener) === name);
+      if (!registration || registration.listener.heldRuns || !ranges) continue;
+      const g = this.attributes.granularity;
+      const runs = [...(this.doubts.get(name!) ?? []), ...ranges.map((r) => [Number(r.offset) / g, Number(r.size) / g] as Run)];
+      runs.sort((a, b) => a[0] - b[0]);
+      const merged: Run[] = [];
+      for (const [f, c] of runs) {
+        const last = merged[merged.length - 1];
+        if (last && f <= last[0] + last[1]) last[1] = Math.max(last[1], f + c - last[0]);
+        else merged.push([f, c]);
+      }
+      this.doubts.set(name!, merged);
     }
   }
 
-  /** Flips back the runs a successful state change flipped. */
-  private async undoStateChange(before: Run[], to: PageState, cause: unknown): Promise<void> {
-    const other: PageState = to === 'shared' ? 'private' : 'shared';
+  /**
+   * A listener in doubt is told to discard its doubtful runs (it must accept a discard of
+   * what it may not hold: double discard), then to populate the parts that are shared.
+   */
+  private async resolveDoubts(errors: unknown[]): Promise<void> {
     const g = this.attributes.granularity;
-    try {
-      for (const [first, count] of before) await this.attributes.stateChange(first * g, count * g, other);
-    } catch (error) {
-      throw new GuestmemError(
-        'ERR_GUESTMEM_ROLLBACK_FAILED',
-        `${describe(cause)}; undoing the listeners' change also failed: ${describe(error)}`,
-        { cause },
-      );
+    for (const [name, runs] of [...this.doubts]) {
+      const registration = this.attributes.registered.find((r) => listenerName(r.listener) === name);
+      if (!registration) {
+        this.doubts.delete(name);
+        continue;
+      }
+      if (!registration.listener.doubleDiscardSupported) {
+        errors.push(new GuestmemError('ERR_GUESTMEM_REPAIR_FAILED', `listener "${name}" cannot say what it holds and takes no double discard: unregister it and register it again`));
+        continue;
+      }
+      const before = errors.length;
+      await this.tell(registration.listener, 'discard', runs, errors);
+      const shared = runs.flatMap(([f, c]) => this.attributes.runs('shared', { offset: f * g, size: c * g }))
+        .flatMap(([f, c]) => this.kvmShared.runs(f, c, true));
+      if (errors.length === before && shared.length > 0) await this.tell(registration.listener, 'populate', shared, errors);
+      if (errors.length === before) this.doubts.delete(name);
     }
+  }
+
+  /**
+   * Makes KVM's attributes and every listener that can say what it holds follow the
+   * tracker's bitmap over [first, first + count); returns what failed. Unmapping comes
+   * first, before KVM turns anything private, and mapping last, after KVM turned it shared.
+   */
+  private async reconcile(first: number, count: number): Promise<unknown[]> {
+    const g = this.attributes.granularity;
+    const errors: unknown[] = [];
+    const section = { offset: first * g, size: count * g };
+    const withHoldings = this.attributes.registered.filter((r) => r.listener.heldRuns);
+    // 1. When in doubt, unmap: a mapping of a granule the tracker or KVM calls private goes.
+    const notShared = () => [...this.attributes.runs('private', section), ...this.kvmShared.runs(first, count, false)];
+    for (const { listener, section: own } of withHoldings) {
+      const excess = this.heldWhere(listener, own, notShared(), true);
+      if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+    }
+    // 2. A mapping that could not be removed keeps its page shared everywhere instead (KVM
+    //    first, then the tracker, whose populate maps it for the other listeners too): a
+    //    device must never reach a page that KVM or the tracker calls private.
+    for (const { listener, section: own } of withHoldings) {
+      for (const [start, length] of this.heldWhere(listener, own, notShared(), true)) {
+        try {
+          this.setAttributes(start, length, 'shared');
+          await this.attributes.stateChange(start * g, length * g, 'shared');
+        } catch (error) {
+          errors.push(error);
+        }
+      }
+    }
+    // 3. KVM follows the bitmap, run by run.
+    const trackerPrivate = this.attributes.runs('private', section);
+    const trackerShared = this.attributes.runs('shared', section);
+    for (const [state, runs] of [['private', trackerPrivate], ['shared', trackerShared]] as const) {
+      for (const [start, length] of runs) {
+        for (const [f, c] of this.kvmShared.runs(start, length, state === 'private')) {
+          try {
+            this.setAttributes(f, c, state);
+          } catch (error) {
+            errors.push(error);
+          }
+        }
+      }
+    }
+    // 4. A granule shared in both gets its mappings back where a listener lacks them.
+    const kvmAndTrackerShared = trackerShared.flatMap(([start, length]) => this.kvmShared.runs(start, length, true));
+    for (const { listener, section: own } of withHoldings) {
+      const missing = this.heldWhere(listener, own, kvmAndTrackerShared, false);
+      if (missing.length > 0) await this.tell(listener, 'populate', missing, errors);
+    }
+    return errors;
+  }
+
+  /** Parts of `runs` (inside the listener's section) that the listener holds (or lacks). */
+  private heldWhere(listener: RamDiscardListener, section: GranuleRange, runs: Run[], held: boolean): Run[] {
+    const found: Run[] = [];
+    for (const [start, length] of clipRuns(runs, section.first, section.count)) {
+      const holding = listener.heldRuns!(start, length);
+      found.push(...(held ? holding : this.gaps(holding, start, length)));
+    }
+    return found;
+  }
+
+  private gaps(runs: Run[], first: number, count: number): Run[] {
+    const gaps: Run[] = [];
+    let at = first;
+    for (const [start, length] of runs) {
+      if (start > at) gaps.push([at, start - at]);
+      at = Math.max(at, start + length);
+    }
+    if (at < first + count) gaps.push([at, first + count - at]);
+    return gaps;
+  }
+
+  /** Sends a listener a populate or discard outside the tracker (a repair); records a failure. */
+  private async tell(listener: RamDiscardListener, kind: 'populate' | 'discard', runs: Run[], errors: unknown[]): Promise<void> {
+    const ranges = runs.map(([f, c]) => new GranuleRange(f, c, this.attributes.granularity));
+    const batch = kind === 'populate' ? listener.populateRuns : listener.discardRuns;
+    try {
+      if (batch) {
+        const result = batch.call(listener, ranges);
+        if (isThenable(result)) await result;
+      } else {
+        for (const range of ranges) {
+          const result = kind === 'populate' ? listener.populate(range) : listener.discard(range);
+          if (isThenable(result)) await result;
+        }
+      }
+    } catch (error) {
+      errors.push(Object.assign(new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `repairing listener "${listenerName(listener)}": ${kind} failed: ${describe(error)}`, { cause: error }), { listener: listenerName(listener) }));
+    }
+  }
+
+  private setAttributes(first: number, count: number, to: PageState): void {
+    const g = this.attributes.granularity;
+    this.vm.setMemoryAttributes(this.gpa + first * g, count * g, to);
+    this.kvmShared.fillRange(first, count, to === 'shared');
+  }
+
+  /**
+   * Re-derives KVM's attributes and every listener's mappings from the tracker's bitmap,
+   * over the whole block (unmapping first), and accepts conversions of the granules that
+   * agree again. Resolves with the granules it found in disagreement; rejects with
+   * ERR_GUESTMEM_REPAIR_FAILED and `disagreements` for what still disagrees.
+   */
+  repair(): Promise<{ repaired: number }> {
+    if (this.closed) return Promise.reject(this.closedError());
+    return this.serialized(async () => {
+      this.checkOpen();
+      const granules = this.attributes.granules;
+      const found = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
+      const errors = found.length > 0 ? await this.reconcile(0, granules) : [];
+      await this.resolveDoubts(errors);
+      const left = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
+      this.unsettled.clearRange(0, granules);
+      for (const d of left) this.unsettled.setRange(d.first, d.count);
+      if (left.length > 0) {
+        throw Object.assign(
+          new GuestmemError(
+            'ERR_GUESTMEM_REPAIR_FAILED',
+            `repairing ${this.name} failed (${errors.map(describe).join('; ')}); still in disagreement: ${describeDisagreements(left, this.attributes.granularity)}`,
+          ),
+          { errors, disagreements: left },
+        );
+      }
+      return { repaired: found.reduce((sum, d) => sum + d.count, 0) };
+    });
+  }
+
+  /** What disagrees now over the whole block (empty when KVM, tracker and listeners agree). */
+  disagreements(): Disagreement[] {
+    return findDisagreements(0, this.attributes.granules, this.kvmShared, this.attributes, this.doubts);
   }
 
   private checkOpen(): void {
-    if (this.closed || this.shared.closed || this.guestMemfd.closed) {
-      throw new GuestmemError('ERR_GUESTMEM_CLOSED', `RAM block ${this.name} is closed`);
-    }
+    if (this.released || this.shared.closed || this.guestMemfd.closed) throw this.closedError();
+  }
+
+  private closedError(): GuestmemError {
+    return new GuestmemError('ERR_GUESTMEM_CLOSED', `RAM block ${this.name} is closed`);
   }
 
   /**
-   * Unregisters every listener (a VFIO listener unmaps what it holds), then closes. Use this
-   * (or `await using`) rather than close() while listeners are registered.
+   * After the conversions already asked for: unregisters every listener (a VFIO listener
+   * unmaps what it holds), then deletes the memslot and closes both backings. It goes on
+   * past failures: a listener that fails to unregister has what it still holds unmapped
+   * directly where it can say what that is; what could not be released is reported at the
+   * end in one ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (an AggregateError).
    */
-  async shutdown(): Promise<void> {
-    try {
-      for (const listener of this.attributes.listeners) await this.attributes.unregister(listener);
-    } finally {
-      this.close();
-    }
+  shutdown(): Promise<void> {
+    if (this.closed) return this.conversions.run(async () => undefined);
+    this.closed = true;
+    return this.conversions.run(async () => {
+      const errors: unknown[] = [];
+      for (const listener of this.attributes.listeners) {
+        try {
+          await this.attributes.unregister(listener);
+        } catch (error) {
+          const left = await this.releaseHoldings(listener);
+          if (left === null || left.length > 0) {
+            errors.push(Object.assign(
+              new GuestmemError(
+                'ERR_GUESTMEM_LISTENER_FAILED',
+                `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
+                  (left ? `; it still holds granules ${left.map(([f, c]) => `${f}+${c}`).join(', ')}` : ''),
+                { cause: error },
+              ),
+              { listener: listenerName(listener), held: left },
+            ));
+          }
+        }
+      }
+      errors.push(...this.release());
+      if (errors.length > 0) throw shutdownIncomplete(`RAM block ${this.name}`, errors);
+    });
+  }
+
+  /** Discards what a listener holds, outside the tracker; the runs still held, or null if it cannot say. */
+  private async releaseHoldings(listener: RamDiscardListener): Promise<Run[] | null> {
+    if (!listener.heldRuns) return null;
+    const held = listener.heldRuns(0, this.attributes.granules);
+    if (held.length > 0) await this.tell(listener, 'discard', held, []);
+    return listener.heldRuns(0, this.attributes.granules);
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -214,23 +540,47 @@ export class RamBlock implements Disposable {
   }
 
   /**
-   * Deletes the memslot and closes both backings. It cannot wait for listeners: DMA mappings
-   * they still hold stay (pinning the shared pages) until they are unregistered or their
-   * container closes, so prefer shutdown().
+   * Deletes the memslot and closes both backings; after a conversion in flight, if there is
+   * one (conversions asked for after close() are refused). It cannot wait for listeners:
+   * DMA mappings they still hold stay (pinning the shared pages) until they are
+   * unregistered or their container closes, so prefer shutdown().
    */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    try {
-      if (!this.vm.closed) this.vm.deleteMemorySlot(this.slot);
-    } finally {
-      this.guestMemfd.close();
-      this.shared.close();
+    if (this.pending === 0) {
+      const errors = this.release();
+      if (errors.length > 0) throw errors.length === 1 ? errors[0] : shutdownIncomplete(`RAM block ${this.name}`, errors);
+      return;
     }
+    void this.conversions.run(async () => {
+      const errors = this.release();
+      if (errors.length > 0) process.emitWarning(shutdownIncomplete(`RAM block ${this.name}`, errors));
+    });
+  }
+
+  /** Memslot, then both fds: each is tried whatever happened to the one before. */
+  private release(): unknown[] {
+    if (this.released) return [];
+    this.released = true;
+    const errors: unknown[] = [];
+    for (const step of [
+      () => {
+        if (!this.vm.closed) this.vm.deleteMemorySlot(this.slot);
+      },
+      () => this.guestMemfd.close(),
+      () => this.shared.close(),
+    ]) {
+      try {
+        step();
+      } catch (error) {
+        errors.push(error);
+      }
+    }
+    return errors;
   }
 
   [Symbol.dispose](): void {
     this.close();
   }
 }
-

@@ -2,6 +2,7 @@
 // memory: populate = the range became shared, discard = the range became private.
 
 import type { GranuleRange } from './byte-range';
+import type { Run } from './page-bitmap';
 import { describeValue, invalidArgType } from './errors';
 
 export interface RamDiscardListener {
@@ -24,6 +25,12 @@ export interface RamDiscardListener {
    */
   populateRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
   discardRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
+  /**
+   * Optional: the granules it holds now (maps, for VFIO) inside [first, first + count), as
+   * maximal runs of block granule indices. A listener that can say so lets its RAM block
+   * check after a failure that it agrees with the tracker and KVM, and repair it if not.
+   */
+  heldRuns?(first: number, count: number): Run[];
   /**
    * Optional: told its section at register, before the replay (QEMU keeps the section in
    * the listener too). Throwing refuses the registration: a listener that can only cover

@@ -118,6 +118,10 @@ export class RecordingListener implements RamDiscardListener {
     return this.mapped.runs(0, this.mapped.bits, true);
   }
 
+  heldRuns(first: number, count: number): Run[] {
+    return this.mapped.runs(first, count, true);
+  }
+
   get mappedGranules(): number {
     return this.mapped.countSet(0, this.mapped.bits);
   }

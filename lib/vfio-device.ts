@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import { checkBytes, type Bytes } from './byte-range';
-import { GuestmemError, outOfRange } from './errors';
+import { GuestmemError, outOfRange, systemError } from './errors';
 import { FdOwner } from './fd-owner';
 import { HostMapping } from './host-mapping';
 import type { Ioas, Iommufd } from './iommufd';
@@ -73,14 +73,14 @@ export class VfioDevice extends FdOwner {
     const region = this.regionInfo(regionIndex);
     const buffer = Buffer.alloc(length);
     const done = fs.readSync(this.fd, buffer, 0, length, this.checkedOffset(region, offset, length));
-    if (done !== length) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `short read of region ${regionIndex}: ${done} of ${length} bytes`);
+    if (done !== length) throw systemError('EIO', 5, 'pread', `short read of region ${regionIndex}: ${done} of ${length} bytes`);
     return buffer;
   }
 
   write(regionIndex: number, offset: number, data: Buffer): void {
     const region = this.regionInfo(regionIndex);
     const done = fs.writeSync(this.fd, data, 0, data.length, this.checkedOffset(region, offset, data.length));
-    if (done !== data.length) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `short write to region ${regionIndex}: ${done} of ${data.length} bytes`);
+    if (done !== data.length) throw systemError('EIO', 5, 'pwrite', `short write to region ${regionIndex}: ${done} of ${data.length} bytes`);
   }
 
   read32(regionIndex: number, offset: number): number {

@@ -2,10 +2,17 @@
 // shared, DMA-map their shared backing at iova = gpa, one mapping per granule (so any
 // granule can later be unmapped alone); when they turn private, unmap them before anything
 // else happens to the pages. Every runs of one change go to the kernel in one native call.
+//
+// It keeps a bitmap of the granules it has mapped, exact even after a failed batch (the
+// native layer names what its own undo could not put back), so that: a discard unmaps only
+// its own mappings (a whole-section discard never removes someone else's mapping inside the
+// window); a populate never maps a granule twice (EEXIST); and its block can compare it
+// with the tracker and KVM after a failure, and repair it.
 
-import type { GranuleRange } from './byte-range';
+import { GranuleRange } from './byte-range';
 import type { DmaMapper, DmaRun } from './dma-mapper';
 import { GuestmemError } from './errors';
+import { PageBitmap, type Run } from './page-bitmap';
 import type { RamDiscardListener } from './ram-discard-listener';
 
 export interface VfioDmaListenerOptions {
@@ -16,18 +23,37 @@ export interface VfioDmaListenerOptions {
   name?: string;
 }
 
+/** (iova, size) pairs from a native error's stillMapped / notRestored. */
+function rangePairs(list: unknown): Array<[bigint, bigint]> {
+  if (!(list instanceof BigUint64Array)) return [];
+  const pairs: Array<[bigint, bigint]> = [];
+  for (let i = 0; i + 1 < list.length; i += 2) pairs.push([list[i]!, list[i + 1]!]);
+  return pairs;
+}
+
 export class VfioDmaListener implements RamDiscardListener {
   readonly name: string;
-  /** One unmap over a range of which parts are unmapped is fine for both back ends. */
+  /** A discard may cover granules it does not hold: it unmaps only those it holds. */
   readonly doubleDiscardSupported = true;
-  /** Granule mappings this listener holds now. */
-  mappings = 0;
+  /** Granules mapped now, by block granule index; grows to the highest granule seen. */
+  private held = new PageBitmap(0);
+  private heldCount = 0;
 
   constructor(
     readonly dma: DmaMapper,
     private readonly options: VfioDmaListenerOptions,
   ) {
     this.name = options.name ?? `vfio-${dma.backend}`;
+  }
+
+  /** Granule mappings this listener holds now. */
+  get mappings(): number {
+    return this.heldCount;
+  }
+
+  heldRuns(first: number, count: number): Run[] {
+    const end = Math.min(first + count, this.held.bits);
+    return end > first ? this.held.runs(first, end - first, true) : [];
   }
 
   populate(range: GranuleRange): void {
@@ -38,8 +64,13 @@ export class VfioDmaListener implements RamDiscardListener {
     this.discardRuns([range]);
   }
 
+  /** Maps the granules of the ranges it does not hold yet; all or nothing. */
   populateRuns(ranges: GranuleRange[]): void {
-    const needed = ranges.reduce((sum, range) => sum + range.count, 0);
+    if (ranges.length === 0) return;
+    const granularity = ranges[0]!.granularity;
+    const missing = this.split(ranges, false);
+    if (missing.length === 0) return;
+    const needed = missing.reduce((sum, [, count]) => sum + count, 0);
     // type1 fails a map past its entry limit part-way; refuse before starting instead.
     const available = this.dma.mappingsAvailable();
     if (available !== null && needed > available) {
@@ -53,17 +84,94 @@ export class VfioDmaListener implements RamDiscardListener {
         { needed, available },
       );
     }
-    this.mappings += this.dma.mapRuns(this.runs(ranges), ranges[0]!.granularity);
+    try {
+      this.dma.mapRuns(this.dmaRuns(missing, granularity), granularity);
+    } catch (error) {
+      // The batch's own undo left these mapped: record them, then, when in doubt, unmap.
+      const left = this.granulesOf(rangePairs((error as { stillMapped?: unknown }).stillMapped), granularity);
+      for (const [first, count] of left) this.mark(first, count, true);
+      if (left.length > 0) this.unmapHeld(left, granularity);
+      throw error;
+    }
+    for (const [first, count] of missing) this.mark(first, count, true);
   }
 
+  /** Unmaps the granules of the ranges that it holds; the rest it never mapped. */
   discardRuns(ranges: GranuleRange[]): void {
+    if (ranges.length === 0) return;
     const granularity = ranges[0]!.granularity;
-    const unmapped = this.dma.unmapRuns(this.runs(ranges), granularity, { absentOk: true });
-    this.mappings -= Number(unmapped / BigInt(granularity));
+    const mapped = this.split(ranges, true);
+    if (mapped.length === 0) return;
+    if (this.dma.closed) {
+      // The container (or iommufd) is closed: the kernel dropped every mapping with it.
+      for (const [first, count] of mapped) this.mark(first, count, false);
+      return;
+    }
+    this.unmap(mapped, granularity);
   }
 
-  private runs(ranges: GranuleRange[]): DmaRun[] {
-    return ranges.map((range) => {
+  /** Unmaps runs it holds, ignoring a failure (the runs then stay held): a best effort. */
+  private unmapHeld(runs: Run[], granularity: number): void {
+    try {
+      this.unmap(runs, granularity);
+    } catch {
+      // Still held: the block's agreement check will name them.
+    }
+  }
+
+  private unmap(runs: Run[], granularity: number): void {
+    try {
+      this.dma.unmapRuns(this.dmaRuns(runs, granularity), granularity, { absentOk: true });
+    } catch (error) {
+      // The batch put back what it had unmapped, except these, which are unmapped now.
+      const lost = this.granulesOf(rangePairs((error as { notRestored?: unknown }).notRestored), granularity);
+      for (const [first, count] of lost) this.mark(first, count, false);
+      throw error;
+    }
+    for (const [first, count] of runs) this.mark(first, count, false);
+  }
+
+  /** The parts of the ranges that are held (or not held), as granule runs. */
+  private split(ranges: GranuleRange[], held: boolean): Run[] {
+    const runs: Run[] = [];
+    for (const range of ranges) {
+      const end = Math.min(range.end, this.held.bits);
+      const inside = end > range.first ? this.held.runs(range.first, end - range.first, held) : [];
+      runs.push(...inside);
+      // Past the bitmap's end nothing is held.
+      if (!held && range.end > Math.max(range.first, this.held.bits)) {
+        const start = Math.max(range.first, this.held.bits);
+        const last = runs[runs.length - 1];
+        if (last && last[0] + last[1] === start) last[1] += range.end - start;
+        else runs.push([start, range.end - start]);
+      }
+    }
+    return runs;
+  }
+
+  private mark(first: number, count: number, mapped: boolean): void {
+    this.grow(first + count);
+    const before = this.held.countSet(first, count);
+    this.held.fillRange(first, count, mapped);
+    this.heldCount += mapped ? count - before : -before;
+  }
+
+  private grow(bits: number): void {
+    if (bits <= this.held.bits) return;
+    const grown = new PageBitmap(Math.max(bits, this.held.bits * 2));
+    for (const [first, count] of this.held.runs(0, this.held.bits, true)) grown.setRange(first, count);
+    this.held = grown;
+  }
+
+  /** Block granule runs of (iova, size) ranges. */
+  private granulesOf(pairs: Array<[bigint, bigint]>, granularity: number): Run[] {
+    const g = BigInt(granularity);
+    return pairs.map(([iova, size]) => [Number((iova - this.options.gpa) / g), Number(size / g)] as Run);
+  }
+
+  private dmaRuns(runs: Run[], granularity: number): DmaRun[] {
+    return runs.map(([first, count]) => {
+      const range = new GranuleRange(first, count, granularity);
       const offset = range.offsetBigInt;
       return { vaddr: this.options.sharedAddress + offset, iova: this.options.gpa + offset, size: range.sizeBigInt };
     });

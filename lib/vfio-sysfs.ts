@@ -3,16 +3,17 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { GuestmemError } from './errors';
+import { GuestmemError, invalidArgType, invalidArgValue } from './errors';
 
 const PCI_DEVICES = '/sys/bus/pci/devices';
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 
 /** Accepts "0000:00:03.0" or "00:03.0". */
 export function normalizeBdf(bdf: string): string {
+  if (typeof bdf !== 'string') throw invalidArgType(`a PCI address must be a string, got ${typeof bdf}`);
   const full = /^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/i.test(bdf) ? `0000:${bdf}` : bdf;
   if (!BDF.test(full.toLowerCase())) {
-    throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `'${bdf}' is not a PCI address like 0000:00:03.0`);
+    throw invalidArgValue(`'${bdf}' is not a PCI address like 0000:00:03.0`);
   }
   return full.toLowerCase();
 }

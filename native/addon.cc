@@ -9,6 +9,7 @@ void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitVfioDevice(Napi::Env env, Napi::Object exports);
 void InitVcpu(Napi::Env env, Napi::Object exports);
 void InitVcpuThread(Napi::Env env, Napi::Object exports);
+void InitFaultInjection(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVfioDevice(env, exports);
   InitVcpu(env, exports);
   InitVcpuThread(env, exports);
+  InitFaultInjection(env, exports);
   return exports;
 }
 

@@ -52,7 +52,22 @@ inline uint64_t MapRunChunks(const DmaOps& ops, const DmaRun& run, uint64_t gran
   return chunks;
 }
 
-/** Maps every run at the granule; returns the number of mappings made. */
+/** (iova, size) pairs as a BigUint64Array: the exact ranges an error leaves in a given state. */
+inline Napi::Value RangeList(Napi::Env env, const std::vector<std::pair<uint64_t, uint64_t>>& ranges) {
+  auto list = Napi::BigUint64Array::New(env, ranges.size() * 2);
+  for (size_t i = 0; i < ranges.size(); i++) {
+    list[i * 2] = ranges[i].first;
+    list[i * 2 + 1] = ranges[i].second;
+  }
+  return list;
+}
+
+/**
+ * Maps every run at the granule; returns the number of mappings made. On a failure the
+ * batch's mappings are unmapped again, newest first; any range whose unmap also failed is
+ * named in the error's `stillMapped` ((iova, size) pairs): the caller must know that the
+ * device can still reach it.
+ */
 inline Napi::Value MapRuns(Napi::Env env, const DmaOps& ops, const std::vector<DmaRun>& runs, uint64_t granule) {
   uint64_t made = 0;
   for (size_t r = 0; r < runs.size(); r++) {
@@ -67,12 +82,12 @@ inline Napi::Value MapRuns(Napi::Env env, const DmaOps& ops, const std::vector<D
     error.Set("size", U64Value(env, granule));
     error.Set("chunk", Napi::Number::New(env, static_cast<double>(made)));
     // Undo, newest first: the part of this run, then the runs before it.
-    uint64_t still_mapped = 0;
-    if (done > 0 && ops.unmap(run.iova, done * granule, nullptr) < 0) still_mapped += done * granule;
+    std::vector<std::pair<uint64_t, uint64_t>> still_mapped;
+    if (done > 0 && ops.unmap(run.iova, done * granule, nullptr) < 0) still_mapped.emplace_back(run.iova, done * granule);
     for (size_t p = r; p-- > 0;) {
-      if (ops.unmap(runs[p].iova, runs[p].size, nullptr) < 0) still_mapped += runs[p].size;
+      if (ops.unmap(runs[p].iova, runs[p].size, nullptr) < 0) still_mapped.emplace_back(runs[p].iova, runs[p].size);
     }
-    if (still_mapped > 0) error.Set("stillMapped", U64Value(env, still_mapped));
+    if (!still_mapped.empty()) error.Set("stillMapped", RangeList(env, still_mapped));
     throw error;
   }
   return Napi::Number::New(env, static_cast<double>(made));
@@ -81,7 +96,10 @@ inline Napi::Value MapRuns(Napi::Env env, const DmaOps& ops, const std::vector<D
 /**
  * Unmaps every run with one call each; returns the bytes unmapped. `absent_errno` (iommufd's
  * ENOENT) marks a run with nothing mapped, which a double discard may send: it counts as 0.
- * On another failure the runs already unmapped are mapped again, when they were whole.
+ * On another failure the runs already unmapped are mapped again where they were wholly
+ * mapped before (the bytes unmapped say so); what stays unmapped (a run that was partly
+ * mapped, or the rest of a run whose remap failed) is named in the error's `notRestored`
+ * ((iova, size) pairs). The failing run itself is as it was.
  */
 inline Napi::Value UnmapRuns(Napi::Env env, const DmaOps& ops, const std::vector<DmaRun>& runs, uint64_t granule, int absent_errno) {
   uint64_t total = 0;
@@ -96,13 +114,18 @@ inline Napi::Value UnmapRuns(Napi::Env env, const DmaOps& ops, const std::vector
     Napi::Error error = ErrnoError(env, err, ops.unmap_syscall);
     error.Set("iova", U64Value(env, runs[r].iova));
     error.Set("size", U64Value(env, runs[r].size));
-    uint64_t not_restored = 0;
+    std::vector<std::pair<uint64_t, uint64_t>> not_restored;
     for (size_t p = r; p-- > 0;) {
       if (unmapped[p] == 0) continue;
+      if (unmapped[p] != runs[p].size) {
+        not_restored.emplace_back(runs[p].iova, runs[p].size);
+        continue;
+      }
       uint64_t chunks = runs[p].size / granule;
-      if (unmapped[p] != runs[p].size || MapRunChunks(ops, runs[p], granule, chunks) != chunks) not_restored += unmapped[p];
+      uint64_t remapped = MapRunChunks(ops, runs[p], granule, chunks);
+      if (remapped != chunks) not_restored.emplace_back(runs[p].iova + remapped * granule, (chunks - remapped) * granule);
     }
-    if (not_restored > 0) error.Set("notRestored", U64Value(env, not_restored));
+    if (!not_restored.empty()) error.Set("notRestored", RangeList(env, not_restored));
     throw error;
   }
   return U64Value(env, total);

@@ -3,6 +3,7 @@
 
 #include "args.h"
 #include "dma_runs.h"
+#include "fault_injection.h"
 #include "uapi.h"
 
 namespace {
@@ -55,7 +56,7 @@ int IoasMap(int fd, uint32_t ioas, uint64_t vaddr, uint64_t iova, uint64_t size)
   map.user_va = vaddr;
   map.length = size;
   map.iova = iova;
-  return RetryIoctl(fd, uapi::IOMMU_IOAS_MAP, &map) < 0 ? -1 : 0;
+  return FaultableIoctl("ioctl:IOMMU_IOAS_MAP", fd, uapi::IOMMU_IOAS_MAP, &map) < 0 ? -1 : 0;
 }
 
 int IoasUnmap(int fd, uint32_t ioas, uint64_t iova, uint64_t size, uint64_t* unmapped) {
@@ -64,7 +65,7 @@ int IoasUnmap(int fd, uint32_t ioas, uint64_t iova, uint64_t size, uint64_t* unm
   unmap.ioas_id = ioas;
   unmap.iova = iova;
   unmap.length = size;
-  if (RetryIoctl(fd, uapi::IOMMU_IOAS_UNMAP, &unmap) < 0) return -1;
+  if (FaultableIoctl("ioctl:IOMMU_IOAS_UNMAP", fd, uapi::IOMMU_IOAS_UNMAP, &unmap) < 0) return -1;
   if (unmapped) *unmapped = unmap.length;
   return 0;
 }

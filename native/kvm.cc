@@ -2,6 +2,7 @@
 #include <fcntl.h>
 
 #include "args.h"
+#include "fault_injection.h"
 #include "uapi.h"
 
 namespace {
@@ -56,7 +57,7 @@ Napi::Value SetUserMemoryRegion2(const Napi::CallbackInfo& info) {
   region.userspace_addr = args.U64(5, "userspaceAddress");
   region.guest_memfd = args.U32(6, "guestMemfd");
   region.guest_memfd_offset = args.U64(7, "guestMemfdOffset");
-  if (RetryIoctl(args.Fd(0), uapi::KVM_SET_USER_MEMORY_REGION2, &region) < 0) {
+  if (FaultableIoctl("ioctl:KVM_SET_USER_MEMORY_REGION2", args.Fd(0), uapi::KVM_SET_USER_MEMORY_REGION2, &region) < 0) {
     throw ErrnoError(info.Env(), errno, "ioctl(KVM_SET_USER_MEMORY_REGION2)");
   }
   return info.Env().Undefined();
@@ -68,7 +69,7 @@ Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
   request.address = args.U64(1, "gpa");
   request.size = args.U64(2, "size");
   request.attributes = args.U64(3, "attributes");
-  if (RetryIoctl(args.Fd(0), uapi::KVM_SET_MEMORY_ATTRIBUTES, &request) < 0) {
+  if (FaultableIoctl("ioctl:KVM_SET_MEMORY_ATTRIBUTES", args.Fd(0), uapi::KVM_SET_MEMORY_ATTRIBUTES, &request) < 0) {
     throw ErrnoError(info.Env(), errno, "ioctl(KVM_SET_MEMORY_ATTRIBUTES)");
   }
   return info.Env().Undefined();

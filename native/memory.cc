@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "args.h"
+#include "fault_injection.h"
 
 namespace {
 
@@ -16,17 +17,22 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
+int FaultableFallocate(int fd, int mode, off_t offset, off_t length) {
+  GUESTMEM_INJECT_FAULT("fallocate");
+  int result;
+  do {
+    result = fallocate(fd, mode, offset, length);
+  } while (result < 0 && errno == EINTR);
+  return result;
+}
+
 Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   Args args(info);
   int fd = args.Fd(0);
   int mode = static_cast<int>(args.U32(1, "mode"));
   off_t offset = static_cast<off_t>(args.U64(2, "offset"));
   off_t length = static_cast<off_t>(args.U64(3, "length"));
-  int result;
-  do {
-    result = fallocate(fd, mode, offset, length);
-  } while (result < 0 && errno == EINTR);
-  if (result < 0) throw ErrnoError(info.Env(), errno, "fallocate");
+  if (FaultableFallocate(fd, mode, offset, length) < 0) throw ErrnoError(info.Env(), errno, "fallocate");
   return info.Env().Undefined();
 }
 

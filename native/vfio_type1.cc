@@ -4,6 +4,7 @@
 
 #include "args.h"
 #include "dma_runs.h"
+#include "fault_injection.h"
 #include "uapi.h"
 
 namespace {
@@ -103,7 +104,7 @@ int MapDma(int fd, uint64_t vaddr, uint64_t iova, uint64_t size) {
   map.vaddr = vaddr;
   map.iova = iova;
   map.size = size;
-  return RetryIoctl(fd, uapi::VFIO_IOMMU_MAP_DMA, &map) < 0 ? -1 : 0;
+  return FaultableIoctl("ioctl:VFIO_IOMMU_MAP_DMA", fd, uapi::VFIO_IOMMU_MAP_DMA, &map) < 0 ? -1 : 0;
 }
 
 // type1 removes every whole mapping inside [iova, iova + size) and answers with the bytes
@@ -113,7 +114,7 @@ int UnmapDma(int fd, uint64_t iova, uint64_t size, uint64_t* unmapped) {
   unmap.argsz = sizeof(unmap);
   unmap.iova = iova;
   unmap.size = size;
-  if (RetryIoctl(fd, uapi::VFIO_IOMMU_UNMAP_DMA, &unmap) < 0) return -1;
+  if (FaultableIoctl("ioctl:VFIO_IOMMU_UNMAP_DMA", fd, uapi::VFIO_IOMMU_UNMAP_DMA, &unmap) < 0) return -1;
   if (unmapped) *unmapped = unmap.size;
   return 0;
 }

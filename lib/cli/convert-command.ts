@@ -3,6 +3,7 @@
 
 import { parseArgs } from 'node:util';
 import { toGranuleRange, type Bytes } from '../byte-range';
+import { isRejection } from '../errors';
 import { nativeCalls } from '../native';
 import { blockGeometry } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
@@ -71,7 +72,7 @@ export async function convertCommand(args: string[]): Promise<number> {
         results.push({ ...range, to, ok: true, ...(result as object), ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
       } catch (error) {
         failed = true;
-        results.push({ ...range, to, ok: false, error: (error as Error).message });
+        results.push({ ...range, to, ok: false, outcome: isRejection(error) ? 'rejected' : 'failed', code: (error as { code?: string }).code, error: (error as Error).message });
       }
     }
     const { strip, pagesPerCell } = mapStrip(attributes);
@@ -88,7 +89,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       for (const r of results) {
         console.log(r.ok
           ? `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
-          : `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): FAILED: ${r.error}`);
+          : `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): ${r.outcome === 'rejected' ? 'REJECTED' : 'FAILED'}: ${r.error}`);
       }
       console.log(`shared ${attributes.sharedGranules} pages, private ${attributes.privateGranules}${listener ? `, ${listener.mappings} DMA mappings held` : ''}`);
       console.log(`time by step (ns): ${JSON.stringify(summary.stats.ns)}`);

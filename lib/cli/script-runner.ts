@@ -3,6 +3,7 @@
 // one, so the report says what each listener really holds.
 
 import { toGranuleRange, type Bytes } from '../byte-range';
+import { isRejection } from '../errors';
 import type { Run } from '../page-bitmap';
 import { blockGeometry, type RamBlockAttributes } from '../ram-block-attributes';
 import type { RamDiscardListener } from '../ram-discard-listener';
@@ -94,11 +95,6 @@ export function checkScript(ops: ScriptOp[]): void {
       if (!listening.delete(op.id)) throw new ScriptError(op.line, `no listener '${op.id}' to unlisten`);
     }
   }
-}
-
-/** A rejected conversion: bad input found before anything changed. */
-function isRejection(error: unknown): boolean {
-  return error instanceof RangeError || error instanceof TypeError;
 }
 
 export async function runScript(

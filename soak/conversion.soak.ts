@@ -1,0 +1,198 @@
+// `npm run soak`: random conversions on a real kernel with failures injected at random and
+// the device's reach sampled by DMA, checking after every step that KVM (as the blocks set
+// it), the trackers and the DMA listeners agree, and that the trackers follow a model of
+// what each conversion promised. GUESTMEM_SOAK_STEPS steps (default 1000), half through
+// iommufd and half through type1, from the seed GUESTMEM_SEED; a DMA probe pair every
+// GUESTMEM_SOAK_PROBE_EVERY steps (default 20). Prints steps, faults, probes and
+// disagreements; exits 1 on any disagreement. Started by scripts/soak.js, which boots the
+// harness VM where this host lacks what it needs and turns fault injection on.
+
+import { AssignedDevice } from '../lib/assigned-device';
+import type { DmaBackend } from '../lib/dma-mapper';
+import { DmaProbe } from '../lib/dma-probe';
+import { findEduDevice } from '../lib/edu-device';
+import { faultCounts, injectFaults } from '../lib/fault-injection';
+import { GuestMemory } from '../lib/guest-memory';
+import { Kvm } from '../lib/kvm';
+import { PageBitmap, type Run } from '../lib/page-bitmap';
+import type { RamBlock } from '../lib/ram-block';
+import type { PageState } from '../lib/state-change-channel';
+import { VfioDmaListener } from '../lib/vfio-dma-listener';
+import { prng } from '../test/support/prng';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+
+function count(name: string, fallback: number): number {
+  const text = process.env[name];
+  if (text === undefined || text === '') return fallback;
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 0) {
+    console.error(`soak: ${name} must be a whole number, got '${text}'`);
+    process.exit(2);
+  }
+  return value;
+}
+
+interface Totals {
+  steps: number;
+  armed: number;
+  ok: number;
+  failed: number;
+  rollbackFailed: number;
+  repaired: number;
+  probes: number;
+  disagreements: string[];
+}
+
+interface Party {
+  block: RamBlock;
+  listener: VfioDmaListener;
+  /** What each conversion promised: 1 = shared. */
+  model: PageBitmap;
+}
+
+function sameRuns(a: Run[], b: Run[]): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function faultSites(backend: DmaBackend): string[] {
+  return [
+    'ioctl:KVM_SET_MEMORY_ATTRIBUTES',
+    'fallocate',
+    backend === 'type1' ? 'ioctl:VFIO_IOMMU_MAP_DMA' : 'ioctl:IOMMU_IOAS_MAP',
+    backend === 'type1' ? 'ioctl:VFIO_IOMMU_UNMAP_DMA' : 'ioctl:IOMMU_IOAS_UNMAP',
+  ];
+}
+
+async function soak(backend: DmaBackend, steps: number, random: (n: number) => number, probeEvery: number, totals: Totals): Promise<void> {
+  const kvm = Kvm.open();
+  const memory = new GuestMemory(kvm.createVm('sw-protected'));
+  const assigned = AssignedDevice.open(findEduDevice()!.bdf, { backend });
+  const probe = new DmaProbe(assigned);
+  const baseline = assigned.dma.mappingsAvailable();
+  const parties: Party[] = [];
+  for (const spec of [{ gpa: 16 * MiB, size: 2 * MiB }, { gpa: 32 * MiB, size: MiB }]) {
+    const block = memory.addBlock(spec);
+    const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(block.gpa) });
+    await block.register(listener);
+    parties.push({ block, listener, model: new PageBitmap(block.size / PAGE) });
+  }
+  const sites = faultSites(backend);
+  const disagree = (step: number, what: string) => {
+    totals.disagreements.push(`${backend} step ${step}: ${what}`);
+    console.log(`DISAGREEMENT ${backend} step ${step}: ${what}`);
+  };
+  try {
+    for (let step = 0; step < steps; step++) {
+      const party = parties[random(parties.length)]!;
+      const { block, model } = party;
+      const pages = block.size / PAGE;
+      const whole = random(20) === 0;
+      const first = whole ? 0 : random(pages);
+      const length = whole ? pages : 1 + random(Math.min(64, pages - first));
+      const to: PageState = random(2) === 0 ? 'shared' : 'private';
+      let rules = '';
+      if (random(3) === 0) {
+        const n = 1 + random(2);
+        rules = Array.from({ length: n }, () => `${sites[random(sites.length)]}:${1 + random(4)}${random(4) === 0 ? '+' : ''}:EIO`).join(',');
+        totals.armed++;
+      }
+      injectFaults(rules);
+      let outcome: 'ok' | 'failed' | 'rollback';
+      try {
+        await block.convert(block.gpa + first * PAGE, length * PAGE, to);
+        outcome = 'ok';
+        model.fillRange(first, length, to === 'shared');
+      } catch (error) {
+        const e = error as Error & { code?: string; applied?: Run[] };
+        if (e.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
+          outcome = 'failed';
+          for (const [f, c] of e.applied ?? []) model.fillRange(f, c, to === 'shared');
+        } else if (e.code === 'ERR_GUESTMEM_ROLLBACK_FAILED') {
+          outcome = 'rollback';
+        } else {
+          disagree(step, `unexpected error ${e.code}: ${e.message}`);
+          outcome = 'failed';
+        }
+      }
+      injectFaults('');
+      totals.steps++;
+      if (outcome === 'ok') totals.ok++;
+      else if (outcome === 'failed') totals.failed++;
+      else {
+        totals.rollbackFailed++;
+        await block.repair();
+        totals.repaired++;
+        // A named disagreement ends as the bitmap says: the model follows it.
+        for (const [f, c] of block.attributes.runs('shared')) model.setRange(f, c);
+        for (const [f, c] of block.attributes.runs('private')) model.clearRange(f, c);
+      }
+      for (const p of parties) {
+        const left = p.block.disagreements();
+        if (left.length > 0) disagree(step, `${p.block.name}: ${JSON.stringify(left)}`);
+        const shared = p.block.attributes.runs('shared');
+        if (!sameRuns(shared, p.model.runs(0, p.model.bits, true))) disagree(step, `${p.block.name}: tracker differs from the model`);
+        if (!sameRuns(p.listener.heldRuns(0, p.model.bits), shared)) disagree(step, `${p.block.name}: listener mappings differ from the tracker`);
+      }
+      if (baseline !== null) {
+        const held = parties.reduce((sum, p) => sum + p.listener.mappings, 0);
+        if (assigned.dma.mappingsAvailable() !== baseline - held) disagree(step, `type1 holds ${baseline - assigned.dma.mappingsAvailable()!} mappings, listeners ${held}`);
+      }
+      if (probeEvery > 0 && step % probeEvery === 0) {
+        for (const state of ['private', 'shared'] as const) {
+          const runs = block.attributes.runs(state);
+          if (runs.length === 0) continue;
+          const [f, c] = runs[random(runs.length)]!;
+          const page = f + random(c);
+          totals.probes++;
+          const reached = await probe.canRead(block, page * PAGE, 1 + (step % 250));
+          if (reached !== (state === 'shared')) disagree(step, `the device ${reached ? 'reached' : 'did not reach'} ${state} page ${page} of ${block.name}`);
+        }
+      }
+      if ((step + 1) % 1000 === 0) {
+        console.log(`soak ${backend}: ${step + 1}/${steps} steps, ${totals.disagreements.length} disagreements so far`);
+      }
+    }
+  } finally {
+    injectFaults('');
+    await memory.shutdown();
+    probe.close();
+    assigned.close();
+    kvm.close();
+  }
+}
+
+async function main(): Promise<number> {
+  const steps = count('GUESTMEM_SOAK_STEPS', 1000);
+  const seed = count('GUESTMEM_SEED', 0x5eed);
+  const probeEvery = count('GUESTMEM_SOAK_PROBE_EVERY', 20);
+  if (!findEduDevice()) {
+    console.error('soak: no edu device bound to vfio-pci here; run it through scripts/soak.js (npm run soak)');
+    return 2;
+  }
+  const random = prng(seed);
+  const totals: Totals = { steps: 0, armed: 0, ok: 0, failed: 0, rollbackFailed: 0, repaired: 0, probes: 0, disagreements: [] };
+  const started = Date.now();
+  const firedBefore = faultCounts().fired;
+  const half = Math.ceil(steps / 2);
+  await soak('iommufd', half, random, probeEvery, totals);
+  await soak('type1', steps - half, random, probeEvery, totals);
+  const fired = faultCounts().fired - firedBefore;
+  const seconds = ((Date.now() - started) / 1000).toFixed(1);
+  console.log(
+    `soak: seed ${seed}, ${totals.steps} steps (iommufd ${half}, type1 ${steps - half}) in ${seconds} s; ` +
+      `faults armed in ${totals.armed} steps, ${fired} fired; ${totals.ok} conversions succeeded, ${totals.failed} failed and agreed, ` +
+      `${totals.rollbackFailed} named disagreements, ${totals.repaired} repaired; ${totals.probes} DMA probes; ` +
+      `${totals.disagreements.length} disagreements`,
+  );
+  return totals.disagreements.length === 0 ? 0 : 1;
+}
+
+main().then(
+  (status) => process.exit(status),
+  (error) => {
+    console.error(error);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,272 @@
+// The fault-injection matrix on a real kernel, on both DMA back ends: every step of a
+// conversion (KVM attributes, the DMA map or unmap, the discard of backing memory) and
+// every undo step made to fail (the addon's GUESTMEM_FAULTS rules), singly and in pairs,
+// in both directions. Each case ends with the agreement check: the block's record of KVM's
+// attributes, the tracker and the listener's mappings agree (or the error names exactly
+// what does not, and repair() makes them agree); type1's own count of mappings matches the
+// listener's; and the device's reach, sampled by DMA, is exactly the shared pages. Then
+// the creation and shutdown paths: a memslot left by a failed block, shutdown in any order.
+
+import assert from 'node:assert/strict';
+import { AssignedDevice } from '../../lib/assigned-device';
+import type { DmaBackend } from '../../lib/dma-mapper';
+import { DmaProbe, SCRATCH_IOVA } from '../../lib/dma-probe';
+import { faultCounts, injectFaults } from '../../lib/fault-injection';
+import { GuestMemory } from '../../lib/guest-memory';
+import { Kvm } from '../../lib/kvm';
+import type { Run } from '../../lib/page-bitmap';
+import type { Disagreement, RamBlock } from '../../lib/ram-block';
+import type { PageState } from '../../lib/state-change-channel';
+import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import { findEdu } from '../support/edu';
+import { prng } from '../support/prng';
+import { requires } from '../support/requires';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+const PAGES = 16;
+
+interface Fixture {
+  kvm: Kvm;
+  memory: GuestMemory;
+  assigned: AssignedDevice;
+  block: RamBlock;
+  listener: VfioDmaListener;
+  probe: DmaProbe;
+  /** type1's dma_avail with nothing but the probe's scratch page mapped. */
+  baseline: number | null;
+}
+
+async function setUp(backend: DmaBackend, gpa = 16 * MiB, size = MiB): Promise<Fixture> {
+  injectFaults('');
+  const kvm = Kvm.open();
+  const memory = new GuestMemory(kvm.createVm('sw-protected'));
+  const assigned = AssignedDevice.open(findEdu()!, { backend });
+  const probe = new DmaProbe(assigned);
+  const block = memory.addBlock({ gpa, size });
+  const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(block.gpa) });
+  await block.register(listener);
+  return { kvm, memory, assigned, block, listener, probe, baseline: assigned.dma.mappingsAvailable() };
+}
+
+async function tearDown(f: Fixture | undefined): Promise<void> {
+  injectFaults('');
+  if (!f) return;
+  await f.memory.shutdown();
+  f.probe.close();
+  f.assigned.close();
+  f.kvm.close();
+}
+
+function sites(backend: DmaBackend): Record<'attributes' | 'backing' | 'map' | 'unmap', string> {
+  return {
+    attributes: 'ioctl:KVM_SET_MEMORY_ATTRIBUTES',
+    backing: 'fallocate',
+    map: backend === 'type1' ? 'ioctl:VFIO_IOMMU_MAP_DMA' : 'ioctl:IOMMU_IOAS_MAP',
+    unmap: backend === 'type1' ? 'ioctl:VFIO_IOMMU_UNMAP_DMA' : 'ioctl:IOMMU_IOAS_UNMAP',
+  };
+}
+
+/** Every rule of the matrix: each site's 1st, 2nd and 3rd call, and its 2nd and every later one. */
+function rules(backend: DmaBackend): string[] {
+  return Object.values(sites(backend)).flatMap((site) => ['1', '2', '3', '2+'].map((n) => `${site}:${n}:EIO`));
+}
+
+/** KVM refuses a memslot that overlaps a live one (EEXIST): a new block where the old one was proves it gone. */
+function assertMemslotGone(f: Fixture, old: RamBlock): void {
+  const again = f.memory.addBlock({ gpa: old.gpa, size: old.size });
+  assert.equal(again.privatePages, old.size / PAGE);
+}
+
+/** Mappings of a not-shared page seen (named by their error): only a double persistent failure makes one. */
+let stuckMappings = 0;
+
+/** Everything agrees, by the block's check and by type1's own count of mappings. */
+function assertAgreement(f: Fixture, expected: Disagreement[], label: string): void {
+  assert.deepEqual(f.block.disagreements(), expected, label);
+  const held = f.listener.heldRuns(0, PAGES * 64).reduce((sum, [, count]) => sum + count, 0);
+  assert.equal(f.listener.mappings, held, label);
+  if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline - held, `${label}: type1 holds exactly the listener's mappings`);
+  if (expected.length === 0) assert.deepEqual(f.listener.heldRuns(0, f.block.size / PAGE), f.block.attributes.runs('shared'), label);
+  // Never a mapping of a page KVM or the tracker calls private, unless both the unmap and
+  // the attribute call that would make it shared failed for good: then the error names it.
+  const kvmShared = f.block.kvmRuns('shared');
+  const trackerShared = f.block.attributes.runs('shared');
+  const named: Run[] = expected.map((d) => [d.first, d.count]);
+  const inside = (runs: Run[], page: number) => runs.some(([first, count]) => page >= first && page < first + count);
+  for (const [first, count] of f.listener.heldRuns(0, f.block.size / PAGE)) {
+    for (let page = first; page < first + count; page++) {
+      const shared = inside(kvmShared, page) && inside(trackerShared, page);
+      assert.ok(shared || inside(named, page), `${label}: page ${page} is mapped but not shared everywhere, and not named`);
+      if (!shared) stuckMappings++;
+    }
+  }
+}
+
+/**
+ * The pages [0, PAGES) back to the matrix's starting point: 0-5 and 7-13 shared. Then a
+ * conversion of all 16 to shared maps two runs (page 6, then 14-15), and one to private
+ * unmaps two (0-5, then 7-13): the 1st to 3rd map or unmap call fall in different runs, so
+ * the rules reach a batch's undo of an earlier run as well as of part of a run.
+ */
+async function reset(f: Fixture): Promise<void> {
+  injectFaults('');
+  if (f.block.unsettledRuns.length > 0) await f.block.repair();
+  await f.block.convert(f.block.gpa, PAGES * PAGE, 'private');
+  await f.block.convert(f.block.gpa, 6 * PAGE, 'shared');
+  await f.block.convert(f.block.gpa + 7 * PAGE, 7 * PAGE, 'shared');
+}
+
+describe('fault-injection matrix on a real kernel', function () {
+  this.timeout(600_000);
+  before(requires('sw-protected-vm', 'memory-attributes', 'vfio-device'));
+  before(function () {
+    if (process.env.GUESTMEM_FAULTS === undefined) throw new Error('fault injection is off: .mocharc.kernel.json loads test/support/fault-injection-on');
+  });
+
+  for (const backend of ['iommufd', 'type1'] as const) {
+    describe(`with ${backend}`, () => {
+      let f: Fixture | undefined;
+      before(requires(backend === 'type1' ? 'vfio-type1' : 'iommufd'));
+      afterEach(async () => {
+        await tearDown(f);
+        f = undefined;
+      });
+
+      for (const to of ['shared', 'private'] as const) {
+        it(`converting to ${to}: every step and undo step failing, singly and in pairs, ends agreed or named and repaired`, async () => {
+          const fx = (f = await setUp(backend));
+          const pool = rules(backend);
+          const cases: string[][] = [...pool.map((r) => [r])];
+          for (let i = 0; i < pool.length; i++) for (let j = i + 1; j < pool.length; j++) cases.push([pool[i]!, pool[j]!]);
+          const random = prng(Number(process.env.GUESTMEM_SEED ?? 0x13));
+          const outcomes = { ok: 0, failed: 0, rollbackFailed: 0, probes: 0 };
+          const firedBefore = faultCounts().fired;
+          stuckMappings = 0;
+          for (const [index, rule] of cases.entries()) {
+            const label = `to ${to}, ${rule.join(' + ')}`;
+            await reset(fx);
+            injectFaults(rule.join(','));
+            const error = await fx.block.convert(fx.block.gpa, PAGES * PAGE, to).then(
+              () => null,
+              (e: Error & { code?: string; disagreements?: Disagreement[] }) => e,
+            );
+            injectFaults('');
+            if (error === null) {
+              outcomes.ok++;
+              assertAgreement(fx, [], label);
+            } else if (error.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
+              outcomes.failed++;
+              assertAgreement(fx, [], `${label}: ${error.message}`);
+            } else {
+              assert.equal(error.code, 'ERR_GUESTMEM_ROLLBACK_FAILED', `${label}: ${error.message}`);
+              outcomes.rollbackFailed++;
+              assert.ok(error.disagreements!.length > 0);
+              assertAgreement(fx, error.disagreements!, label);
+              const page = error.disagreements![0]!.first;
+              await assert.rejects(fx.block.convert(fx.block.gpa + page * PAGE, PAGE, 'shared'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CONVERSION_REJECTED');
+              await fx.block.repair();
+              assertAgreement(fx, [], `${label}, repaired`);
+            }
+            // Sample the device's reach in every fourth case: a private page of the range
+            // must be out of its reach; now and then a shared one must be in it.
+            if (index % 4 === 0) {
+              for (const state of index % 2 === 0 ? ['private', 'shared'] : ['private']) {
+                const runs = fx.block.attributes.runs(state as PageState, { offset: 0, size: PAGES * PAGE });
+                const pages = runs.flatMap(([first, count]) => Array.from({ length: count }, (_, i) => first + i));
+                if (pages.length === 0) continue;
+                const page = pages[random(pages.length)]!;
+                outcomes.probes++;
+                assert.equal(await fx.probe.canRead(fx.block, page * PAGE, 0x10 + (index % 200)), state === 'shared', `${label}: device reach of ${state} page ${page}`);
+              }
+            }
+          }
+          const fired = faultCounts().fired - firedBefore;
+          console.log(`      ${cases.length} cases, ${fired} faults fired: ${outcomes.ok} unaffected, ${outcomes.failed} failed and agreed, ` +
+            `${outcomes.rollbackFailed} named and repaired; ${outcomes.probes} DMA probes; ${stuckMappings} page mappings left by two persistent failures, named and repaired`);
+          assert.ok(outcomes.failed > 0 && outcomes.rollbackFailed > 0, 'the matrix reached both failure outcomes');
+        });
+      }
+
+      it('deletes the memslot of a block whose attributes fail, so the VM takes more blocks', async () => {
+        f = await setUp(backend);
+        injectFaults('ioctl:KVM_SET_MEMORY_ATTRIBUTES:1:EIO');
+        assert.throws(() => f!.memory.addBlock({ gpa: 64 * MiB, size: MiB }), /EIO/);
+        injectFaults('ioctl:KVM_SET_MEMORY_ATTRIBUTES:1:EIO,ioctl:KVM_SET_USER_MEMORY_REGION2:2:EIO');
+        assert.throws(() => f!.memory.addBlock({ gpa: 64 * MiB, size: MiB }), (e: Error & { code?: string; slot?: number }) => {
+          assert.equal(e.code, 'ERR_GUESTMEM_ROLLBACK_FAILED');
+          assert.match(e.message, /deleting memslot \d+ again also failed/);
+          return true;
+        });
+        injectFaults('');
+        // The first failed block's memslot is gone (the same gpa is free); the second's
+        // stays, so the gpa it held is taken: a block goes elsewhere, with a new slot.
+        const more = f.memory.addBlock({ gpa: 80 * MiB, size: MiB });
+        await more.convert(more.gpa, PAGE, 'shared');
+        assert.equal(f.memory.blocks.length, 2);
+      });
+
+      it('shuts down with a conversion in flight: the conversion completes, then everything is released', async () => {
+        f = await setUp(backend);
+        const converting = f.block.convert(f.block.gpa, 64 * PAGE, 'shared');
+        const shutdown = f.memory.shutdown();
+        await assert.rejects(f.block.convert(f.block.gpa, PAGE, 'private'), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_CLOSED');
+        assert.equal((await converting).changed, 64);
+        await shutdown;
+        assert.equal(f.listener.mappings, 0);
+        if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline);
+        assert.equal(f.block.shared.closed && f.block.guestMemfd.closed, true);
+        assertMemslotGone(f, f.block);
+      });
+
+      it('shuts down past a listener that fails to unregister, reports it, and unmaps it on a second try', async () => {
+        f = await setUp(backend);
+        await f.block.convert(f.block.gpa, 32 * PAGE, 'shared');
+        injectFaults(`${sites(backend).unmap}:1:EIO`);
+        await f.memory.shutdown(); // the first unmap fails; the direct retry succeeds
+        assert.equal(f.listener.mappings, 0);
+        if (f.baseline !== null) assert.equal(f.assigned.dma.mappingsAvailable(), f.baseline);
+        // Only one process may hold the device: the second half gets a fresh fixture.
+        await tearDown(f);
+        const f2 = (f = await setUp(backend, 32 * MiB));
+        await f2.block.convert(f2.block.gpa, 32 * PAGE, 'shared');
+        injectFaults(`${sites(backend).unmap}:1+:EIO`);
+        await assert.rejects(f2.memory.shutdown(), (e: AggregateError & { code?: string }) => {
+          assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
+          assert.match(e.message, /still holds granules 0\+32/);
+          return true;
+        });
+        injectFaults('');
+        assert.equal(f2.block.shared.closed && f2.block.guestMemfd.closed, true, 'the memslot and fds went anyway');
+        assert.equal(f2.memory.blocks.length, 0);
+        assertMemslotGone(f2, f2.block);
+        // afterEach closes the container or iommufd, which drops the mappings left.
+      });
+
+      it('shuts down after the device was closed first: nothing left to unmap, nothing reported', async () => {
+        f = await setUp(backend);
+        await f.block.convert(f.block.gpa, 16 * PAGE, 'shared');
+        f.probe.close();
+        f.assigned.close();
+        await f.memory.shutdown();
+        assert.equal(f.listener.mappings, 0);
+        assertMemslotGone(f, f.block);
+        f.memory.close();
+        f.kvm.close();
+        f = undefined;
+      });
+
+      it('unregisters a block over the probe scratch IOVA without removing the probe\'s mapping', async () => {
+        // A block over [196 MiB, 204 MiB) has SCRATCH_IOVA (200 MiB) inside its IOVA window.
+        f = await setUp(backend, 16 * MiB);
+        const wide = f.memory.addBlock({ gpa: SCRATCH_IOVA - 4 * MiB, size: 8 * MiB });
+        const listener = new VfioDmaListener(f.assigned.dma, { sharedAddress: wide.shared.address, gpa: BigInt(wide.gpa), name: 'wide' });
+        await wide.register(listener);
+        await wide.convert(wide.gpa, 4 * PAGE, 'shared');
+        await wide.unregister(listener);
+        await f.block.convert(f.block.gpa, PAGE, 'shared');
+        assert.equal(await f.probe.canRead(f.block, 0, 0x5a), true, 'the probe still reads through its scratch page');
+      });
+    });
+  }
+});
