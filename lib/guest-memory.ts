@@ -5,7 +5,7 @@
 import { GuestmemError } from './errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { Vm } from './kvm';
-import { RamBlock } from './ram-block';
+import { RamBlock, type VcpuFdProvider } from './ram-block';
 import type { StateChangeResult } from './ram-block-attributes';
 import type { PageState } from './state-change-channel';
 
@@ -16,8 +16,9 @@ export class GuestMemory implements Disposable {
   /**
    * Checks first that the VM can have private memory: guest_memfd and the PRIVATE memory
    * attribute, which KVM gives SW-protected, SNP and TDX VMs but not default ones.
+   * `prefault`: every block pre-faults what it converts on that vCPU (see RamBlockOptions).
    */
-  constructor(readonly vm: Vm) {
+  constructor(readonly vm: Vm, private readonly options: { prefault?: VcpuFdProvider } = {}) {
     if (!vm.supportsGuestMemfd || (vm.memoryAttributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) === 0n) {
       throw new GuestmemError(
         'ERR_GUESTMEM_UNSUPPORTED',
@@ -32,7 +33,7 @@ export class GuestMemory implements Disposable {
     if (overlapping) {
       throw new RangeError(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
     }
-    const block = new RamBlock(this.vm, { ...options, slot: this.nextSlot });
+    const block = new RamBlock(this.vm, { ...options, slot: this.nextSlot, prefault: this.options.prefault });
     this.nextSlot++;
     this.blocks.push(block);
     return block;

@@ -10,7 +10,7 @@ export { STATE_CHANGE_CHANNEL, type PageState, type StateChangeMessage } from '.
 export { Kvm, Vm, GuestMemfd, type MemoryRegion } from './kvm';
 export * from './kvm-constants';
 export { SharedMemory } from './shared-memory';
-export { RamBlock, type RamBlockOptions } from './ram-block';
+export { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './ram-block';
 export { GuestMemory } from './guest-memory';
 export { ConversionStats, type ConversionStep } from './conversion-stats';
 export type { DmaBackend, DmaMapper } from './dma-mapper';

@@ -34,6 +34,10 @@ export interface NativeAddon {
     userspaceAddress: U64, guestMemfd: number, guestMemfdOffset: U64,
   ): void;
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
+  /** A bare vCPU fd, for vCPU ioctls of the memory side (KVM_PRE_FAULT_MEMORY). */
+  kvmCreateVcpu(vmFd: number, id: number): number;
+  /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
+  kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
   // Memory
   memfdCreate(name: string): number;
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;

@@ -1,6 +1,8 @@
 // `guestmem bench`: conversions of 1, 16 and 512 pages on a real kernel, through KVM, the
 // tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
 // how many times each conversion crossed into C++ (bounded, whatever the page count).
+// Where the VM has KVM_CAP_PRE_FAULT_MEMORY, every size is measured twice: without and
+// with the optional pre-fault after each conversion (on a bare vCPU of the VM).
 
 import { parseArgs } from 'node:util';
 import { findEduDevice } from '../edu-device';
@@ -13,9 +15,11 @@ import { UsageError } from './usage-error';
 import { needsVm, runInVm } from './vm-command';
 
 const PAGE = 4096;
-const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard'];
+const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard', 'prefault'];
 
 export interface BenchRow {
+  /** Whether each conversion ended with KVM_PRE_FAULT_MEMORY over its range. */
+  prefault: boolean;
   pages: number;
   to: PageState;
   conversions: number;
@@ -23,12 +27,14 @@ export interface BenchRow {
   stepNs: Record<ConversionStep, number>;
   /** Crossings into C++ per conversion: the most seen. */
   nativeCalls: number;
+  /** Pre-faults that failed (and were ignored). */
+  failedPrefaults: number;
 }
 
 export async function benchCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' } },
+    options: { json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' } },
   });
   const iterations = Number(values.iterations ?? 20);
   if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
@@ -41,52 +47,72 @@ export async function benchCommand(args: string[]): Promise<number> {
   }
 
   const edu = values['no-vfio'] ? undefined : findEduDevice();
-  const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf });
   const rows: BenchRow[] = [];
-  try {
-    host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
-    const block = host.block!;
-    const listener = host.makeListener('vfio');
-    if (listener) await block.register(listener);
-    // Warm up the JIT and the kernel's paths first, so the first size measured is not the slowest.
-    for (let i = 0; i < 5; i++) {
-      for (const pages of sizes) {
-        await block.convert(block.gpa, pages * PAGE, 'shared');
-        await block.convert(block.gpa, pages * PAGE, 'private');
-      }
+  let backend: string | null = null;
+  let prefaultAvailable = false;
+  for (const prefault of [false, true]) {
+    if (prefault && (values['no-prefault'] || !prefaultAvailable)) break;
+    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault });
+    try {
+      prefaultAvailable = host.memory.vm.supportsPreFault;
+      backend = host.assigned?.backend ?? null;
+      rows.push(...(await measure(host, sizes, iterations, prefault)));
+    } finally {
+      await host.shutdown();
     }
-    for (const pages of sizes) {
-      for (const to of ['shared', 'private'] as const) rows.push({ pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0 }, nativeCalls: 0 });
-      const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
-      for (let i = 0; i < iterations; i++) {
-        for (const row of [toShared, toPrivate]) {
-          const before = { ...block.stats.ns };
-          const calls = nativeCalls.count;
-          const started = process.hrtime.bigint();
-          await block.convert(block.gpa, pages * PAGE, row.to);
-          row.meanNs += Number(process.hrtime.bigint() - started);
-          row.nativeCalls = Math.max(row.nativeCalls, nativeCalls.count - calls);
-          for (const step of STEPS) row.stepNs[step] += Number(block.stats.ns[step] - before[step]);
-          row.conversions++;
-        }
-      }
-      for (const row of [toShared, toPrivate]) {
-        row.meanNs = Math.round(row.meanNs / row.conversions);
-        for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
-      }
+  }
+  const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
+  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows });
+  else {
+    console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
+    console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  native calls');
+    const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
+    for (const row of rows) {
+      console.log(`${(row.prefault ? 'yes' : 'no').padEnd(8)}  ${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${us(row.stepNs.prefault)}  ${String(row.nativeCalls).padStart(12)}`);
     }
-    const backend = host.assigned?.backend ?? null;
-    if (values.json) printJson({ backend, iterations, rows });
-    else {
-      console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}`);
-      console.log('pages  to       mean µs   KVM attrs µs  listeners µs  discard µs  native calls');
-      const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
-      for (const row of rows) {
-        console.log(`${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${String(row.nativeCalls).padStart(12)}`);
-      }
-    }
-  } finally {
-    await host.shutdown();
+    const failed = rows.reduce((sum, r) => sum + r.failedPrefaults, 0);
+    if (failed > 0) console.log(`${failed} pre-faults failed (ignored, as QEMU ignores them)`);
   }
   return 0;
+}
+
+/** Conversions of each size both ways on one block, after a warm-up. */
+async function measure(host: VmHost, sizes: number[], iterations: number, prefault: boolean): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
+  const block = host.block!;
+  const listener = host.makeListener('vfio');
+  if (listener) await block.register(listener);
+  // Warm up the JIT and the kernel's paths first, so the first size measured is not the slowest.
+  for (let i = 0; i < 5; i++) {
+    for (const pages of sizes) {
+      await block.convert(block.gpa, pages * PAGE, 'shared');
+      await block.convert(block.gpa, pages * PAGE, 'private');
+    }
+  }
+  for (const pages of sizes) {
+    for (const to of ['shared', 'private'] as const) {
+      rows.push({ prefault, pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0, prefault: 0 }, nativeCalls: 0, failedPrefaults: 0 });
+    }
+    const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
+    for (let i = 0; i < iterations; i++) {
+      for (const row of [toShared, toPrivate]) {
+        const before = { ...block.stats.ns };
+        const failedBefore = block.stats.prefaultFailed;
+        const calls = nativeCalls.count;
+        const started = process.hrtime.bigint();
+        await block.convert(block.gpa, pages * PAGE, row.to);
+        row.meanNs += Number(process.hrtime.bigint() - started);
+        row.nativeCalls = Math.max(row.nativeCalls, nativeCalls.count - calls);
+        row.failedPrefaults += block.stats.prefaultFailed - failedBefore;
+        for (const step of STEPS) row.stepNs[step] += Number(block.stats.ns[step] - before[step]);
+        row.conversions++;
+      }
+    }
+    for (const row of [toShared, toPrivate]) {
+      row.meanNs = Math.round(row.meanNs / row.conversions);
+      for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
+    }
+  }
+  return rows;
 }

@@ -3,6 +3,7 @@
 // whose DMA listener maps what turns shared.
 
 import { AssignedDevice } from '../assigned-device';
+import { BareVcpu } from '../bare-vcpu';
 import type { DmaBackend } from '../dma-mapper';
 import { GuestMemory } from '../guest-memory';
 import { Kvm } from '../kvm';
@@ -36,6 +37,8 @@ export interface VmHostOptions {
   gpa: number;
   vfio?: string;
   backend?: DmaBackend | 'auto';
+  /** Pre-fault each conversion's range on a bare vCPU of the VM (where KVM has it). */
+  prefault?: boolean;
 }
 
 /** The --backend option: auto (iommufd where the device has a cdev), type1 or iommufd. */
@@ -52,14 +55,19 @@ export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
   readonly assigned: AssignedDevice | null;
+  private readonly vcpu: BareVcpu | null = null;
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
     this.kvm = Kvm.open();
     try {
-      this.memory = new GuestMemory(this.kvm.createVm('sw-protected'));
+      const vm = this.kvm.createVm('sw-protected');
+      const vcpu = options.prefault ? BareVcpu.create(vm) : null;
+      this.vcpu = vcpu;
+      this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});
       this.assigned = options.vfio ? AssignedDevice.open(options.vfio, { backend: options.backend ?? 'auto' }) : null;
     } catch (error) {
+      this.vcpu?.close();
       this.kvm.close();
       throw error;
     }
@@ -85,6 +93,7 @@ export class VmHost implements ScriptHost {
       await this.memory.shutdown();
     } finally {
       this.assigned?.close();
+      this.vcpu?.close();
       this.kvm.close();
     }
   }
