@@ -2,12 +2,12 @@
 // ioctl number native/uapi.h defines by hand must equal the kernel's own. Compiling is the
 // check (static_assert); nothing runs.
 //
-// Our header comes first, and our ioctl numbers are copied under other names before the
-// kernel's headers define theirs as macros (which would otherwise rewrite our names).
+// Our header comes first, and our numbers are copied under other names (ours_NAME) before
+// the kernel's headers define theirs as macros (which would otherwise rewrite our names;
+// the ## paste keeps the macro from expanding).
 #include "uapi.h"
 
-namespace ours {
-#define OURS(name) constexpr unsigned long name = uapi::name;
+#define OURS(name) constexpr unsigned long ours_##name = uapi::name;
 OURS(KVM_GET_API_VERSION)
 OURS(KVM_CREATE_VM)
 OURS(KVM_CHECK_EXTENSION)
@@ -42,14 +42,13 @@ OURS(IOMMU_IOAS_MAP_FIXED_IOVA)
 OURS(IOMMU_IOAS_MAP_WRITEABLE)
 OURS(IOMMU_IOAS_MAP_READABLE)
 #undef OURS
-}  // namespace ours
 
 #include <linux/falloc.h>
 #include <linux/iommufd.h>
 #include <linux/kvm.h>
 #include <linux/vfio.h>
 
-#define SAME_NUMBER(name) static_assert(ours::name == (name), #name " differs from the kernel's")
+#define SAME_NUMBER(name) static_assert(ours_##name == (name), #name " differs from the kernel's")
 SAME_NUMBER(KVM_GET_API_VERSION);
 SAME_NUMBER(KVM_CREATE_VM);
 SAME_NUMBER(KVM_CHECK_EXTENSION);
