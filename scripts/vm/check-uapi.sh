@@ -53,5 +53,5 @@ if ! out=$(g++ "${flags[@]}" "$here/uapi-check.cc" 2>&1); then
   echo "check-uapi: native/uapi.h or lib/kvm-constants.ts differs from Linux $kernel's uAPI ($headers)" >&2
   exit 1
 fi
-absent=$(echo "$out" | sed -nE 's/.*not in this kernel.s headers \(newer\): ([A-Z0-9_]+).*/\1/p' | sort -u | tr '\n' ' ')
+absent=$(echo "$out" | sed -nE 's/.*not in this kernel.s headers \(newer\): ([A-Z0-9_]+).*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')
 echo "check-uapi: native/uapi.h and lib/kvm-constants.ts match Linux $kernel's uAPI headers${absent:+ (newer than $kernel: $absent)}"

@@ -85,6 +85,11 @@ SAME_NUMBER(IOMMU_IOAS_MAP_READABLE);
 
 // Same size, and each field at the same offset with the same size.
 #define SAME_SIZE(type) static_assert(sizeof(uapi::type) == sizeof(::type), #type ": size differs from the kernel's")
+// VFIO and iommufd structs carry their own size (argsz, size) and grow at the end: 7.2's
+// vfio_device_bind_iommufd has a token_uuid_ptr after out_devid, its attach_iommufd_pt a
+// pasid. The kernel accepts any size from its minimum, so ours must be a prefix of the
+// kernel's (every field of ours checked below), not the whole of it.
+#define EXTENSIBLE(type) static_assert(sizeof(uapi::type) <= sizeof(::type), #type ": ours is larger than the kernel's")
 #define SAME_FIELD(type, field)                                                    \
   static_assert(offsetof(uapi::type, field) == offsetof(::type, field),            \
                 #type "." #field ": offset differs from the kernel's");            \
@@ -118,23 +123,23 @@ SAME_FIELD(kvm_pre_fault_memory, size);
 SAME_FIELD(kvm_pre_fault_memory, flags);
 SAME_FIELD(kvm_pre_fault_memory, padding);
 
-SAME_SIZE(vfio_group_status);
+EXTENSIBLE(vfio_group_status);
 SAME_FIELD(vfio_group_status, argsz);
 SAME_FIELD(vfio_group_status, flags);
 
-SAME_SIZE(vfio_device_info);
+EXTENSIBLE(vfio_device_info);
 SAME_FIELD(vfio_device_info, flags);
 SAME_FIELD(vfio_device_info, num_regions);
 SAME_FIELD(vfio_device_info, num_irqs);
 SAME_FIELD(vfio_device_info, cap_offset);
 
-SAME_SIZE(vfio_region_info);
+EXTENSIBLE(vfio_region_info);
 SAME_FIELD(vfio_region_info, index);
 SAME_FIELD(vfio_region_info, cap_offset);
 SAME_FIELD(vfio_region_info, size);
 SAME_FIELD(vfio_region_info, offset);
 
-SAME_SIZE(vfio_iommu_type1_info);
+EXTENSIBLE(vfio_iommu_type1_info);
 SAME_FIELD(vfio_iommu_type1_info, flags);
 SAME_FIELD(vfio_iommu_type1_info, iova_pgsizes);
 SAME_FIELD(vfio_iommu_type1_info, cap_offset);
@@ -158,27 +163,27 @@ SAME_SIZE(vfio_iommu_type1_info_dma_avail);
 SAME_FIELD(vfio_iommu_type1_info_dma_avail, header);
 SAME_FIELD(vfio_iommu_type1_info_dma_avail, avail);
 
-SAME_SIZE(vfio_iommu_type1_dma_map);
+EXTENSIBLE(vfio_iommu_type1_dma_map);
 SAME_FIELD(vfio_iommu_type1_dma_map, flags);
 SAME_FIELD(vfio_iommu_type1_dma_map, vaddr);
 SAME_FIELD(vfio_iommu_type1_dma_map, iova);
 SAME_FIELD(vfio_iommu_type1_dma_map, size);
 
-SAME_SIZE(vfio_iommu_type1_dma_unmap);
+EXTENSIBLE(vfio_iommu_type1_dma_unmap);
 SAME_FIELD(vfio_iommu_type1_dma_unmap, flags);
 SAME_FIELD(vfio_iommu_type1_dma_unmap, iova);
 SAME_FIELD(vfio_iommu_type1_dma_unmap, size);
 
-SAME_SIZE(vfio_device_bind_iommufd);
+EXTENSIBLE(vfio_device_bind_iommufd);
 SAME_FIELD(vfio_device_bind_iommufd, flags);
 SAME_FIELD(vfio_device_bind_iommufd, iommufd);
 SAME_FIELD(vfio_device_bind_iommufd, out_devid);
 
-SAME_SIZE(vfio_device_attach_iommufd_pt);
+EXTENSIBLE(vfio_device_attach_iommufd_pt);
 SAME_FIELD(vfio_device_attach_iommufd_pt, flags);
 SAME_FIELD(vfio_device_attach_iommufd_pt, pt_id);
 
-SAME_SIZE(iommu_ioas_alloc);
+EXTENSIBLE(iommu_ioas_alloc);
 SAME_FIELD(iommu_ioas_alloc, flags);
 SAME_FIELD(iommu_ioas_alloc, out_ioas_id);
 
@@ -186,20 +191,20 @@ SAME_SIZE(iommu_iova_range);
 SAME_FIELD(iommu_iova_range, start);
 SAME_FIELD(iommu_iova_range, last);
 
-SAME_SIZE(iommu_ioas_iova_ranges);
+EXTENSIBLE(iommu_ioas_iova_ranges);
 SAME_FIELD(iommu_ioas_iova_ranges, ioas_id);
 SAME_FIELD(iommu_ioas_iova_ranges, num_iovas);
 SAME_FIELD(iommu_ioas_iova_ranges, allowed_iovas);
 SAME_FIELD(iommu_ioas_iova_ranges, out_iova_alignment);
 
-SAME_SIZE(iommu_ioas_map);
+EXTENSIBLE(iommu_ioas_map);
 SAME_FIELD(iommu_ioas_map, flags);
 SAME_FIELD(iommu_ioas_map, ioas_id);
 SAME_FIELD(iommu_ioas_map, user_va);
 SAME_FIELD(iommu_ioas_map, length);
 SAME_FIELD(iommu_ioas_map, iova);
 
-SAME_SIZE(iommu_ioas_unmap);
+EXTENSIBLE(iommu_ioas_unmap);
 SAME_FIELD(iommu_ioas_unmap, ioas_id);
 SAME_FIELD(iommu_ioas_unmap, iova);
 SAME_FIELD(iommu_ioas_unmap, length);
