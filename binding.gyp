@@ -8,7 +8,9 @@
         "native/memory.cc",
         "native/vfio_type1.cc",
         "native/iommufd.cc",
-        "native/vfio_device.cc"
+        "native/vfio_device.cc",
+        "native/vcpu.cc",
+        "native/vcpu_thread.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

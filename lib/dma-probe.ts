@@ -31,6 +31,14 @@ export class DmaProbe implements Disposable {
     return scratch.every((b) => b === marker);
   }
 
+  /** The first `length` bytes (at most EDU_MAX_DMA) of what the device reads at `iova`. */
+  async read(iova: number, length: number): Promise<Buffer> {
+    const scratch = new Uint8Array(this.scratch.buffer, 0, length);
+    scratch.fill(0);
+    await this.edu.copy(iova, SCRATCH_IOVA, length);
+    return Buffer.from(scratch);
+  }
+
   close(): void {
     this.assigned.dma.unmap(SCRATCH_IOVA, 4096);
     this.scratch.close();

@@ -10,7 +10,8 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_CONVERSION_FAILED'
   | 'ERR_GUESTMEM_DMA_LIMIT'
   | 'ERR_GUESTMEM_UNSUPPORTED'
-  | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE';
+  | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
+  | 'ERR_GUESTMEM_VCPU_FAILED';
 
 export class GuestmemError extends Error {
   readonly code: GuestmemErrorCode;

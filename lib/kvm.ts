@@ -111,6 +111,16 @@ export class Vm extends FdOwner {
     return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
   }
 
+  /** KVM_ENABLE_CAP on the VM, with args[0] = arg0. */
+  enableCap(capability: number, arg0: Bytes = 0): void {
+    native().kvmEnableCap(this.fd, checkU32(capability, 'capability'), checkBytes(arg0, 'capability argument'));
+  }
+
+  /** @internal Makes `child` (a vCPU) close before this VM does. */
+  own<T extends FdOwner>(child: T): T {
+    return this.adopt(child);
+  }
+
   get supportsGuestMemfd(): boolean {
     return this.checkExtension(KVM_CAP_GUEST_MEMFD) > 0;
   }

@@ -23,6 +23,33 @@ export interface Type1IommuInfo {
   dmaAvailable?: number;
 }
 
+/** A vCPU exit as native/vcpu_thread.cc decodes it; lib/vmm/vcpu-exit.ts types each kind. */
+export type NativeExit = { reason: string; exitReason: number } & Record<string, unknown>;
+
+export interface NativeVcpuRunner {
+  run(): Promise<NativeExit>;
+  stop(): void;
+  completeHypercall(ret: number | bigint): void;
+  completeIo(data: Uint8Array): void;
+  completeMmio(data: Uint8Array): void;
+  close(): void;
+}
+
+export interface NativeSegment {
+  base: bigint; limit: number; selector: number; type: number; present: number; dpl: number;
+  db: number; s: number; l: number; g: number; avl: number; unusable: number;
+}
+export interface NativeSregs {
+  cs: NativeSegment; ds: NativeSegment; es: NativeSegment; fs: NativeSegment; gs: NativeSegment;
+  ss: NativeSegment; tr: NativeSegment; ldt: NativeSegment;
+  gdt: { base: bigint; limit: number }; idt: { base: bigint; limit: number };
+  cr0: bigint; cr2: bigint; cr3: bigint; cr4: bigint; cr8: bigint; efer: bigint; apic_base: bigint;
+}
+export type RegisterName =
+  | 'rax' | 'rbx' | 'rcx' | 'rdx' | 'rsi' | 'rdi' | 'rsp' | 'rbp' | 'r8' | 'r9' | 'r10' | 'r11'
+  | 'r12' | 'r13' | 'r14' | 'r15' | 'rip' | 'rflags';
+export type NativeRegs = Record<RegisterName, bigint>;
+
 export interface NativeAddon {
   // KVM
   kvmGetApiVersion(kvmFd: number): number;
@@ -34,10 +61,21 @@ export interface NativeAddon {
     userspaceAddress: U64, guestMemfd: number, guestMemfdOffset: U64,
   ): void;
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
-  /** A bare vCPU fd, for vCPU ioctls of the memory side (KVM_PRE_FAULT_MEMORY). */
-  kvmCreateVcpu(vmFd: number, id: number): number;
   /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
+  // vCPUs
+  kvmGetVcpuMmapSize(kvmFd: number): number;
+  kvmCreateVcpu(vmFd: number, id: number): number;
+  kvmEnableCap(vmFd: number, capability: number, arg0: U64): void;
+  kvmGetRegs(vcpuFd: number): NativeRegs;
+  kvmSetRegs(vcpuFd: number, regs: Record<RegisterName, U64>): void;
+  kvmGetSregs(vcpuFd: number): NativeSregs;
+  kvmSetSregs(vcpuFd: number, sregs: NativeSregs): void;
+  /** Raw kvm_cpuid_entry2 records (40 bytes each), for kvmSetCpuid2. */
+  kvmGetSupportedCpuid(kvmFd: number): Buffer;
+  kvmSetCpuid2(vcpuFd: number, entries: Uint8Array): void;
+  /** Maps the vCPU's kvm_run and runs KVM_RUN on a thread of its own. */
+  VcpuRunner: new (vcpuFd: number, mmapSize: number) => NativeVcpuRunner;
   // Memory
   memfdCreate(name: string): number;
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
@@ -83,6 +121,11 @@ export const nativeCalls = { count: 0 };
 function counted(addon: NativeAddon): NativeAddon {
   const wrapped: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(addon)) {
+    // Classes (VcpuRunner) stay as they are: a wrapper could not be called with `new`.
+    if (/^[A-Z]/.test(name)) {
+      wrapped[name] = fn;
+      continue;
+    }
     wrapped[name] = (...args: unknown[]) => {
       nativeCalls.count++;
       return (fn as (...a: unknown[]) => unknown)(...args);

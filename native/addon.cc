@@ -6,6 +6,8 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitVfioType1(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitVfioDevice(Napi::Env env, Napi::Object exports);
+void InitVcpu(Napi::Env env, Napi::Object exports);
+void InitVcpuThread(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -15,6 +17,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVfioType1(env, exports);
   InitIommufd(env, exports);
   InitVfioDevice(env, exports);
+  InitVcpu(env, exports);
+  InitVcpuThread(env, exports);
   return exports;
 }
 

@@ -74,18 +74,6 @@ Napi::Value SetMemoryAttributes(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// A bare vCPU fd (KVM_CREATE_VCPU), for the vCPU ioctls the memory side needs
-// (KVM_PRE_FAULT_MEMORY). Named locally: the vCPU uAPI proper lives with the vCPU code.
-constexpr unsigned long kKvmCreateVcpu = _IO(uapi::kKvmIo, 0x41);
-
-Napi::Value CreateVcpu(const Napi::CallbackInfo& info) {
-  Args args(info);
-  // KVM returns the vCPU fd with O_CLOEXEC already set.
-  int fd = RetryIoctlInt(args.Fd(0), kKvmCreateVcpu, args.U32(1, "vcpu id"));
-  if (fd < 0) throw ErrnoError(info.Env(), errno, "ioctl(KVM_CREATE_VCPU)");
-  return Napi::Number::New(info.Env(), fd);
-}
-
 // Maps [gpa, gpa + size) into the VM's page tables ahead of the guest's first touch. The
 // kernel stops early (returning 0 after some progress) on a signal or a reschedule, with
 // the request advanced past what it mapped: resume until nothing is left.
@@ -112,6 +100,5 @@ void InitKvm(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmCreateGuestMemfd", Napi::Function::New(env, CreateGuestMemfd));
   exports.Set("kvmSetUserMemoryRegion2", Napi::Function::New(env, SetUserMemoryRegion2));
   exports.Set("kvmSetMemoryAttributes", Napi::Function::New(env, SetMemoryAttributes));
-  exports.Set("kvmCreateVcpu", Napi::Function::New(env, CreateVcpu));
   exports.Set("kvmPreFaultMemory", Napi::Function::New(env, PreFaultMemory));
 }

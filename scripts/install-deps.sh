@@ -11,4 +11,4 @@ sudo=""
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 # shellcheck disable=SC2046
-$sudo apt-get install -y -q --no-install-recommends g++ make python3 debian-archive-keyring $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")
+$sudo apt-get install -y -q --no-install-recommends g++ make python3 binutils debian-archive-keyring $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")

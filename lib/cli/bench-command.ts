@@ -2,10 +2,11 @@
 // tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
 // how many times each conversion crossed into C++ (bounded, whatever the page count).
 // Where the VM has KVM_CAP_PRE_FAULT_MEMORY, every size is measured twice: without and
-// with the optional pre-fault after each conversion (on a bare vCPU of the VM).
+// with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
 import { parseArgs } from 'node:util';
 import { findEduDevice } from '../edu-device';
+import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../native';
 import type { ConversionStep } from '../conversion-stats';
 import type { PageState } from '../state-change-channel';
@@ -34,12 +35,17 @@ export interface BenchRow {
 export async function benchCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' } },
+    options: {
+      json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' },
+      'guest-iterations': { type: 'string' },
+    },
   });
   const iterations = Number(values.iterations ?? 20);
   if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
   const sizes = (values.pages ?? '1,16,512').split(',').map(Number);
   if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
+  const guestIterations = Number(values['guest-iterations'] ?? 500);
+  if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
   const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
   if (missing && !values['no-vm']) {
     console.error(`guestmem bench: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
@@ -61,8 +67,9 @@ export async function benchCommand(args: string[]): Promise<number> {
       await host.shutdown();
     }
   }
+  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
   const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
-  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows });
+  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, guestLoop });
   else {
     console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
     console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  native calls');
@@ -72,6 +79,14 @@ export async function benchCommand(args: string[]): Promise<number> {
     }
     const failed = rows.reduce((sum, r) => sum + r.failedPrefaults, 0);
     if (failed > 0) console.log(`${failed} pre-faults failed (ignored, as QEMU ignores them)`);
+    if (guestLoop) {
+      const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
+      console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared):`);
+      console.log(`  guestmem, no listener     ${us(guestLoop.guestmemNs)} per conversion`);
+      if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
+      console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
+      if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
+    }
   }
   return 0;
 }

@@ -3,7 +3,6 @@
 // whose DMA listener maps what turns shared.
 
 import { AssignedDevice } from '../assigned-device';
-import { BareVcpu } from '../bare-vcpu';
 import type { DmaBackend } from '../dma-mapper';
 import { GuestMemory } from '../guest-memory';
 import { Kvm } from '../kvm';
@@ -11,6 +10,7 @@ import type { RamBlock } from '../ram-block';
 import { RamBlockAttributes } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
 import { VfioDmaListener } from '../vfio-dma-listener';
+import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
 import { UsageError } from './usage-error';
 
@@ -37,7 +37,7 @@ export interface VmHostOptions {
   gpa: number;
   vfio?: string;
   backend?: DmaBackend | 'auto';
-  /** Pre-fault each conversion's range on a bare vCPU of the VM (where KVM has it). */
+  /** Pre-fault each conversion's range on a vCPU of the VM (never run; where KVM has it). */
   prefault?: boolean;
 }
 
@@ -55,14 +55,14 @@ export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
   readonly assigned: AssignedDevice | null;
-  private readonly vcpu: BareVcpu | null = null;
+  private readonly vcpu: Vcpu | null = null;
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
     this.kvm = Kvm.open();
     try {
       const vm = this.kvm.createVm('sw-protected');
-      const vcpu = options.prefault ? BareVcpu.create(vm) : null;
+      const vcpu = options.prefault ? Vcpu.create(this.kvm, vm, 0) : null;
       this.vcpu = vcpu;
       this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});
       this.assigned = options.vfio ? AssignedDevice.open(options.vfio, { backend: options.backend ?? 'auto' }) : null;

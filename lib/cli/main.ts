@@ -4,6 +4,7 @@
 import { benchCommand } from './bench-command';
 import { convertCommand } from './convert-command';
 import { demoCommand } from './demo-command';
+import { guestCommand } from './guest-command';
 import { probeCommand } from './probe-command';
 import { replayCommand, runCommand, simulateCommand } from './script-commands';
 import { UsageError } from './usage-error';
@@ -20,6 +21,7 @@ commands:
   simulate   run a conversion script through the tracker only (no kernel)
   run        run a conversion script against a real VM
   replay     replay a QEMU trace of a guest's conversions
+  guest      run a guest program whose own hypercalls convert its memory (vCPUs, VMM loop)
   bench      time conversions of 1, 16 and 512 pages on a real kernel
   demo       the whole story with proofs: share, DMA, convert private, DMA blocked
   vm         run a guestmem command inside the harness VM (QEMU, built-in kernel)
@@ -74,10 +76,26 @@ example:
   bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-vm] [--no-prefault]
   Times conversions on a real kernel, split by step (KVM attributes, listeners, discard,
   pre-fault), with the number of native calls per conversion; where KVM has
-  KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Runs inside the harness VM when this host
-  lacks SW-protected VMs (--no-vm: fail instead).
+  KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Runs
+  inside the harness VM when this host lacks SW-protected VMs (--no-vm: fail instead).
 example:
   guestmem bench --json`,
+  guest: `usage: guestmem guest PROGRAM [--vcpus N] [--vfio BDF] [--backend auto|type1|iommufd]
+                     [--iterations N] [--seed N] [--pages N] [--timeout S] [--json] [--svg FILE] [--no-vm]
+  Runs a guest program (64-bit, assembled from guest/) on vCPUs of a SW-protected VM. Its
+  KVM_HC_MAP_GPA_RANGE hypercalls convert its memory through the tracker, KVM's attributes,
+  the device's VFIO DMA listener (--vfio) and the punch-hole; the guest is answered 0, or
+  -22 (bad request) / -14 (failed and rolled back) and goes on. The host checks the memfd
+  and, with --vfio, the device's reach by DMA. Programs:
+    secret   a private page hides a secret from the host and the device; a shared one carries messages
+    random   --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
+    loop     --iterations x (private, shared) of one page
+    misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts
+  Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
+  Exits 1 if a check fails or the guest does not exit 0.
+examples:
+  guestmem guest secret --vfio 0000:00:01.0
+  guestmem guest random --vcpus 2 --iterations 50 --seed 7 --svg random.svg`,
   demo: `usage: guestmem demo [--json] [--no-vm]
   A SW-protected VM with one RAM block, a VFIO listener on the edu device (iommufd where
   present), a 64 KiB bounce buffer shared and reached by DMA, 16 KiB of it converted private
@@ -104,6 +122,7 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
   run: runCommand,
   replay: replayCommand,
   bench: benchCommand,
+  guest: guestCommand,
   demo: demoCommand,
   vm: vmCommand,
 };

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Checks that native/uapi.h (structs, their field offsets and sizes, ioctl numbers) and the
-# numbers in lib/kvm-constants.ts equal a kernel's own uAPI, by compiling
+# Checks that native/uapi.h and native/uapi_vcpu.h (structs, their field offsets and sizes,
+# ioctl numbers) and the numbers in lib/kvm-constants.ts equal a kernel's own uAPI, by compiling
 # scripts/vm/uapi-check.cc against that kernel's installed headers (`make headers_install`
 # of its source tree, cached by build-kernel.sh --headers). A difference is a compile error
 # naming the struct, field or constant. A constant the kernel does not have yet (6.12 has
@@ -50,8 +50,8 @@ flags=(-std=c++20 -fsyntax-only -Wall -I "$project/native" -I "$work" -I "$heade
 [ "$kernel" = "$newest" ] && flags+=(-DGUESTMEM_UAPI_NEWEST)
 if ! out=$(g++ "${flags[@]}" "$here/uapi-check.cc" 2>&1); then
   echo "$out" >&2
-  echo "check-uapi: native/uapi.h or lib/kvm-constants.ts differs from Linux $kernel's uAPI ($headers)" >&2
+  echo "check-uapi: native/uapi*.h or lib/kvm-constants.ts differs from Linux $kernel's uAPI ($headers)" >&2
   exit 1
 fi
 absent=$(echo "$out" | sed -nE 's/.*not in this kernel.s headers \(newer\): ([A-Z0-9_]+).*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')
-echo "check-uapi: native/uapi.h and lib/kvm-constants.ts match Linux $kernel's uAPI headers${absent:+ (newer than $kernel: $absent)}"
+echo "check-uapi: native/uapi.h, native/uapi_vcpu.h and lib/kvm-constants.ts match Linux $kernel's uAPI headers${absent:+ (newer than $kernel: $absent)}"

@@ -4,7 +4,6 @@
 // branch asserts something the kernel can get wrong, so no kernel passes by skipping.
 
 import assert from 'node:assert/strict';
-import { BareVcpu } from '../../lib/bare-vcpu';
 import { GuestMemory } from '../../lib/guest-memory';
 import { Kvm } from '../../lib/kvm';
 import { GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS } from '../../lib/kvm-constants';
@@ -12,6 +11,7 @@ import { native } from '../../lib/native';
 import { probe } from '../../lib/probe';
 import { assertSystemError } from '../support/errors';
 import { requires } from '../support/requires';
+import { Vcpu } from '../../lib/vmm/vcpu';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -75,7 +75,7 @@ describe('KVM_PRE_FAULT_MEMORY after a conversion (RamBlockOptions.prefault)', (
   it('maps a range turned shared ahead of the guest (its shared pages get populated), where the capability exists', async () => {
     using kvm = Kvm.open();
     const vm = kvm.createVm('sw-protected');
-    using vcpu = BareVcpu.create(vm);
+    using vcpu = Vcpu.create(kvm, vm, 0);
     if (!vm.supportsPreFault) {
       assert.throws(() => vm.preFaultMemory(vcpu.fd, GPA, PAGE), (e) => (e as NodeJS.ErrnoException).syscall === 'ioctl(KVM_PRE_FAULT_MEMORY)');
       return;
@@ -105,7 +105,7 @@ describe('KVM_PRE_FAULT_MEMORY after a conversion (RamBlockOptions.prefault)', (
   it('reports a range with no memslot as the kernel does (ENOENT), Node-style', () => {
     using kvm = Kvm.open();
     const vm = kvm.createVm('sw-protected');
-    using vcpu = BareVcpu.create(vm);
+    using vcpu = Vcpu.create(kvm, vm, 0);
     if (!vm.supportsPreFault) return assert.throws(() => vm.preFaultMemory(vcpu.fd, GPA, PAGE));
     assertSystemError(() => vm.preFaultMemory(vcpu.fd, 1 << 30, PAGE), 'ENOENT', 'ioctl(KVM_PRE_FAULT_MEMORY)');
     assertSystemError(() => vm.preFaultMemory(vcpu.fd, GPA + 1, PAGE), 'EINVAL', 'ioctl(KVM_PRE_FAULT_MEMORY)');

@@ -20,13 +20,18 @@ describe('guestmem demo from the host', function () {
     assert.equal(demo.ok, true);
     assert.deepEqual(
       demo.steps.map((s: { step: string; ok: boolean }) => [s.step, s.ok]),
-      ['add-block', 'attach-vfio', 'share-window', 'dma-shared', 'convert-private', 'dma-private', 'convert-back', 'dma-restored'].map((s) => [s, true]),
+      ['add-block', 'attach-vfio', 'guest-boot', 'guest-private', 'memfd-blind', 'dma-private', 'guest-shared', 'memfd-sees', 'dma-shared', 'guest-exit'].map((s) => [s, true]),
     );
     for (const step of demo.steps) assert.ok(step.ms >= 0 && typeof step.detail === 'string');
-    assert.match(demo.steps[5].detail, /the device no longer reaches the private page/);
-    // The 64 KiB window at 1 MiB into the 4 MiB block is shared again at the end.
-    assert.deepEqual(demo.map.shared, [[256, 16]]);
-    assert.equal(demo.map.sharedPages, 16);
-    assert.equal(demo.map.privatePages, 1024 - 16);
+    assert.match(demo.steps[5].detail, /the device cannot reach the private page by DMA/);
+    assert.match(demo.steps[8].detail, /the device read the guest's message by DMA/);
+    assert.match(demo.guestConsole, /^secret: converting a page private\nsecret: done\n$/);
+    // Shared at the end: the guest's boot region at the block's start, and its page 1 MiB in.
+    const [boot, page] = demo.map.shared;
+    assert.equal(boot[0], 0);
+    assert.deepEqual(page, [256, 1]);
+    assert.equal(demo.map.shared.length, 2);
+    assert.equal(demo.map.sharedPages, boot[1] + 1);
+    assert.equal(demo.map.privatePages, 1024 - boot[1] - 1);
   });
 });

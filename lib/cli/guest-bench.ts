@@ -1,0 +1,78 @@
+// The guest-driven round trip, timed: the `loop` guest program converts one page private
+// and back N times, each conversion an exit → tracker → KVM attributes → listeners →
+// punch-hole → resume. Measured three ways in the same boot: guestmem without a listener,
+// guestmem with the device's VFIO listener, and the yardstick: bench/c-vmm-loop.c, a
+// minimal C VMM that runs the same guest and makes only the kernel calls.
+
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runGuestSession } from '../vmm/guest-session';
+import { VmHost, DEFAULT_GPA } from './hosts';
+import { PACKAGE_ROOT } from './vm-command';
+
+const MiB = 1 << 20;
+
+export interface GuestLoopBench {
+  iterations: number;
+  guestmemNs: number;
+  guestmemVfioNs: number | null;
+  cNs: number | null;
+  /** guestmem (no listener) / C: the part of a round trip that is ours. */
+  ratio: number | null;
+  note?: string;
+}
+
+async function timeGuestmem(iterations: number, vfio: string | undefined): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio });
+  try {
+    host.openBlock(16 * MiB, 4096);
+    const listener = host.makeListener('vfio');
+    if (listener) await host.block!.register(listener);
+    const report = await runGuestSession({
+      kvm: host.kvm, memory: host.memory, program: 'loop', iterations,
+      dataGpa: BigInt(DEFAULT_GPA + MiB), dataPages: 1, listener: listener ?? undefined,
+    });
+    if (!report.ok) throw new Error(`the loop guest failed: ${report.problems.join('; ')}`);
+    return (report.elapsedMs * 1e6) / report.run.conversions.converted;
+  } finally {
+    await host.shutdown();
+  }
+}
+
+/** Compiles the C yardstick into a temporary directory; null (with why) where it cannot. */
+function buildYardstick(): { binary: string } | { note: string } {
+  const source = path.join(PACKAGE_ROOT, 'bench', 'c-vmm-loop.c');
+  if (!fs.existsSync(source)) return { note: `no ${source} (the C yardstick ships with the repository, not the package)` };
+  const binary = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'guestmem-bench-')), 'c-vmm-loop');
+  const result = spawnSync('cc', ['-O2', '-o', binary, source], { encoding: 'utf8' });
+  if (result.status !== 0) return { note: `cannot compile the C yardstick: ${result.error?.message ?? result.stderr.trim()}` };
+  return { binary };
+}
+
+function timeC(binary: string, iterations: number): number {
+  const image = path.join(PACKAGE_ROOT, 'dist', 'guest', 'loop.bin');
+  const result = spawnSync(binary, [image, String(iterations)], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`the C yardstick failed: ${result.stderr.trim() || result.error?.message}`);
+  return (JSON.parse(result.stdout) as { nsPerConversion: number }).nsPerConversion;
+}
+
+export async function benchGuestLoop(iterations: number, vfio: string | undefined): Promise<GuestLoopBench> {
+  const yardstick = buildYardstick();
+  // Warm up both paths (JIT, kernel caches) before measuring.
+  await timeGuestmem(Math.min(50, iterations), undefined);
+  if ('binary' in yardstick) timeC(yardstick.binary, Math.min(50, iterations));
+  const guestmemNs = await timeGuestmem(iterations, undefined);
+  const cNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations) : null;
+  const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio) : null;
+  if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
+  return {
+    iterations,
+    guestmemNs: Math.round(guestmemNs),
+    guestmemVfioNs: guestmemVfioNs === null ? null : Math.round(guestmemVfioNs),
+    cNs: cNs === null ? null : Math.round(cNs),
+    ratio: cNs === null ? null : Math.round((guestmemNs / cNs) * 100) / 100,
+    ...('note' in yardstick ? { note: yardstick.note } : {}),
+  };
+}

@@ -1,0 +1,167 @@
+// `guestmem guest PROGRAM`: runs one of the guest programs (guest/) on a real kernel. The
+// guest converts its own memory through MAP_GPA_RANGE hypercalls; the VMM loop carries each
+// request through the tracker, KVM, the VFIO listener (with --vfio) and the punch-hole,
+// and the program's host side checks the memfd and the device's reach. Prints the guest's
+// console, its conversions and the final map; exits 1 if any check fails.
+
+import fs from 'node:fs';
+import { parseArgs } from 'node:util';
+import { DmaProbe } from '../dma-probe';
+import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
+import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
+import type { ConversionEvent } from '../vmm/vmm-loop';
+import { VmHost, backendOption, DEFAULT_GPA } from './hosts';
+import { mapLegend, mapStrip, mapSvg } from './map-picture';
+import { printJson } from './output';
+import type { ConversionRecord } from './script-runner';
+import { formatBytes } from './sizes';
+import { UsageError } from './usage-error';
+import { needsVm, runInVm } from './vm-command';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+const BLOCK_SIZE = 16 * MiB;
+/** The data area starts 1 MiB into the block, past the boot region. */
+const DATA_OFFSET = MiB;
+const SHOWN_CONVERSIONS = 16;
+
+function positiveInteger(text: string | undefined, fallback: number, what: string, max: number): number {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < 1 || value > max) throw new UsageError(`${what} takes an integer in 1..${max}, got '${text}'`);
+  return value;
+}
+
+export async function guestCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      vcpus: { type: 'string' }, vfio: { type: 'string' }, backend: { type: 'string' }, iterations: { type: 'string' },
+      seed: { type: 'string' }, pages: { type: 'string' }, json: { type: 'boolean' }, svg: { type: 'string' },
+      'no-vm': { type: 'boolean' }, timeout: { type: 'string' },
+    },
+  });
+  if (positionals.length !== 1) throw new UsageError(`give one program: ${GUEST_PROGRAMS.join(', ')}`);
+  const program = positionals[0]! as GuestProgramName;
+  if (!(GUEST_PROGRAMS as readonly string[]).includes(program) || program === 'requests') {
+    throw new UsageError(`unknown program '${program}'; the programs are ${GUEST_PROGRAMS.filter((p) => p !== 'requests').join(', ')}`);
+  }
+  const vcpus = positiveInteger(values.vcpus, 1, '--vcpus', 8);
+  const iterations = positiveInteger(values.iterations, program === 'loop' ? 1000 : 20, '--iterations', 1_000_000);
+  const dataPages = positiveInteger(values.pages, 64, '--pages', (BLOCK_SIZE - DATA_OFFSET) / PAGE);
+  const timeout = positiveInteger(values.timeout, 600, '--timeout', 86_400);
+  if (values.seed !== undefined && !/^(0x[0-9a-f]+|\d+)$/i.test(values.seed)) throw new UsageError(`--seed takes a number, got '${values.seed}'`);
+  const seed = BigInt(values.seed ?? 1) & ((1n << 64n) - 1n);
+  const backend = backendOption(values.backend);
+  if (values.svg === '') throw new UsageError('--svg needs a file name');
+
+  const missing = needsVm(['sw-protected-vm', 'memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
+  if (missing) {
+    if (values['no-vm']) throw new Error(`not possible on this host: ${missing}`);
+    console.error(`guestmem guest: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
+    return runInVm(['guest', ...args]);
+  }
+
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio: values.vfio, backend });
+  const events: ConversionEvent[] = [];
+  let probe: DmaProbe | undefined;
+  let report: GuestSessionReport;
+  try {
+    const attributes = host.openBlock(BLOCK_SIZE, PAGE);
+    const block = host.block!;
+    const listener = host.makeListener('vfio');
+    if (listener) await block.register(listener);
+    if (host.assigned) probe = new DmaProbe(host.assigned);
+    if (!values.json) {
+      console.log(`guestmem guest ${program}: ${PROGRAM_LINE[program]}`);
+      console.log(`  ${vcpus} vCPU${vcpus > 1 ? 's' : ''}, block ${formatBytes(BLOCK_SIZE)} at 0x${DEFAULT_GPA.toString(16)}, data area ${dataPages} pages at +${formatBytes(DATA_OFFSET)}` +
+        (host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ', no device'));
+    }
+    report = await runGuestSession({
+      kvm: host.kvm,
+      memory: host.memory,
+      program,
+      dataGpa: BigInt(DEFAULT_GPA + DATA_OFFSET),
+      dataPages,
+      vcpus,
+      seed,
+      iterations,
+      probe,
+      listener: listener ?? undefined,
+      timeoutMs: timeout * 1000,
+      onConsole: values.json ? undefined : (text) => process.stdout.write(text.replace(/^(?=.)/gm, '  guest| ')),
+      onConversion: (event) => {
+        events.push(event);
+        if (!values.json && events.length <= SHOWN_CONVERSIONS) console.log(`  ${describeConversion(event)}`);
+        if (!values.json && events.length === SHOWN_CONVERSIONS + 1) console.log('  … (the rest are counted below)');
+      },
+    });
+    const { strip, pagesPerCell } = mapStrip(attributes);
+    const summary = {
+      program,
+      ok: report.ok,
+      vcpus: report.run.vcpus,
+      conversions: report.run.conversions,
+      exits: report.run.exits,
+      guestChecks: report.guestChecks,
+      hostChecks: report.hostChecks,
+      problems: report.problems,
+      elapsedMs: report.elapsedMs,
+      usPerConversion: events.length > 0 ? (report.elapsedMs * 1000) / events.length : null,
+      vfio: host.assigned ? { bdf: host.assigned.bdf, backend: host.assigned.backend, mappings: listener?.mappings ?? 0 } : null,
+      map: { sharedPages: attributes.sharedGranules, privatePages: attributes.privateGranules, shared: attributes.runs('shared'), strip },
+    };
+    if (values.svg) {
+      const history: ConversionRecord[] = events.map((e) => ({
+        offset: Number(e.gpa) - block.gpa,
+        size: Number(e.size),
+        to: e.to,
+        outcome: e.outcome === 'converted' ? 'done' : e.outcome,
+      }));
+      fs.writeFileSync(values.svg, mapSvg(attributes, history, `guest ${program}`));
+    }
+    if (values.json) printJson(summary);
+    else {
+      const { converted, rejected, failed } = report.run.conversions;
+      console.log(`  conversions: ${converted} done, ${rejected} rejected, ${failed} failed and rolled back; ${report.run.exits} exits in ${report.elapsedMs.toFixed(0)} ms`);
+      console.log(`  checks: guest ${report.guestChecks.passed} passed, ${report.guestChecks.failed.length} failed; host ${report.hostChecks.filter((c) => c.ok).length} passed, ${report.hostChecks.filter((c) => !c.ok).length} failed`);
+      for (const check of dedupe(report.hostChecks)) console.log(`  ${check.ok ? 'ok  ' : 'FAIL'} ${check.name}: ${check.detail}`);
+      console.log(`final map [${strip}]\n${mapLegend(pagesPerCell)}`);
+      console.log(report.ok ? `guest ${program}: every check held` : `guest ${program}: FAILED\n  ${report.problems.join('\n  ')}`);
+    }
+  } finally {
+    try {
+      probe?.close();
+    } finally {
+      await host.shutdown();
+    }
+  }
+  return report.ok ? 0 : 1;
+}
+
+const PROGRAM_LINE: Record<GuestProgramName, string> = {
+  secret: 'the guest hides a secret in a private page, then talks to the host and the device through a shared one',
+  random: 'random conversions by the guest, each checked against the host\'s model',
+  loop: 'one page converted private and back, N times',
+  requests: 'a table of MAP_GPA_RANGE requests',
+  misbehave: 'a guest that spins, crashes, halts or uses a stray port',
+};
+
+function describeConversion(event: ConversionEvent): string {
+  const pages = Number(event.size / 4096n);
+  const what = `vCPU ${event.vcpu} ${event.source === 'hypercall' ? 'MAP_GPA_RANGE' : 'memory fault'} [0x${event.gpa.toString(16)}, +${pages} page${pages === 1 ? '' : 's'}) → ${event.to}`;
+  if (event.outcome === 'converted') return `${what}: done in ${(event.ns / 1000).toFixed(0)} µs`;
+  return `${what}: ${event.outcome} (answered ${event.result}): ${event.reason}`;
+}
+
+/** One line per check name: the first failure, or the last success. */
+function dedupe(checks: GuestSessionReport['hostChecks']): GuestSessionReport['hostChecks'] {
+  const byName = new Map<string, GuestSessionReport['hostChecks'][number] & { count: number }>();
+  for (const check of checks) {
+    const seen = byName.get(check.name);
+    if (!seen || (seen.ok && !check.ok)) byName.set(check.name, { ...check, count: (seen?.count ?? 0) + 1 });
+    else seen.count++;
+  }
+  return [...byName.values()].map((c) => ({ ...c, detail: c.count > 1 ? `${c.detail} (${c.count} checks)` : c.detail }));
+}

@@ -1,0 +1,134 @@
+// One guest program run end to end: a GuestVm on the caller's memory, the guest protocol's
+// ports, the program's host checks, and a report that says whether every check held, the
+// guest's and the host's. The CLI's `guestmem guest`, the demo and the kernel suites use it.
+
+import type { DmaProbe } from '../dma-probe';
+import type { GuestMemory } from '../guest-memory';
+import type { Kvm } from '../kvm';
+import type { VfioDmaListener } from '../vfio-dma-listener';
+import type { MapRequest } from './boot-info';
+import { guestProgram, type GuestProgramName } from './guest-image';
+import { GuestProtocol, type GuestCheck } from './guest-ports';
+import { GuestVm } from './guest-vm';
+import type { HostCheck, ProgramContext } from './program-host';
+import { PROGRAM_HOSTS } from './programs';
+import type { ConversionEvent, VmmReport } from './vmm-loop';
+
+const PAGE = 4096;
+
+export interface GuestSessionOptions {
+  kvm: Kvm;
+  memory: GuestMemory;
+  program: GuestProgramName;
+  /** The data area the program converts; its block must hold it. */
+  dataGpa: bigint;
+  dataPages: number;
+  /** Start of the boot region (default: the first block's start); must not overlap the data. */
+  bootGpa?: bigint;
+  vcpus?: number;
+  seed?: bigint;
+  iterations?: number;
+  /** The requests program's table. */
+  requests?: MapRequest[];
+  probe?: DmaProbe;
+  listener?: VfioDmaListener;
+  /** Stop the guest (and fail) after this many milliseconds. */
+  timeoutMs?: number;
+  onConsole?(text: string, vcpu: number): void;
+  onConversion?(event: ConversionEvent): void;
+  onCheck?(check: HostCheck): void;
+}
+
+export interface GuestSessionReport {
+  program: GuestProgramName;
+  ok: boolean;
+  run: VmmReport;
+  guestChecks: { passed: number; failed: GuestCheck[] };
+  hostChecks: HostCheck[];
+  values: Array<{ vcpu: number; value: number }>;
+  console: string;
+  /** Why ok is false, one line per reason. */
+  problems: string[];
+  elapsedMs: number;
+}
+
+export async function runGuestSession(options: GuestSessionOptions): Promise<GuestSessionReport> {
+  const host = PROGRAM_HOSTS[options.program];
+  const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));
+  if (!dataBlock) throw Object.assign(new RangeError(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+  const hostChecks: HostCheck[] = [];
+  const context: ProgramContext & { sharedOutsideData: number } = {
+    block: dataBlock,
+    dataGpa: options.dataGpa,
+    dataPages: options.dataPages,
+    vcpus: options.vcpus ?? 1,
+    seed: options.seed ?? 1n,
+    iterations: options.iterations ?? 16,
+    probe: options.probe,
+    listener: options.listener,
+    sharedOutsideData: 0,
+    check: (name, ok, detail) => {
+      hostChecks.push({ name, ok, detail });
+      options.onCheck?.({ name, ok, detail });
+    },
+  };
+  const protocol = new GuestProtocol({
+    onConsole: options.onConsole,
+    onSync: (step, vcpu) => host.onSync?.(step, vcpu, context),
+  });
+  const boot = { ...host.boot(context), requests: options.requests };
+  const guest = await GuestVm.create({
+    kvm: options.kvm,
+    memory: options.memory,
+    image: guestProgram(options.program),
+    boot,
+    bootGpa: options.bootGpa,
+    vcpus: context.vcpus,
+    ports: protocol.ports(),
+    onConversion: (event) => {
+      host.onConversion?.(event, context);
+      options.onConversion?.(event);
+    },
+  });
+  // What the listener maps besides the data area: the boot region, and whatever else of
+  // the block someone shared before.
+  const dataOffset = Number(options.dataGpa) - dataBlock.gpa;
+  context.sharedOutsideData = dataBlock.sharedPages - dataBlock.attributes.countShared({ offset: dataOffset, size: options.dataPages * PAGE });
+  host.prepare?.(context);
+  const started = performance.now();
+  let timer: NodeJS.Timeout | undefined;
+  let timedOut = false;
+  try {
+    if (options.timeoutMs !== undefined) {
+      timer = setTimeout(() => {
+        timedOut = true;
+        guest.stop();
+      }, options.timeoutMs);
+    }
+    const run = await guest.run();
+    await host.finish?.(context);
+    const problems: string[] = [];
+    if (timedOut) problems.push(`the guest did not finish within ${options.timeoutMs} ms and was stopped`);
+    for (const outcome of run.vcpus) {
+      if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
+      else if (outcome.status !== 0) problems.push(`vCPU ${outcome.vcpu} exited with status ${outcome.status}`);
+    }
+    const failedGuest = protocol.failedChecks;
+    for (const check of failedGuest) problems.push(`guest check ${check.id} failed on vCPU ${check.vcpu}`);
+    for (const check of hostChecks) if (!check.ok) problems.push(`host check ${check.name}: ${check.detail}`);
+    return {
+      program: options.program,
+      ok: problems.length === 0,
+      run,
+      guestChecks: { passed: protocol.checks.length - failedGuest.length, failed: failedGuest },
+      hostChecks,
+      values: protocol.values,
+      console: protocol.console,
+      problems,
+      elapsedMs: performance.now() - started,
+    };
+  } finally {
+    clearTimeout(timer);
+    guest.close();
+  }
+}

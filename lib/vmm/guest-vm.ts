@@ -1,0 +1,140 @@
+// A guest on real KVM: vCPUs in 64-bit mode running a guest program loaded into shared
+// guest memory, with KVM routing KVM_HC_MAP_GPA_RANGE to us, and the VMM loop converting
+// what the guest asks through GuestMemory (tracker, KVM attributes, VFIO listener,
+// punch-hole).
+
+import { GuestmemError } from '../errors';
+import type { GuestMemory } from '../guest-memory';
+import type { Kvm } from '../kvm';
+import type { RamBlock } from '../ram-block';
+import { encodeBootInfo, type BootParams } from './boot-info';
+import { guestLayout, STACK_SIZE, type GuestLayout } from './guest-image';
+import type { PortHandler } from './guest-ports';
+import { identityMap, longModeRegisters } from './long-mode';
+import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
+import { writeShared } from './shared-bytes';
+import { supportedCpuid, Vcpu, type Registers } from './vcpu';
+import { VmmLoop, type ConversionEvent, type LoopMemory, type VmmReport } from './vmm-loop';
+
+export interface GuestVmOptions {
+  kvm: Kvm;
+  memory: GuestMemory;
+  /** The program's flat binary (guestProgram(name)). */
+  image: Uint8Array;
+  boot: BootParams;
+  /** Where the boot region starts (default: the first block's start). */
+  bootGpa?: bigint;
+  vcpus?: number;
+  ports?: Map<number, PortHandler>;
+  onConversion?(event: ConversionEvent): void;
+}
+
+const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
+
+/** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
+const nextVcpuIds = new WeakMap<object, number>();
+
+/** GuestMemory as the VMM loop sees it: ranges by bigint gpa. */
+export function loopMemory(memory: GuestMemory): LoopMemory {
+  const exact = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null);
+  return {
+    covers(gpa, size) {
+      const start = exact(gpa);
+      const length = exact(size);
+      return start !== null && length !== null && memory.blocks.some((block) => block.contains(start, length));
+    },
+    convert(gpa, size, to) {
+      return memory.convert(Number(gpa), Number(size), to);
+    },
+  };
+}
+
+export class GuestVm implements Disposable {
+  readonly vcpus: Vcpu[] = [];
+  readonly layout: GuestLayout;
+  readonly bootBlock: RamBlock;
+  private loop: VmmLoop | null = null;
+
+  private constructor(private readonly options: GuestVmOptions, layout: GuestLayout, bootBlock: RamBlock) {
+    this.layout = layout;
+    this.bootBlock = bootBlock;
+  }
+
+  /**
+   * Shares the boot region, writes the boot info, page tables and program into it, enables
+   * the MAP_GPA_RANGE exit and creates the vCPUs in long mode at the program's entry.
+   */
+  static async create(options: GuestVmOptions): Promise<GuestVm> {
+    const { kvm, memory } = options;
+    const count = options.vcpus ?? 1;
+    if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });
+    if (memory.blocks.length === 0) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'the guest memory has no RAM block to load the program into');
+    const supported = BigInt(memory.vm.checkExtension(KVM_CAP_EXIT_HYPERCALL));
+    if ((supported & HYPERCALL_BIT) === 0n) {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `KVM_CAP_EXIT_HYPERCALL does not offer KVM_HC_MAP_GPA_RANGE on this host (0x${supported.toString(16)}): guest-driven conversions need Linux 6.8 or later`);
+    }
+    memory.vm.enableCap(KVM_CAP_EXIT_HYPERCALL, HYPERCALL_BIT);
+
+    const mapEnd = memory.blocks.reduce((end, block) => (BigInt(block.gpa + block.size) > end ? BigInt(block.gpa + block.size) : end), 0n);
+    const bootGpa = options.bootGpa ?? BigInt(memory.blocks[0]!.gpa);
+    const layout = guestLayout(bootGpa, options.image.length, count, mapEnd);
+    const regionSize = layout.end - layout.bootInfo;
+    const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
+    if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+
+    await memory.convert(Number(bootGpa), Number(regionSize), 'shared');
+    const write = (gpa: bigint, bytes: Uint8Array) => writeShared(block, gpa, bytes);
+    write(layout.bootInfo, encodeBootInfo(options.boot));
+    write(layout.pageTables, identityMap(mapEnd, layout.pageTables).bytes);
+    write(layout.image, options.image);
+
+    const guest = new GuestVm(options, layout, block);
+    try {
+      const cpuid = supportedCpuid(kvm);
+      const firstId = nextVcpuIds.get(memory.vm) ?? 0;
+      nextVcpuIds.set(memory.vm, firstId + count);
+      for (let id = 0; id < count; id++) {
+        const vcpu = Vcpu.create(kvm, memory.vm, firstId + id);
+        guest.vcpus.push(vcpu);
+        vcpu.setCpuid(cpuid);
+        vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);
+        vcpu.registers = entryRegisters(layout, id, count);
+      }
+    } catch (error) {
+      guest.close();
+      throw error;
+    }
+    return guest;
+  }
+
+  /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
+  run(): Promise<VmmReport> {
+    if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
+    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, onConversion: this.options.onConversion });
+    return this.loop.run();
+  }
+
+  stop(): void {
+    this.loop?.stop();
+    for (const vcpu of this.vcpus) vcpu.stop();
+  }
+
+  /** Closes the vCPUs (their threads stop first); the memory is the caller's. */
+  close(): void {
+    for (const vcpu of this.vcpus.splice(0)) vcpu.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function entryRegisters(layout: GuestLayout, id: number, count: number): Registers {
+  const zero = 0n;
+  return {
+    rax: zero, rbx: zero, rcx: zero, rdx: BigInt(count), rsi: BigInt(id), rdi: layout.bootInfo,
+    rsp: layout.stacks + BigInt((id + 1) * STACK_SIZE), rbp: zero,
+    r8: zero, r9: zero, r10: zero, r11: zero, r12: zero, r13: zero, r14: zero, r15: zero,
+    rip: layout.image, rflags: 2n,
+  };
+}

@@ -1,0 +1,41 @@
+// The host's half of a guest program: the boot parameters it gives the guest, the checks
+// it makes at the guest's sync points and at the end, and what it learns from each
+// conversion. lib/vmm/programs/ holds one per guest program.
+
+import type { DmaProbe } from '../dma-probe';
+import type { RamBlock } from '../ram-block';
+import type { VfioDmaListener } from '../vfio-dma-listener';
+import type { BootParams } from './boot-info';
+import type { ConversionEvent } from './vmm-loop';
+
+export interface HostCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface ProgramContext {
+  /** The block holding the data area. */
+  readonly block: RamBlock;
+  readonly dataGpa: bigint;
+  readonly dataPages: number;
+  readonly vcpus: number;
+  readonly seed: bigint;
+  readonly iterations: number;
+  /** Present when a device is assigned: its DMA reach can be sampled. */
+  readonly probe?: DmaProbe;
+  readonly listener?: VfioDmaListener;
+  /** Pages of the block that are shared outside the data area (the boot region). */
+  readonly sharedOutsideData: number;
+  check(name: string, ok: boolean, detail: string): void;
+}
+
+export interface ProgramHost {
+  readonly description: string;
+  boot(context: ProgramContext): BootParams;
+  /** Before the guest runs (after its boot region is shared). */
+  prepare?(context: ProgramContext): void;
+  onSync?(step: number, vcpu: number, context: ProgramContext): Promise<void>;
+  onConversion?(event: ConversionEvent, context: ProgramContext): void;
+  finish?(context: ProgramContext): Promise<void>;
+}

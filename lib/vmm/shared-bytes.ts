@@ -1,0 +1,19 @@
+// The host's view of a block's shared backing (the memfd), by guest physical address:
+// what the guest left in shared pages, and what the host puts there for it.
+
+import type { RamBlock } from '../ram-block';
+
+function offsetOf(block: RamBlock, gpa: bigint, length: number): number {
+  const offset = Number(gpa - BigInt(block.gpa));
+  if (offset < 0 || offset + length > block.size) throw Object.assign(new RangeError(`[0x${gpa.toString(16)}, +${length}) is outside ${block.name}`), { code: 'ERR_OUT_OF_RANGE' });
+  return offset;
+}
+
+/** A copy of the memfd's bytes at [gpa, gpa + length). */
+export function readShared(block: RamBlock, gpa: bigint, length: number): Buffer {
+  return Buffer.from(new Uint8Array(block.shared.buffer, offsetOf(block, gpa, length), length));
+}
+
+export function writeShared(block: RamBlock, gpa: bigint, bytes: Uint8Array): void {
+  new Uint8Array(block.shared.buffer, offsetOf(block, gpa, bytes.length), bytes.length).set(bytes);
+}

@@ -1,0 +1,224 @@
+// The VMM loop: every vCPU runs until its next exit, and the exit is handled before that
+// vCPU goes on, as QEMU's kvm_cpu_exec does. Guest conversions (KVM_HC_MAP_GPA_RANGE
+// hypercalls; KVM_EXIT_MEMORY_FAULT on SNP/TDX) go through the caller's memory, i.e.
+// GuestMemory.convert: the tracker, KVM's attributes, the listeners (VFIO) and the
+// punch-hole, rolled back on failure. Where QEMU stops the vCPU when a conversion fails,
+// the guest here is answered with an error and goes on. Port I/O goes to pluggable
+// handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
+// its registers.
+
+import { GuestmemError } from '../errors';
+import type { StateChangeResult } from '../ram-block-attributes';
+import type { PageState } from '../state-change-channel';
+import type { PortContext, PortHandler } from './guest-ports';
+import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
+import type { Registers } from './vcpu';
+import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type VcpuExit } from './vcpu-exit';
+
+/**
+ * What the loop needs of a vCPU (lib/vmm/vcpu.ts's Vcpu; a stand-in in unit tests). The
+ * loop names each by its index in the list it was given, the guest's own numbering.
+ */
+export interface LoopVcpu {
+  run(): Promise<VcpuExit>;
+  stop(): void;
+  completeHypercall(ret: number | bigint): void;
+  completeIo(data: Uint8Array): void;
+  readonly registers: Registers;
+}
+
+/** What the loop needs of guest memory (GuestMemory through an adapter; a stand-in in tests). */
+export interface LoopMemory {
+  /** True if [gpa, gpa + size) lies inside one block that can convert it. */
+  covers(gpa: bigint, size: bigint): boolean;
+  convert(gpa: bigint, size: bigint, to: PageState): Promise<StateChangeResult>;
+}
+
+export interface ConversionEvent {
+  vcpu: number;
+  source: 'hypercall' | 'memory-fault';
+  gpa: bigint;
+  size: bigint;
+  to: PageState;
+  /** 0, or the negative value the guest was answered (hypercalls). */
+  result: number;
+  outcome: 'converted' | 'rejected' | 'failed';
+  /** Why it was rejected or failed. */
+  reason?: string;
+  ns: number;
+}
+
+export interface VmmLoopOptions {
+  ports?: Map<number, PortHandler>;
+  onConversion?(event: ConversionEvent): void;
+}
+
+export type VcpuOutcome = { vcpu: number; status: number } | { vcpu: number; halted: true } | { vcpu: number; stopped: true };
+
+export interface VmmReport {
+  vcpus: VcpuOutcome[];
+  /** stop() was called before every vCPU finished. */
+  stopped: boolean;
+  exits: number;
+  conversions: { converted: number; rejected: number; failed: number };
+}
+
+const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
+
+export class VmmLoop {
+  private readonly ports: Map<number, PortHandler>;
+  private readonly outcomes = new Map<number, VcpuOutcome>();
+  private failure: Error | null = null;
+  private stopping = false;
+  private exits = 0;
+  private readonly counts = { converted: 0, rejected: 0, failed: 0 };
+
+  constructor(
+    private readonly vcpus: readonly LoopVcpu[],
+    private readonly memory: LoopMemory,
+    private readonly options: VmmLoopOptions = {},
+  ) {
+    this.ports = options.ports ?? new Map();
+  }
+
+  /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
+  async run(): Promise<VmmReport> {
+    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, index).catch((error: unknown) => this.fail(error))));
+    if (this.failure) throw this.failure;
+    return {
+      vcpus: this.vcpus.map((_, index) => this.outcomes.get(index) ?? { vcpu: index, stopped: true as const }),
+      stopped: this.stopping,
+      exits: this.exits,
+      conversions: { ...this.counts },
+    };
+  }
+
+  /** Stops every vCPU, even one spinning in the guest; run() then resolves. */
+  stop(): void {
+    this.stopping = true;
+    for (const vcpu of this.vcpus) vcpu.stop();
+  }
+
+  private fail(error: unknown): void {
+    this.failure ??= error instanceof Error ? error : new Error(String(error));
+    this.stopping = true;
+    for (const vcpu of this.vcpus) vcpu.stop();
+  }
+
+  private async runVcpu(vcpu: LoopVcpu, id: number): Promise<void> {
+    const context: PortContext = {
+      vcpu: id,
+      exitVcpu: (status) => this.outcomes.set(id, { vcpu: id, status }),
+    };
+    while (!this.stopping && !this.outcomes.has(id)) {
+      const exit = await vcpu.run();
+      this.exits++;
+      switch (exit.reason) {
+        case 'hypercall':
+          await this.hypercall(vcpu, id, exit);
+          break;
+        case 'memory-fault':
+          await this.memoryFault(vcpu, id, exit);
+          break;
+        case 'io':
+          await this.io(vcpu, id, exit, context);
+          break;
+        case 'hlt':
+          this.outcomes.set(id, { vcpu: id, halted: true });
+          break;
+        case 'intr':
+          // A kick: stop() (the loop ends) or a stray signal (run again).
+          if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
+          break;
+        default:
+          throw this.unexpected(vcpu, id, exit, 'an exit the VMM does not handle');
+      }
+    }
+  }
+
+  private async hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): Promise<void> {
+    if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
+    const request = decodeMapGpaRange(exit.args);
+    const started = process.hrtime.bigint();
+    const [gpa = 0n, pages = 0n] = exit.args;
+    if ('rejected' in request) {
+      this.record({ vcpu: id, source: 'hypercall', gpa, size: pages * 4096n, to: 'shared', result: -KVM_EINVAL, outcome: 'rejected', reason: request.rejected, ns: 0 });
+      vcpu.completeHypercall(-KVM_EINVAL);
+      return;
+    }
+    const { size, to } = request;
+    if (!this.memory.covers(gpa, size)) {
+      this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
+      vcpu.completeHypercall(-KVM_EINVAL);
+      return;
+    }
+    try {
+      await this.memory.convert(gpa, size, to);
+    } catch (error) {
+      const reason = (error as Error).message;
+      this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: -KVM_EFAULT, outcome: 'failed', reason, ns: elapsed(started) });
+      // Rolled back: the guest hears the error and goes on. Not rolled back: the host no
+      // longer knows what the device can reach, so nothing may run.
+      if ((error as { code?: string }).code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
+      vcpu.completeHypercall(-KVM_EFAULT);
+      return;
+    }
+    this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: 0, outcome: 'converted', ns: elapsed(started) });
+    vcpu.completeHypercall(0);
+  }
+
+  /**
+   * SNP and TDX report an access whose private bit disagrees with KVM's attributes; QEMU
+   * converts the range to what the access wanted and re-enters. There is no answer to
+   * give the guest, so a conversion that fails stops the VM, as in QEMU.
+   */
+  private async memoryFault(vcpu: LoopVcpu, id: number, exit: MemoryFaultExit): Promise<void> {
+    const to: PageState = (exit.flags & KVM_MEMORY_EXIT_FLAG_PRIVATE) !== 0n ? 'private' : 'shared';
+    const started = process.hrtime.bigint();
+    const base = { vcpu: id, source: 'memory-fault' as const, gpa: exit.gpa, size: exit.size, to };
+    if (!this.memory.covers(exit.gpa, exit.size)) {
+      this.record({ ...base, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
+      throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
+    }
+    try {
+      await this.memory.convert(exit.gpa, exit.size, to);
+    } catch (error) {
+      this.record({ ...base, result: -KVM_EFAULT, outcome: 'failed', reason: (error as Error).message, ns: elapsed(started) });
+      throw this.unexpected(vcpu, id, exit, `converting the faulting range failed: ${(error as Error).message}`);
+    }
+    this.record({ ...base, result: 0, outcome: 'converted', ns: elapsed(started) });
+  }
+
+  private async io(vcpu: LoopVcpu, id: number, exit: IoExit, context: PortContext): Promise<void> {
+    const handler = this.ports.get(exit.port);
+    if (!handler) throw this.unexpected(vcpu, id, exit, `no handler for port 0x${exit.port.toString(16)}`);
+    const answer = await handler(exit, context);
+    if (exit.direction === 'in') {
+      const bytes = answer ?? new Uint8Array(exit.size * exit.count).fill(0xff);
+      vcpu.completeIo(bytes);
+    }
+  }
+
+  private record(event: ConversionEvent): void {
+    this.counts[event.outcome]++;
+    this.options.onConversion?.(event);
+  }
+
+  private unexpected(vcpu: LoopVcpu, id: number, exit: VcpuExit, why: string): GuestmemError {
+    let registers = '';
+    try {
+      const regs = vcpu.registers;
+      registers = `; registers: ${(['rip', 'rsp', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rflags'] as const).map((name) => `${name}=0x${regs[name].toString(16)}`).join(' ')}`;
+    } catch (error) {
+      registers = `; registers unreadable: ${(error as Error).message}`;
+    }
+    return Object.assign(
+      new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`),
+      { vcpu: id, exit },
+    );
+  }
+}
+
+function elapsed(started: bigint): number {
+  return Number(process.hrtime.bigint() - started);
+}

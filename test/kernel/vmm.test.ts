@@ -1,0 +1,202 @@
+// Guests that convert their own memory, on a real kernel: vCPUs in long mode running the
+// programs of guest/, their MAP_GPA_RANGE hypercalls driving the tracker, KVM's attributes,
+// the VFIO listener and the punch-hole, with the host checking the memfd and the device's
+// reach by DMA at the guest's sync points (lib/vmm/programs/).
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { AssignedDevice } from '../../lib/assigned-device';
+import type { DmaBackend } from '../../lib/dma-mapper';
+import { DmaProbe } from '../../lib/dma-probe';
+import { GuestMemory } from '../../lib/guest-memory';
+import { Kvm } from '../../lib/kvm';
+import type { RamBlock } from '../../lib/ram-block';
+import type { RamDiscardListener } from '../../lib/ram-discard-listener';
+import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import type { MapRequest } from '../../lib/vmm/boot-info';
+import { runGuestSession, type GuestSessionOptions, type GuestSessionReport } from '../../lib/vmm/guest-session';
+import { findEdu } from '../support/edu';
+import { requires } from '../support/requires';
+
+const PAGE = 4096;
+const MiB = 1 << 20;
+const BLOCK_GPA = 16 * MiB;
+const DATA_GPA = BigInt(BLOCK_GPA + MiB);
+
+interface Fixture {
+  kvm: Kvm;
+  memory: GuestMemory;
+  block: RamBlock;
+  assigned?: AssignedDevice;
+  listener?: VfioDmaListener;
+  probe?: DmaProbe;
+}
+
+async function setUp(backend?: DmaBackend): Promise<Fixture> {
+  const kvm = Kvm.open();
+  const memory = new GuestMemory(kvm.createVm('sw-protected'));
+  const block = memory.addBlock({ gpa: BLOCK_GPA, size: 4 * MiB, name: 'guest-ram' });
+  if (!backend) return { kvm, memory, block };
+  const assigned = AssignedDevice.open(findEdu()!, { backend });
+  const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(block.gpa) });
+  await block.register(listener);
+  return { kvm, memory, block, assigned, listener, probe: new DmaProbe(assigned) };
+}
+
+async function tearDown(f: Fixture | undefined): Promise<void> {
+  if (!f) return;
+  await f.memory.shutdown();
+  f.probe?.close();
+  f.assigned?.close();
+  f.kvm.close();
+}
+
+function session(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>): Promise<GuestSessionReport> {
+  return runGuestSession({ kvm: f.kvm, memory: f.memory, dataGpa: DATA_GPA, dataPages: 64, probe: f.probe, listener: f.listener, timeoutMs: 240_000, ...options });
+}
+
+/** Threads of this process that run a vCPU (native/vcpu_thread.cc names them). */
+function vcpuThreads(): number {
+  return fs.readdirSync('/proc/self/task').filter((task) => {
+    try {
+      return fs.readFileSync(`/proc/self/task/${task}/comm`, 'utf8').trim() === 'guestmem-vcpu';
+    } catch {
+      return false;
+    }
+  }).length;
+}
+
+function assertOk(report: GuestSessionReport): void {
+  assert.deepEqual(report.problems, [], `${report.program}: ${report.problems.join('; ')}\nconsole: ${report.console}`);
+  assert.equal(report.ok, true);
+}
+
+describe('guest-driven conversions on a real kernel', function () {
+  this.timeout(600_000);
+  before(requires('sw-protected-vm', 'memory-attributes'));
+
+  let f: Fixture | undefined;
+  afterEach(async () => {
+    await tearDown(f);
+    f = undefined;
+  });
+
+  it('loop: a guest converts one page back and forth; each hypercall is answered 0', async () => {
+    f = await setUp();
+    const report = await session(f, { program: 'loop', iterations: 50 });
+    assertOk(report);
+    assert.deepEqual(report.run.conversions, { converted: 100, rejected: 0, failed: 0 });
+    assert.deepEqual(report.run.vcpus, [{ vcpu: 0, status: 0 }]);
+    // The page ends shared, as the guest left it; the rest of the data area stays private.
+    const offset = Number(DATA_GPA) - BLOCK_GPA;
+    assert.deepEqual(f.block.attributes.runs('shared', { offset, size: 64 * PAGE }), [[offset / PAGE, 1]]);
+  });
+
+  it('keeps Node live while a guest spins, and stops it on request', async () => {
+    f = await setUp();
+    const threadsBefore = vcpuThreads();
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 10);
+    const started = Date.now();
+    const report = await session(f, { program: 'misbehave', seed: 0n, timeoutMs: 1500 });
+    clearInterval(timer);
+    assert.equal(report.run.stopped, true);
+    assert.deepEqual(report.run.vcpus, [{ vcpu: 0, stopped: true }]);
+    assert.ok(Date.now() - started < 30_000, 'stop() took effect');
+    assert.ok(ticks >= 20, `the event loop ran while the guest spun (${ticks} ticks)`);
+    assert.equal(vcpuThreads(), threadsBefore, 'the vCPU thread ended with its vCPU');
+  });
+
+  for (const [mode, pattern] of [
+    [1n, /vCPU 0 stopped the VM: an exit the VMM does not handle: exit shutdown \(KVM exit 8\).*rip=0x/],
+    [2n, /vCPU 0 stopped the VM: no handler for port 0x80: exit io .*port=128.*rip=0x/],
+  ] as const) {
+    it(`stops the VM with the exit, the vCPU and its registers: misbehave mode ${mode}`, async () => {
+      f = await setUp();
+      await assert.rejects(session(f, { program: 'misbehave', seed: mode }), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: pattern });
+    });
+  }
+
+  it('a halting guest ends its vCPU as halted', async () => {
+    f = await setUp();
+    const report = await session(f, { program: 'misbehave', seed: 3n });
+    assert.deepEqual(report.run.vcpus, [{ vcpu: 0, halted: true }]);
+    assert.equal(report.ok, false);
+  });
+
+  it('requests: bad requests get -EINVAL, a failing listener -EFAULT; nothing changes and the guest goes on', async () => {
+    f = await setUp();
+    const block = f.block;
+    // A listener that refuses to populate page 5 of the data area.
+    const refusing: RamDiscardListener = {
+      populate(range) {
+        if (range.first <= 256 + 5 && 256 + 5 < range.first + range.count) throw new Error('injected: cannot map');
+      },
+      discard() {},
+    };
+    await block.register(refusing, { offset: MiB, size: MiB });
+    const page = (n: number) => DATA_GPA + BigInt(n * PAGE);
+    const requests: MapRequest[] = [
+      { gpa: page(1) + 0x800n, pages: 1n, attributes: 0n }, // misaligned: KVM answers itself
+      { gpa: page(1), pages: 0n, attributes: 0n }, // zero pages: KVM answers itself
+      { gpa: BigInt(BLOCK_GPA + 4 * MiB - PAGE), pages: 2n, attributes: 0n }, // past the block
+      { gpa: 0x40000000n, pages: 1n, attributes: 0n }, // in no block
+      { gpa: page(1), pages: 1n, attributes: 0x40n }, // unknown attribute bit
+      { gpa: page(4), pages: 2n, attributes: 0n }, // the listener refuses page 5: rolled back
+      { gpa: page(1), pages: 1n, attributes: 0n }, // a good one, after all that
+      { gpa: page(1), pages: 1n, attributes: 0x10n },
+    ];
+    const report = await session(f, { program: 'requests', requests });
+    assert.deepEqual(report.run.vcpus, [{ vcpu: 0, status: 0 }]);
+    assert.deepEqual(report.values.map((v) => v.value), [-22, -22, -22, -22, -22, -14, 0, 0]);
+    assert.deepEqual(report.run.conversions, { converted: 2, rejected: 4, failed: 1 });
+    const offset = Number(DATA_GPA) - BLOCK_GPA;
+    assert.deepEqual(block.attributes.runs('shared', { offset, size: 64 * PAGE }), [], 'the data area is all private again');
+  });
+
+  for (const backend of ['iommufd', 'type1'] as const) {
+    describe(`with the device's VFIO listener through ${backend}`, () => {
+      before(requires('vfio-device', backend === 'type1' ? 'vfio-type1' : 'iommufd'));
+
+      it('secret: the private page hides the secret from the memfd and the device; the shared page carries messages', async () => {
+        f = await setUp(backend);
+        const report = await session(f, { program: 'secret' });
+        assertOk(report);
+        assert.deepEqual(report.hostChecks.map((c) => c.name), ['memfd-hides-secret', 'device-blocked', 'memfd-shows-message', 'device-reads-message']);
+        assert.equal(report.guestChecks.passed, 4);
+        assert.match(report.console, /secret: converting a page private\nsecret: done\n/);
+      });
+
+      it('random: one vCPU, every step checked against the model (tracker, listener, memfd, DMA)', async () => {
+        f = await setUp(backend);
+        const iterations = 10;
+        const report = await session(f, { program: 'random', iterations, seed: BigInt(process.env.GUESTMEM_SEED ?? 0x5eed) });
+        assertOk(report);
+        assert.equal(report.hostChecks.filter((c) => c.name === 'agreement').length, iterations);
+        assert.equal(report.hostChecks.filter((c) => c.name === 'device-reach').length, iterations + 4);
+        assert.ok(report.guestChecks.passed >= iterations * 2, `${report.guestChecks.passed} guest checks`);
+      });
+
+      it('random: two vCPUs converting overlapping ranges at once end as the model, with no stale mapping', async () => {
+        f = await setUp(backend);
+        const threadsBefore = vcpuThreads();
+        const report = await session(f, { program: 'random', vcpus: 2, iterations: 25, dataPages: 32, seed: 77n });
+        assertOk(report);
+        assert.equal(report.run.conversions.converted, 50);
+        assert.deepEqual(report.run.vcpus, [{ vcpu: 0, status: 0 }, { vcpu: 1, status: 0 }]);
+        assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
+        assert.equal(vcpuThreads(), threadsBefore, 'both vCPU threads ended');
+      });
+    });
+  }
+
+  it('reaches a block above 4 GiB: the guest converts pages of a block at 8 GiB', async () => {
+    f = await setUp();
+    const high = f.memory.addBlock({ gpa: 8 * 1024 * MiB, size: 64 * MiB, name: 'high-ram' });
+    const dataGpa = BigInt(high.gpa + 63 * MiB);
+    const report = await session(f, { program: 'random', iterations: 8, dataGpa, dataPages: 256, seed: 3n });
+    assertOk(report);
+    assert.equal(report.run.conversions.converted, 8);
+    assert.equal(report.hostChecks.filter((c) => c.name === 'agreement' && c.ok).length, 8);
+  });
+});
