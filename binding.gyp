@@ -6,6 +6,7 @@
         "native/addon.cc",
         "native/kvm.cc",
         "native/memory.cc",
+        "native/mapping.cc",
         "native/vfio_type1.cc",
         "native/iommufd.cc",
         "native/vfio_device.cc",

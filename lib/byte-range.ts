@@ -3,19 +3,53 @@
 // space above 2^53); both are checked for type, alignment and 64-bit overflow here,
 // once, so the tracker works on granule indices that are always safe numbers.
 
-import { invalidArgType, outOfRange } from './errors';
+import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
 
 export type Bytes = number | bigint;
 
 const U64_LIMIT = 1n << 64n;
 
+/**
+ * True iff `value` is a power of two (a positive safe integer). Bit tests, not Math.log2:
+ * log2 rounds, so it calls 2^51 + 1 a power of two.
+ */
+export function isPowerOfTwo(value: number): boolean {
+  if (!Number.isSafeInteger(value) || value <= 0) return false;
+  if (value <= 0x40000000) return (value & (value - 1)) === 0;
+  // Above 2^30 a power of two is 2^30 times a smaller one, exactly.
+  return value % 0x40000000 === 0 && isPowerOfTwo(value / 0x40000000);
+}
+
+/** Checks a granularity: a power of two up to 2^63 bytes (the 64-bit space has room for one granule). */
+export function checkGranularity(value: unknown, name = 'granularity'): number {
+  if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${describeValue(value)}`);
+  if (!isPowerOfTwo(value)) throw outOfRange(`${name} must be a power of two, got ${value}`);
+  return value;
+}
+
 /** A range of granules [first, first + count), with its byte view. */
 export class GranuleRange {
-  constructor(
-    readonly first: number,
-    readonly count: number,
-    readonly granularity: number,
-  ) {}
+  readonly first: number;
+  readonly count: number;
+  readonly granularity: number;
+
+  /**
+   * Checked, so that no range can exist that is negative, fractional or past the 64-bit
+   * space: `first` and `count` are non-negative safe integers, `granularity` a power of two,
+   * and the range ends at or below 2^64 bytes.
+   */
+  constructor(first: number, count: number, granularity: number) {
+    checkInteger(first, 'first', 0, Number.MAX_SAFE_INTEGER);
+    checkInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER - first);
+    checkGranularity(granularity);
+    // Exact in floating point: a safe integer times a power of two only moves the exponent.
+    if ((first + count) * granularity > 2 ** 64) {
+      throw outOfRange(`granule range [${first}, +${count}) of ${granularity} bytes ends past 2^64`);
+    }
+    this.first = first;
+    this.count = count;
+    this.granularity = granularity;
+  }
 
   get end(): number {
     return this.first + this.count;
@@ -55,8 +89,19 @@ function exactNumber(value: number, big: () => bigint): number {
 
 /** granules * granularity in bytes: a number where exact, else a bigint. */
 export function bytesOf(granules: number, granularity: number): Bytes {
+  checkInteger(granules, 'granules', 0, Number.MAX_SAFE_INTEGER);
+  checkGranularity(granularity);
   const value = granules * granularity;
   return Number.isSafeInteger(value) ? value : BigInt(granules) * BigInt(granularity);
+}
+
+/** A byte count for a message: "256 TiB", "1.5 GiB", "12 bytes" (rounded, for people). */
+export function approximateBytes(bytes: number | bigint): string {
+  const value = Number(bytes);
+  for (const [unit, scale] of [['EiB', 2 ** 60], ['PiB', 2 ** 50], ['TiB', 2 ** 40], ['GiB', 2 ** 30], ['MiB', 2 ** 20], ['KiB', 2 ** 10]] as const) {
+    if (value >= scale) return `${+(value / scale).toFixed(1)} ${unit}`;
+  }
+  return `${value} bytes`;
 }
 
 /** Checks that `value` is a valid 64-bit byte quantity and returns it as a bigint. */
@@ -71,7 +116,17 @@ export function checkBytes(value: unknown, name: string): bigint {
     if (value < 0n || value >= U64_LIMIT) throw outOfRange(`${name} must be within [0, 2^64), got ${value}`);
     return value;
   }
-  throw invalidArgType(`${name} must be a number or a bigint, got ${typeof value}`);
+  throw invalidArgType(`${name} must be a number or a bigint, got ${describeValue(value)}`);
+}
+
+/**
+ * A byte value that must also be a safe number: a guest physical address (x86 stops at
+ * 2^52) or a memslot's size (at most 2^31 - 1 pages). Number or bigint in, number out.
+ */
+export function checkSafeBytes(value: unknown, name: string): number {
+  const bytes = checkBytes(value, name);
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw outOfRange(`${name} 0x${bytes.toString(16)} is above 2^53, past any guest's physical addresses`);
+  return Number(bytes);
 }
 
 /** Checks offset and size as 64-bit values whose sum stays within 2^64. */
@@ -79,6 +134,21 @@ export function checkSpan(offset: unknown, size: unknown, what: string): [bigint
   const start = checkBytes(offset, `${what} offset`);
   const length = checkBytes(size, `${what} size`);
   if (start + length > U64_LIMIT) throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) overflows past 2^64`);
+  return [start, length];
+}
+
+/**
+ * checkSpan for a range a syscall acts on, inside an object of `limit` bytes: also refuses
+ * an empty range (fallocate, KVM_SET_MEMORY_ATTRIBUTES and VFIO's map and unmap all answer
+ * a zero length with EINVAL) and one that leaves the object (named in the message), so both
+ * fail in JS first.
+ */
+export function checkExtent(offset: unknown, size: unknown, limit: bigint, what: string, object = 'object'): [bigint, bigint] {
+  const [start, length] = checkSpan(offset, size, what);
+  if (length === 0n) throw outOfRange(`${what} size must be greater than zero`);
+  if (start + length > limit) {
+    throw outOfRange(`${what} [0x${start.toString(16)}, +0x${length.toString(16)}) is outside the ${limit}-byte ${object}`);
+  }
   return [start, length];
 }
 

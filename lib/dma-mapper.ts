@@ -4,7 +4,8 @@
 // over many whole mappings. The run forms take a whole conversion's runs in one native
 // call, all or nothing.
 
-import { checkBytes, checkSpan, type Bytes } from './byte-range';
+import { checkBytes, checkExtent, type Bytes } from './byte-range';
+import { outOfRange } from './errors';
 
 export type DmaBackend = 'type1' | 'iommufd';
 
@@ -47,12 +48,12 @@ export function packRuns(runs: DmaRun[]): BigUint64Array {
 
 /** Checks one (vaddr, iova, size) run given in bytes. */
 export function checkedRun(vaddr: Bytes, iova: Bytes, size: Bytes, what: string): DmaRun {
-  const [start, length] = checkSpan(iova, size, what);
+  const [start, length] = checkExtent(iova, size, 1n << 64n, what);
   return { vaddr: checkBytes(vaddr, 'vaddr'), iova: start, size: length };
 }
 
 export function checkGranule(granule: number): bigint {
   const value = checkBytes(granule, 'granule');
-  if (value === 0n) throw new RangeError('granule must be greater than zero');
+  if (value === 0n) throw outOfRange('granule must be greater than zero');
   return value;
 }

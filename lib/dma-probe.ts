@@ -23,8 +23,8 @@ export class DmaProbe implements Disposable {
 
   /** True if the device read the page at `offset` of `block` (through iova = gpa). */
   async canRead(block: RamBlock, offset: number, marker: number): Promise<boolean> {
-    const page = new Uint8Array(block.shared.buffer, offset, PROBE_BYTES);
-    const scratch = new Uint8Array(this.scratch.buffer, 0, PROBE_BYTES);
+    const page = block.shared.view(offset, PROBE_BYTES);
+    const scratch = this.scratch.view(0, PROBE_BYTES);
     scratch.fill(marker ^ 0xff);
     page.fill(marker);
     await this.edu.copy(block.gpa + offset, SCRATCH_IOVA, PROBE_BYTES);
@@ -33,7 +33,7 @@ export class DmaProbe implements Disposable {
 
   /** The first `length` bytes (at most EDU_MAX_DMA) of what the device reads at `iova`. */
   async read(iova: number, length: number): Promise<Buffer> {
-    const scratch = new Uint8Array(this.scratch.buffer, 0, length);
+    const scratch = this.scratch.view(0, length);
     scratch.fill(0);
     await this.edu.copy(iova, SCRATCH_IOVA, length);
     return Buffer.from(scratch);

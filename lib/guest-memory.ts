@@ -2,6 +2,7 @@
 // by guest physical address. A range must lie inside one block: QEMU converts per RAM
 // block too, and a range that spans two would need two transactions.
 
+import { checkSpan, type Bytes } from './byte-range';
 import { GuestmemError } from './errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { Vm } from './kvm';
@@ -28,8 +29,10 @@ export class GuestMemory implements Disposable {
     }
   }
 
-  addBlock(options: { gpa: number; size: number; granularity?: number; name?: string }): RamBlock {
-    const overlapping = this.blocks.find((b) => options.gpa < b.gpa + b.size && b.gpa < options.gpa + options.size);
+  /** A block at `gpa` of `size` bytes (numbers or bigints). */
+  addBlock(options: { gpa: Bytes; size: Bytes; granularity?: number; name?: string }): RamBlock {
+    const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
+    const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
     if (overlapping) {
       throw new RangeError(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
     }
@@ -40,10 +43,11 @@ export class GuestMemory implements Disposable {
   }
 
   /** The block holding all of [gpa, gpa + size), or a clear error. */
-  blockFor(gpa: number, size: number): RamBlock {
-    const block = this.blocks.find((b) => b.contains(gpa, size));
+  blockFor(gpa: Bytes, size: Bytes): RamBlock {
+    const [start, length] = checkSpan(gpa, size, 'range');
+    const block = this.blocks.find((b) => b.contains(start, length));
     if (block) return block;
-    const touching = this.blocks.filter((b) => gpa < b.gpa + b.size && b.gpa < gpa + size);
+    const touching = this.blocks.filter((b) => start < BigInt(b.gpa + b.size) && BigInt(b.gpa) < start + length);
     const where = `[0x${gpa.toString(16)}, +0x${size.toString(16)})`;
     throw new GuestmemError(
       'ERR_GUESTMEM_CONVERSION_FAILED',
@@ -53,7 +57,7 @@ export class GuestMemory implements Disposable {
     );
   }
 
-  convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.blockFor(gpa, size).convert(gpa, size, to);
   }
 

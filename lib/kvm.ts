@@ -3,7 +3,7 @@
 // judge (alignment rules, slot overlap, attribute support) comes back as its errno.
 
 import fs from 'node:fs';
-import { checkBytes, checkSpan, type Bytes } from './byte-range';
+import { checkBytes, checkExtent, checkSpan, type Bytes } from './byte-range';
 import { GuestmemError, invalidArgType, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
 import {
@@ -168,7 +168,7 @@ export class Vm extends FdOwner {
 
   /** KVM_SET_MEMORY_ATTRIBUTES: 'private' sets KVM_MEMORY_ATTRIBUTE_PRIVATE, 'shared' clears all. */
   setMemoryAttributes(gpa: Bytes, size: Bytes, to: 'private' | 'shared' | bigint): void {
-    const [start, length] = checkSpan(gpa, size, 'attribute range');
+    const [start, length] = checkExtent(gpa, size, 1n << 64n, 'attribute range');
     const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
     if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
     native().kvmSetMemoryAttributes(this.fd, start, length, attributes);
@@ -191,12 +191,12 @@ export class GuestMemfd extends FdOwner {
   }
 
   punchHole(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'punch-hole');
+    const [start, length] = checkExtent(offset, size, this.size, 'punch-hole', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
   }
 
   allocate(offset: Bytes, size: Bytes): void {
-    const [start, length] = checkSpan(offset, size, 'allocate');
+    const [start, length] = checkExtent(offset, size, this.size, 'allocate', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, start, length);
   }
 }

@@ -7,11 +7,15 @@
 // simulator and the probe still work.
 
 import { GuestmemError } from './errors';
+import { guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
 
+/** An opaque handle to a host mapping (a tagged External); its finalizer releases it. */
+export type NativeMappingHandle = { readonly __nativeMapping: unique symbol };
+
 export interface NativeMapping {
-  buffer: ArrayBuffer;
+  handle: NativeMappingHandle;
   address: bigint;
 }
 
@@ -79,8 +83,14 @@ export interface NativeAddon {
   // Memory
   memfdCreate(name: string): number;
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
+  ftruncate(fd: number, length: U64): void;
   mmap(fd: number, length: U64, offset: U64, writable: boolean): NativeMapping;
-  munmap(buffer: ArrayBuffer): void;
+  /** An ArrayBuffer over part of a mapping (1..maxWindow bytes) that keeps it mapped. */
+  mapWindow(mapping: NativeMappingHandle, offset: U64, length: U64): ArrayBuffer;
+  /** Unmaps now, emptying (detaching) every window still alive; idempotent. */
+  munmap(mapping: NativeMappingHandle): void;
+  /** The longest window the addon makes: 2^32, Node 20's buffer limit. */
+  readonly maxWindow: number;
   dupCloexec(fd: number): number;
   // VFIO type1
   vfioGetApiVersion(containerFd: number): number;
@@ -121,8 +131,8 @@ export const nativeCalls = { count: 0 };
 function counted(addon: NativeAddon): NativeAddon {
   const wrapped: Record<string, unknown> = {};
   for (const [name, fn] of Object.entries(addon)) {
-    // Classes (VcpuRunner) stay as they are: a wrapper could not be called with `new`.
-    if (/^[A-Z]/.test(name)) {
+    // Constants, and classes (VcpuRunner): a wrapper could not be called with `new`.
+    if (typeof fn !== 'function' || /^[A-Z]/.test(name)) {
       wrapped[name] = fn;
       continue;
     }
@@ -139,7 +149,9 @@ export function native(): NativeAddon {
   if (loaded) return loaded;
   if (loadError === null) {
     try {
-      loaded = counted(load());
+      const addon = counted(load());
+      addon.mmap = guardedMmap(addon.mmap) as NativeAddon['mmap'];
+      loaded = addon;
       return loaded;
     } catch (error) {
       loadError = error;

@@ -1,6 +1,11 @@
 // One bit per granule, in 32-bit words. Every range operation works a word at a time
 // (masks for the partial words at each end, fills or word scans in between), so its
-// cost follows the range, never the size of the bitmap.
+// cost follows the range, never the size of the bitmap. Every public method checks its
+// arguments first (integers inside the bitmap, with Node's error codes): a NaN or an
+// Infinity would otherwise make a scan loop forever, a fraction or a string would touch the
+// wrong bits, and a range past the end would be half applied.
+
+import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
 
 const ALL = 0xffffffff;
 
@@ -24,15 +29,25 @@ function popcount(word: number): number {
 export type Run = [first: number, count: number];
 
 export class PageBitmap {
+  /** The largest bitmap the engine can hold: 2^32 words of 32 bits (16 GiB). */
+  static readonly MAX_BITS = 2 ** 37;
+
   readonly bits: number;
   private readonly words: Uint32Array;
 
   constructor(bits: number) {
-    if (!Number.isSafeInteger(bits) || bits < 0) {
-      throw new RangeError(`bitmap size must be a non-negative safe integer, got ${bits}`);
+    if (typeof bits !== 'number') throw invalidArgType(`bitmap size must be a number, got ${describeValue(bits)}`);
+    if (!Number.isSafeInteger(bits) || bits < 0 || bits > PageBitmap.MAX_BITS) {
+      throw outOfRange(`bitmap size must be an integer in [0, 2^37] bits, got ${bits}`);
     }
     this.bits = bits;
-    this.words = new Uint32Array(Math.ceil(bits / 32));
+    try {
+      this.words = new Uint32Array(Math.ceil(bits / 32));
+    } catch (cause) {
+      throw Object.assign(new RangeError(`cannot allocate a bitmap of ${bits} bits (${Math.ceil(bits / 8)} bytes): ${(cause as Error).message}`, { cause }), {
+        code: 'ERR_MEMORY_ALLOCATION_FAILED',
+      });
+    }
     // The zeroed pages come from the kernel lazily; touch them all now, at creation, so that
     // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
     // otherwise fault 8192 times, each costing more than a conversion).
@@ -40,6 +55,7 @@ export class PageBitmap {
   }
 
   test(bit: number): boolean {
+    checkInteger(bit, 'bit', 0, this.bits - 1);
     return (this.words[Math.floor(bit / 32)]! & (1 << (bit % 32))) !== 0;
   }
 
@@ -54,7 +70,9 @@ export class PageBitmap {
   }
 
   fillRange(start: number, count: number, value: boolean): void {
-    if (count <= 0) return;
+    this.checkRange(start, count);
+    if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
+    if (count === 0) return;
     const end = start + count;
     const firstWord = Math.floor(start / 32);
     const lastWord = Math.floor((end - 1) / 32);
@@ -73,11 +91,13 @@ export class PageBitmap {
 
   /** First set bit in [from, end), or `end` if there is none. */
   findNextSet(from: number, end: number = this.bits): number {
+    this.checkWindow(from, end);
     return this.findNext(from, end, 0);
   }
 
   /** First clear bit in [from, end), or `end` if there is none. */
   findNextClear(from: number, end: number = this.bits): number {
+    this.checkWindow(from, end);
     return this.findNext(from, end, ALL);
   }
 
@@ -97,16 +117,19 @@ export class PageBitmap {
   }
 
   isAllSet(start: number, count: number): boolean {
-    return this.findNextClear(start, start + count) >= start + count;
+    this.checkRange(start, count);
+    return this.findNext(start, start + count, ALL) >= start + count;
   }
 
   isAllClear(start: number, count: number): boolean {
-    return this.findNextSet(start, start + count) >= start + count;
+    this.checkRange(start, count);
+    return this.findNext(start, start + count, 0) >= start + count;
   }
 
   /** Number of set bits in [start, start + count). */
   countSet(start: number, count: number): number {
-    if (count <= 0) return 0;
+    this.checkRange(start, count);
+    if (count === 0) return 0;
     const end = start + count;
     const firstWord = Math.floor(start / 32);
     const lastWord = Math.floor((end - 1) / 32);
@@ -124,16 +147,31 @@ export class PageBitmap {
    * in ascending order. Costs O(words in the window + runs).
    */
   runs(start: number, count: number, value: boolean): Run[] {
+    this.checkRange(start, count);
+    if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
     const end = start + count;
     const result: Run[] = [];
+    const inRun = value ? 0 : ALL;
     let cursor = start;
     while (cursor < end) {
-      const runStart = value ? this.findNextSet(cursor, end) : this.findNextClear(cursor, end);
+      const runStart = this.findNext(cursor, end, inRun);
       if (runStart >= end) break;
-      const runEnd = value ? this.findNextClear(runStart, end) : this.findNextSet(runStart, end);
+      const runEnd = this.findNext(runStart, end, ~inRun >>> 0);
       result.push([runStart, runEnd - runStart]);
       cursor = runEnd;
     }
     return result;
+  }
+
+  /** [start, start + count) must lie inside the bitmap, in whole bits. */
+  private checkRange(start: number, count: number): void {
+    checkInteger(start, 'start', 0, this.bits);
+    checkInteger(count, 'count', 0, this.bits - start);
+  }
+
+  /** [from, end) must lie inside the bitmap; an empty or inverted window finds nothing. */
+  private checkWindow(from: number, end: number): void {
+    checkInteger(end, 'end', 0, this.bits);
+    checkInteger(from, 'from', 0, this.bits);
   }
 }

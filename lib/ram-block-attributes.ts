@@ -3,11 +3,11 @@
 // change of policy: a listener that fails does not end the process, the change is rolled
 // back so that the bitmap, every listener and the caller agree.
 
-import { GranuleRange, bytesOf, toGranuleRange, type Bytes } from './byte-range';
-import { GuestmemError, outOfRange } from './errors';
+import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from './byte-range';
+import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from './errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from './serializer';
-import { listenerName, type RamDiscardListener } from './ram-discard-listener';
+import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
 export interface SectionInput {
@@ -25,12 +25,48 @@ export interface StateChangeResult {
   runs: number;
 }
 
-interface Registration {
-  readonly listener: RamDiscardListener;
-  readonly section: GranuleRange;
+export interface RamBlockAttributesOptions {
+  /** Bytes per tracked granule: a power of two, default 4096. */
+  granularity?: number;
+  name?: string;
+  /**
+   * The most memory the bitmap may take, default 256 MiB (2^31 granules: 8 TiB of 4 KiB
+   * pages). A block that needs more is refused before anything is allocated, with the
+   * granularity that would fit.
+   */
+  maxBitmapBytes?: number;
+  /**
+   * How long a listener's promise may take to settle, in ms; default none. When it runs
+   * out, the change rolls back and fails with ERR_GUESTMEM_LISTENER_FAILED (cause
+   * ERR_GUESTMEM_LISTENER_TIMEOUT) naming the listener, and later operations proceed.
+   */
+  listenerTimeoutMs?: number;
 }
 
+/** The default bound on a bitmap's memory: 256 MiB. */
+export const DEFAULT_MAX_BITMAP_BYTES = 256 * 2 ** 20;
+
 type Notify = 'populate' | 'discard';
+type Notifier = (range: GranuleRange) => unknown;
+type BatchNotifier = (ranges: GranuleRange[]) => unknown;
+
+/**
+ * A registered listener: its section, and its methods as they were at register (checked
+ * then, so a listener changed afterwards cannot turn a notification into a TypeError), in a
+ * list newest first (QEMU's QLIST_INSERT_HEAD) that adds and removes in O(1).
+ */
+interface Registration {
+  readonly listener: RamDiscardListener;
+  readonly name: string;
+  readonly section: GranuleRange;
+  readonly populate: Notifier;
+  readonly discard: Notifier;
+  readonly populateRuns: BatchNotifier | undefined;
+  readonly discardRuns: BatchNotifier | undefined;
+  readonly doubleDiscardSupported: boolean;
+  newer: Registration | null;
+  older: Registration | null;
+}
 
 const DEFAULT_GRANULARITY = 4096;
 
@@ -38,15 +74,9 @@ function isThenable(value: unknown): value is PromiseLike<unknown> {
   return value != null && typeof (value as PromiseLike<unknown>).then === 'function';
 }
 
-/** Calls a listener, awaiting only when it returned a promise, so sync listeners stay fast. */
-async function notify(listener: RamDiscardListener, kind: Notify, range: GranuleRange): Promise<void> {
-  const result = kind === 'populate' ? listener.populate(range) : listener.discard(range);
-  if (isThenable(result)) await result;
-}
-
-function batchOf(listener: RamDiscardListener, kind: Notify): ((ranges: GranuleRange[]) => void | PromiseLike<void>) | undefined {
-  const batch = kind === 'populate' ? listener.populateRuns : listener.discardRuns;
-  return batch?.bind(listener);
+/** A promise nobody will await any more must not end the process as an unhandled rejection. */
+function abandon(value: unknown): void {
+  if (isThenable(value)) Promise.resolve(value).catch(() => {});
 }
 
 /** What one listener accepted during a change: undone, newest first, if the change fails. */
@@ -71,6 +101,56 @@ function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/**
+ * Checks a block's geometry without allocating anything: the size (a positive multiple
+ * of the granularity, below 2^64), the granularity (a power of two) and the memory its
+ * bitmap would take against the bound. The constructor calls it; a caller can call it
+ * first to refuse bad input before it touches anything else (a VM, a file).
+ */
+export function blockGeometry(size: unknown, options: RamBlockAttributesOptions = {}): { granularity: number; granules: number } {
+  if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
+  const granularity = checkGranularity(options.granularity ?? DEFAULT_GRANULARITY);
+  const bound = options.maxBitmapBytes ?? DEFAULT_MAX_BITMAP_BYTES;
+  if (typeof bound !== 'number') throw invalidArgType(`maxBitmapBytes must be a number, got ${describeValue(bound)}`);
+  if (!Number.isSafeInteger(bound) || bound <= 0) throw outOfRange(`maxBitmapBytes must be a positive integer, got ${bound}`);
+  const granules = toGranuleRange(0, size, granularity, Number.MAX_SAFE_INTEGER, 'block').count;
+  const bitmapBytes = Math.ceil(granules / 8);
+  if (bitmapBytes > bound || granules > PageBitmap.MAX_BITS) {
+    let fits = granularity;
+    while (fits < 2 ** 52 && Math.ceil(granules / (fits / granularity) / 8) > bound) fits *= 2;
+    throw outOfRange(
+      `a block of ${approximateBytes(granules * granularity)} in ${granularity}-byte granules needs a ${approximateBytes(bitmapBytes)} bitmap, ` +
+        `above the bound of ${approximateBytes(bound)} (maxBitmapBytes): use a granularity of ${fits} or more, or raise the bound`,
+    );
+  }
+  return { granularity, granules };
+}
+
+function checkTimeout(value: unknown): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number') throw invalidArgType(`listenerTimeoutMs must be a number, got ${describeValue(value)}`);
+  // setTimeout's own limit: above 2^31 - 1 ms it fires at once.
+  if (!Number.isInteger(value) || value <= 0 || value > 0x7fffffff) {
+    throw outOfRange(`listenerTimeoutMs must be an integer in [1, 2147483647], got ${value}`);
+  }
+  return value;
+}
+
+/** 'shared' → true, 'private' → false; anything else is refused with Node's codes. */
+function checkState(state: unknown, what = 'state'): boolean {
+  if (state === 'shared') return true;
+  if (state === 'private') return false;
+  if (typeof state !== 'string') throw invalidArgType(`${what} must be 'shared' or 'private', got ${describeValue(state)}`);
+  throw invalidArgValue(`${what} must be 'shared' or 'private', got '${state}'`);
+}
+
+function checkSection(section: unknown, what: string): SectionInput {
+  if (section === null || typeof section !== 'object') {
+    throw invalidArgType(`${what} must be an object { offset, size }, got ${describeValue(section)}`);
+  }
+  return section as SectionInput;
+}
+
 export class RamBlockAttributes {
   readonly name: string;
   readonly granularity: number;
@@ -78,26 +158,34 @@ export class RamBlockAttributes {
   readonly granules: number;
   private readonly bitmap: PageBitmap;
   /** Newest first, as QEMU's QLIST_INSERT_HEAD: the newest listener is notified first. */
-  private registrations: Registration[] = [];
+  private newest: Registration | null = null;
+  private readonly byListener = new Map<RamDiscardListener, Registration>();
   private shared = 0;
   /** Operations that call listeners run one at a time, in call order. */
   private readonly queue = new Serializer();
+  private readonly listenerTimeoutMs: number | undefined;
+  /**
+   * True while a listener (or a replay callback) runs. An operation that would wait in the
+   * queue, called from there, waits for the very notification that called it: a deadlock.
+   * It is refused at once instead, and the notification fails.
+   */
+  private notifying = false;
+  private reentry: GuestmemError | null = null;
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
    * Every granule starts private, as KVM makes a guest_memfd-backed slot private when it is
-   * created.
+   * created. A block whose bitmap would take more than `maxBitmapBytes` (256 MiB) is refused.
    */
-  constructor(size: Bytes, options: { granularity?: number; name?: string } = {}) {
-    const granularity = options.granularity ?? DEFAULT_GRANULARITY;
-    if (!Number.isSafeInteger(granularity) || granularity <= 0 || !Number.isInteger(Math.log2(granularity))) {
-      throw outOfRange(`granularity must be a power of two, got ${granularity}`);
-    }
-    const whole = toGranuleRange(0, size, granularity, Number.MAX_SAFE_INTEGER, 'block');
+  constructor(size: Bytes, options: RamBlockAttributesOptions = {}) {
+    const { granularity, granules } = blockGeometry(size, options);
+    const name = options.name ?? 'ram-block';
+    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
+    this.listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
     this.granularity = granularity;
-    this.granules = whole.count;
-    this.bitmap = new PageBitmap(whole.count);
-    this.name = options.name ?? 'ram-block';
+    this.granules = granules;
+    this.bitmap = new PageBitmap(granules);
+    this.name = name;
   }
 
   /** Block size in bytes: a number where exact, else a bigint. */
@@ -113,8 +201,27 @@ export class RamBlockAttributes {
     return this.granules - this.shared;
   }
 
+  /**
+   * True while one of this tracker's listeners (or a replay callback) runs. Anything that
+   * queues behind the change in progress (RamBlock.convert does) would deadlock if called
+   * from there: check this and refuse, as stateChange does.
+   */
+  get inNotification(): boolean {
+    return this.notifying;
+  }
+
+  /** The registered listeners, newest first. */
   get listeners(): RamDiscardListener[] {
-    return this.registrations.map((r) => r.listener);
+    const result: RamDiscardListener[] = [];
+    for (let r = this.newest; r; r = r.older) result.push(r.listener);
+    return result;
+  }
+
+  /** Each listener with its section in granules, newest first. */
+  get registered(): ReadonlyArray<{ readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
+    const result: Array<{ listener: RamDiscardListener; section: GranuleRange }> = [];
+    for (let r = this.newest; r; r = r.older) result.push({ listener: r.listener, section: r.section });
+    return result;
   }
 
   /** Validates a byte range of this block and returns it in granules. */
@@ -124,42 +231,56 @@ export class RamBlockAttributes {
 
   /** True iff every granule of the range is shared (QEMU: is_populated). */
   isPopulated(section: SectionInput): boolean {
-    const range = this.range(section.offset, section.size, 'section');
+    const range = this.sectionRange(section);
     return this.bitmap.isAllSet(range.first, range.count);
   }
 
   /** True iff every granule of the range is private. */
   isDiscarded(section: SectionInput): boolean {
-    const range = this.range(section.offset, section.size, 'section');
+    const range = this.sectionRange(section);
     return this.bitmap.isAllClear(range.first, range.count);
   }
 
   /** Maximal runs of shared (or private) granules, in granule indices, ascending. */
   runs(state: PageState, section?: SectionInput): Run[] {
-    const range = section ? this.range(section.offset, section.size, 'section') : null;
-    return this.bitmap.runs(range?.first ?? 0, range?.count ?? this.granules, state === 'shared');
+    const shared = checkState(state);
+    const range = section === undefined ? null : this.sectionRange(section);
+    return this.bitmap.runs(range?.first ?? 0, range?.count ?? this.granules, shared);
   }
 
   /** Shared granules inside a range; O(range / 32). */
   countShared(section: SectionInput): number {
-    const range = this.range(section.offset, section.size, 'section');
+    const range = this.sectionRange(section);
     return this.bitmap.countSet(range.first, range.count);
   }
 
   /**
    * Adds a listener for a section of the block and replays every shared run inside it to
    * its populate. If a replay fails, the runs already populated are discarded again and
-   * the listener is not registered.
+   * the listener is not registered. The listener is checked first: populate and discard
+   * must be functions, populateRuns and discardRuns functions where present.
    */
   register(listener: RamDiscardListener, section: SectionInput): Promise<void> {
-    const range = this.range(section.offset, section.size, 'section');
+    this.refuseReentry('register');
+    const checked = checkListener(listener);
+    const range = this.sectionRange(section);
     return this.queue.run(async () => {
-      if (this.registrations.some((r) => r.listener === listener)) {
-        throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${listenerName(listener)}" is already registered on ${this.name}`);
+      if (this.byListener.has(listener)) {
+        throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${checked.name}" is already registered on ${this.name}`);
       }
-      const registration = { listener, section: range };
+      const registration: Registration = { listener, section: range, ...checked, newer: null, older: null };
+      if (checked.attach) {
+        try {
+          this.call(listener, checked.attach, range);
+        } catch (cause) {
+          throw this.listenerFailed(registration, 'attach', [range], cause);
+        }
+      }
       await this.notifyRuns(registration, this.toRanges(this.bitmap.runs(range.first, range.count, true)), 'populate');
-      this.registrations = [registration, ...this.registrations];
+      registration.older = this.newest;
+      if (this.newest) this.newest.newer = registration;
+      this.newest = registration;
+      this.byListener.set(listener, registration);
     });
   }
 
@@ -169,15 +290,22 @@ export class RamBlockAttributes {
    * registered, with what it had discarded populated again.
    */
   unregister(listener: RamDiscardListener): Promise<void> {
+    this.refuseReentry('unregister');
+    if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
+      throw invalidArgType(`listener must be an object, got ${describeValue(listener)}`);
+    }
     return this.queue.run(async () => {
-      const registration = this.registrations.find((r) => r.listener === listener);
+      const registration = this.byListener.get(listener);
       if (!registration) {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
       }
       const { section } = registration;
-      const ranges = listener.doubleDiscardSupported ? [section] : this.toRanges(this.bitmap.runs(section.first, section.count, true));
+      const ranges = registration.doubleDiscardSupported ? [section] : this.toRanges(this.bitmap.runs(section.first, section.count, true));
       await this.notifyRuns(registration, ranges, 'discard');
-      this.registrations = this.registrations.filter((r) => r !== registration);
+      if (registration.newer) registration.newer.older = registration.older;
+      else this.newest = registration.older;
+      if (registration.older) registration.older.newer = registration.newer;
+      this.byListener.delete(listener);
     });
   }
 
@@ -197,15 +325,14 @@ export class RamBlockAttributes {
    * granules that change, one notification per changed run (or one batch of them for a
    * listener that takes batches). Invalid input throws at once and changes nothing; a
    * failing listener rolls the whole change back and the promise rejects with
-   * ERR_GUESTMEM_LISTENER_FAILED.
+   * ERR_GUESTMEM_LISTENER_FAILED. Called from inside a listener of this block, it throws
+   * ERR_GUESTMEM_REENTRANT_CALL at once, and the change that listener is part of fails.
    */
   stateChange(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
+    this.refuseReentry('stateChange');
     const range = this.range(offset, size);
-    if (to !== 'shared' && to !== 'private') {
-      throw outOfRange(`target state must be 'shared' or 'private', got ${String(to)}`);
-    }
+    const toShared = checkState(to, 'target state');
     return this.queue.run(async () => {
-      const toShared = to === 'shared';
       const { first, count } = range;
       const from: StateChangeResult['from'] = this.bitmap.isAllSet(first, count)
         ? 'shared'
@@ -225,17 +352,85 @@ export class RamBlockAttributes {
     });
   }
 
-  private async replay(
-    section: SectionInput,
-    shared: boolean,
-    fn: (range: GranuleRange) => void | PromiseLike<void>,
-  ): Promise<void> {
-    const range = this.range(section.offset, section.size, 'section');
+  private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
+    this.refuseReentry(shared ? 'replayPopulated' : 'replayDiscarded');
+    const range = this.sectionRange(section);
+    if (typeof fn !== 'function') throw invalidArgType(`the replay callback must be a function, got ${describeValue(fn)}`);
     return this.queue.run(async () => {
       for (const [first, count] of this.bitmap.runs(range.first, range.count, shared)) {
-        const result = fn(new GranuleRange(first, count, this.granularity));
-        if (isThenable(result)) await result;
+        const result = this.call(undefined, fn, new GranuleRange(first, count, this.granularity));
+        if (isThenable(result)) await this.settle(result);
       }
+    });
+  }
+
+  private sectionRange(section: SectionInput): GranuleRange {
+    const { offset, size } = checkSection(section, 'section');
+    return this.range(offset, size, 'section');
+  }
+
+  private refuseReentry(operation: string): void {
+    if (!this.notifying) return;
+    this.reentry = new GuestmemError(
+      'ERR_GUESTMEM_REENTRANT_CALL',
+      `${operation} on ${this.name} was called from inside one of its own listeners, which would wait for itself: ` +
+        'a listener must not change the block it listens to (defer the call until the change has settled)',
+    );
+    throw this.reentry;
+  }
+
+  /**
+   * Calls a listener's method (or a replay callback) with the re-entry guard up. A call
+   * back into this tracker throws at once; if the listener swallowed that error, its
+   * notification fails anyway, so the change it is part of rolls back.
+   */
+  private call<A>(listener: unknown, method: (arg: A) => unknown, arg: A): unknown {
+    this.notifying = true;
+    let result: unknown;
+    try {
+      result = method.call(listener, arg);
+    } catch (error) {
+      // It failed anyway (with the re-entry error or another): the notification fails.
+      this.reentry = null;
+      throw error;
+    } finally {
+      this.notifying = false;
+    }
+    const reentry = this.reentry;
+    if (reentry !== null) {
+      this.reentry = null;
+      abandon(result);
+      throw reentry;
+    }
+    return result;
+  }
+
+  /**
+   * A listener's promise, bounded by listenerTimeoutMs where one is set. After a timeout
+   * the listener may still finish: the error says it is out of step and should go.
+   */
+  private settle(result: PromiseLike<unknown>): PromiseLike<unknown> {
+    const ms = this.listenerTimeoutMs;
+    if (ms === undefined) return result;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(
+          new GuestmemError(
+            'ERR_GUESTMEM_LISTENER_TIMEOUT',
+            `it did not settle within ${ms} ms (listenerTimeoutMs); if it still finishes, it is out of step with the tracker: unregister it`,
+          ),
+        );
+      }, ms);
+      Promise.resolve(result).then(
+        (value) => {
+          clearTimeout(timer);
+          resolve(value);
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
     });
   }
 
@@ -254,11 +449,12 @@ export class RamBlockAttributes {
    * undoes in reverse order what was done for this change, restores the bitmap, rethrows.
    */
   private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
+    if (runs.length === 0) return;
     const kind: Notify = toShared ? 'populate' : 'discard';
     for (const [first, count] of runs) this.flip(first, count, toShared);
     const done: Delivery[] = [];
     try {
-      for (const registration of this.registrations) {
+      for (let registration = this.newest; registration; registration = registration.older) {
         const clipped: GranuleRange[] = [];
         for (const [first, count] of runs) {
           const range = clip(registration.section, first, count);
@@ -289,23 +485,24 @@ export class RamBlockAttributes {
    * one by one. Records in `done` what it accepted; throws ERR_GUESTMEM_LISTENER_FAILED.
    */
   private async deliver(registration: Registration, kind: Notify, ranges: GranuleRange[], done: Delivery[]): Promise<void> {
-    const { listener } = registration;
-    const batch = batchOf(listener, kind);
+    const batch = kind === 'populate' ? registration.populateRuns : registration.discardRuns;
     if (batch) {
       try {
-        const result = batch(ranges);
-        if (isThenable(result)) await result;
+        const result = this.call(registration.listener, batch, ranges);
+        if (isThenable(result)) await this.settle(result);
       } catch (cause) {
-        throw this.listenerFailed(listener, kind, ranges, cause);
+        throw this.listenerFailed(registration, kind, ranges, cause);
       }
       done.push([registration, ranges]);
       return;
     }
+    const single = kind === 'populate' ? registration.populate : registration.discard;
     for (const range of ranges) {
       try {
-        await notify(listener, kind, range);
+        const result = this.call(registration.listener, single, range);
+        if (isThenable(result)) await this.settle(result);
       } catch (cause) {
-        throw this.listenerFailed(listener, kind, [range], cause);
+        throw this.listenerFailed(registration, kind, [range], cause);
       }
       done.push([registration, [range]]);
     }
@@ -325,14 +522,11 @@ export class RamBlockAttributes {
     return errors;
   }
 
-  private listenerFailed(listener: RamDiscardListener, kind: Notify, ranges: GranuleRange[], cause: unknown): GuestmemError {
-    const name = listenerName(listener);
+  private listenerFailed(registration: Registration, kind: Notify | 'attach', ranges: GranuleRange[], cause: unknown): GuestmemError {
+    const { name } = registration;
+    const what = kind === 'attach' ? `accept its section ${ranges[0]}` : `${kind} ${describeRanges(ranges)}`;
     return Object.assign(
-      new GuestmemError(
-        'ERR_GUESTMEM_LISTENER_FAILED',
-        `listener "${name}" failed to ${kind} ${describeRanges(ranges)} of ${this.name}: ${message(cause)}`,
-        { cause },
-      ),
+      new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `listener "${name}" failed to ${what} of ${this.name}: ${message(cause)}`, { cause }),
       { listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
     );
   }

@@ -3,6 +3,7 @@
 // the tracker of which granules are shared. Its convert() is QEMU's kvm_convert_memory
 // for one block, with every step undone if a later one fails.
 
+import { checkSafeBytes, checkSpan, type Bytes } from './byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
 import { GuestmemError, invalidArgType } from './errors';
 import type { GuestMemfd, Vm } from './kvm';
@@ -18,8 +19,9 @@ export type VcpuFdProvider = () => number;
 
 export interface RamBlockOptions {
   slot: number;
-  gpa: number;
-  size: number;
+  /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
+  gpa: Bytes;
+  size: Bytes;
   granularity?: number;
   name?: string;
   /**
@@ -57,13 +59,14 @@ export class RamBlock implements Disposable {
     this.name = options.name ?? `ram-block@0x${options.gpa.toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.slot = options.slot;
-    this.gpa = options.gpa;
-    this.size = options.size;
+    // Numbers suffice: guest physical addresses stop at 2^52 and a memslot at 2^31 - 1 pages.
+    this.gpa = checkSafeBytes(options.gpa, 'block gpa');
+    this.size = checkSafeBytes(options.size, 'block size');
     if (options.prefault !== undefined && typeof options.prefault !== 'function') {
       throw invalidArgType(`prefault must be a function returning a vCPU fd, got ${typeof options.prefault}`);
     }
     this.prefaultVcpu = options.prefault && vm.supportsPreFault ? options.prefault : null;
-    if (!Number.isSafeInteger(options.gpa) || options.gpa < 0 || options.gpa % this.attributes.granularity !== 0) {
+    if (this.gpa % this.attributes.granularity !== 0) {
       throw new RangeError(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
     }
     this.shared = SharedMemory.create(options.size, this.name);
@@ -83,8 +86,8 @@ export class RamBlock implements Disposable {
   }
 
   /** True when [gpa, gpa + size) lies in this block. */
-  contains(gpa: number, size: number): boolean {
-    return gpa >= this.gpa && gpa + size <= this.gpa + this.size;
+  contains(gpa: Bytes, size: Bytes): boolean {
+    return BigInt(gpa) >= BigInt(this.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(this.gpa + this.size);
   }
 
   get sharedPages(): number {
@@ -109,19 +112,23 @@ export class RamBlock implements Disposable {
    * any step undoes the earlier ones, so KVM, the tracker and every listener end as they were;
    * the error (ERR_GUESTMEM_CONVERSION_FAILED) names the step and carries the cause.
    */
-  convert(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     // One conversion at a time per block: each reads the tracker to know what to undo, and
     // KVM's attributes must change in the same order as the tracker's bitmap.
     return this.conversions.run(() => this.convertNow(gpa, size, to));
   }
 
-  private async convertNow(gpa: number, size: number, to: PageState): Promise<StateChangeResult> {
+  private async convertNow(gpaIn: Bytes, sizeIn: Bytes, to: PageState): Promise<StateChangeResult> {
     this.checkOpen();
-    if (typeof gpa !== 'number' || gpa < this.gpa) {
-      throw new RangeError(`gpa 0x${Number(gpa).toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+    const [start, length] = checkSpan(gpaIn, sizeIn, 'conversion');
+    if (start < BigInt(this.gpa)) {
+      throw new RangeError(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
     }
+    // Inside the block (checked here), both are below 2^53.
+    this.attributes.range(start - BigInt(this.gpa), length);
+    const gpa = Number(start);
+    const size = Number(length);
     const offset = gpa - this.gpa;
-    this.attributes.range(offset, size);
     if (to !== 'shared' && to !== 'private') throw new RangeError(`target state must be 'shared' or 'private', got ${String(to)}`);
     // The runs not yet in the target state: what an undo must put back.
     const before = this.attributes.runs(to === 'shared' ? 'private' : 'shared', { offset, size });

@@ -2,6 +2,7 @@
 // memory: populate = the range became shared, discard = the range became private.
 
 import type { GranuleRange } from './byte-range';
+import { describeValue, invalidArgType } from './errors';
 
 export interface RamDiscardListener {
   /** Shown in errors and reports; defaults to the constructor's name. */
@@ -23,8 +24,70 @@ export interface RamDiscardListener {
    */
   populateRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
   discardRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
+  /**
+   * Optional: told its section at register, before the replay (QEMU keeps the section in
+   * the listener too). Throwing refuses the registration: a listener that can only cover
+   * part of the block says so here instead of failing a later conversion.
+   */
+  attach?(section: GranuleRange): void;
 }
 
+/** A listener's methods as register found them, checked. */
+export interface CheckedListener {
+  readonly name: string;
+  readonly populate: (range: GranuleRange) => unknown;
+  readonly discard: (range: GranuleRange) => unknown;
+  readonly populateRuns: ((ranges: GranuleRange[]) => unknown) | undefined;
+  readonly discardRuns: ((ranges: GranuleRange[]) => unknown) | undefined;
+  readonly attach: ((section: GranuleRange) => unknown) | undefined;
+  readonly doubleDiscardSupported: boolean;
+}
+
+/** The name a report shows, whatever the listener is (never throws). */
 export function listenerName(listener: RamDiscardListener): string {
-  return listener.name ?? listener.constructor?.name ?? 'listener';
+  try {
+    return checkListenerName(listener);
+  } catch {
+    return 'listener';
+  }
+}
+
+/** The name errors show: `name` where it is a string, else the constructor's name. */
+export function checkListenerName(listener: RamDiscardListener): string {
+  const { name } = listener;
+  if (name !== undefined && typeof name !== 'string') throw invalidArgType(`listener.name must be a string, got ${describeValue(name)}`);
+  const constructorName = Object.getPrototypeOf(listener)?.constructor?.name;
+  return name ?? (typeof constructorName === 'string' && constructorName !== '' ? constructorName : 'listener');
+}
+
+function method<T>(listener: RamDiscardListener, key: keyof RamDiscardListener, required: boolean): T | undefined {
+  const value: unknown = listener[key];
+  if (typeof value === 'function') return value as T;
+  if (value === undefined && !required) return undefined;
+  throw invalidArgType(`listener.${key} must be a function${required ? '' : ' where present'}, got ${describeValue(value)}`);
+}
+
+/**
+ * Checks a listener at register: an object whose populate and discard are functions, whose
+ * batch forms and attach are functions where present, whose name is a string and whose
+ * doubleDiscardSupported is a boolean where present. Throws ERR_INVALID_ARG_TYPE.
+ */
+export function checkListener(listener: unknown): CheckedListener {
+  if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
+    throw invalidArgType(`listener must be an object with populate and discard methods, got ${describeValue(listener)}`);
+  }
+  const candidate = listener as RamDiscardListener;
+  const doubleDiscard: unknown = candidate.doubleDiscardSupported;
+  if (doubleDiscard !== undefined && typeof doubleDiscard !== 'boolean') {
+    throw invalidArgType(`listener.doubleDiscardSupported must be a boolean, got ${describeValue(doubleDiscard)}`);
+  }
+  return {
+    name: checkListenerName(candidate),
+    populate: method(candidate, 'populate', true)!,
+    discard: method(candidate, 'discard', true)!,
+    populateRuns: method(candidate, 'populateRuns', false),
+    discardRuns: method(candidate, 'discardRuns', false),
+    attach: method(candidate, 'attach', false),
+    doubleDiscardSupported: doubleDiscard === true,
+  };
 }

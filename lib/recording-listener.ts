@@ -3,9 +3,12 @@
 // does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
 // that the tracker's notifications are exact.
 
-import type { GranuleRange } from './byte-range';
+import { GranuleRange } from './byte-range';
+import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
 import { PageBitmap, type Run } from './page-bitmap';
-import type { RamDiscardListener } from './ram-discard-listener';
+import { checkListener, type RamDiscardListener } from './ram-discard-listener';
+
+type Kind = 'populate' | 'discard';
 
 export class RecordingListener implements RamDiscardListener {
   readonly name: string;
@@ -16,7 +19,7 @@ export class RecordingListener implements RamDiscardListener {
   populates = 0;
   discards = 0;
   /** Test hook: return true to make the next notification throw, as a failing DMA map would. */
-  failWhen: ((kind: 'populate' | 'discard', range: GranuleRange) => boolean) | null = null;
+  failWhen: ((kind: Kind, range: GranuleRange) => boolean) | null = null;
 
   private readonly inner: RamDiscardListener | null;
   populateRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
@@ -32,6 +35,10 @@ export class RecordingListener implements RamDiscardListener {
     blockGranules: number,
     options: { doubleDiscardSupported?: boolean; inner?: RamDiscardListener; batch?: boolean } = {},
   ) {
+    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
+    checkInteger(blockGranules, 'blockGranules', 0, PageBitmap.MAX_BITS);
+    if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
+    if (options.inner !== undefined) checkListener(options.inner);
     this.name = name;
     this.mapped = new PageBitmap(blockGranules);
     this.inner = options.inner ?? null;
@@ -41,8 +48,19 @@ export class RecordingListener implements RamDiscardListener {
     if (inner ? inner.discardRuns : options.batch) this.discardRuns = (ranges) => this.batch('discard', ranges);
   }
 
-  /** A batch is all or nothing: an injected failure on any range fails it before any change. */
-  private batch(kind: 'populate' | 'discard', ranges: GranuleRange[]): void | PromiseLike<void> {
+  /** Refuses a section that does not fit the block it was made for, at register. */
+  attach(section: GranuleRange): void {
+    this.checkRange(section);
+    this.inner?.attach?.(section);
+  }
+
+  /**
+   * A batch is all or nothing: a malformed range or an injected failure on any range fails
+   * it before any change.
+   */
+  private batch(kind: Kind, ranges: GranuleRange[]): void | PromiseLike<void> {
+    if (!Array.isArray(ranges)) throw invalidArgType(`${kind}Runs takes an array of GranuleRanges, got ${describeValue(ranges)}`);
+    for (const range of ranges) this.checkRange(range);
     for (const range of ranges) {
       if (this.failWhen?.(kind, range)) throw new Error(`injected ${kind} failure on ${range}`);
     }
@@ -59,6 +77,7 @@ export class RecordingListener implements RamDiscardListener {
   }
 
   populate(range: GranuleRange): void | PromiseLike<void> {
+    this.checkRange(range);
     if (this.failWhen?.('populate', range)) throw new Error(`injected populate failure on ${range}`);
     const forwarded = this.inner?.populate(range);
     if (forwarded && typeof forwarded.then === 'function') return Promise.resolve(forwarded).then(() => this.recordPopulate(range));
@@ -66,10 +85,19 @@ export class RecordingListener implements RamDiscardListener {
   }
 
   discard(range: GranuleRange): void | PromiseLike<void> {
+    this.checkRange(range);
     if (this.failWhen?.('discard', range)) throw new Error(`injected discard failure on ${range}`);
     const forwarded = this.inner?.discard(range);
     if (forwarded && typeof forwarded.then === 'function') return Promise.resolve(forwarded).then(() => this.recordDiscard(range));
     this.recordDiscard(range);
+  }
+
+  /** A notification's range must be a GranuleRange inside the block this listener records. */
+  private checkRange(range: unknown): void {
+    if (!(range instanceof GranuleRange)) throw invalidArgType(`${this.name}: expected a GranuleRange, got ${describeValue(range)}`);
+    if (range.end > this.mapped.bits) {
+      throw outOfRange(`${this.name}: ${range} (granules [${range.first}, ${range.end})) is past the ${this.mapped.bits} granules this listener records`);
+    }
   }
 
   private recordPopulate(range: GranuleRange): void {

@@ -2,8 +2,10 @@
 // BAR mmap, and (for a cdev) binding to iommufd and attaching to an IOAS.
 
 import fs from 'node:fs';
+import { checkBytes, type Bytes } from './byte-range';
 import { GuestmemError, outOfRange } from './errors';
 import { FdOwner } from './fd-owner';
+import { HostMapping } from './host-mapping';
 import type { Ioas, Iommufd } from './iommufd';
 import { native } from './native';
 
@@ -20,13 +22,20 @@ export interface RegionInfo {
 }
 
 /**
- * A mapped region, valid until unmap() (or until it is collected). Registers are read and
- * written through `words`: a typed-array element is one 32-bit access, as MMIO needs,
- * while a DataView may split it into byte accesses (edu then answers 0).
+ * A mapped region (a BAR, of any size the device has), valid until unmap(). JS reaches it
+ * through windows, never one buffer over all of it (a 64-bit BAR may pass Node's 4 GiB
+ * limit). Registers are read and written through `words`: a typed-array element is one
+ * 32-bit access, as MMIO needs, while a DataView may split it into byte accesses (edu then
+ * answers 0). unmap() empties every window still alive.
  */
 export interface RegionMapping {
-  readonly buffer: ArrayBuffer;
-  readonly words: Uint32Array;
+  /** Host virtual address of the mapping. */
+  readonly address: bigint;
+  readonly size: bigint;
+  /** A byte window onto [offset, offset + length) (see HostMapping.view). */
+  view(offset: Bytes, length: number): Uint8Array;
+  /** `count` 32-bit registers from `offset` (a multiple of 4). */
+  words(offset: Bytes, count: number): Uint32Array;
   unmap(): void;
 }
 
@@ -90,14 +99,21 @@ export class VfioDevice extends FdOwner {
     if ((region.flags & VFIO_REGION_INFO_FLAG_MMAP) === 0) {
       throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `region ${regionIndex} of ${this.name} cannot be mmapped`);
     }
-    const { buffer } = native().mmap(this.fd, region.size, region.offset, true);
+    const host = HostMapping.map(this.fd, region.size, region.offset, `region ${regionIndex} of ${this.name}`);
     const mappings = this.mappings;
     const mapping: RegionMapping = {
-      buffer,
-      words: new Uint32Array(buffer),
+      address: host.address,
+      size: host.size,
+      view: (offset, length) => host.view(offset, length),
+      words(offset, count) {
+        if (checkBytes(offset, 'register offset') % 4n !== 0n) throw outOfRange(`register offset ${offset} is not a multiple of 4`);
+        if (!Number.isSafeInteger(count) || count < 0) throw outOfRange(`register count must be a non-negative integer, got ${count}`);
+        const bytes = host.view(offset, count * 4);
+        return new Uint32Array(bytes.buffer, bytes.byteOffset, count);
+      },
       unmap() {
         if (!mappings.delete(mapping)) return;
-        native().munmap(buffer);
+        host.unmap();
       },
     };
     mappings.add(mapping);

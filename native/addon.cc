@@ -3,6 +3,7 @@
 
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
+void InitMapping(Napi::Env env, Napi::Object exports);
 void InitVfioType1(Napi::Env env, Napi::Object exports);
 void InitIommufd(Napi::Env env, Napi::Object exports);
 void InitVfioDevice(Napi::Env env, Napi::Object exports);
@@ -14,6 +15,7 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKvm(env, exports);
   InitMemory(env, exports);
+  InitMapping(env, exports);
   InitVfioType1(env, exports);
   InitIommufd(env, exports);
   InitVfioDevice(env, exports);

@@ -1,6 +1,7 @@
 // `guestmem bench`: conversions of 1, 16 and 512 pages on a real kernel, through KVM, the
 // tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
-// how many times each conversion crossed into C++ (bounded, whatever the page count).
+// how many times each conversion crossed into C++ (bounded, whatever the page count); then
+// one page at the far end of an 8 GiB block against one at the far end of a 1 GiB block.
 // Where the VM has KVM_CAP_PRE_FAULT_MEMORY, every size is measured twice: without and
 // with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
@@ -10,8 +11,10 @@ import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../native';
 import type { ConversionStep } from '../conversion-stats';
 import type { PageState } from '../state-change-channel';
+import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { printJson } from './output';
+import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { needsVm, runInVm } from './vm-command';
 
@@ -37,7 +40,7 @@ export async function benchCommand(args: string[]): Promise<number> {
     args,
     options: {
       json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' },
-      'guest-iterations': { type: 'string' },
+      'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' },
     },
   });
   const iterations = Number(values.iterations ?? 20);
@@ -56,6 +59,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   const rows: BenchRow[] = [];
   let backend: string | null = null;
   let prefaultAvailable = false;
+  let farEnd: FarEndResult | null = null;
   for (const prefault of [false, true]) {
     if (prefault && (values['no-prefault'] || !prefaultAvailable)) break;
     const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault });
@@ -63,13 +67,14 @@ export async function benchCommand(args: string[]): Promise<number> {
       prefaultAvailable = host.memory.vm.supportsPreFault;
       backend = host.assigned?.backend ?? null;
       rows.push(...(await measure(host, sizes, iterations, prefault)));
+      if (!prefault && !values['no-far-end']) farEnd = await benchFarEnd(host, iterations);
     } finally {
       await host.shutdown();
     }
   }
   const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
   const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
-  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, guestLoop });
+  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
   else {
     console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
     console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  native calls');
@@ -79,6 +84,13 @@ export async function benchCommand(args: string[]): Promise<number> {
     }
     const failed = rows.reduce((sum, r) => sum + r.failedPrefaults, 0);
     if (failed > 0) console.log(`${failed} pre-faults failed (ignored, as QEMU ignores them)`);
+    if (farEnd) {
+      console.log(`one page at the far end of a block, end to end (${farEnd.rows[0]!.conversions} conversions each, alternating):`);
+      for (const row of farEnd.rows) {
+        console.log(`  ${formatBytes(row.blockSize).padStart(6)} block at 0x${row.gpa.toString(16)}, page 0x${row.offset.toString(16)}: median ${(row.medianNs / 1000).toFixed(1)} µs, mean ${(row.meanNs / 1000).toFixed(1)} µs`);
+      }
+      console.log(`  8 GiB / 1 GiB (medians): ${farEnd.ratio.toFixed(3)}${Math.abs(farEnd.ratio - 1) <= 0.1 ? ' (within 10%)' : ' (NOT within 10%)'}`);
+    }
     if (guestLoop) {
       const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
       console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared):`);

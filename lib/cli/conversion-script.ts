@@ -4,15 +4,19 @@
 //   unlisten <id>
 //   convert <offset> <size> shared|private
 // Blank lines and # comments are ignored; a malformed line is a UsageError naming its line.
+// Numbers are exact (bigints past 2^53) and may be 2^64 or more: such a conversion is
+// rejected and counted when it runs, like any other invalid one; only text that is not a
+// number makes a line malformed.
 
-import { parseSize } from './sizes';
+import type { Bytes } from '../byte-range';
+import { parseBytes } from './sizes';
 import { UsageError } from './usage-error';
 
 export type ScriptOp =
-  | { op: 'block'; line: number; size: number; granule: number }
-  | { op: 'listen'; line: number; id: string; offset: number; size: number }
+  | { op: 'block'; line: number; size: Bytes; granule: number }
+  | { op: 'listen'; line: number; id: string; offset: Bytes; size: Bytes }
   | { op: 'unlisten'; line: number; id: string }
-  | { op: 'convert'; line: number; offset: number; size: number; to: 'shared' | 'private' };
+  | { op: 'convert'; line: number; offset: Bytes; size: Bytes; to: 'shared' | 'private' };
 
 export class ScriptError extends UsageError {
   constructor(readonly line: number, message: string) {
@@ -24,12 +28,20 @@ function expectArgs(words: string[], line: number, count: number[], form: string
   if (!count.includes(words.length - 1)) throw new ScriptError(line, `expected '${form}', got '${words.join(' ')}'`);
 }
 
-function size(text: string, line: number, what: string): number {
+function size(text: string, line: number, what: string): Bytes {
   try {
-    return parseSize(text, what);
+    return parseBytes(text, what);
   } catch (error) {
     throw new ScriptError(line, (error as Error).message);
   }
+}
+
+const KEYWORDS = ['block', 'listen', 'unlisten', 'convert'];
+
+function unknownKeyword(keyword: string): string {
+  const lower = keyword.toLowerCase();
+  const hint = lower !== keyword && KEYWORDS.includes(lower) ? `; keywords are lowercase: '${lower}'` : '';
+  return `unknown keyword '${keyword}' (expected block, listen, unlisten or convert${hint})`;
 }
 
 export function parseScript(text: string): ScriptOp[] {
@@ -40,12 +52,13 @@ export function parseScript(text: string): ScriptOp[] {
     const words = raw.replace(/#.*/, '').trim().split(/\s+/).filter(Boolean);
     if (words.length === 0) return;
     const [keyword] = words;
+    if (!KEYWORDS.includes(keyword!)) throw new ScriptError(line, unknownKeyword(keyword!));
     if (keyword !== 'block' && !haveBlock) throw new ScriptError(line, `'${keyword}' before any 'block' line`);
     switch (keyword) {
       case 'block':
         if (haveBlock) throw new ScriptError(line, 'a script has one block; this is a second');
         expectArgs(words, line, [1, 2], 'block <bytes> [granule]');
-        ops.push({ op: 'block', line, size: size(words[1]!, line, 'block size'), granule: words[2] ? size(words[2], line, 'granule') : 4096 });
+        ops.push({ op: 'block', line, size: size(words[1]!, line, 'block size'), granule: words[2] ? Number(size(words[2], line, 'granule')) : 4096 });
         haveBlock = true;
         return;
       case 'listen':
@@ -64,7 +77,7 @@ export function parseScript(text: string): ScriptOp[] {
         return;
       }
       default:
-        throw new ScriptError(line, `unknown keyword '${keyword}' (expected block, listen, unlisten or convert)`);
+        throw new ScriptError(line, unknownKeyword(keyword!));
     }
   });
   if (!haveBlock) throw new ScriptError(1, "the script has no 'block' line");

@@ -2,13 +2,39 @@
 // conversions in order; the result of each and where the time went.
 
 import { parseArgs } from 'node:util';
+import { toGranuleRange, type Bytes } from '../byte-range';
 import { nativeCalls } from '../native';
+import { blockGeometry } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
 import { VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
 import { UsageError } from './usage-error';
+
+const PAGE = 4096;
+
+/**
+ * The block and every range, checked as the tracker will check them, before the kernel is
+ * touched: a zero, unaligned or too large --size, an unaligned --gpa, an empty range or one
+ * outside the block is a usage error (exit 2), not a failed ioctl.
+ */
+function checkBlockOptions(size: number | bigint, gpa: number | bigint, ranges: Array<{ offset: number | bigint; size: number | bigint }>): void {
+  let granules: number;
+  try {
+    granules = blockGeometry(size, { granularity: PAGE }).granules;
+  } catch (error) {
+    throw new UsageError(`--size: ${(error as Error).message}`);
+  }
+  if (BigInt(gpa) % BigInt(PAGE) !== 0n) throw new UsageError(`--gpa must be a multiple of ${PAGE} (a page), got 0x${gpa.toString(16)}`);
+  for (const range of ranges) {
+    try {
+      toGranuleRange(range.offset, range.size, PAGE, granules, '--range');
+    } catch (error) {
+      throw new UsageError((error as Error).message);
+    }
+  }
+}
 
 export async function convertCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -27,6 +53,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   const size = parseSize(values.size, '--size');
   const gpa = parseSize(values.gpa, '--gpa');
   const backend = backendOption(values.backend);
+  checkBlockOptions(size, gpa, ranges);
 
   const host = new VmHost({ gpa, vfio: values.vfio, backend });
   const results: Array<Record<string, unknown>> = [];
@@ -60,8 +87,8 @@ export async function convertCommand(args: string[]): Promise<number> {
       console.log(`block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
       for (const r of results) {
         console.log(r.ok
-          ? `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
-          : `  ${r.to} [0x${(r.offset as number).toString(16)}, +${formatBytes(r.size as number)}): FAILED: ${r.error}`);
+          ? `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`
+          : `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): FAILED: ${r.error}`);
       }
       console.log(`shared ${attributes.sharedGranules} pages, private ${attributes.privateGranules}${listener ? `, ${listener.mappings} DMA mappings held` : ''}`);
       console.log(`time by step (ns): ${JSON.stringify(summary.stats.ns)}`);

@@ -3,6 +3,7 @@
 // whose DMA listener maps what turns shared.
 
 import { AssignedDevice } from '../assigned-device';
+import type { Bytes } from '../byte-range';
 import type { DmaBackend } from '../dma-mapper';
 import { GuestMemory } from '../guest-memory';
 import { Kvm } from '../kvm';
@@ -12,12 +13,13 @@ import type { PageState } from '../state-change-channel';
 import { VfioDmaListener } from '../vfio-dma-listener';
 import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
+import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
 
-  openBlock(size: number, granule: number): RamBlockAttributes {
+  openBlock(size: Bytes, granule: number): RamBlockAttributes {
     this.attributes = new RamBlockAttributes(size, { granularity: granule, name: 'simulated' });
     return this.attributes;
   }
@@ -26,7 +28,7 @@ export class TrackerHost implements ScriptHost {
     return null;
   }
 
-  convert(offset: number, size: number, to: PageState): Promise<unknown> {
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
     return this.attributes!.stateChange(offset, size, to);
   }
 
@@ -34,7 +36,7 @@ export class TrackerHost implements ScriptHost {
 }
 
 export interface VmHostOptions {
-  gpa: number;
+  gpa: Bytes;
   vfio?: string;
   backend?: DmaBackend | 'auto';
   /** Pre-fault each conversion's range on a vCPU of the VM (never run; where KVM has it). */
@@ -51,6 +53,24 @@ export function backendOption(value: string | undefined): DmaBackend | 'auto' {
 /** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */
 export const DEFAULT_GPA = 16 * 1024 * 1024;
 
+/**
+ * Opening KVM or creating a SW-protected VM fails on most hosts, with an errno that alone
+ * says little (EINVAL from KVM_CREATE_VM): keep the kernel's error (code, errno, syscall)
+ * and say what to do.
+ */
+function withVmHint<T>(make: () => T): T {
+  try {
+    return make();
+  } catch (error) {
+    const e = error as NodeJS.ErrnoException;
+    if (typeof e?.syscall !== 'string') throw error;
+    throw Object.assign(
+      new Error(`${e.message}: this host cannot make a SW-protected VM ('guestmem probe' says why); run the command inside the harness VM: guestmem vm -- <command>`, { cause: error }),
+      { code: e.code, errno: e.errno, syscall: e.syscall },
+    );
+  }
+}
+
 export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
@@ -59,9 +79,9 @@ export class VmHost implements ScriptHost {
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
-    this.kvm = Kvm.open();
+    this.kvm = withVmHint(() => Kvm.open());
     try {
-      const vm = this.kvm.createVm('sw-protected');
+      const vm = withVmHint(() => this.kvm.createVm('sw-protected'));
       const vcpu = options.prefault ? Vcpu.create(this.kvm, vm, 0) : null;
       this.vcpu = vcpu;
       this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});
@@ -73,7 +93,7 @@ export class VmHost implements ScriptHost {
     }
   }
 
-  openBlock(size: number, granule: number): RamBlockAttributes {
+  openBlock(size: Bytes, granule: number): RamBlockAttributes {
     this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram' });
     return this.block.attributes;
   }
@@ -83,8 +103,8 @@ export class VmHost implements ScriptHost {
     return new VfioDmaListener(this.assigned.dma, { sharedAddress: this.block!.shared.address, gpa: BigInt(this.block!.gpa), name: id });
   }
 
-  convert(offset: number, size: number, to: PageState): Promise<unknown> {
-    return this.block!.convert(this.block!.gpa + offset, size, to);
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
+    return this.block!.convert(addBytes(this.block!.gpa, offset), size, to);
   }
 
   /** Unregisters listeners (unmapping what they hold) before the device and the VM go. */

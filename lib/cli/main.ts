@@ -30,9 +30,11 @@ examples:
   guestmem probe
   guestmem demo
   guestmem simulate script.txt --json`,
-  probe: `usage: guestmem probe [--json]
+  probe: `usage: guestmem probe [--json] [--guest-size S]
   Reports /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
   VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece, why and the fix.
+  For type1 it says how much of a guest of size S (default 8G) can be shared at once at
+  4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.
 example:
   guestmem probe --json | jq .memoryAttributes`,
   convert: `usage: guestmem convert --size S --gpa A --range OFF+LEN --to private|shared [--range ... --to ...]
@@ -44,7 +46,7 @@ example:
 examples:
   guestmem convert --size 64M --gpa 16M --range 1M+64K --to shared
   guestmem convert --size 64M --gpa 16M --vfio 0000:00:01.0 --range 0+2M --to shared --range 0+4K --to private`,
-  simulate: `usage: guestmem simulate [FILE|-] [--json] [--svg FILE]
+  simulate: `usage: guestmem simulate [FILE|-] [--json] [--svg FILE] [--max-input SIZE]
   Runs a conversion script through the tracker with recording listeners that model VFIO
   (a double map or unmap counts as an error), touching no kernel. Script lines:
     block <bytes> [granule]          one RAM block; granule defaults to 4096
@@ -52,32 +54,39 @@ examples:
     unlisten <id>
     convert <offset> <size> shared|private
   Blank lines and # comments are ignored. A malformed line exits 2 with its line number;
-  an invalid conversion is counted as rejected and the run goes on.
+  an invalid conversion is counted as rejected and the run goes on. The script is read up
+  to --max-input bytes (default 64M); a block whose bitmap would pass 256 MiB is refused.
   --json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
   "rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.
 examples:
   guestmem simulate script.txt --svg map.svg
   printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json`,
-  run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--svg FILE]
+  run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--svg FILE] [--max-input SIZE]
   Executes a simulate script against a real SW-protected VM: the block becomes a guest_memfd
   memslot at --gpa (default 16M); 'listen' attaches the VFIO DMA listener of the device named
   by --vfio on its section (a recording listener without --vfio). Exits 1 if a conversion
   fails in the kernel. A progress bar shows on long scripts when stdout is a terminal.
 example:
   guestmem run script.txt --vfio 0000:00:01.0 --svg map.svg`,
-  replay: `usage: guestmem replay TRACE [--size S --gpa A] [--vfio BDF] [--dry-run] [--json] [--svg FILE]
+  replay: `usage: guestmem replay TRACE [--size S --gpa A] [--vfio BDF] [--dry-run] [--json] [--svg FILE] [--max-input SIZE]
   Replays QEMU's kvm_convert_memory events (log trace backend, optionally '<pid>@<s>.<us>:'
   prefixed) by guest address on a real VM (--dry-run: the tracker only), and checks each
   ram_block_attributes_state_change event against the tracker's own view. Other lines are
-  skipped. Without --size/--gpa the block is inferred from the addresses (and it says so).
+  skipped. Without --size/--gpa the block is inferred from the addresses (and it says so),
+  leaving out conversions past 2^64 (and, on a real VM, past 2^52: no guest has such
+  addresses); those are rejected and counted. Addresses and sizes go to 2^64 - 1. A huge
+  inferred block that the conversions barely touch is refused: give --gpa/--size.
   Exits 1 on a failed conversion or a mismatch with QEMU's view.
 example:
   guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run`,
-  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-vm] [--no-prefault]
+  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-far-end] [--no-prefault] [--no-vm]
   Times conversions on a real kernel, split by step (KVM attributes, listeners, discard,
   pre-fault), with the number of native calls per conversion; where KVM has
-  KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Runs
-  inside the harness VM when this host lacks SW-protected VMs (--no-vm: fail instead).
+  KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Then one
+  page at the far end of an 8 GiB block against one at the far end of a 1 GiB block (same
+  VM, alternating), which should cost the same (--no-far-end skips it: creating the blocks
+  makes KVM mark 9 GiB private). Runs inside the harness VM when this host lacks
+  SW-protected VMs (--no-vm: fail instead).
 example:
   guestmem bench --json`,
   guest: `usage: guestmem guest PROGRAM [--vcpus N] [--vfio BDF] [--backend auto|type1|iommufd]
@@ -90,7 +99,7 @@ example:
     secret   a private page hides a secret from the host and the device; a shared one carries messages
     random   --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
     loop     --iterations x (private, shared) of one page
-    misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts
+    misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts, 4 ud2
   Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
   Exits 1 if a check fails or the guest does not exit 0.
 examples:
@@ -130,10 +139,12 @@ const COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
 export async function main(argv: string[]): Promise<number> {
   const [command, ...args] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    console.log(HELP[args[0] ?? ''] ?? HELP['']);
+    const topic = args[0] ?? '';
+    console.log(Object.hasOwn(HELP, topic) ? HELP[topic] : HELP['']);
     return command === undefined ? 2 : 0;
   }
-  const run = COMMANDS[command];
+  // An own property only: 'constructor' or '__proto__' is not a command.
+  const run = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
   if (!run) {
     console.error(`guestmem: unknown command '${command}'\n\n${HELP['']}`);
     return 2;
@@ -145,8 +156,9 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await run(args);
   } catch (error) {
-    const e = error as Error & { code?: string };
-    if (error instanceof UsageError || e.code?.startsWith('ERR_PARSE_ARGS')) {
+    // Anything may be thrown (a listener's string, null): report it, never crash on it.
+    const e = (error instanceof Error ? error : new Error(`non-error thrown: ${String(error)}`)) as Error & { code?: unknown };
+    if (error instanceof UsageError || (typeof e.code === 'string' && e.code.startsWith('ERR_PARSE_ARGS'))) {
       console.error(`guestmem ${command}: ${e.message}\n(see guestmem ${command} --help)`);
       return 2;
     }

@@ -53,10 +53,11 @@ export function mapSvg(attributes: RamBlockAttributes, history: ConversionRecord
   const rowHeight = history.length > 0 ? Math.max(0.5, (timelineHeight - 20) / history.length) : 1;
   history.forEach((record, i) => {
     const colour = record.outcome !== 'done' ? '#aaaaaa' : record.to === 'shared' ? '#3c9a5f' : '#6b4c9a';
-    const first = record.offset / g;
-    const count = Math.max(1, record.size / g);
+    // Rejected conversions may lie far outside the block (up to 2^64 and past): clamp them.
+    const first = Number(record.offset) / g;
+    const count = Math.max(1, Number(record.size) / g);
     parts.push(
-      `<rect x="${x(Math.min(first, pages)).toFixed(2)}" y="${(top + 20 + i * rowHeight).toFixed(2)}" width="${Math.max(0.5, x(count)).toFixed(2)}" height="${rowHeight.toFixed(2)}" fill="${colour}"/>`,
+      `<rect x="${x(Math.max(0, Math.min(first, pages))).toFixed(2)}" y="${(top + 20 + i * rowHeight).toFixed(2)}" width="${Math.max(0.5, x(Math.min(count, pages))).toFixed(2)}" height="${rowHeight.toFixed(2)}" fill="${colour}"/>`,
     );
   });
   parts.push('</svg>');

@@ -3,7 +3,9 @@
 
 import { parseArgs } from 'node:util';
 import { probe, type Feature, type ProbeReport } from '../probe';
+import { type1Reach, type Type1Reach } from '../type1-reach';
 import { printJson } from './output';
+import { formatBytes, parseSize } from './sizes';
 
 function line(name: string, feature: Feature, detail = ''): string {
   if (feature.ok) return `  ok       ${name}${detail ? `: ${detail}` : ''}`;
@@ -26,7 +28,17 @@ function flagsDetail(report: ProbeReport): string {
   return `${parts.join('; ')}\n           ${inPlace}`;
 }
 
-export function formatProbe(report: ProbeReport): string {
+/** The type1 wall in words: how much of a guest of this size can be shared at once. */
+export function formatReach(reach: Type1Reach): string {
+  const percent = (reach.sharedFraction * 100).toFixed(reach.sharedFraction < 0.1 ? 2 : 1);
+  const mib = Math.round(Number(reach.maxSharedBytes) / 2 ** 20);
+  return `           at ${formatBytes(reach.granule)} granules type1 can map at most ${formatBytes(reach.maxSharedBytes)} (~${mib} MiB) of a guest at once ` +
+    `(one entry per granule); for a guest of ${formatBytes(reach.guestSize)}: ${percent}% of its memory shared at most` +
+    (reach.sharedFraction < 1 ? `, all of it needs dma_entry_limit >= ${reach.entriesForWholeGuest}` : '') +
+    '\n           iommufd keeps no count of mappings (only the pinned memory is limited): it has no such wall';
+}
+
+export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
   return [
     'guestmem probe',
     line('native addon', report.nativeAddon),
@@ -39,15 +51,19 @@ export function formatProbe(report: ProbeReport): string {
     line('KVM_PRE_FAULT_MEMORY (KVM_CAP_PRE_FAULT_MEMORY)', report.preFaultMemory),
     line('IOMMU groups', report.iommuGroups, `${report.iommuGroups.count}`),
     line('devices bound to vfio-pci', report.vfioDevices, report.vfioDevices.devices.map((d) => `${d.bdf} (${d.vendor}:${d.device}, group ${d.iommuGroup})`).join(', ')),
-    line('VFIO type1', report.type1, report.type1.dmaAvailableDefault !== undefined ? `dma_entry_limit ${report.type1.dmaAvailableDefault} mappings per container` : ''),
+    line('VFIO type1', report.type1, report.type1.dmaAvailableDefault !== undefined ? `dma_entry_limit ${report.type1.dmaAvailableDefault} mappings per container` : '') +
+      (report.type1.ok && reach ? `\n${formatReach(reach)}` : ''),
     line('iommufd', report.iommufd, report.iommufd.ok ? 'preferred: no mapping limit' : ''),
   ].join('\n');
 }
 
 export function probeCommand(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' } } });
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'guest-size': { type: 'string' } } });
+  const guestSize = parseSize(values['guest-size'] ?? '8G', '--guest-size');
   const report = probe();
-  if (values.json) printJson(report);
-  else console.log(formatProbe(report));
+  const limit = report.type1.dmaAvailableDefault;
+  const reach = limit !== undefined ? type1Reach(limit, guestSize) : undefined;
+  if (values.json) printJson(reach ? { ...report, type1Reach: reach } : report);
+  else console.log(formatProbe(report, reach));
   return 0;
 }

@@ -4,20 +4,23 @@
 // The first kind is replayed by gpa; the second, where present, is what QEMU's tracker saw
 // for the conversion before it, and is checked against ours. Every other line is skipped.
 
+import type { Bytes } from '../byte-range';
 import type { PageState } from '../state-change-channel';
+import { exactBytes, parseDigits } from './sizes';
 
+/** Addresses and sizes are exact: numbers up to 2^53, bigints past it (2^64 or more too). */
 export interface TraceCheck {
   line: number;
-  offset: number;
-  size: number;
+  offset: Bytes;
+  size: Bytes;
   from: PageState | 'mixture';
   to: PageState;
 }
 
 export interface TraceConversion {
   line: number;
-  gpa: number;
-  size: number;
+  gpa: Bytes;
+  size: Bytes;
   to: PageState;
   checks: TraceCheck[];
 }
@@ -41,10 +44,8 @@ function state(word: string): PageState | 'mixture' {
   return word === 'populated' ? 'shared' : word === 'discarded' ? 'private' : 'mixture';
 }
 
-function hex(text: string): number {
-  const value = Number.parseInt(text, 16);
-  if (!Number.isSafeInteger(value)) throw new RangeError(`0x${text} is above 2^53`);
-  return value;
+function hex(text: string): Bytes {
+  return exactBytes(parseDigits(text, true));
 }
 
 export function parseTrace(text: string): ParsedTrace {
@@ -75,16 +76,30 @@ export function parseTrace(text: string): ParsedTrace {
   return trace;
 }
 
-/** The smallest 2 MiB-aligned block holding every conversion. */
-export function inferBlock(trace: ParsedTrace): { gpa: number; size: number } | null {
+const U64_LIMIT = 1n << 64n;
+
+/** x86's widest guest physical address (MAXPHYADDR 52): no real guest converts above it. */
+export const GUEST_PHYS_LIMIT = 1n << 52n;
+
+/**
+ * The smallest 2 MiB-aligned block holding every conversion that ends within `limit`
+ * (2^64 for the tracker alone, GUEST_PHYS_LIMIT for a real VM); the others are rejected
+ * when replayed. With none inside, 2 MiB at 0.
+ */
+export function inferBlock(trace: ParsedTrace, limit = U64_LIMIT): { gpa: Bytes; size: Bytes } | null {
   if (trace.conversions.length === 0) return null;
-  const align = 2 * 1024 * 1024;
-  let low = Infinity;
-  let high = 0;
+  const align = 2n * 1024n * 1024n;
+  let low: bigint | null = null;
+  let high = 0n;
   for (const c of trace.conversions) {
-    low = Math.min(low, c.gpa);
-    high = Math.max(high, c.gpa + c.size);
+    const start = BigInt(c.gpa);
+    const end = start + BigInt(c.size);
+    if (end > limit || c.size === 0 || c.size === 0n) continue;
+    if (low === null || start < low) low = start;
+    if (end > high) high = end;
   }
-  const gpa = Math.floor(low / align) * align;
-  return { gpa, size: Math.ceil((high - gpa) / align) * align };
+  if (low === null) return { gpa: 0, size: Number(align) };
+  const gpa = (low / align) * align;
+  const size = ((high - gpa + align - 1n) / align) * align;
+  return { gpa: exactBytes(gpa), size: exactBytes(size) };
 }

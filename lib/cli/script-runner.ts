@@ -2,8 +2,9 @@
 // (`run`). Listeners are RecordingListeners, wrapping the host's real listener where it has
 // one, so the report says what each listener really holds.
 
+import { toGranuleRange, type Bytes } from '../byte-range';
 import type { Run } from '../page-bitmap';
-import type { RamBlockAttributes } from '../ram-block-attributes';
+import { blockGeometry, type RamBlockAttributes } from '../ram-block-attributes';
 import type { RamDiscardListener } from '../ram-discard-listener';
 import { RecordingListener } from '../recording-listener';
 import type { PageState } from '../state-change-channel';
@@ -13,17 +14,17 @@ import { ScriptError } from './conversion-script';
 /** Where a script runs: one block, its listeners, its conversions. */
 export interface ScriptHost {
   /** Creates the block and returns its tracker. */
-  openBlock(size: number, granule: number): RamBlockAttributes;
+  openBlock(size: Bytes, granule: number): RamBlockAttributes;
   /** The real listener for a `listen` line, or null for a recording listener alone. */
-  makeListener(id: string, offset: number, size: number): RamDiscardListener | null;
-  convert(offset: number, size: number, to: PageState): Promise<unknown>;
+  makeListener(id: string, offset: Bytes, size: Bytes): RamDiscardListener | null;
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown>;
   /** Releases everything: listeners first (unmapping what they hold), then the block and VM. */
   shutdown(): Promise<void>;
 }
 
 export interface ConversionRecord {
-  offset: number;
-  size: number;
+  offset: Bytes;
+  size: Bytes;
   to: PageState;
   outcome: 'done' | 'rejected' | 'failed';
 }
@@ -44,6 +45,57 @@ export interface ScriptReport {
   failures: string[];
 }
 
+/**
+ * The most memory the recording listeners of one script may hold at once (each keeps a
+ * bitmap of the block): 1 GiB. Past it the script is refused at the listen line that would
+ * cross it, before anything is allocated.
+ */
+export const MAX_RECORDING_BYTES = 2 ** 30;
+
+function scriptError(line: number, error: unknown, prefix = ''): ScriptError {
+  return new ScriptError(line, `${prefix}${(error as Error).message}`);
+}
+
+/**
+ * Checks a script's structure before it runs, touching nothing: the block (geometry and the
+ * bitmap bound), every listen section (inside the block), listener ids (not listening
+ * twice, unlisten only what listens) and the memory of the recording listeners. So a
+ * script that would stop half way with a usage error stops before its first line runs,
+ * before a VM exists. Invalid conversions are not usage errors: they are counted as rejected.
+ */
+export function checkScript(ops: ScriptOp[]): void {
+  const block = ops[0];
+  if (block?.op !== 'block') throw new ScriptError(block?.line ?? 1, "the script has no 'block' line");
+  let geometry: { granularity: number; granules: number };
+  try {
+    geometry = blockGeometry(block.size, { granularity: block.granule });
+  } catch (error) {
+    throw scriptError(block.line, error);
+  }
+  const recordingBytes = Math.ceil(geometry.granules / 8);
+  const listening = new Set<string>();
+  for (const op of ops) {
+    if (op.op === 'listen') {
+      if (listening.has(op.id)) throw new ScriptError(op.line, `listener '${op.id}' is already listening`);
+      try {
+        toGranuleRange(op.offset, op.size, geometry.granularity, geometry.granules, 'section');
+      } catch (error) {
+        throw scriptError(op.line, error, `listen ${op.id}: `);
+      }
+      listening.add(op.id);
+      if (listening.size * recordingBytes > MAX_RECORDING_BYTES) {
+        throw new ScriptError(
+          op.line,
+          `listen ${op.id}: ${listening.size} listeners at once would record ${listening.size * recordingBytes} bytes of bitmaps, ` +
+            `above the bound of ${MAX_RECORDING_BYTES} (one bitmap of the block each): unlisten some first, or use a larger granule`,
+        );
+      }
+    } else if (op.op === 'unlisten') {
+      if (!listening.delete(op.id)) throw new ScriptError(op.line, `no listener '${op.id}' to unlisten`);
+    }
+  }
+}
+
 /** A rejected conversion: bad input found before anything changed. */
 function isRejection(error: unknown): boolean {
   return error instanceof RangeError || error instanceof TypeError;
@@ -54,10 +106,13 @@ export async function runScript(
   host: ScriptHost,
   onProgress?: (done: number, total: number) => void,
 ): Promise<{ report: ScriptReport; attributes: RamBlockAttributes }> {
+  checkScript(ops);
   let attributes: RamBlockAttributes | null = null;
   const listeners = new Map<string, RecordingListener>();
   const report: ScriptReport = {
-    granule: 0, pages: 0, shared: [], listeners: {}, rejected: 0, failed: 0, ops: 0, elapsedNs: 0, history: [], failures: [],
+    // Listener ids are the user's words: keys of an object without a prototype, so that an
+    // id such as __proto__ or constructor is a key like any other.
+    granule: 0, pages: 0, shared: [], listeners: Object.create(null) as ScriptReport['listeners'], rejected: 0, failed: 0, ops: 0, elapsedNs: 0, history: [], failures: [],
   };
   let runStart: bigint | null = null;
   const closeRun = () => {

@@ -51,6 +51,11 @@ export function vmCommand(args: string[]): number {
   });
   const command = split >= 0 ? args.slice(split + 1) : positionals;
   if (command.length === 0) throw new UsageError('give the guestmem command to run in the VM, e.g. guestmem vm -- demo');
+  // Checked here, before run-in-vm.sh waits for the harness lock and boots a VM that QEMU would refuse.
+  if (values.memory !== undefined && !/^[1-9]\d*[kmgt]?$/i.test(values.memory)) {
+    throw new UsageError(`--memory takes a size as QEMU's -m does (2G, 4096M), got '${values.memory}'`);
+  }
+  if (values.edu !== undefined && !/^(?:[0-9]|1[0-6])$/.test(values.edu)) throw new UsageError(`--edu takes a count of edu devices, 0 to 16, got '${values.edu}'`);
   return runInVm(command, { kernel: values.kernel, memory: values.memory, edu: values.edu, kernelLog: values['kernel-log'], timeout: values.timeout });
 }
 

@@ -14,7 +14,7 @@ import { identityMap, longModeRegisters } from './long-mode';
 import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
-import { VmmLoop, type ConversionEvent, type LoopMemory, type VmmReport } from './vmm-loop';
+import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
 
 export interface GuestVmOptions {
   kvm: Kvm;
@@ -26,6 +26,7 @@ export interface GuestVmOptions {
   bootGpa?: bigint;
   vcpus?: number;
   ports?: Map<number, PortHandler>;
+  mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -34,18 +35,18 @@ const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 /** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
 const nextVcpuIds = new WeakMap<object, number>();
 
-/** GuestMemory as the VMM loop sees it: ranges by bigint gpa. */
+/** GuestMemory as the VMM loop sees it. */
 export function loopMemory(memory: GuestMemory): LoopMemory {
-  const exact = (value: bigint) => (value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : null);
   return {
-    covers(gpa, size) {
-      const start = exact(gpa);
-      const length = exact(size);
-      return start !== null && length !== null && memory.blocks.some((block) => block.contains(start, length));
+    covers: (gpa, size) => {
+      const blocks = memory.blocks;
+      if (typeof gpa === 'number' && typeof size === 'number') {
+        for (const block of blocks) if (gpa >= block.gpa && gpa + size <= block.gpa + block.size) return true;
+        return false;
+      }
+      return blocks.some((block) => block.contains(gpa, size));
     },
-    convert(gpa, size, to) {
-      return memory.convert(Number(gpa), Number(size), to);
-    },
+    convert: (gpa, size, to) => memory.convert(gpa, size, to),
   };
 }
 
@@ -110,7 +111,7 @@ export class GuestVm implements Disposable {
   /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
-    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, onConversion: this.options.onConversion });
+    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion });
     return this.loop.run();
   }
 

@@ -14,14 +14,16 @@ const KNOWN_ATTRIBUTES = KVM_MAP_GPA_RANGE_ENCRYPTED | PAGE_SIZE_HINT;
 const PAGE_SIZE_HINT_1G = 2n;
 const PAGE = 4096n;
 const U64_LIMIT = 1n << 64n;
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** Guest-visible error values (include/uapi/linux/kvm_para.h), returned negated. */
 export const KVM_EINVAL = 22;
 export const KVM_EFAULT = 14;
 
 export interface ConversionRequest {
-  gpa: bigint;
-  size: bigint;
+  /** Numbers where exact (the fast path of every range check below us), else bigints. */
+  gpa: number | bigint;
+  size: number | bigint;
   to: PageState;
 }
 
@@ -34,6 +36,8 @@ export function decodeMapGpaRange(args: readonly bigint[]): DecodedRequest {
   if (pages === 0n) return { rejected: 'zero pages' };
   if (gpa % PAGE !== 0n) return { rejected: `gpa 0x${gpa.toString(16)} is not 4 KiB aligned` };
   const size = pages * PAGE;
-  if (gpa + size > U64_LIMIT) return { rejected: 'the range wraps past 2^64' };
-  return { gpa, size, to: (attributes & KVM_MAP_GPA_RANGE_ENCRYPTED) !== 0n ? 'private' : 'shared' };
+  const end = gpa + size;
+  if (end > U64_LIMIT) return { rejected: 'the range wraps past 2^64' };
+  const to: PageState = (attributes & KVM_MAP_GPA_RANGE_ENCRYPTED) !== 0n ? 'private' : 'shared';
+  return end <= SAFE ? { gpa: Number(gpa), size: Number(size), to } : { gpa, size, to };
 }

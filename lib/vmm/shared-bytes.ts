@@ -11,9 +11,9 @@ function offsetOf(block: RamBlock, gpa: bigint, length: number): number {
 
 /** A copy of the memfd's bytes at [gpa, gpa + length). */
 export function readShared(block: RamBlock, gpa: bigint, length: number): Buffer {
-  return Buffer.from(new Uint8Array(block.shared.buffer, offsetOf(block, gpa, length), length));
+  return block.shared.read(offsetOf(block, gpa, length), length);
 }
 
 export function writeShared(block: RamBlock, gpa: bigint, bytes: Uint8Array): void {
-  new Uint8Array(block.shared.buffer, offsetOf(block, gpa, bytes.length), bytes.length).set(bytes);
+  block.shared.write(offsetOf(block, gpa, bytes.length), bytes);
 }

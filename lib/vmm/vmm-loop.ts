@@ -7,13 +7,14 @@
 // handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
 // its registers.
 
+import type { Bytes } from '../byte-range';
 import { GuestmemError } from '../errors';
 import type { StateChangeResult } from '../ram-block-attributes';
 import type { PageState } from '../state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
 import type { Registers } from './vcpu';
-import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type VcpuExit } from './vcpu-exit';
+import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
 /**
  * What the loop needs of a vCPU (lib/vmm/vcpu.ts's Vcpu; a stand-in in unit tests). The
@@ -24,14 +25,18 @@ export interface LoopVcpu {
   stop(): void;
   completeHypercall(ret: number | bigint): void;
   completeIo(data: Uint8Array): void;
+  completeMmio(data: Uint8Array): void;
   readonly registers: Registers;
 }
+
+/** Returns the bytes a read returns (`length` of them), nothing for a write. */
+export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8Array | Promise<void | Uint8Array>;
 
 /** What the loop needs of guest memory (GuestMemory through an adapter; a stand-in in tests). */
 export interface LoopMemory {
   /** True if [gpa, gpa + size) lies inside one block that can convert it. */
-  covers(gpa: bigint, size: bigint): boolean;
-  convert(gpa: bigint, size: bigint, to: PageState): Promise<StateChangeResult>;
+  covers(gpa: Bytes, size: Bytes): boolean;
+  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
 }
 
 export interface ConversionEvent {
@@ -50,6 +55,8 @@ export interface ConversionEvent {
 
 export interface VmmLoopOptions {
   ports?: Map<number, PortHandler>;
+  /** Guest physical addresses outside RAM that a device model answers. */
+  mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -123,6 +130,9 @@ export class VmmLoop {
         case 'io':
           await this.io(vcpu, id, exit, context);
           break;
+        case 'mmio':
+          await this.mmio(vcpu, id, exit, context);
+          break;
         case 'hlt':
           this.outcomes.set(id, { vcpu: id, halted: true });
           break;
@@ -139,31 +149,30 @@ export class VmmLoop {
   private async hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): Promise<void> {
     if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
     const request = decodeMapGpaRange(exit.args);
-    const started = process.hrtime.bigint();
-    const [gpa = 0n, pages = 0n] = exit.args;
     if ('rejected' in request) {
-      this.record({ vcpu: id, source: 'hypercall', gpa, size: pages * 4096n, to: 'shared', result: -KVM_EINVAL, outcome: 'rejected', reason: request.rejected, ns: 0 });
+      const [gpa = 0n, pages = 0n] = exit.args;
+      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', -KVM_EINVAL, 'rejected', request.rejected, 0);
       vcpu.completeHypercall(-KVM_EINVAL);
       return;
     }
-    const { size, to } = request;
+    const { gpa, size, to } = request;
     if (!this.memory.covers(gpa, size)) {
-      this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
+      this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       vcpu.completeHypercall(-KVM_EINVAL);
       return;
     }
+    const started = performance.now();
     try {
       await this.memory.convert(gpa, size, to);
     } catch (error) {
-      const reason = (error as Error).message;
-      this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: -KVM_EFAULT, outcome: 'failed', reason, ns: elapsed(started) });
+      this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, performance.now() - started);
       // Rolled back: the guest hears the error and goes on. Not rolled back: the host no
       // longer knows what the device can reach, so nothing may run.
       if ((error as { code?: string }).code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       vcpu.completeHypercall(-KVM_EFAULT);
       return;
     }
-    this.record({ vcpu: id, source: 'hypercall', gpa, size, to, result: 0, outcome: 'converted', ns: elapsed(started) });
+    this.record(id, 'hypercall', gpa, size, to, 0, 'converted', undefined, performance.now() - started);
     vcpu.completeHypercall(0);
   }
 
@@ -174,19 +183,18 @@ export class VmmLoop {
    */
   private async memoryFault(vcpu: LoopVcpu, id: number, exit: MemoryFaultExit): Promise<void> {
     const to: PageState = (exit.flags & KVM_MEMORY_EXIT_FLAG_PRIVATE) !== 0n ? 'private' : 'shared';
-    const started = process.hrtime.bigint();
-    const base = { vcpu: id, source: 'memory-fault' as const, gpa: exit.gpa, size: exit.size, to };
     if (!this.memory.covers(exit.gpa, exit.size)) {
-      this.record({ ...base, result: -KVM_EINVAL, outcome: 'rejected', reason: 'the range is not inside one RAM block', ns: 0 });
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
     }
+    const started = performance.now();
     try {
       await this.memory.convert(exit.gpa, exit.size, to);
     } catch (error) {
-      this.record({ ...base, result: -KVM_EFAULT, outcome: 'failed', reason: (error as Error).message, ns: elapsed(started) });
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EFAULT, 'failed', (error as Error).message, performance.now() - started);
       throw this.unexpected(vcpu, id, exit, `converting the faulting range failed: ${(error as Error).message}`);
     }
-    this.record({ ...base, result: 0, outcome: 'converted', ns: elapsed(started) });
+    this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, performance.now() - started);
   }
 
   private async io(vcpu: LoopVcpu, id: number, exit: IoExit, context: PortContext): Promise<void> {
@@ -199,9 +207,24 @@ export class VmmLoop {
     }
   }
 
-  private record(event: ConversionEvent): void {
-    this.counts[event.outcome]++;
-    this.options.onConversion?.(event);
+  private async mmio(vcpu: LoopVcpu, id: number, exit: MmioExit, context: PortContext): Promise<void> {
+    const handler = this.options.mmio;
+    if (!handler) throw this.unexpected(vcpu, id, exit, `no MMIO handler for 0x${exit.address.toString(16)}`);
+    const answer = await handler(exit, context);
+    if (!exit.isWrite) vcpu.completeMmio(answer ?? new Uint8Array(exit.length).fill(0xff));
+  }
+
+  /** Counts the outcome; builds the event only for an observer (the hot path has none). */
+  private record(
+    vcpu: number, source: ConversionEvent['source'], gpa: Bytes, size: Bytes, to: PageState,
+    result: number, outcome: ConversionEvent['outcome'], reason: string | undefined, ms: number,
+  ): void {
+    this.counts[outcome]++;
+    const observer = this.options.onConversion;
+    if (!observer) return;
+    const event: ConversionEvent = { vcpu, source, gpa: BigInt(gpa), size: BigInt(size), to, result, outcome, ns: Math.round(ms * 1e6) };
+    if (reason !== undefined) event.reason = reason;
+    observer(event);
   }
 
   private unexpected(vcpu: LoopVcpu, id: number, exit: VcpuExit, why: string): GuestmemError {
@@ -219,6 +242,3 @@ export class VmmLoop {
   }
 }
 
-function elapsed(started: bigint): number {
-  return Number(process.hrtime.bigint() - started);
-}

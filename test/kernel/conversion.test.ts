@@ -227,12 +227,12 @@ describe('conversions end to end: KVM + tracker + VFIO', function () {
       const memory = new GuestMemory(kvm.createVm('sw-protected'));
       const block = memory.addBlock({ gpa: 16 * MiB, size: 2 * MiB });
       await block.convert(block.gpa, 2 * MiB, 'shared');
-      new Uint8Array(block.shared.buffer).fill(0xee);
+      block.shared.view(0, 2 * MiB).fill(0xee);
       const full = block.shared.allocatedBytes();
       assert.ok(full >= 2 * MiB);
       await block.convert(block.gpa + MiB, MiB, 'private');
       assert.ok(full - block.shared.allocatedBytes() >= MiB, `1 MiB freed: ${full} -> ${block.shared.allocatedBytes()}`);
-      assert.equal(new Uint8Array(block.shared.buffer)[MiB + 5], 0);
+      assert.equal(block.shared.read(MiB + 5, 1)[0], 0);
       memory.close();
     });
 

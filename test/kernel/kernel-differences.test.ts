@@ -5,9 +5,9 @@
 
 import assert from 'node:assert/strict';
 import { GuestMemory } from '../../lib/guest-memory';
+import { HostMapping } from '../../lib/host-mapping';
 import { Kvm } from '../../lib/kvm';
 import { GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS } from '../../lib/kvm-constants';
-import { native } from '../../lib/native';
 import { probe } from '../../lib/probe';
 import { assertSystemError } from '../support/errors';
 import { requires } from '../support/requires';
@@ -31,16 +31,15 @@ describe('guest_memfd flags: the kernel does what KVM_CAP_GUEST_MEMFD_FLAGS says
           return;
         }
         using gmem = vm.createGuestMemfd(MiB, flags);
-        const mapping = native().mmap(gmem.fd, MiB, 0, true);
+        const mapping = HostMapping.map(gmem.fd, BigInt(MiB), 0n, 'guest_memfd');
         try {
           // Only pages that start shared may be touched: a private one would fault (SIGBUS).
           if (flags & GUEST_MEMFD_FLAG_INIT_SHARED) {
-            const bytes = new Uint8Array(mapping.buffer);
-            bytes[PAGE + 1] = 0x5a;
-            assert.equal(new Uint8Array(mapping.buffer)[PAGE + 1], 0x5a);
+            mapping.write(PAGE + 1, Uint8Array.of(0x5a));
+            assert.equal(mapping.read(PAGE + 1, 1)[0], 0x5a);
           }
         } finally {
-          native().munmap(mapping.buffer);
+          mapping.unmap();
         }
       });
     }
@@ -50,7 +49,7 @@ describe('guest_memfd flags: the kernel does what KVM_CAP_GUEST_MEMFD_FLAGS says
     using kvm = Kvm.open();
     const vm = kvm.createVm('sw-protected');
     using gmem = vm.createGuestMemfd(MiB);
-    assertSystemError(() => native().mmap(gmem.fd, MiB, 0, true), 'ENODEV', 'mmap');
+    assertSystemError(() => HostMapping.map(gmem.fd, BigInt(MiB), 0n, 'guest_memfd'), 'ENODEV', 'mmap');
   });
 
   it('probe reports the same flags, and in-place conversion only where a private VM may start shared', () => {

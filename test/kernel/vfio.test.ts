@@ -109,16 +109,19 @@ function describeBackend(backend: DmaBackend): void {
       assert.equal(edu.id() >>> 0, 0x010000ed);
       assert.equal(edu.liveness(0x12345678) >>> 0, ~0x12345678 >>> 0);
       const bar = assigned.device.mapRegion(VFIO_PCI_BAR0_REGION_INDEX);
-      assert.equal(bar.words[0], 0x010000ed);
+      const id = bar.words(0, 1);
+      assert.equal(id[0], 0x010000ed);
+      assert.equal(bar.size, assigned.device.regionInfo(VFIO_PCI_BAR0_REGION_INDEX).size);
       bar.unmap();
-      assert.equal(bar.buffer.byteLength, 0);
+      assert.equal(id.byteLength, 0, 'a window still alive is emptied by unmap');
+      assert.throws(() => bar.words(0, 1), { code: 'ERR_GUESTMEM_CLOSED' });
     });
 
     it('lets the device DMA a mapped page, and not once it is unmapped', async function () {
       this.timeout(60_000);
       const edu = new EduDevice(assigned.device);
       edu.enableBusMaster();
-      const bytes = new Uint8Array(memory.buffer);
+      const bytes = memory.view(0, 2 * PAGE);
       const pageA = 0;
       const pageB = PAGE;
       assigned.dma.mapChunks(memory.address, IOVA, 2 * PAGE, PAGE);

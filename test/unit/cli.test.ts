@@ -30,7 +30,7 @@ describe('guestmem CLI', () => {
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
   });
 
-  for (const command of ['probe', 'convert', 'simulate', 'run', 'replay', 'bench', 'demo']) {
+  for (const command of ['probe', 'convert', 'simulate', 'run', 'replay', 'guest', 'bench', 'demo']) {
     it(`has --help with examples for ${command}`, () => {
       const result = guestmem([command, '--help']);
       assert.equal(result.status, 0);
@@ -38,6 +38,24 @@ describe('guestmem CLI', () => {
       assert.match(result.stdout, /examples?:\n {2}guestmem /);
     });
   }
+
+  describe('guest', () => {
+    for (const [args, message] of [
+      [['guest'], /give one program: secret, random, loop/],
+      [['guest', 'nonsense'], /unknown program 'nonsense'/],
+      [['guest', 'random', '--vcpus', '0'], /--vcpus takes an integer in 1\.\.8, got '0'/],
+      [['guest', 'random', '--iterations', '1.5'], /--iterations takes an integer/],
+      [['guest', 'random', '--seed', 'x'], /--seed takes a number/],
+      [['guest', 'secret', '--backend', 'bogus'], /--backend must be auto, type1 or iommufd/],
+      [['guest', 'secret', '--svg', ''], /--svg needs a file name/],
+    ] as Array<[string[], RegExp]>) {
+      it(`exits 2 before touching the kernel: ${args.join(' ')}`, () => {
+        const result = guestmem(args);
+        assert.equal(result.status, 2, result.stderr);
+        assert.match(result.stderr, message);
+      });
+    }
+  });
 
   describe('simulate', () => {
     it('prints exactly one JSON object of the documented shape', () => {

@@ -5,6 +5,7 @@
 // in test/kernel/vmm.test.ts.
 
 import assert from 'node:assert/strict';
+import type { Bytes } from '../../lib/byte-range';
 import { GuestmemError } from '../../lib/errors';
 import type { StateChangeResult } from '../../lib/ram-block-attributes';
 import type { PageState } from '../../lib/state-change-channel';
@@ -64,6 +65,10 @@ class ScriptedVcpu implements LoopVcpu {
     this.ioAnswers.push(data);
   }
 
+  completeMmio(data: Uint8Array): void {
+    this.ioAnswers.push(data);
+  }
+
   get registers(): Registers {
     const zero = 0n;
     return { rax: 12n, rbx: zero, rcx: zero, rdx: zero, rsi: zero, rdi: zero, rsp: 0x8000n, rbp: zero, r8: zero, r9: zero, r10: zero, r11: zero, r12: zero, r13: zero, r14: zero, r15: zero, rip: 0x1234n, rflags: 2n };
@@ -74,12 +79,14 @@ class RecordingMemory implements LoopMemory {
   readonly conversions: string[] = [];
   failWith: Error | null = null;
 
-  covers(gpa: bigint, size: bigint): boolean {
-    return gpa >= BLOCK.gpa && gpa + size <= BLOCK.gpa + BLOCK.size;
+  covers(gpa: Bytes, size: Bytes): boolean {
+    return BigInt(gpa) >= BLOCK.gpa && BigInt(gpa) + BigInt(size) <= BLOCK.gpa + BLOCK.size;
   }
 
-  async convert(gpa: bigint, size: bigint, to: PageState): Promise<StateChangeResult> {
+  async convert(at: Bytes, length: Bytes, to: PageState): Promise<StateChangeResult> {
     if (this.failWith) throw this.failWith;
+    const gpa = BigInt(at);
+    const size = BigInt(length);
     this.conversions.push(`0x${gpa.toString(16)}+${size / PAGE} ${to}`);
     return { from: to === 'shared' ? 'private' : 'shared', to, changed: Number(size / PAGE), runs: 1 };
   }
@@ -194,6 +201,24 @@ describe('VmmLoop: ports, unexpected exits, stopping', () => {
     assert.equal(protocol.console, 'hi\n');
     assert.deepEqual(vcpu.ioAnswers, [Uint8Array.of(0x2a)]);
     assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 3 }]);
+  });
+
+  it('hands MMIO to its handler: a read gets the handler\'s bytes, a write none; without a handler MMIO stops the VM', async () => {
+    const seen: string[] = [];
+    const vcpu = new ScriptedVcpu(0, [
+      { reason: 'mmio', exitReason: 6, address: 0xfee00000n, length: 4, isWrite: false },
+      { reason: 'mmio', exitReason: 6, address: 0xfee00010n, length: 4, isWrite: true, data: Buffer.of(1, 2, 3, 4) },
+      exitGuest,
+    ]);
+    const mmio = (exit: { address: bigint; isWrite: boolean }) => {
+      seen.push(`${exit.isWrite ? 'write' : 'read'} 0x${exit.address.toString(16)}`);
+      return exit.isWrite ? undefined : Uint8Array.of(9, 8, 7, 6);
+    };
+    await new VmmLoop([vcpu], new RecordingMemory(), { ports: new GuestProtocol().ports(), mmio }).run();
+    assert.deepEqual(seen, ['read 0xfee00000', 'write 0xfee00010']);
+    assert.deepEqual(vcpu.ioAnswers, [Uint8Array.of(9, 8, 7, 6)]);
+    const unhandled = new ScriptedVcpu(0, [{ reason: 'mmio', exitReason: 6, address: 0x22n, length: 4, isWrite: false }]);
+    await assert.rejects(loopOf([unhandled], new RecordingMemory()).run(), { message: /no MMIO handler for 0x22: exit mmio/ });
   });
 
   for (const [name, exit] of [

@@ -17,7 +17,7 @@ export const PROGRAM_HOSTS: Record<GuestProgramName, ProgramHost> = {
     boot: (context) => ({ dataGpa: context.dataGpa, dataPages: context.dataPages }),
   },
   misbehave: {
-    description: 'what a VMM must survive: spin (seed 0), triple fault (1), a stray port (2), hlt (3)',
+    description: 'what a VMM must survive: spin (seed 0), triple fault (1), a stray port (2), hlt (3), ud2 (4)',
     boot: (context) => ({ dataGpa: context.dataGpa, dataPages: context.dataPages, seed: context.seed }),
   },
 };

@@ -1,0 +1,93 @@
+// A mapping of host memory (a memfd, a VFIO region) of any size the kernel accepts, and
+// the windows JavaScript reaches its bytes through. The mapping's address is what KVM and
+// VFIO need; JS never gets one ArrayBuffer over all of it (Node 20 cannot make one past
+// 4 GiB). view() makes a window on demand over the part asked for: it keeps the memory
+// mapped while it is referenced and is released when collected. unmap() releases the
+// memory at once and empties every window still alive.
+
+import { constants as bufferConstants } from 'node:buffer';
+import { checkBytes, type Bytes } from './byte-range';
+import { closedError, invalidArgType, outOfRange } from './errors';
+import { native, type NativeMappingHandle } from './native';
+
+/** The longest window: Node's buffer limit, and no more than the addon makes (2^32). */
+export function maxWindowBytes(): number {
+  return Math.min(bufferConstants.MAX_LENGTH, native().maxWindow);
+}
+
+export class HostMapping {
+  readonly address: bigint;
+  readonly size: bigint;
+  #handle: NativeMappingHandle | null;
+
+  private constructor(handle: NativeMappingHandle, address: bigint, size: bigint, readonly what: string) {
+    this.#handle = handle;
+    this.address = address;
+    this.size = size;
+  }
+
+  /** mmap(MAP_SHARED) of [offset, offset + size) of an fd. */
+  static map(fd: number, size: bigint, offset: bigint, what: string, writable = true): HostMapping {
+    const mapping = native().mmap(fd, size, offset, writable);
+    return new HostMapping(mapping.handle, mapping.address, size, what);
+  }
+
+  get unmapped(): boolean {
+    return this.#handle === null;
+  }
+
+  /**
+   * A window onto [offset, offset + length): writes through it land in the memory, and it
+   * keeps the memory mapped until it is collected or unmap() empties it. At most
+   * maxWindowBytes() long (Node's buffer limit); read larger ranges in parts.
+   */
+  view(offset: Bytes, length: number): Uint8Array {
+    const start = this.checkWindow(offset, length, 'view');
+    if (length === 0) return new Uint8Array(0);
+    return new Uint8Array(native().mapWindow(this.handle(), start, length));
+  }
+
+  /** A copy of [offset, offset + length). */
+  read(offset: Bytes, length: number): Buffer {
+    const start = this.checkWindow(offset, length, 'read');
+    if (length === 0) return Buffer.alloc(0);
+    return Buffer.from(new Uint8Array(native().mapWindow(this.handle(), start, length)));
+  }
+
+  /** Copies `bytes` to `offset`. */
+  write(offset: Bytes, bytes: Uint8Array): void {
+    if (!(bytes instanceof Uint8Array)) throw invalidArgType(`${this.what} write: bytes must be a Uint8Array, got ${typeof bytes}`);
+    const start = this.checkWindow(offset, bytes.length, 'write');
+    if (bytes.length === 0) return;
+    new Uint8Array(native().mapWindow(this.handle(), start, bytes.length)).set(bytes);
+  }
+
+  /** Unmaps now; windows still alive become empty (byteLength 0). Idempotent. */
+  unmap(): void {
+    const handle = this.#handle;
+    if (handle === null) return;
+    this.#handle = null;
+    native().munmap(handle);
+  }
+
+  private handle(): NativeMappingHandle {
+    if (this.#handle === null) throw closedError(`${this.what} mapping`);
+    return this.#handle;
+  }
+
+  /** Validates a window in JS, before any native call; returns its offset as a bigint. */
+  private checkWindow(offset: Bytes, length: number, what: string): bigint {
+    this.handle();
+    if (typeof length !== 'number') throw invalidArgType(`${this.what} ${what} length must be a number, got ${typeof length}`);
+    if (!Number.isSafeInteger(length) || length < 0) throw outOfRange(`${this.what} ${what} length must be a non-negative integer, got ${length}`);
+    const limit = maxWindowBytes();
+    if (length > limit) {
+      throw outOfRange(`${this.what} ${what} of ${length} bytes is past Node's buffer limit (${limit} bytes): take it in parts`);
+    }
+    const start = checkBytes(offset, `${this.what} ${what} offset`);
+    if (start + BigInt(length) > this.size) {
+      throw outOfRange(`${this.what} ${what} [0x${start.toString(16)}, +0x${length.toString(16)}) is outside its 0x${this.size.toString(16)} bytes`);
+    }
+    return start;
+  }
+}
