@@ -3,7 +3,9 @@
 // info) and answers each MAP_GPA_RANGE hypercall with only the kernel work of a
 // conversion: KVM_SET_MEMORY_ATTRIBUTES and the punch-hole of the other backing. No
 // tracker, no listener, no JavaScript. Prints one JSON line: conversions and ns each.
-// Built at bench time (`cc -O2`); not part of the package.
+// With a third argument `exits` it runs dist/guest/misbehave.bin in its stray-port mode
+// instead and times bare exits (an OUT, nothing done, re-enter): the cost of a round
+// trip through userspace alone. Built at bench time (`cc -O2`); not part of the package.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -41,8 +43,12 @@ static int xioctl(int fd, unsigned long request, void *arg, const char *what) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) { fprintf(stderr, "usage: c-vmm-loop LOOP.BIN ITERATIONS\n"); return 2; }
+  if (argc != 3 && !(argc == 4 && strcmp(argv[3], "exits") == 0)) {
+    fprintf(stderr, "usage: c-vmm-loop LOOP.BIN ITERATIONS | c-vmm-loop MISBEHAVE.BIN EXITS exits\n");
+    return 2;
+  }
   uint64_t iterations = strtoull(argv[2], NULL, 10);
+  int bare_exits = argc == 4;
   const uint64_t gpa = 16 * MiB, size = 16 * MiB, data = gpa + MiB;
   int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
   if (kvm < 0) die("open /dev/kvm");
@@ -65,6 +71,7 @@ int main(int argc, char **argv) {
   // Boot region at gpa: boot info, PML4, PDPT, one PD (2 MiB pages over the first GiB), program, stack.
   uint64_t *boot = (uint64_t *)shared;
   boot[0] = 0x4d454d5453455547ull;
+  boot[1] = bare_exits ? 2 : 0; // misbehave's stray-port mode
   boot[2] = iterations;
   boot[3] = data;
   boot[4] = 1;
@@ -110,6 +117,8 @@ int main(int argc, char **argv) {
       if (fallocate(to_private ? memfd : gmem, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(at - gpa), (off_t)bytes) < 0) die("fallocate");
       run->hypercall.ret = 0;
       conversions++;
+    } else if (bare_exits && run->exit_reason == KVM_EXIT_IO && run->io.port == 0x80) {
+      if (++conversions == iterations) break;
     } else if (run->exit_reason == KVM_EXIT_IO && run->io.port == 0xeb) {
       uint32_t status = *(uint32_t *)((uint8_t *)run + run->io.data_offset);
       if (status != 0) { fprintf(stderr, "c-vmm-loop: the guest exited %u\n", status); return 1; }
@@ -121,6 +130,6 @@ int main(int argc, char **argv) {
   }
   clock_gettime(CLOCK_MONOTONIC, &end);
   double ns = (end.tv_sec - start.tv_sec) * 1e9 + (end.tv_nsec - start.tv_nsec);
-  printf("{\"conversions\":%llu,\"nsPerConversion\":%.0f}\n", (unsigned long long)conversions, ns / (double)conversions);
+  printf("{\"%s\":%llu,\"nsPer\":%.0f}\n", bare_exits ? "exits" : "conversions", (unsigned long long)conversions, ns / (double)conversions);
   return 0;
 }

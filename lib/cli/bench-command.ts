@@ -98,6 +98,7 @@ export async function benchCommand(args: string[]): Promise<number> {
       if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
       console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
       if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
+      console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
     }
   }
   return 0;

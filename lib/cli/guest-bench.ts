@@ -8,7 +8,10 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { guestProgram } from '../vmm/guest-image';
+import type { PortHandler } from '../vmm/guest-ports';
 import { runGuestSession } from '../vmm/guest-session';
+import { GuestVm } from '../vmm/guest-vm';
 import { VmHost, DEFAULT_GPA } from './hosts';
 import { PACKAGE_ROOT } from './vm-command';
 
@@ -16,6 +19,9 @@ const MiB = 1 << 20;
 
 export interface GuestLoopBench {
   iterations: number;
+  /** A bare exit (an OUT that nothing handles but a counter) and re-entry: guestmem, then C. */
+  exitNs: number;
+  cExitNs: number | null;
   guestmemNs: number;
   guestmemVfioNs: number | null;
   cNs: number | null;
@@ -41,6 +47,32 @@ async function timeGuestmem(iterations: number, vfio: string | undefined): Promi
   }
 }
 
+/** Bare exits: the misbehave guest's stray-port mode, each OUT counted and resumed. */
+async function timeGuestmemExits(exits: number): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA });
+  try {
+    host.openBlock(16 * MiB, 4096);
+    let seen = 0;
+    let started = 0;
+    const ports = new Map<number, PortHandler>([[0x80, () => {
+      if (seen === 0) started = performance.now();
+      if (++seen === exits + 1) guest.stop();
+    }]]);
+    const guest = await GuestVm.create({
+      kvm: host.kvm, memory: host.memory, image: guestProgram('misbehave'), ports,
+      boot: { dataGpa: BigInt(DEFAULT_GPA + MiB), dataPages: 1, seed: 2n },
+    });
+    try {
+      await guest.run();
+    } finally {
+      guest.close();
+    }
+    return ((performance.now() - started) * 1e6) / exits;
+  } finally {
+    await host.shutdown();
+  }
+}
+
 /** Compiles the C yardstick into a temporary directory; null (with why) where it cannot. */
 function buildYardstick(): { binary: string } | { note: string } {
   const source = path.join(PACKAGE_ROOT, 'bench', 'c-vmm-loop.c');
@@ -51,11 +83,11 @@ function buildYardstick(): { binary: string } | { note: string } {
   return { binary };
 }
 
-function timeC(binary: string, iterations: number): number {
-  const image = path.join(PACKAGE_ROOT, 'dist', 'guest', 'loop.bin');
-  const result = spawnSync(binary, [image, String(iterations)], { encoding: 'utf8' });
+function timeC(binary: string, iterations: number, exits = false): number {
+  const image = path.join(PACKAGE_ROOT, 'dist', 'guest', exits ? 'misbehave.bin' : 'loop.bin');
+  const result = spawnSync(binary, [image, String(iterations), ...(exits ? ['exits'] : [])], { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`the C yardstick failed: ${result.stderr.trim() || result.error?.message}`);
-  return (JSON.parse(result.stdout) as { nsPerConversion: number }).nsPerConversion;
+  return (JSON.parse(result.stdout) as { nsPer: number }).nsPer;
 }
 
 export async function benchGuestLoop(iterations: number, vfio: string | undefined): Promise<GuestLoopBench> {
@@ -67,9 +99,13 @@ export async function benchGuestLoop(iterations: number, vfio: string | undefine
   const guestmemNs = await timeGuestmem(iterations, undefined);
   const cNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations) : null;
   const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio) : null;
+  const exitNs = await timeGuestmemExits(iterations * 2);
+  const cExitNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations * 2, true) : null;
   if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
   return {
     iterations,
+    exitNs: Math.round(exitNs),
+    cExitNs: cExitNs === null ? null : Math.round(cExitNs),
     guestmemNs: Math.round(guestmemNs),
     guestmemVfioNs: guestmemVfioNs === null ? null : Math.round(guestmemVfioNs),
     cNs: cNs === null ? null : Math.round(cNs),
