@@ -1,22 +1,26 @@
 // What a prototype wants to know about its conversions: how many, and where the time went.
 
-export type ConversionStep = 'kvmAttributes' | 'listeners' | 'discard';
+export type ConversionStep = 'kvmAttributes' | 'listeners' | 'discard' | 'prefault';
 
 export class ConversionStats {
   conversions = 0;
   failed = 0;
+  /** Optional KVM_PRE_FAULT_MEMORY calls that failed (ignored, as QEMU ignores them). */
+  prefaultFailed = 0;
   /** Nanoseconds spent per step, over all conversions. */
-  readonly ns: Record<ConversionStep, bigint> = { kvmAttributes: 0n, listeners: 0n, discard: 0n };
+  readonly ns: Record<ConversionStep, bigint> = { kvmAttributes: 0n, listeners: 0n, discard: 0n, prefault: 0n };
 
   add(step: ConversionStep, started: bigint): void {
     this.ns[step] += process.hrtime.bigint() - started;
   }
 
-  toJSON(): { conversions: number; failed: number; ns: Record<ConversionStep, string> } {
+  toJSON(): { conversions: number; failed: number; prefaultFailed: number; ns: Record<ConversionStep, string> } {
+    const ns = this.ns;
     return {
       conversions: this.conversions,
       failed: this.failed,
-      ns: { kvmAttributes: String(this.ns.kvmAttributes), listeners: String(this.ns.listeners), discard: String(this.ns.discard) },
+      prefaultFailed: this.prefaultFailed,
+      ns: { kvmAttributes: String(ns.kvmAttributes), listeners: String(ns.listeners), discard: String(ns.discard), prefault: String(ns.prefault) },
     };
   }
 }

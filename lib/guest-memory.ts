@@ -6,7 +6,7 @@ import { checkSpan, type Bytes } from './byte-range';
 import { GuestmemError, outOfRange, shutdownIncomplete } from './errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { Vm } from './kvm';
-import { RamBlock } from './ram-block';
+import { RamBlock, type VcpuFdProvider } from './ram-block';
 import type { StateChangeResult } from './ram-block-attributes';
 import type { PageState } from './state-change-channel';
 
@@ -17,8 +17,9 @@ export class GuestMemory implements Disposable {
   /**
    * Checks first that the VM can have private memory: guest_memfd and the PRIVATE memory
    * attribute, which KVM gives SW-protected, SNP and TDX VMs but not default ones.
+   * `prefault`: every block pre-faults what it converts on that vCPU (see RamBlockOptions).
    */
-  constructor(readonly vm: Vm) {
+  constructor(readonly vm: Vm, private readonly options: { prefault?: VcpuFdProvider } = {}) {
     if (!vm.supportsGuestMemfd || (vm.memoryAttributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) === 0n) {
       throw new GuestmemError(
         'ERR_GUESTMEM_UNSUPPORTED',
@@ -38,7 +39,7 @@ export class GuestMemory implements Disposable {
     // A slot number is used once, even when the block failed: if deleting its memslot
     // failed too, KVM still holds that number.
     const slot = this.nextSlot++;
-    const block = new RamBlock(this.vm, { ...options, slot });
+    const block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
     this.blocks.push(block);
     return block;
   }

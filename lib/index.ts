@@ -12,7 +12,7 @@ export * from './kvm-constants';
 export { SharedMemory } from './shared-memory';
 export { HostMapping, maxWindowBytes } from './host-mapping';
 export { type1Reach, type Type1Reach } from './type1-reach';
-export { RamBlock, type RamBlockOptions } from './ram-block';
+export { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './ram-block';
 export { GuestMemory } from './guest-memory';
 export { ConversionStats, type ConversionStep } from './conversion-stats';
 export type { DmaBackend, DmaMapper } from './dma-mapper';

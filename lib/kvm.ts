@@ -11,6 +11,7 @@ import {
   FALLOC_FL_PUNCH_HOLE,
   KVM_CAP_GUEST_MEMFD,
   KVM_CAP_MEMORY_ATTRIBUTES,
+  KVM_CAP_PRE_FAULT_MEMORY,
   KVM_CAP_VM_TYPES,
   KVM_MEMORY_ATTRIBUTE_PRIVATE,
   KVM_MEM_GUEST_MEMFD,
@@ -129,6 +130,21 @@ export class Vm extends FdOwner {
     return BigInt(this.checkExtension(KVM_CAP_MEMORY_ATTRIBUTES));
   }
 
+  /** True when this VM takes KVM_PRE_FAULT_MEMORY (x86 with two-dimensional paging, 6.10+). */
+  get supportsPreFault(): boolean {
+    return this.checkExtension(KVM_CAP_PRE_FAULT_MEMORY) > 0;
+  }
+
+  /**
+   * KVM_PRE_FAULT_MEMORY: maps [gpa, gpa + size) into this VM's page tables before the
+   * guest touches it, as private or shared per the memory attributes. It is a vCPU ioctl:
+   * `vcpuFd` is one of this VM's vCPUs.
+   */
+  preFaultMemory(vcpuFd: number, gpa: Bytes, size: Bytes): void {
+    const [start, length] = checkSpan(gpa, size, 'pre-fault range');
+    native().kvmPreFaultMemory(checkU32(vcpuFd, 'vcpuFd'), start, length);
+  }
+
   createGuestMemfd(size: Bytes, flags: Bytes = 0): GuestMemfd {
     const length = checkBytes(size, 'guest_memfd size');
     const fd = native().kvmCreateGuestMemfd(this.fd, length, checkBytes(flags, 'guest_memfd flags'));
@@ -161,7 +177,8 @@ export class Vm extends FdOwner {
 
 /**
  * A guest_memfd: the private backing of guest memory. The host cannot map it (6.12: mmap →
- * ENODEV); it can only give pages back (punch-hole) or preallocate them. guest_memfd
+ * ENODEV; 6.18+ only with GUEST_MEMFD_FLAG_MMAP, see KVM_CAP_GUEST_MEMFD_FLAGS); it can only
+ * give pages back (punch-hole) or preallocate them. guest_memfd
  * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it.
  */
 export class GuestMemfd extends FdOwner {

@@ -65,6 +65,8 @@ export interface NativeAddon {
     userspaceAddress: U64, guestMemfd: number, guestMemfdOffset: U64,
   ): void;
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
+  /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
+  kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
   // vCPUs
   kvmGetVcpuMmapSize(kvmFd: number): number;
   kvmCreateVcpu(vmFd: number, id: number): number;

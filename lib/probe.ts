@@ -3,7 +3,17 @@
 // VFIO_CHECK_EXTENSION, sysfs), never from guessing by file existence alone.
 
 import fs from 'node:fs';
-import { KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_CAP_USER_MEMORY2, KVM_MEMORY_ATTRIBUTE_PRIVATE, type VmType } from './kvm-constants';
+import {
+  GUEST_MEMFD_FLAG_INIT_SHARED,
+  GUEST_MEMFD_FLAG_MMAP,
+  KVM_CAP_GUEST_MEMFD,
+  KVM_CAP_GUEST_MEMFD_FLAGS,
+  KVM_CAP_MEMORY_ATTRIBUTES,
+  KVM_CAP_PRE_FAULT_MEMORY,
+  KVM_CAP_USER_MEMORY2,
+  KVM_MEMORY_ATTRIBUTE_PRIVATE,
+  type VmType,
+} from './kvm-constants';
 import { Kvm, type Vm } from './kvm';
 import { native, nativeAvailable } from './native';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio-type1';
@@ -24,10 +34,27 @@ export interface ProbeReport {
   guestMemfd: Feature;
   userMemory2: Feature;
   memoryAttributes: Feature & { private?: boolean };
+  /**
+   * KVM_CAP_GUEST_MEMFD_FLAGS: the guest_memfd flags KVM accepts for the probed
+   * (private-memory) VM and for a default VM. In-place conversion needs a private-memory
+   * VM's guest_memfd to be mappable and to start shared (MMAP and INIT_SHARED).
+   */
+  guestMemfdFlags: Feature & { privateVm?: GuestMemfdFlag[]; defaultVm?: GuestMemfdFlag[]; inPlaceConversion?: boolean };
+  /** KVM_CAP_PRE_FAULT_MEMORY: what RamBlockOptions.prefault uses. */
+  preFaultMemory: Feature;
   iommuGroups: Feature & { count: number };
   vfioDevices: Feature & { devices: PciDeviceInfo[] };
   type1: Feature & { dmaAvailableDefault?: number };
   iommufd: Feature;
+}
+
+export type GuestMemfdFlag = 'mmap' | 'init-shared';
+
+function guestMemfdFlags(mask: number): GuestMemfdFlag[] {
+  const flags: GuestMemfdFlag[] = [];
+  if (mask & GUEST_MEMFD_FLAG_MMAP) flags.push('mmap');
+  if (mask & GUEST_MEMFD_FLAG_INIT_SHARED) flags.push('init-shared');
+  return flags;
 }
 
 function errorWhy(error: unknown): string {
@@ -54,7 +81,7 @@ function probeKvm(report: ProbeReport): void {
   } catch (error) {
     const feature = openFailure('/dev/kvm', error);
     report.kvm = feature;
-    for (const key of ['swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes'] as const) {
+    for (const key of ['swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes', 'guestMemfdFlags', 'preFaultMemory'] as const) {
       report[key] = missing('no usable /dev/kvm', feature.fix);
     }
     return;
@@ -71,7 +98,7 @@ function probeKvm(report: ProbeReport): void {
       vm = kvm.createVm(swProtected ? 'sw-protected' : 'default');
     } catch (error) {
       const failure = missing(`KVM_CREATE_VM failed: ${errorWhy(error)}`);
-      report.guestMemfd = report.userMemory2 = report.memoryAttributes = failure;
+      report.guestMemfd = report.userMemory2 = report.memoryAttributes = report.guestMemfdFlags = report.preFaultMemory = failure;
       return;
     }
     const vmName = swProtected ? 'a SW-protected VM' : 'a default VM';
@@ -82,9 +109,38 @@ function probeKvm(report: ProbeReport): void {
     report.memoryAttributes = hasPrivate
       ? { ok: true, private: true }
       : { ...missing(`KVM_CAP_MEMORY_ATTRIBUTES is 0x${attributes.toString(16)} for ${vmName}: no KVM_MEMORY_ATTRIBUTE_PRIVATE`, 'a SW-protected, SNP or TDX VM type (guestmem vm has SW-protected)'), private: false };
+    report.guestMemfdFlags = probeGuestMemfdFlags(kvm, vm, swProtected);
+    report.preFaultMemory = vm.checkExtension(KVM_CAP_PRE_FAULT_MEMORY) > 0
+      ? { ok: true }
+      : missing(`KVM_CAP_PRE_FAULT_MEMORY is 0 for ${vmName}`, 'a 6.10+ kernel on a CPU with two-dimensional paging (EPT or NPT)');
   } finally {
     kvm.close();
   }
+}
+
+/**
+ * What KVM_CAP_GUEST_MEMFD_FLAGS says for the private-memory VM and for a default VM. The
+ * answer is the kernel's, whatever its version: a kernel may let every VM mmap a
+ * guest_memfd yet refuse INIT_SHARED where the VM has private memory, which rules out
+ * in-place conversion there.
+ */
+function probeGuestMemfdFlags(kvm: Kvm, vm: Vm, swProtected: boolean): ProbeReport['guestMemfdFlags'] {
+  const privateVm = swProtected ? guestMemfdFlags(vm.checkExtension(KVM_CAP_GUEST_MEMFD_FLAGS)) : undefined;
+  let defaultVm: GuestMemfdFlag[] | undefined;
+  if (!swProtected) defaultVm = guestMemfdFlags(vm.checkExtension(KVM_CAP_GUEST_MEMFD_FLAGS));
+  else {
+    try {
+      using plain = kvm.createVm('default');
+      defaultVm = guestMemfdFlags(plain.checkExtension(KVM_CAP_GUEST_MEMFD_FLAGS));
+    } catch {
+      defaultVm = undefined;
+    }
+  }
+  if ((privateVm ?? []).length === 0 && (defaultVm ?? []).length === 0) {
+    return missing('KVM_CAP_GUEST_MEMFD_FLAGS is 0: no guest_memfd can be mmapped by the host', 'a 6.18+ kernel (guest_memfd mmap: GUEST_MEMFD_FLAG_MMAP)');
+  }
+  const inPlaceConversion = privateVm !== undefined && privateVm.includes('mmap') && privateVm.includes('init-shared');
+  return { ok: true, privateVm, defaultVm, inPlaceConversion };
 }
 
 function probeVfio(report: ProbeReport): void {
@@ -137,7 +193,7 @@ export function probe(): ProbeReport {
     const feature = missing(why, 'npm run build:native');
     return {
       nativeAddon: feature, kvm: feature, swProtectedVm: feature, guestMemfd: feature, userMemory2: feature,
-      memoryAttributes: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },
+      memoryAttributes: feature, guestMemfdFlags: feature, preFaultMemory: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },
       type1: feature, iommufd: feature,
     };
   }

@@ -13,7 +13,7 @@
 import { describeDisagreements, findDisagreements, type Disagreement } from './block-agreement';
 import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from './byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
-import { GuestmemError, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
 import type { GuestMemfd, Vm } from './kvm';
 import { PageBitmap, type Run } from './page-bitmap';
 import { listenerName, type RamDiscardListener } from './ram-discard-listener';
@@ -22,6 +22,9 @@ import { Serializer } from './serializer';
 import { SharedMemory } from './shared-memory';
 import type { PageState } from './state-change-channel';
 
+/** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
+export type VcpuFdProvider = () => number;
+
 export interface RamBlockOptions {
   slot: number;
   /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
@@ -29,6 +32,12 @@ export interface RamBlockOptions {
   size: Bytes;
   granularity?: number;
   name?: string;
+  /**
+   * After each conversion, KVM_PRE_FAULT_MEMORY over the converted range on this vCPU, so
+   * the guest's first touch does not fault; only where the VM has KVM_CAP_PRE_FAULT_MEMORY,
+   * and a failure is ignored (counted in stats.prefaultFailed), as QEMU does.
+   */
+  prefault?: VcpuFdProvider;
 }
 
 export type { Disagreement } from './block-agreement';
@@ -92,6 +101,7 @@ export class RamBlock implements Disposable {
    * undo of it failed, so that nobody knows what it maps there.
    */
   private readonly doubts = new Map<string, Run[]>();
+  private readonly prefaultVcpu: VcpuFdProvider | null;
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -107,6 +117,10 @@ export class RamBlock implements Disposable {
     // Numbers suffice: guest physical addresses stop at 2^52 and a memslot at 2^31 - 1 pages.
     this.gpa = checkSafeBytes(options.gpa, 'block gpa');
     this.size = checkSafeBytes(options.size, 'block size');
+    if (options.prefault !== undefined && typeof options.prefault !== 'function') {
+      throw invalidArgType(`prefault must be a function returning a vCPU fd, got ${typeof options.prefault}`);
+    }
+    this.prefaultVcpu = options.prefault && vm.supportsPreFault ? options.prefault : null;
     if (this.gpa % this.attributes.granularity !== 0) {
       throw outOfRange(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
     }
@@ -248,11 +262,24 @@ export class RamBlock implements Disposable {
       if (to === 'private') this.shared.discard(offset, size);
       else this.guestMemfd.punchHole(offset, size);
       this.stats.add(step, started);
+      this.prefault(gpa, size);
       return result;
     } catch (error) {
       this.stats.failed++;
       throw await this.undo(step, range, before, to, error, `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}`);
     }
+  }
+
+  /** The optional KVM_PRE_FAULT_MEMORY after a conversion: opportunistic, never a failure. */
+  private prefault(gpa: number, size: number): void {
+    if (!this.prefaultVcpu) return;
+    const started = process.hrtime.bigint();
+    try {
+      this.vm.preFaultMemory(this.prefaultVcpu(), gpa, size);
+    } catch {
+      this.stats.prefaultFailed++;
+    }
+    this.stats.add('prefault', started);
   }
 
   /**

@@ -1,7 +1,8 @@
 // Kernel uAPI that the build machine's /usr/include/linux predates (guest_memfd, memory
 // attributes, USER_MEMORY2, iommufd, VFIO cdev), defined here once. The kernel's uAPI is
 // ABI: every struct is pinned by static_assert on its size and field offsets, with values
-// taken from Linux 6.12's include/uapi.
+// taken from Linux 6.12's include/uapi; scripts/vm/check-uapi.sh compiles all of it against
+// the installed uAPI headers of both harness kernels (6.12 and 7.2) in CI.
 #pragma once
 
 #include <cstddef>
@@ -52,15 +53,30 @@ static_assert(sizeof(kvm_create_guest_memfd) == 64);
 static_assert(offsetof(kvm_create_guest_memfd, flags) == 8);
 static_assert(offsetof(kvm_create_guest_memfd, reserved) == 16);
 
+// KVM_PRE_FAULT_MEMORY (6.10+, a vCPU ioctl): the kernel advances gpa and shrinks size
+// as it maps, so a partial answer can be resumed.
+struct kvm_pre_fault_memory {
+  uint64_t gpa;
+  uint64_t size;
+  uint64_t flags;
+  uint64_t padding[5];
+};
+static_assert(sizeof(kvm_pre_fault_memory) == 64);
+static_assert(offsetof(kvm_pre_fault_memory, size) == 8);
+static_assert(offsetof(kvm_pre_fault_memory, flags) == 16);
+static_assert(offsetof(kvm_pre_fault_memory, padding) == 24);
+
 constexpr unsigned long KVM_GET_API_VERSION = _IO(kKvmIo, 0x00);
 constexpr unsigned long KVM_CREATE_VM = _IO(kKvmIo, 0x01);
 constexpr unsigned long KVM_CHECK_EXTENSION = _IO(kKvmIo, 0x03);
 constexpr unsigned long KVM_SET_USER_MEMORY_REGION2 = _IOW(kKvmIo, 0x49, kvm_userspace_memory_region2);
 constexpr unsigned long KVM_SET_MEMORY_ATTRIBUTES = _IOW(kKvmIo, 0xd2, kvm_memory_attributes);
 constexpr unsigned long KVM_CREATE_GUEST_MEMFD = _IOWR(kKvmIo, 0xd4, kvm_create_guest_memfd);
+constexpr unsigned long KVM_PRE_FAULT_MEMORY = _IOWR(kKvmIo, 0xd5, kvm_pre_fault_memory);
 static_assert(KVM_SET_USER_MEMORY_REGION2 == 0x40a0ae49);
 static_assert(KVM_SET_MEMORY_ATTRIBUTES == 0x4020aed2);
 static_assert(KVM_CREATE_GUEST_MEMFD == 0xc040aed4);
+static_assert(KVM_PRE_FAULT_MEMORY == 0xc040aed5);
 
 // ---- VFIO (include/uapi/linux/vfio.h) ----
 constexpr unsigned kVfioType = ';';

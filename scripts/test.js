@@ -1,10 +1,13 @@
 #!/usr/bin/env node
-// `npm test`: the unit and property suites on the host, then the kernel-backed suites
-// inside the harness VM (a real 6.12 kernel with KVM, an IOMMU and a vfio-pci device),
-// where a missing capability fails instead of skipping, then `guestmem demo` run from the
-// host as a newcomer runs it. GUESTMEM_SKIP_VM=1 stops after
-// the host suites; GUESTMEM_TEST_ON_HOST=1 runs the kernel suites on this host instead
-// (for a host with SW-protected VMs and a device bound to vfio-pci).
+// `npm test`: the unit and property suites on the host, then, for each harness kernel, the
+// kernel-backed suites inside the harness VM (a real kernel with KVM, an IOMMU and a
+// vfio-pci device), where a missing capability fails instead of skipping, and `guestmem
+// demo` run from the host as a newcomer runs it. The kernels: GUESTMEM_KERNEL alone if
+// set, else GUESTMEM_TEST_KERNELS (default "6.12,7.2": bookworm's LTS and the newest
+// Debian ships). Every kernel runs even when an earlier one failed, so a log shows each
+// one's summary. GUESTMEM_SKIP_VM=1 stops after the host suites; GUESTMEM_TEST_ON_HOST=1
+// runs the kernel suites on this host instead (for a host with SW-protected VMs and a
+// device bound to vfio-pci).
 'use strict';
 
 const { spawnSync } = require('node:child_process');
@@ -13,7 +16,10 @@ const path = require('node:path');
 const root = path.resolve(__dirname, '..');
 const mocha = path.join(root, 'node_modules', 'mocha', 'bin', 'mocha.js');
 
-function phase(name, command, args, env = {}) {
+const failed = [];
+
+/** Runs one phase; a failed phase is recorded (stop: exit at once) and reported at the end. */
+function phase(name, command, args, env = {}, { stop = false } = {}) {
   const started = Date.now();
   console.log(`\n== ${name}`);
   const result = spawnSync(command, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } });
@@ -24,27 +30,36 @@ function phase(name, command, args, env = {}) {
   }
   if (result.status !== 0) {
     console.error(`== ${name}: failed (exit ${result.status ?? result.signal}) after ${seconds} s`);
-    process.exit(result.status || 1);
+    if (stop) process.exit(result.status || 1);
+    failed.push(name);
+    return;
   }
   console.log(`== ${name}: passed in ${seconds} s`);
 }
 
-phase('unit and property suites (host)', process.execPath, [mocha, '--config', '.mocharc.unit.json']);
+phase('unit and property suites (host)', process.execPath, [mocha, '--config', '.mocharc.unit.json'], {}, { stop: true });
+
+const kernels = (process.env.GUESTMEM_KERNEL || process.env.GUESTMEM_TEST_KERNELS || '6.12,7.2').split(',').map((k) => k.trim()).filter(Boolean);
 
 if (process.env.GUESTMEM_SKIP_VM === '1') {
   console.log('\n== kernel suites: not run (GUESTMEM_SKIP_VM=1)');
 } else if (process.env.GUESTMEM_TEST_ON_HOST === '1') {
   phase('kernel suites (this host)', process.execPath, [mocha, '--config', '.mocharc.kernel.json'], { GUESTMEM_REQUIRE_KERNEL: '1' });
+  phase('guestmem demo (this host)', process.execPath, [mocha, '--config', '.mocharc.vm-path.json']);
 } else {
-  phase(
-    'kernel suites (harness VM)',
-    path.join(root, 'scripts', 'vm', 'run-in-vm.sh'),
-    ['--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
-    { GUESTMEM_REQUIRE_KERNEL: '1' },
-  );
+  for (const kernel of kernels) {
+    phase(
+      `kernel suites (harness VM, Linux ${kernel})`,
+      path.join(root, 'scripts', 'vm', 'run-in-vm.sh'),
+      ['--kernel', kernel, '--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
+      { GUESTMEM_REQUIRE_KERNEL: '1' },
+    );
+    // The newcomer's path: `guestmem demo` from this host, through the VM where needed.
+    phase(`guestmem demo from the host (Linux ${kernel})`, process.execPath, [mocha, '--config', '.mocharc.vm-path.json'], { GUESTMEM_KERNEL: kernel });
+  }
 }
 
-if (process.env.GUESTMEM_SKIP_VM !== '1') {
-  // The newcomer's path: `guestmem demo` from this host, through the VM where needed.
-  phase('guestmem demo from the host', process.execPath, [mocha, '--config', '.mocharc.vm-path.json']);
+if (failed.length > 0) {
+  console.error(`\n== failed: ${failed.join('; ')}`);
+  process.exit(1);
 }

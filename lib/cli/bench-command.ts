@@ -2,6 +2,8 @@
 // tracker and (where a vfio-pci edu device exists) a VFIO DMA listener: time per step, and
 // how many times each conversion crossed into C++ (bounded, whatever the page count); then
 // one page at the far end of an 8 GiB block against one at the far end of a 1 GiB block.
+// Where the VM has KVM_CAP_PRE_FAULT_MEMORY, every size is measured twice: without and
+// with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
 import { parseArgs } from 'node:util';
 import { findEduDevice } from '../edu-device';
@@ -9,7 +11,7 @@ import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../native';
 import type { ConversionStep } from '../conversion-stats';
 import type { PageState } from '../state-change-channel';
-import { benchFarEnd } from './far-end-bench';
+import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
@@ -17,9 +19,11 @@ import { UsageError } from './usage-error';
 import { needsVm, runInVm } from './vm-command';
 
 const PAGE = 4096;
-const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard'];
+const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard', 'prefault'];
 
 export interface BenchRow {
+  /** Whether each conversion ended with KVM_PRE_FAULT_MEMORY over its range. */
+  prefault: boolean;
   pages: number;
   to: PageState;
   conversions: number;
@@ -27,13 +31,15 @@ export interface BenchRow {
   stepNs: Record<ConversionStep, number>;
   /** Crossings into C++ per conversion: the most seen. */
   nativeCalls: number;
+  /** Pre-faults that failed (and were ignored). */
+  failedPrefaults: number;
 }
 
 export async function benchCommand(args: string[]): Promise<number> {
   const { values } = parseArgs({
     args,
     options: {
-      json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' },
+      json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' },
       'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' },
     },
   });
@@ -50,71 +56,91 @@ export async function benchCommand(args: string[]): Promise<number> {
   }
 
   const edu = values['no-vfio'] ? undefined : findEduDevice();
-  const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf });
   const rows: BenchRow[] = [];
-  try {
-    host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
-    const block = host.block!;
-    const listener = host.makeListener('vfio');
-    if (listener) await block.register(listener);
-    // Warm up the JIT and the kernel's paths first, so the first size measured is not the slowest.
-    for (let i = 0; i < 5; i++) {
-      for (const pages of sizes) {
-        await block.convert(block.gpa, pages * PAGE, 'shared');
-        await block.convert(block.gpa, pages * PAGE, 'private');
-      }
+  let backend: string | null = null;
+  let prefaultAvailable = false;
+  let farEnd: FarEndResult | null = null;
+  for (const prefault of [false, true]) {
+    if (prefault && (values['no-prefault'] || !prefaultAvailable)) break;
+    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault });
+    try {
+      prefaultAvailable = host.memory.vm.supportsPreFault;
+      backend = host.assigned?.backend ?? null;
+      rows.push(...(await measure(host, sizes, iterations, prefault)));
+      if (!prefault && !values['no-far-end']) farEnd = await benchFarEnd(host, iterations);
+    } finally {
+      await host.shutdown();
     }
-    for (const pages of sizes) {
-      for (const to of ['shared', 'private'] as const) rows.push({ pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0 }, nativeCalls: 0 });
-      const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
-      for (let i = 0; i < iterations; i++) {
-        for (const row of [toShared, toPrivate]) {
-          const before = { ...block.stats.ns };
-          const calls = nativeCalls.count;
-          const started = process.hrtime.bigint();
-          await block.convert(block.gpa, pages * PAGE, row.to);
-          row.meanNs += Number(process.hrtime.bigint() - started);
-          row.nativeCalls = Math.max(row.nativeCalls, nativeCalls.count - calls);
-          for (const step of STEPS) row.stepNs[step] += Number(block.stats.ns[step] - before[step]);
-          row.conversions++;
-        }
-      }
-      for (const row of [toShared, toPrivate]) {
-        row.meanNs = Math.round(row.meanNs / row.conversions);
-        for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
-      }
+  }
+  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
+  const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
+  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
+  else {
+    console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
+    console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  native calls');
+    const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
+    for (const row of rows) {
+      console.log(`${(row.prefault ? 'yes' : 'no').padEnd(8)}  ${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${us(row.stepNs.prefault)}  ${String(row.nativeCalls).padStart(12)}`);
     }
-    const farEnd = values['no-far-end'] ? null : await benchFarEnd(host, iterations);
-    const backend = host.assigned?.backend ?? null;
-    await host.shutdown();
-    const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
-    if (values.json) printJson({ backend, iterations, rows, farEnd, guestLoop });
-    else {
-      console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}`);
-      console.log('pages  to       mean µs   KVM attrs µs  listeners µs  discard µs  native calls');
-      const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
-      for (const row of rows) {
-        console.log(`${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${String(row.nativeCalls).padStart(12)}`);
+    const failed = rows.reduce((sum, r) => sum + r.failedPrefaults, 0);
+    if (failed > 0) console.log(`${failed} pre-faults failed (ignored, as QEMU ignores them)`);
+    if (farEnd) {
+      console.log(`one page at the far end of a block, end to end (${farEnd.rows[0]!.conversions} conversions each, alternating):`);
+      for (const row of farEnd.rows) {
+        console.log(`  ${formatBytes(row.blockSize).padStart(6)} block at 0x${row.gpa.toString(16)}, page 0x${row.offset.toString(16)}: median ${(row.medianNs / 1000).toFixed(1)} µs, mean ${(row.meanNs / 1000).toFixed(1)} µs`);
       }
-      if (farEnd) {
-        console.log(`one page at the far end of a block, end to end (${farEnd.rows[0]!.conversions} conversions each, alternating):`);
-        for (const row of farEnd.rows) {
-          console.log(`  ${formatBytes(row.blockSize).padStart(6)} block at 0x${row.gpa.toString(16)}, page 0x${row.offset.toString(16)}: median ${(row.medianNs / 1000).toFixed(1)} µs, mean ${(row.meanNs / 1000).toFixed(1)} µs`);
-        }
-        console.log(`  8 GiB / 1 GiB (medians): ${farEnd.ratio.toFixed(3)}${Math.abs(farEnd.ratio - 1) <= 0.1 ? ' (within 10%)' : ' (NOT within 10%)'}`);
-      }
-      if (guestLoop) {
-        const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
-        console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared):`);
-        console.log(`  guestmem, no listener     ${us(guestLoop.guestmemNs)} per conversion`);
-        if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
-        console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
-        if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
-        console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
-      }
+      console.log(`  8 GiB / 1 GiB (medians): ${farEnd.ratio.toFixed(3)}${Math.abs(farEnd.ratio - 1) <= 0.1 ? ' (within 10%)' : ' (NOT within 10%)'}`);
     }
-  } finally {
-    await host.shutdown();
+    if (guestLoop) {
+      const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
+      console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared):`);
+      console.log(`  guestmem, no listener     ${us(guestLoop.guestmemNs)} per conversion`);
+      if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
+      console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
+      if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
+      console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
+    }
   }
   return 0;
+}
+
+/** Conversions of each size both ways on one block, after a warm-up. */
+async function measure(host: VmHost, sizes: number[], iterations: number, prefault: boolean): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
+  const block = host.block!;
+  const listener = host.makeListener('vfio');
+  if (listener) await block.register(listener);
+  // Warm up the JIT and the kernel's paths first, so the first size measured is not the slowest.
+  for (let i = 0; i < 5; i++) {
+    for (const pages of sizes) {
+      await block.convert(block.gpa, pages * PAGE, 'shared');
+      await block.convert(block.gpa, pages * PAGE, 'private');
+    }
+  }
+  for (const pages of sizes) {
+    for (const to of ['shared', 'private'] as const) {
+      rows.push({ prefault, pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0, prefault: 0 }, nativeCalls: 0, failedPrefaults: 0 });
+    }
+    const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
+    for (let i = 0; i < iterations; i++) {
+      for (const row of [toShared, toPrivate]) {
+        const before = { ...block.stats.ns };
+        const failedBefore = block.stats.prefaultFailed;
+        const calls = nativeCalls.count;
+        const started = process.hrtime.bigint();
+        await block.convert(block.gpa, pages * PAGE, row.to);
+        row.meanNs += Number(process.hrtime.bigint() - started);
+        row.nativeCalls = Math.max(row.nativeCalls, nativeCalls.count - calls);
+        row.failedPrefaults += block.stats.prefaultFailed - failedBefore;
+        for (const step of STEPS) row.stepNs[step] += Number(block.stats.ns[step] - before[step]);
+        row.conversions++;
+      }
+    }
+    for (const row of [toShared, toPrivate]) {
+      row.meanNs = Math.round(row.meanNs / row.conversions);
+      for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
+    }
+  }
+  return rows;
 }

@@ -79,12 +79,14 @@ example:
   Exits 1 on a failed conversion or a mismatch with QEMU's view.
 example:
   guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run`,
-  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-far-end] [--no-vm]
-  Times conversions on a real kernel, split by step (KVM attributes, listeners, discard),
-  with the number of native calls per conversion; then one page at the far end of an 8 GiB
-  block against one at the far end of a 1 GiB block (same VM, alternating), which should
-  cost the same (--no-far-end skips it: creating the blocks makes KVM mark 9 GiB private). Runs inside the harness VM when this host
-  lacks SW-protected VMs (--no-vm: fail instead).
+  bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-far-end] [--no-prefault] [--no-vm]
+  Times conversions on a real kernel, split by step (KVM attributes, listeners, discard,
+  pre-fault), with the number of native calls per conversion; where KVM has
+  KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Then one
+  page at the far end of an 8 GiB block against one at the far end of a 1 GiB block (same
+  VM, alternating), which should cost the same (--no-far-end skips it: creating the blocks
+  makes KVM mark 9 GiB private). Runs inside the harness VM when this host lacks
+  SW-protected VMs (--no-vm: fail instead).
 example:
   guestmem bench --json`,
   guest: `usage: guestmem guest PROGRAM [--vcpus N] [--vfio BDF] [--backend auto|type1|iommufd]
@@ -110,14 +112,15 @@ examples:
   map. Runs inside the harness VM when this host lacks what it needs. Exits 1 if a proof fails.
 example:
   guestmem demo --json`,
-  vm: `usage: guestmem vm [--memory SIZE] [--edu N] [--kernel-log FILE] [--timeout SECONDS] [--] <command> [args]
-  Runs a guestmem command inside the harness VM: QEMU (software emulation) booting a 6.12
-  kernel with KVM (SW-protected VMs), an emulated Intel IOMMU and N edu devices bound to
-  vfio-pci. The kernel is built on first use (about 5 minutes) and cached under
-  ~/.cache/guestmem. Needs Debian's qemu-system-x86, busybox-static and the kernel build
+  vm: `usage: guestmem vm [--kernel 6.12|7.2] [--memory SIZE] [--edu N] [--kernel-log FILE] [--timeout SECONDS] [--] <command> [args]
+  Runs a guestmem command inside the harness VM: QEMU (software emulation) booting a Linux
+  6.12 (Debian bookworm's) or 7.2 (Debian unstable's; --kernel or GUESTMEM_KERNEL) kernel
+  with KVM (SW-protected VMs), an emulated Intel IOMMU and N edu devices bound to vfio-pci.
+  Each kernel is built on first use (about 5 minutes) and cached under ~/.cache/guestmem. Needs Debian's qemu-system-x86, busybox-static and the kernel build
   packages (it names them if missing, exit 2).
 examples:
   guestmem vm -- probe
+  guestmem vm --kernel 7.2 -- probe
   guestmem vm --edu 2 --kernel-log vm.log -- demo --json`,
 };
 

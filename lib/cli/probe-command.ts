@@ -12,6 +12,22 @@ function line(name: string, feature: Feature, detail = ''): string {
   return `  missing  ${name}: ${feature.why}${feature.fix ? `\n           fix: ${feature.fix}` : ''}`;
 }
 
+/** The guest_memfd flags line: what each VM kind may do, and whether that allows in-place conversion. */
+function flagsDetail(report: ProbeReport): string {
+  const flags = report.guestMemfdFlags;
+  if (!flags.ok) return '';
+  const list = (f: string[] | undefined) => (f === undefined ? 'not probed' : f.length > 0 ? f.join(' + ') : 'none');
+  const parts = [];
+  if (flags.privateVm !== undefined) parts.push(`SW-protected VM: ${list(flags.privateVm)}`);
+  parts.push(`default VM: ${list(flags.defaultVm)}`);
+  const inPlace = flags.privateVm === undefined
+    ? 'in-place conversion: unknown here (no private-memory VM type to ask)'
+    : flags.inPlaceConversion
+    ? 'in-place conversion possible (a private-memory VM\'s guest_memfd can start shared)'
+    : 'no in-place conversion yet: a private-memory VM\'s guest_memfd cannot start shared (no INIT_SHARED), so guestmem converts between its two backings';
+  return `${parts.join('; ')}\n           ${inPlace}`;
+}
+
 /** The type1 wall in words: how much of a guest of this size can be shared at once. */
 export function formatReach(reach: Type1Reach): string {
   const percent = (reach.sharedFraction * 100).toFixed(reach.sharedFraction < 0.1 ? 2 : 1);
@@ -31,6 +47,8 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
     line('guest_memfd (KVM_CAP_GUEST_MEMFD)', report.guestMemfd),
     line('KVM_SET_USER_MEMORY_REGION2', report.userMemory2),
     line('memory attributes (PRIVATE)', report.memoryAttributes),
+    line('guest_memfd flags (KVM_CAP_GUEST_MEMFD_FLAGS)', report.guestMemfdFlags, flagsDetail(report)),
+    line('KVM_PRE_FAULT_MEMORY (KVM_CAP_PRE_FAULT_MEMORY)', report.preFaultMemory),
     line('IOMMU groups', report.iommuGroups, `${report.iommuGroups.count}`),
     line('devices bound to vfio-pci', report.vfioDevices, report.vfioDevices.devices.map((d) => `${d.bdf} (${d.vendor}:${d.device}, group ${d.iommuGroup})`).join(', ')),
     line('VFIO type1', report.type1, report.type1.dmaAvailableDefault !== undefined ? `dma_entry_limit ${report.type1.dmaAvailableDefault} mappings per container` : '') +

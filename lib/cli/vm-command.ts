@@ -1,6 +1,7 @@
-// `guestmem vm`: runs a guestmem command inside the harness VM (a 6.12 kernel with KVM,
-// SW-protected VMs, an emulated IOMMU and edu devices bound to vfio-pci), built on first
-// use and cached. Also the path `demo` and `bench` take on a host that lacks what they need.
+// `guestmem vm`: runs a guestmem command inside the harness VM (a 6.12 or 7.2 kernel with
+// KVM, SW-protected VMs, an emulated IOMMU and edu devices bound to vfio-pci), built on
+// first use and cached. Also the path `demo` and `bench` take on a host that lacks what they
+// need; they boot the kernel GUESTMEM_KERNEL names, as run-in-vm.sh does.
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -12,7 +13,12 @@ export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
 const RUN_IN_VM = path.join(PACKAGE_ROOT, 'scripts', 'vm', 'run-in-vm.sh');
 const GUESTMEM = path.join(PACKAGE_ROOT, 'bin', 'guestmem.js');
 
+/** The harness kernels scripts/vm/build-kernel.sh builds. */
+export const HARNESS_KERNELS = ['6.12', '7.2'] as const;
+
 export interface VmOptions {
+  /** Which harness kernel; default GUESTMEM_KERNEL, else 6.12. */
+  kernel?: string;
   memory?: string;
   edu?: string;
   kernelLog?: string;
@@ -22,6 +28,10 @@ export interface VmOptions {
 /** Runs `guestmem <args>` in the harness VM, streaming its output; returns its exit status. */
 export function runInVm(args: string[], options: VmOptions = {}): number {
   const vmArgs: string[] = [];
+  if (options.kernel) {
+    if (!(HARNESS_KERNELS as readonly string[]).includes(options.kernel)) throw new UsageError(`--kernel must be one of ${HARNESS_KERNELS.join(', ')}, got '${options.kernel}'`);
+    vmArgs.push('--kernel', options.kernel);
+  }
   if (options.memory) vmArgs.push('--memory', options.memory);
   if (options.edu) vmArgs.push('--edu', options.edu);
   if (options.kernelLog) vmArgs.push('--kernel-log', path.resolve(options.kernelLog));
@@ -35,7 +45,7 @@ export function vmCommand(args: string[]): number {
   const split = args.indexOf('--');
   const { values, positionals } = parseArgs({
     args: split >= 0 ? args.slice(0, split) : args,
-    options: { memory: { type: 'string' }, edu: { type: 'string' }, 'kernel-log': { type: 'string' }, timeout: { type: 'string' } },
+    options: { kernel: { type: 'string' }, memory: { type: 'string' }, edu: { type: 'string' }, 'kernel-log': { type: 'string' }, timeout: { type: 'string' } },
     allowPositionals: true,
     strict: true,
   });
@@ -46,7 +56,7 @@ export function vmCommand(args: string[]): number {
     throw new UsageError(`--memory takes a size as QEMU's -m does (2G, 4096M), got '${values.memory}'`);
   }
   if (values.edu !== undefined && !/^(?:[0-9]|1[0-6])$/.test(values.edu)) throw new UsageError(`--edu takes a count of edu devices, 0 to 16, got '${values.edu}'`);
-  return runInVm(command, { memory: values.memory, edu: values.edu, kernelLog: values['kernel-log'], timeout: values.timeout });
+  return runInVm(command, { kernel: values.kernel, memory: values.memory, edu: values.edu, kernelLog: values['kernel-log'], timeout: values.timeout });
 }
 
 /**

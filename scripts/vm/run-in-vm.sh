@@ -16,8 +16,9 @@ kernel_log=
 
 usage() {
   cat >&2 <<USAGE
-usage: run-in-vm.sh [--memory SIZE] [--edu N] [--timeout SECONDS] [--kernel-log FILE] -- COMMAND [ARGS...]
+usage: run-in-vm.sh [--kernel 6.12|7.2] [--memory SIZE] [--edu N] [--timeout SECONDS] [--kernel-log FILE] -- COMMAND [ARGS...]
   Runs COMMAND inside the guestmem harness VM, from the current directory.
+  --kernel      which harness kernel boots (default \$GUESTMEM_KERNEL or 6.12)
   --memory      guest memory (default 2G)
   --edu         number of edu DMA devices (default 1)
   --timeout     give up after this many seconds (default \$GUESTMEM_VM_TIMEOUT or 1200)
@@ -28,6 +29,7 @@ USAGE
 
 while [ $# -gt 0 ]; do
   case "$1" in
+    --kernel) export GUESTMEM_KERNEL=${2:?}; shift 2 ;;
     --memory) memory=${2:?}; shift 2 ;;
     --edu) edu=${2:?}; shift 2 ;;
     --timeout) timeout=${2:?}; shift 2 ;;
@@ -51,6 +53,7 @@ busybox=$(command -v busybox || true)
 [ -n "$busybox" ] && [ "${file_is_static:-0}" -gt 0 ] || need "a static busybox"
 
 kernel=$("$here/build-kernel.sh")
+source=$(cat "$(dirname "$kernel")/source" 2>/dev/null || echo "${GUESTMEM_KERNEL:-6.12}")
 
 # One harness VM at a time on this machine (2 cores; TCG takes one whole): a second run
 # waits here for the first to power off.
@@ -127,6 +130,9 @@ wait "$stderr_copier" 2>/dev/null || true
 # kernel's, not mixed into the command's output.
 grep -v "TCG doesn't support requested feature" "$run/qemu.log" >>"$console" || true
 [ -z "$kernel_log" ] || cp "$console" "$kernel_log"
+# Which kernel really ran, in the caller's log (CI runs the suites on several).
+booted=$(grep -m1 -o 'Linux version [^ ]*' "$console" || true)
+echo "run-in-vm: harness kernel $source: ${booted:-no version line on the console}" >&2
 
 fail() {
   echo "run-in-vm: $1; the last lines of the kernel console and QEMU:" >&2

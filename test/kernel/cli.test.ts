@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { requires } from '../support/requires';
+import { hostReport, requires } from '../support/requires';
 import { findEdu } from '../support/edu';
 import { guestmem } from '../support/cli';
 
@@ -71,14 +71,21 @@ describe('guestmem CLI on a real kernel', function () {
     assert.deepEqual(report.listeners.vfio.mapped, [[0, 16], [17, 47]]);
   });
 
-  it('bench reports every step and a bounded number of native calls', () => {
+  it('bench reports every step and a bounded number of native calls, without and (where KVM has it) with pre-fault', () => {
     const result = guestmem(['bench', '--iterations', '2', '--guest-iterations', '20', '--json']);
     assert.equal(result.status, 0, result.stderr);
     const report = JSON.parse(result.stdout);
     assert.ok(report.backend === 'iommufd' || report.backend === 'type1');
-    assert.deepEqual(report.rows.map((r: { pages: number; to: string }) => `${r.pages}:${r.to}`), ['1:shared', '1:private', '16:shared', '16:private', '512:shared', '512:private']);
-    const calls = new Set(report.rows.map((r: { nativeCalls: number }) => r.nativeCalls));
-    assert.ok([...calls].every((n) => (n as number) <= 4), `native calls per conversion: ${[...calls].join(', ')}`);
+    const sizes = ['1:shared', '1:private', '16:shared', '16:private', '512:shared', '512:private'];
+    const modes = report.prefault ? ['no', 'yes'] : ['no'];
+    assert.equal(report.prefault, hostReport().preFaultMemory.ok, 'pre-fault measured exactly where the kernel has it');
+    type Row = { prefault: boolean; pages: number; to: string; nativeCalls: number; failedPrefaults: number; stepNs: { prefault: number } };
+    assert.deepEqual(report.rows.map((r: Row) => `${r.prefault ? 'yes' : 'no'}:${r.pages}:${r.to}`), modes.flatMap((m) => sizes.map((s) => `${m}:${s}`)));
+    for (const row of report.rows as Row[]) {
+      assert.ok(row.nativeCalls <= (row.prefault ? 5 : 4), `native calls per conversion: ${row.nativeCalls}`);
+      assert.equal(row.failedPrefaults, 0);
+      assert.equal(row.stepNs.prefault > 0, row.prefault);
+    }
     // The guest-driven round trip next to the C VMM loop, same boot.
     const loop = report.guestLoop;
     assert.equal(loop.iterations, 20);

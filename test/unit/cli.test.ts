@@ -165,6 +165,7 @@ describe('guestmem CLI', () => {
       [['convert', '--size', '4M', '--gpa', '16M', '--range', '0+4K', '--to', 'shared', '--backend', 'vfio2'], /--backend must be auto, type1 or iommufd/],
       [['bench', '--iterations', '0'], /--iterations must be a positive integer/],
       [['vm'], /give the guestmem command to run in the VM/],
+      [['vm', '--kernel', '6.1', '--', 'probe'], /--kernel must be one of 6\.12, 7\.2, got '6\.1'/],
       [['run'], /give the script file/],
     ];
     for (const [args, pattern] of cases) {
@@ -178,7 +179,7 @@ describe('guestmem CLI', () => {
     const result = guestmem(['probe', '--json']);
     assert.equal(result.status, 0);
     const report = JSON.parse(result.stdout);
-    for (const key of ['nativeAddon', 'kvm', 'swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes', 'iommuGroups', 'vfioDevices', 'type1', 'iommufd']) {
+    for (const key of ['nativeAddon', 'kvm', 'swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes', 'guestMemfdFlags', 'preFaultMemory', 'iommuGroups', 'vfioDevices', 'type1', 'iommufd']) {
       assert.equal(typeof report[key].ok, 'boolean', key);
       if (!report[key].ok) assert.equal(typeof report[key].why, 'string', `${key} says why not`);
     }

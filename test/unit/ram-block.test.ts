@@ -19,6 +19,8 @@ class FakeVm {
   readonly log: string[] = [];
   failAttributes = false;
   failPunch = false;
+  supportsPreFault = true;
+  failPreFault = false;
 
   createGuestMemfd() {
     return {
@@ -29,6 +31,11 @@ class FakeVm {
       },
       close() {},
     };
+  }
+
+  preFaultMemory(vcpuFd: number, gpa: number, size: number): void {
+    if (this.failPreFault) throw Object.assign(new Error('EIO: i/o error, ioctl(KVM_PRE_FAULT_MEMORY)'), { code: 'EIO' });
+    this.log.push(`prefault vcpu${vcpuFd} ${(gpa - GPA) / PAGE}+${size / PAGE}`);
   }
 
   setUserMemoryRegion(): void {}
@@ -142,6 +149,44 @@ describe('RamBlock conversion sequence', () => {
     await assert.rejects(block.convert(GPA - PAGE, PAGE, 'shared'), /below block test/);
     assert.equal(vm.log.length, calls, 'no kernel call for a bad range');
     assert.equal(snapshot(vm, block, listener), before);
+    block.close();
+  });
+
+  it('pre-faults each converted range last, on the vCPU given, only where asked and where KVM can', async () => {
+    const vm = new FakeVm();
+    const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'test', prefault: () => 7 });
+    await block.convert(GPA + 4 * PAGE, 8 * PAGE, 'shared');
+    await block.convert(GPA + 4 * PAGE, 2 * PAGE, 'private');
+    assert.deepEqual(vm.log.slice(1), ['attributes 4+8 shared', 'gmem-punch 4+8', 'prefault vcpu7 4+8', 'attributes 4+2 private', 'prefault vcpu7 4+2']);
+    assert.ok(block.stats.ns.prefault > 0n);
+    block.close();
+
+    const { vm: plainVm, block: plain } = setUp();
+    await plain.convert(GPA, PAGE, 'shared');
+    assert.ok(!plainVm.log.some((line) => line.startsWith('prefault')), 'no prefault option: no pre-fault');
+    plain.close();
+
+    const unable = new FakeVm();
+    unable.supportsPreFault = false;
+    const noCap = new RamBlock(unable as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'test', prefault: () => 7 });
+    await noCap.convert(GPA, PAGE, 'shared');
+    assert.ok(!unable.log.some((line) => line.startsWith('prefault')), 'KVM_CAP_PRE_FAULT_MEMORY 0: no pre-fault');
+    noCap.close();
+  });
+
+  it('ignores a failed pre-fault, as QEMU does: the conversion stands and the failure is counted', async () => {
+    const vm = new FakeVm();
+    const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'test', prefault: () => 7 });
+    vm.failPreFault = true;
+    await block.convert(GPA, 2 * PAGE, 'shared');
+    assert.deepEqual(block.attributes.runs('shared'), [[0, 2]]);
+    assert.deepEqual(vm.attributes.slice(0, 3), ['shared', 'shared', 'private']);
+    assert.equal(block.stats.prefaultFailed, 1);
+    assert.equal(block.stats.failed, 0);
+    assert.throws(
+      () => new RamBlock(vm as unknown as Vm, { slot: 1, gpa: GPA, size: PAGES * PAGE, prefault: 7 as unknown as () => number }),
+      { code: 'ERR_INVALID_ARG_TYPE' },
+    );
     block.close();
   });
 });

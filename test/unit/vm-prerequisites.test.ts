@@ -44,4 +44,13 @@ describe('harness prerequisites', () => {
     fs.rmSync(bin, { recursive: true });
     fs.rmSync(cache, { recursive: true });
   });
+
+  it('the kernel build names the kernels it knows when given another, and exits 2', () => {
+    for (const [args, env] of [[['--kernel', '6.1'], {}], [[], { GUESTMEM_KERNEL: '7' }]] as const) {
+      const result = spawnSync(path.join(ROOT, 'scripts', 'vm', 'build-kernel.sh'), args, { encoding: 'utf8', env: { ...process.env, ...env } });
+      assert.equal(result.status, 2, result.stderr);
+      assert.match(result.stderr, /unknown kernel '(6\.1|7)' \(GUESTMEM_KERNEL or --kernel\): choose 6\.12 or 7\.2/);
+      assert.equal(result.stdout, '');
+    }
+  });
 });
