@@ -51,7 +51,9 @@ if (process.env.GUESTMEM_SKIP_VM === '1') {
     phase(
       `kernel suites (harness VM, Linux ${kernel})`,
       path.join(root, 'scripts', 'vm', 'run-in-vm.sh'),
-      ['--kernel', kernel, '--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
+      // The whole kernel suite under emulation takes a good part of an hour on 2 cores:
+      // a longer leash than a single command's 20 minutes.
+      ['--kernel', kernel, '--timeout', process.env.GUESTMEM_VM_TIMEOUT || '2400', '--', process.execPath, mocha, '--config', '.mocharc.kernel.json'],
       { GUESTMEM_REQUIRE_KERNEL: '1' },
     );
     // The newcomer's path: `guestmem demo` from this host, through the VM where needed.
