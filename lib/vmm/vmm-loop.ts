@@ -165,10 +165,17 @@ export class VmmLoop {
     try {
       await this.memory.convert(gpa, size, to);
     } catch (error) {
+      const code = (error as { code?: string }).code;
+      // Refused before any step ran (pages held back until repair(), say): a rejection.
+      if (code === 'ERR_GUESTMEM_CONVERSION_REJECTED') {
+        this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', (error as Error).message, performance.now() - started);
+        vcpu.completeHypercall(-KVM_EINVAL);
+        return;
+      }
       this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, performance.now() - started);
       // Rolled back: the guest hears the error and goes on. Not rolled back: the host no
       // longer knows what the device can reach, so nothing may run.
-      if ((error as { code?: string }).code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
+      if (code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       vcpu.completeHypercall(-KVM_EFAULT);
       return;
     }

@@ -146,6 +146,15 @@ describe('VmmLoop: guest-driven conversions', () => {
     assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 0 }]);
   });
 
+  it('answers -KVM_EINVAL when the memory refuses the range before any step (pages awaiting repair)', async () => {
+    const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
+    const memory = new RecordingMemory();
+    memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_REJECTED', 'pages 0+1 disagree until repair()');
+    const report = await loopOf([vcpu], memory).run();
+    assert.deepEqual(vcpu.answers, [-22]);
+    assert.deepEqual(report.conversions, { converted: 0, rejected: 1, failed: 0 });
+  });
+
   it('stops the VM when a rollback failed: nothing may run while the host is unsure what is mapped', async () => {
     const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
     const memory = new RecordingMemory();
