@@ -18,7 +18,9 @@ describe('guestmem CLI on a real kernel', function () {
     edu = findEdu()!;
     dir = fs.mkdtempSync('/tmp/guestmem-cli-');
   });
-  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  after(() => {
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
 
   it('probe finds everything the harness provides', () => {
     const result = guestmem(['probe', '--json']);
