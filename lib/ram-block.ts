@@ -164,6 +164,9 @@ export class RamBlock implements Disposable {
 
   /** True when [gpa, gpa + size) lies in this block. */
   contains(gpa: Bytes, size: Bytes): boolean {
+    // Numbers compare as they are (every conversion by a guest asks this): a sum past 2^53
+    // rounds up, never below the block's end, which is below 2^53.
+    if (Number.isSafeInteger(gpa) && Number.isSafeInteger(size)) return (gpa as number) >= this.gpa && (gpa as number) + (size as number) <= this.gpa + this.size;
     return BigInt(gpa) >= BigInt(this.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(this.gpa + this.size);
   }
 

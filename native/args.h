@@ -12,6 +12,26 @@
 
 #include "errors.h"
 
+/**
+ * A 64-bit unsigned value from a non-negative safe-integer number or a bigint, for an
+ * argument or an object's field alike; a TypeError naming `name` otherwise.
+ */
+inline uint64_t U64FromValue(Napi::Env env, Napi::Value value, const std::string& name) {
+  if (value.IsBigInt()) {
+    bool lossless = false;
+    uint64_t result = value.As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw ArgumentError(env, name + " does not fit in 64 bits");
+    return result;
+  }
+  if (!value.IsNumber()) throw ArgumentError(env, name + " must be a number");
+  double number = value.As<Napi::Number>().DoubleValue();
+  if (number != static_cast<double>(static_cast<int64_t>(number)) || number > 9007199254740991.0 || number < -9007199254740991.0) {
+    throw ArgumentError(env, name + " must be a safe integer");
+  }
+  if (number < 0) throw ArgumentError(env, name + " must not be negative");
+  return static_cast<uint64_t>(number);
+}
+
 class Args {
  public:
   explicit Args(const Napi::CallbackInfo& info) : info_(info) {}
@@ -30,18 +50,7 @@ class Args {
   }
 
   /** A 64-bit unsigned value from a non-negative safe-integer number or a bigint. */
-  uint64_t U64(size_t index, const char* name) const {
-    Napi::Value value = info_[index];
-    if (value.IsBigInt()) {
-      bool lossless = false;
-      uint64_t result = value.As<Napi::BigInt>().Uint64Value(&lossless);
-      if (!lossless) throw ArgumentError(info_.Env(), std::string(name) + " does not fit in 64 bits");
-      return result;
-    }
-    int64_t number = Int(index, name);
-    if (number < 0) throw ArgumentError(info_.Env(), std::string(name) + " must not be negative");
-    return static_cast<uint64_t>(number);
-  }
+  uint64_t U64(size_t index, const char* name) const { return U64FromValue(info_.Env(), info_[index], name); }
 
   std::string String(size_t index, const char* name) const {
     if (!info_[index].IsString()) throw ArgumentError(info_.Env(), std::string(name) + " must be a string");

@@ -40,21 +40,7 @@ const char* const kRegNames[] = {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp"
 static_assert(sizeof(kRegNames) / sizeof(kRegNames[0]) == sizeof(uapi::kvm_regs) / sizeof(uint64_t));
 
 uint64_t U64Field(Napi::Env env, Napi::Object object, const char* name) {
-  Napi::Value value = object.Get(name);
-  if (value.IsBigInt()) {
-    bool lossless = false;
-    uint64_t result = value.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) throw ArgumentError(env, std::string(name) + " does not fit in 64 bits");
-    return result;
-  }
-  if (value.IsNumber()) {
-    double number = value.As<Napi::Number>().DoubleValue();
-    if (number < 0 || number > 9007199254740991.0 || number != static_cast<double>(static_cast<uint64_t>(number))) {
-      throw ArgumentError(env, std::string(name) + " must be a non-negative safe integer or a bigint");
-    }
-    return static_cast<uint64_t>(number);
-  }
-  throw ArgumentError(env, std::string(name) + " must be a number or a bigint");
+  return U64FromValue(env, object.Get(name), name);
 }
 
 Napi::Object ObjectArg(const Napi::CallbackInfo& info, size_t index, const char* name) {

@@ -38,14 +38,7 @@ const nextVcpuIds = new WeakMap<object, number>();
 /** GuestMemory as the VMM loop sees it. */
 export function loopMemory(memory: GuestMemory): LoopMemory {
   return {
-    covers: (gpa, size) => {
-      const blocks = memory.blocks;
-      if (typeof gpa === 'number' && typeof size === 'number') {
-        for (const block of blocks) if (gpa >= block.gpa && gpa + size <= block.gpa + block.size) return true;
-        return false;
-      }
-      return blocks.some((block) => block.contains(gpa, size));
-    },
+    covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
     convert: (gpa, size, to) => memory.convert(gpa, size, to),
   };
 }
