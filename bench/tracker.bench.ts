@@ -3,9 +3,9 @@
 // on the same working set), and whole-range conversions cost O(range / 32): per-page cost
 // falls as ranges grow, to well under a nanosecond (a 32-bit word per 32 pages).
 
-import type { GranuleRange } from '../lib/byte-range';
-import { RamBlockAttributes } from '../lib/ram-block-attributes';
-import type { RamDiscardListener } from '../lib/ram-discard-listener';
+import type { GranuleRange } from '../lib/common/byte-range';
+import { RamBlockAttributes } from '../lib/tracker/ram-block-attributes';
+import type { RamDiscardListener } from '../lib/tracker/ram-discard-listener';
 import { prng } from '../test/support/prng';
 
 const PAGE = 4096;

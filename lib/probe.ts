@@ -13,11 +13,11 @@ import {
   KVM_CAP_USER_MEMORY2,
   KVM_MEMORY_ATTRIBUTE_PRIVATE,
   type VmType,
-} from './kvm-constants';
-import { Kvm, type Vm } from './kvm';
-import { native, nativeAvailable } from './native';
-import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio-type1';
-import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio-sysfs';
+} from './kvm/kvm-constants';
+import { Kvm, type Vm } from './kvm/kvm';
+import { native, nativeAvailable } from './common/native';
+import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
+import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 
 export interface Feature {
   ok: boolean;

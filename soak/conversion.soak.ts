@@ -7,17 +7,17 @@
 // disagreements; exits 1 on any disagreement. Started by scripts/soak.js, which boots the
 // harness VM where this host lacks what it needs and turns fault injection on.
 
-import { AssignedDevice } from '../lib/assigned-device';
-import type { DmaBackend } from '../lib/dma-mapper';
-import { DmaProbe } from '../lib/dma-probe';
-import { findEduDevice } from '../lib/edu-device';
-import { faultCounts, injectFaults } from '../lib/fault-injection';
-import { GuestMemory } from '../lib/guest-memory';
-import { Kvm } from '../lib/kvm';
-import { PageBitmap, type Run } from '../lib/page-bitmap';
-import type { RamBlock } from '../lib/ram-block';
-import type { PageState } from '../lib/state-change-channel';
-import { VfioDmaListener } from '../lib/vfio-dma-listener';
+import { AssignedDevice } from '../lib/vfio/assigned-device';
+import type { DmaBackend } from '../lib/vfio/dma-mapper';
+import { DmaProbe } from '../lib/vfio/dma-probe';
+import { findEduDevice } from '../lib/vfio/edu-device';
+import { faultCounts, injectFaults } from '../lib/common/fault-injection';
+import { GuestMemory } from '../lib/memory/guest-memory';
+import { Kvm } from '../lib/kvm/kvm';
+import { PageBitmap, type Run } from '../lib/tracker/page-bitmap';
+import type { RamBlock } from '../lib/memory/ram-block';
+import type { PageState } from '../lib/tracker/state-change-channel';
+import { VfioDmaListener } from '../lib/vfio/vfio-dma-listener';
 import { prng } from '../test/support/prng';
 
 const PAGE = 4096;

@@ -6,11 +6,11 @@
 // with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
 import { parseArgs } from 'node:util';
-import { findEduDevice } from '../edu-device';
+import { findEduDevice } from '../vfio/edu-device';
 import { benchGuestLoop } from './guest-bench';
-import { nativeCalls } from '../native';
-import type { ConversionStep } from '../conversion-stats';
-import type { PageState } from '../state-change-channel';
+import { nativeCalls } from '../common/native';
+import type { ConversionStep } from '../memory/conversion-stats';
+import type { PageState } from '../tracker/state-change-channel';
 import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { printJson } from './output';

@@ -8,7 +8,7 @@
 // rejected and counted when it runs, like any other invalid one; only text that is not a
 // number makes a line malformed.
 
-import type { Bytes } from '../byte-range';
+import type { Bytes } from '../common/byte-range';
 import { parseBytes } from './sizes';
 import { UsageError } from './usage-error';
 

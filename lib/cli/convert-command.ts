@@ -2,11 +2,11 @@
 // conversions in order; the result of each and where the time went.
 
 import { parseArgs } from 'node:util';
-import { toGranuleRange, type Bytes } from '../byte-range';
-import { isRejection } from '../errors';
-import { nativeCalls } from '../native';
-import { blockGeometry } from '../ram-block-attributes';
-import type { PageState } from '../state-change-channel';
+import { toGranuleRange, type Bytes } from '../common/byte-range';
+import { isRejection } from '../common/errors';
+import { nativeCalls } from '../common/native';
+import { blockGeometry } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/state-change-channel';
 import { VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';

@@ -6,13 +6,13 @@
 // timed; exits 1 if any proof fails.
 
 import { parseArgs } from 'node:util';
-import { AssignedDevice } from '../assigned-device';
-import { DmaProbe } from '../dma-probe';
-import { findEduDevice } from '../edu-device';
-import { GuestMemory } from '../guest-memory';
-import { Kvm } from '../kvm';
-import type { RamBlock } from '../ram-block';
-import { VfioDmaListener } from '../vfio-dma-listener';
+import { AssignedDevice } from '../vfio/assigned-device';
+import { DmaProbe } from '../vfio/dma-probe';
+import { findEduDevice } from '../vfio/edu-device';
+import { GuestMemory } from '../memory/guest-memory';
+import { Kvm } from '../kvm/kvm';
+import type { RamBlock } from '../memory/ram-block';
+import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import { runGuestSession } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';
 import { mapLegend, mapStrip } from './map-picture';

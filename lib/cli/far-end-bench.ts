@@ -2,8 +2,8 @@
 // block it lies: one page at the far end of an 8 GiB block against one at the far end of
 // a 1 GiB block, in the same VM, interleaved so that drift in the host hits both alike.
 
-import type { RamBlock } from '../ram-block';
-import { VfioDmaListener } from '../vfio-dma-listener';
+import type { RamBlock } from '../memory/ram-block';
+import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { VmHost } from './hosts';
 
 const PAGE = 4096;

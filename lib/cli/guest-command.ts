@@ -6,7 +6,7 @@
 
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { DmaProbe } from '../dma-probe';
+import { DmaProbe } from '../vfio/dma-probe';
 import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
 import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';

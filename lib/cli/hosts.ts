@@ -2,15 +2,15 @@
 // kernel) and a real SW-protected VM with one RAM block, optionally with a VFIO device
 // whose DMA listener maps what turns shared.
 
-import { AssignedDevice } from '../assigned-device';
-import type { Bytes } from '../byte-range';
-import type { DmaBackend } from '../dma-mapper';
-import { GuestMemory } from '../guest-memory';
-import { Kvm } from '../kvm';
-import type { RamBlock } from '../ram-block';
-import { RamBlockAttributes } from '../ram-block-attributes';
-import type { PageState } from '../state-change-channel';
-import { VfioDmaListener } from '../vfio-dma-listener';
+import { AssignedDevice } from '../vfio/assigned-device';
+import type { Bytes } from '../common/byte-range';
+import type { DmaBackend } from '../vfio/dma-mapper';
+import { GuestMemory } from '../memory/guest-memory';
+import { Kvm } from '../kvm/kvm';
+import type { RamBlock } from '../memory/ram-block';
+import { RamBlockAttributes } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/state-change-channel';
+import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';

@@ -1,7 +1,7 @@
 // Pictures of a block's shared/private map: a terminal strip (one cell per N pages, shaded
 // by the fraction shared) and an SVG of the map and of the conversions over time.
 
-import type { RamBlockAttributes } from '../ram-block-attributes';
+import type { RamBlockAttributes } from '../tracker/ram-block-attributes';
 import type { ConversionRecord } from './script-runner';
 
 const SHADES = ['·', '░', '▒', '▓', '█'];

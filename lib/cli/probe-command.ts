@@ -3,7 +3,7 @@
 
 import { parseArgs } from 'node:util';
 import { probe, type Feature, type ProbeReport } from '../probe';
-import { type1Reach, type Type1Reach } from '../type1-reach';
+import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
 import { printJson } from './output';
 import { formatBytes, parseSize } from './sizes';
 

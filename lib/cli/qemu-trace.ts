@@ -4,8 +4,8 @@
 // The first kind is replayed by gpa; the second, where present, is what QEMU's tracker saw
 // for the conversion before it, and is checked against ours. Every other line is skipped.
 
-import type { Bytes } from '../byte-range';
-import type { PageState } from '../state-change-channel';
+import type { Bytes } from '../common/byte-range';
+import type { PageState } from '../tracker/state-change-channel';
 import { exactBytes, parseDigits } from './sizes';
 
 /** Addresses and sizes are exact: numbers up to 2^53, bigints past it (2^64 or more too). */

@@ -4,8 +4,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { approximateBytes } from '../byte-range';
-import { blockGeometry, type RamBlockAttributes } from '../ram-block-attributes';
+import { approximateBytes } from '../common/byte-range';
+import { blockGeometry, type RamBlockAttributes } from '../tracker/ram-block-attributes';
 import { parseScript, type ScriptOp } from './conversion-script';
 import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
@@ -13,8 +13,8 @@ import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
 import { printJson, progressBar } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
-import type { Bytes } from '../byte-range';
-import { bytesOf } from '../byte-range';
+import type { Bytes } from '../common/byte-range';
+import { bytesOf } from '../common/byte-range';
 import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
 

@@ -2,13 +2,13 @@
 // (`run`). Listeners are RecordingListeners, wrapping the host's real listener where it has
 // one, so the report says what each listener really holds.
 
-import { toGranuleRange, type Bytes } from '../byte-range';
-import { isRejection } from '../errors';
-import type { Run } from '../page-bitmap';
-import { blockGeometry, type RamBlockAttributes } from '../ram-block-attributes';
-import type { RamDiscardListener } from '../ram-discard-listener';
-import { RecordingListener } from '../recording-listener';
-import type { PageState } from '../state-change-channel';
+import { toGranuleRange, type Bytes } from '../common/byte-range';
+import { isRejection } from '../common/errors';
+import type { Run } from '../tracker/page-bitmap';
+import { blockGeometry, type RamBlockAttributes } from '../tracker/ram-block-attributes';
+import type { RamDiscardListener } from '../tracker/ram-discard-listener';
+import { RecordingListener } from '../tracker/recording-listener';
+import type { PageState } from '../tracker/state-change-channel';
 import type { ScriptOp } from './conversion-script';
 import { ScriptError } from './conversion-script';
 

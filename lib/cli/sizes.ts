@@ -4,7 +4,7 @@
 // usage error; a number too large for its use is for the user of the value to refuse (a
 // conversion of 2^64 or more is rejected and counted, not a malformed script line).
 
-import type { Bytes } from '../byte-range';
+import type { Bytes } from '../common/byte-range';
 import { UsageError } from './usage-error';
 
 const UNITS: Record<string, bigint> = { '': 1n, k: 1n << 10n, m: 1n << 20n, g: 1n << 30n, t: 1n << 40n, p: 1n << 50n, e: 1n << 60n };

@@ -1,7 +1,7 @@
 // The page the host fills before a guest program starts (its address in rdi): what to do
 // and where. Layout mirrored in guest/common.inc (BOOT_*).
 
-import { outOfRange } from '../errors';
+import { outOfRange } from '../common/errors';
 
 export const BOOT_INFO_SIZE = 4096;
 /** "GUESTMEM" in little-endian bytes. */

@@ -5,7 +5,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { GuestmemError } from '../errors';
+import { GuestmemError } from '../common/errors';
 import { BOOT_INFO_SIZE } from './boot-info';
 import { identityMapSize } from './long-mode';
 

@@ -2,7 +2,7 @@
 // stream per vCPU as guest/random.s, so a test knows every request the guest will make
 // before it makes it.
 
-import type { PageState } from '../state-change-channel';
+import type { PageState } from '../tracker/state-change-channel';
 
 const MASK = (1n << 64n) - 1n;
 const GOLDEN = 0x9e3779b97f4a7c15n;

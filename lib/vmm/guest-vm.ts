@@ -3,10 +3,10 @@
 // what the guest asks through GuestMemory (tracker, KVM attributes, VFIO listener,
 // punch-hole).
 
-import { GuestmemError } from '../errors';
-import type { GuestMemory } from '../guest-memory';
-import type { Kvm } from '../kvm';
-import type { RamBlock } from '../ram-block';
+import { GuestmemError } from '../common/errors';
+import type { GuestMemory } from '../memory/guest-memory';
+import type { Kvm } from '../kvm/kvm';
+import type { RamBlock } from '../memory/ram-block';
 import { encodeBootInfo, type BootParams } from './boot-info';
 import { guestLayout, STACK_SIZE, type GuestLayout } from './guest-image';
 import type { PortHandler } from './guest-ports';

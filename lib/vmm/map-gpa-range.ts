@@ -4,7 +4,7 @@
 // and overflow with -KVM_EINVAL without exiting; what reaches us is decoded here, and
 // what we refuse gets the same answer. The value goes back in the guest's rax.
 
-import type { PageState } from '../state-change-channel';
+import type { PageState } from '../tracker/state-change-channel';
 
 export const KVM_HC_MAP_GPA_RANGE = 12n;
 export const KVM_CAP_EXIT_HYPERCALL = 201;

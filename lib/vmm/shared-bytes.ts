@@ -1,7 +1,7 @@
 // The host's view of a block's shared backing (the memfd), by guest physical address:
 // what the guest left in shared pages, and what the host puts there for it.
 
-import type { RamBlock } from '../ram-block';
+import type { RamBlock } from '../memory/ram-block';
 
 function offsetOf(block: RamBlock, gpa: bigint, length: number): number {
   const offset = Number(gpa - BigInt(block.gpa));

@@ -3,10 +3,10 @@
 // runs. Created with KVM_CREATE_VCPU; exits come back as promises of plain objects.
 
 import fs from 'node:fs';
-import { invalidArgType, outOfRange } from '../errors';
-import { FdOwner } from '../fd-owner';
-import type { Kvm, Vm } from '../kvm';
-import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from '../native';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { FdOwner } from '../common/fd-owner';
+import type { Kvm, Vm } from '../kvm/kvm';
+import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from '../common/native';
 import type { VcpuExit } from './vcpu-exit';
 
 export type Registers = NativeRegs;

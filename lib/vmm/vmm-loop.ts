@@ -7,10 +7,10 @@
 // handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
 // its registers.
 
-import type { Bytes } from '../byte-range';
-import { GuestmemError } from '../errors';
-import type { StateChangeResult } from '../ram-block-attributes';
-import type { PageState } from '../state-change-channel';
+import type { Bytes } from '../common/byte-range';
+import { GuestmemError } from '../common/errors';
+import type { StateChangeResult } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
 import type { Registers } from './vcpu';

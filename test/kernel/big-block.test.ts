@@ -11,13 +11,13 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { AssignedDevice } from '../../lib/assigned-device';
-import { EduDevice } from '../../lib/edu-device';
-import { GuestMemory } from '../../lib/guest-memory';
-import { Kvm } from '../../lib/kvm';
-import type { RamBlock } from '../../lib/ram-block';
-import { SharedMemory } from '../../lib/shared-memory';
-import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import { AssignedDevice } from '../../lib/vfio/assigned-device';
+import { EduDevice } from '../../lib/vfio/edu-device';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { Kvm } from '../../lib/kvm/kvm';
+import type { RamBlock } from '../../lib/memory/ram-block';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
+import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { guestmem } from '../support/cli';
 import { findEdu } from '../support/edu';
 import { requires } from '../support/requires';

@@ -6,17 +6,17 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { AssignedDevice } from '../../lib/assigned-device';
-import type { DmaBackend } from '../../lib/dma-mapper';
-import { GuestMemory } from '../../lib/guest-memory';
-import { Kvm, type Vm } from '../../lib/kvm';
-import { nativeCalls } from '../../lib/native';
-import type { RamBlock } from '../../lib/ram-block';
-import { VfioDmaListener } from '../../lib/vfio-dma-listener';
-import type { Run } from '../../lib/page-bitmap';
+import { AssignedDevice } from '../../lib/vfio/assigned-device';
+import type { DmaBackend } from '../../lib/vfio/dma-mapper';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { Kvm, type Vm } from '../../lib/kvm/kvm';
+import { nativeCalls } from '../../lib/common/native';
+import type { RamBlock } from '../../lib/memory/ram-block';
+import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
+import type { Run } from '../../lib/tracker/page-bitmap';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
-import { DmaProbe } from '../../lib/dma-probe';
+import { DmaProbe } from '../../lib/vfio/dma-probe';
 import { prng } from '../support/prng';
 
 const PAGE = 4096;

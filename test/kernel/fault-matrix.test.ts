@@ -8,16 +8,16 @@
 // the creation and shutdown paths: a memslot left by a failed block, shutdown in any order.
 
 import assert from 'node:assert/strict';
-import { AssignedDevice } from '../../lib/assigned-device';
-import type { DmaBackend } from '../../lib/dma-mapper';
-import { DmaProbe, SCRATCH_IOVA } from '../../lib/dma-probe';
-import { faultCounts, injectFaults } from '../../lib/fault-injection';
-import { GuestMemory } from '../../lib/guest-memory';
-import { Kvm } from '../../lib/kvm';
-import type { Run } from '../../lib/page-bitmap';
-import type { Disagreement, RamBlock } from '../../lib/ram-block';
-import type { PageState } from '../../lib/state-change-channel';
-import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import { AssignedDevice } from '../../lib/vfio/assigned-device';
+import type { DmaBackend } from '../../lib/vfio/dma-mapper';
+import { DmaProbe, SCRATCH_IOVA } from '../../lib/vfio/dma-probe';
+import { faultCounts, injectFaults } from '../../lib/common/fault-injection';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { Kvm } from '../../lib/kvm/kvm';
+import type { Run } from '../../lib/tracker/page-bitmap';
+import type { Disagreement, RamBlock } from '../../lib/memory/ram-block';
+import type { PageState } from '../../lib/tracker/state-change-channel';
+import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { findEdu } from '../support/edu';
 import { prng } from '../support/prng';
 import { requires } from '../support/requires';

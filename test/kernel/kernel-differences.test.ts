@@ -4,10 +4,10 @@
 // branch asserts something the kernel can get wrong, so no kernel passes by skipping.
 
 import assert from 'node:assert/strict';
-import { GuestMemory } from '../../lib/guest-memory';
-import { HostMapping } from '../../lib/host-mapping';
-import { Kvm } from '../../lib/kvm';
-import { GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS } from '../../lib/kvm-constants';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { HostMapping } from '../../lib/common/host-mapping';
+import { Kvm } from '../../lib/kvm/kvm';
+import { GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS } from '../../lib/kvm/kvm-constants';
 import { probe } from '../../lib/probe';
 import { assertSystemError } from '../support/errors';
 import { requires } from '../support/requires';

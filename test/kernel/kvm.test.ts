@@ -3,11 +3,11 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { GuestMemory } from '../../lib/guest-memory';
-import { Kvm, Vm, type GuestMemfd } from '../../lib/kvm';
-import { native } from '../../lib/native';
-import { SharedMemory } from '../../lib/shared-memory';
-import { KVM_CAP_GUEST_MEMFD } from '../../lib/kvm-constants';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { Kvm, Vm, type GuestMemfd } from '../../lib/kvm/kvm';
+import { native } from '../../lib/common/native';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
+import { KVM_CAP_GUEST_MEMFD } from '../../lib/kvm/kvm-constants';
 import { requires } from '../support/requires';
 import { assertSystemError } from '../support/errors';
 import { isCloexec } from '../support/cloexec';

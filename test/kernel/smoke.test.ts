@@ -3,10 +3,10 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../../lib/kvm-constants';
-import { Kvm } from '../../lib/kvm';
-import { EDU_DEVICE, EDU_VENDOR } from '../../lib/edu-device';
-import { pciDevices } from '../../lib/vfio-sysfs';
+import { KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES, KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../../lib/kvm/kvm-constants';
+import { Kvm } from '../../lib/kvm/kvm';
+import { EDU_DEVICE, EDU_VENDOR } from '../../lib/vfio/edu-device';
+import { pciDevices } from '../../lib/vfio/vfio-sysfs';
 import { requires } from '../support/requires';
 
 describe('kernel smoke: what the suites need is there', () => {

@@ -4,12 +4,12 @@
 // once unmapped.
 
 import assert from 'node:assert/strict';
-import { AssignedDevice } from '../../lib/assigned-device';
-import type { DmaBackend } from '../../lib/dma-mapper';
-import { EduDevice, EDU_MAX_DMA } from '../../lib/edu-device';
-import { SharedMemory } from '../../lib/shared-memory';
-import { VfioContainer } from '../../lib/vfio-type1';
-import { VFIO_PCI_BAR0_REGION_INDEX } from '../../lib/vfio-device';
+import { AssignedDevice } from '../../lib/vfio/assigned-device';
+import type { DmaBackend } from '../../lib/vfio/dma-mapper';
+import { EduDevice, EDU_MAX_DMA } from '../../lib/vfio/edu-device';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
+import { VfioContainer } from '../../lib/vfio/vfio-type1';
+import { VFIO_PCI_BAR0_REGION_INDEX } from '../../lib/vfio/vfio-device';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
 import { isCloexec } from '../support/cloexec';

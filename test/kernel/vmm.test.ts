@@ -5,14 +5,14 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { AssignedDevice } from '../../lib/assigned-device';
-import type { DmaBackend } from '../../lib/dma-mapper';
-import { DmaProbe } from '../../lib/dma-probe';
-import { GuestMemory } from '../../lib/guest-memory';
-import { Kvm } from '../../lib/kvm';
-import type { RamBlock } from '../../lib/ram-block';
-import type { RamDiscardListener } from '../../lib/ram-discard-listener';
-import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import { AssignedDevice } from '../../lib/vfio/assigned-device';
+import type { DmaBackend } from '../../lib/vfio/dma-mapper';
+import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { Kvm } from '../../lib/kvm/kvm';
+import type { RamBlock } from '../../lib/memory/ram-block';
+import type { RamDiscardListener } from '../../lib/tracker/ram-discard-listener';
+import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import type { MapRequest } from '../../lib/vmm/boot-info';
 import { runGuestSession, type GuestSessionOptions, type GuestSessionReport } from '../../lib/vmm/guest-session';
 import { findEdu } from '../support/edu';

@@ -5,9 +5,9 @@
 import fs from 'node:fs';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { SharedMemory } from '../../lib/shared-memory';
-import { maxWindowBytes } from '../../lib/host-mapping';
-import { native } from '../../lib/native';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
+import { maxWindowBytes } from '../../lib/common/host-mapping';
+import { native } from '../../lib/common/native';
 
 const GiB = 1024 ** 3;
 const PAGE = 4096;

@@ -1,4 +1,4 @@
-import { findEduDevice } from '../../lib/edu-device';
+import { findEduDevice } from '../../lib/vfio/edu-device';
 
 /** The PCI address of the first edu device bound to vfio-pci, or null. */
 export function findEdu(): string | null {

@@ -7,14 +7,14 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fc from 'fast-check';
-import { GranuleRange, bytesOf, isPowerOfTwo } from '../../lib/byte-range';
-import { GuestMemfd } from '../../lib/kvm';
-import { native, nativeCalls } from '../../lib/native';
-import { PageBitmap, type Run } from '../../lib/page-bitmap';
-import { RamBlockAttributes } from '../../lib/ram-block-attributes';
-import type { RamDiscardListener } from '../../lib/ram-discard-listener';
-import { RecordingListener } from '../../lib/recording-listener';
-import { SharedMemory } from '../../lib/shared-memory';
+import { GranuleRange, bytesOf, isPowerOfTwo } from '../../lib/common/byte-range';
+import { GuestMemfd } from '../../lib/kvm/kvm';
+import { native, nativeCalls } from '../../lib/common/native';
+import { PageBitmap, type Run } from '../../lib/tracker/page-bitmap';
+import { RamBlockAttributes } from '../../lib/tracker/ram-block-attributes';
+import type { RamDiscardListener } from '../../lib/tracker/ram-discard-listener';
+import { RecordingListener } from '../../lib/tracker/recording-listener';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
 import {
   ARGUMENT_CODES, assertArgumentError, assertCoded, bounded, hostileValue, isBytes, isIndex, isPowerOfTwoExact, sometimes,
 } from './hostile-values';

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { PageBitmap, type Run } from '../../lib/page-bitmap';
+import { PageBitmap, type Run } from '../../lib/tracker/page-bitmap';
 
 /** The oracle: one boolean per bit, every operation a plain loop. */
 class NaiveBitmap {

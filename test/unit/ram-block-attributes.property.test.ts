@@ -4,9 +4,9 @@
 
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { RamBlockAttributes } from '../../lib/ram-block-attributes';
-import { RecordingListener } from '../../lib/recording-listener';
-import type { Run } from '../../lib/page-bitmap';
+import { RamBlockAttributes } from '../../lib/tracker/ram-block-attributes';
+import { RecordingListener } from '../../lib/tracker/recording-listener';
+import type { Run } from '../../lib/tracker/page-bitmap';
 
 const PAGE = 4096;
 const PAGES = 96;

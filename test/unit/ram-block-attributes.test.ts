@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import diagnosticsChannel from 'node:diagnostics_channel';
-import { RamBlockAttributes } from '../../lib/ram-block-attributes';
-import { RecordingListener } from '../../lib/recording-listener';
-import { STATE_CHANGE_CHANNEL, type StateChangeMessage } from '../../lib/state-change-channel';
-import type { GranuleRange } from '../../lib/byte-range';
+import { RamBlockAttributes } from '../../lib/tracker/ram-block-attributes';
+import { RecordingListener } from '../../lib/tracker/recording-listener';
+import { STATE_CHANGE_CHANNEL, type StateChangeMessage } from '../../lib/tracker/state-change-channel';
+import type { GranuleRange } from '../../lib/common/byte-range';
 
 const PAGE = 4096;
 const MiB = 1 << 20;

@@ -7,13 +7,13 @@
 // test/kernel/fault-matrix.test.ts.
 
 import assert from 'node:assert/strict';
-import type { GranuleRange } from '../../lib/byte-range';
-import type { Vm } from '../../lib/kvm';
-import type { Run } from '../../lib/page-bitmap';
-import { GuestMemory } from '../../lib/guest-memory';
-import { RamBlock, type Disagreement } from '../../lib/ram-block';
-import { RecordingListener } from '../../lib/recording-listener';
-import type { PageState } from '../../lib/state-change-channel';
+import type { GranuleRange } from '../../lib/common/byte-range';
+import type { Vm } from '../../lib/kvm/kvm';
+import type { Run } from '../../lib/tracker/page-bitmap';
+import { GuestMemory } from '../../lib/memory/guest-memory';
+import { RamBlock, type Disagreement } from '../../lib/memory/ram-block';
+import { RecordingListener } from '../../lib/tracker/recording-listener';
+import type { PageState } from '../../lib/tracker/state-change-channel';
 
 const PAGE = 4096;
 const PAGES = 32;

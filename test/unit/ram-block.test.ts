@@ -4,10 +4,10 @@
 // runs the same sequence in test/kernel/conversion.test.ts.
 
 import assert from 'node:assert/strict';
-import type { GranuleRange } from '../../lib/byte-range';
-import type { Vm } from '../../lib/kvm';
-import { RamBlock } from '../../lib/ram-block';
-import { RecordingListener } from '../../lib/recording-listener';
+import type { GranuleRange } from '../../lib/common/byte-range';
+import type { Vm } from '../../lib/kvm/kvm';
+import { RamBlock } from '../../lib/memory/ram-block';
+import { RecordingListener } from '../../lib/tracker/recording-listener';
 
 const PAGE = 4096;
 const PAGES = 64;

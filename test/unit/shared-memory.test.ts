@@ -2,9 +2,9 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { SharedMemory } from '../../lib/shared-memory';
-import { maxWindowBytes } from '../../lib/host-mapping';
-import { native } from '../../lib/native';
+import { SharedMemory } from '../../lib/kvm/shared-memory';
+import { maxWindowBytes } from '../../lib/common/host-mapping';
+import { native } from '../../lib/common/native';
 import { assertSystemError } from '../support/errors';
 
 const MiB = 1 << 20;

@@ -1,7 +1,7 @@
 // The type1 wall at real sizes: one DMA entry per 4 KiB granule, 65535 entries by default.
 
 import assert from 'node:assert/strict';
-import { type1Reach } from '../../lib/type1-reach';
+import { type1Reach } from '../../lib/vfio/type1-reach';
 import { formatReach } from '../../lib/cli/probe-command';
 
 const GiB = 2 ** 30;

@@ -4,9 +4,9 @@
 // exactly what is still mapped, from the native layer's stillMapped / notRestored.
 
 import assert from 'node:assert/strict';
-import { GranuleRange } from '../../lib/byte-range';
-import type { DmaMapper, DmaRun } from '../../lib/dma-mapper';
-import { VfioDmaListener } from '../../lib/vfio-dma-listener';
+import { GranuleRange } from '../../lib/common/byte-range';
+import type { DmaMapper, DmaRun } from '../../lib/vfio/dma-mapper';
+import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 
 const PAGE = 4096;
 const GPA = 1n << 24n;

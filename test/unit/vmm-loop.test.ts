@@ -5,10 +5,10 @@
 // in test/kernel/vmm.test.ts.
 
 import assert from 'node:assert/strict';
-import type { Bytes } from '../../lib/byte-range';
-import { GuestmemError } from '../../lib/errors';
-import type { StateChangeResult } from '../../lib/ram-block-attributes';
-import type { PageState } from '../../lib/state-change-channel';
+import type { Bytes } from '../../lib/common/byte-range';
+import { GuestmemError } from '../../lib/common/errors';
+import type { StateChangeResult } from '../../lib/tracker/ram-block-attributes';
+import type { PageState } from '../../lib/tracker/state-change-channel';
 import { GuestProtocol, PORT_CONSOLE, PORT_EXIT } from '../../lib/vmm/guest-ports';
 import type { Registers } from '../../lib/vmm/vcpu';
 import type { VcpuExit } from '../../lib/vmm/vcpu-exit';

@@ -8,7 +8,7 @@
 // order in which conversions completed (they are serialized per block), and the checks
 // run at the end.
 
-import type { PageState } from '../../state-change-channel';
+import type { PageState } from '../../tracker/state-change-channel';
 import { GuestRandom } from '../guest-random';
 import type { ProgramContext, ProgramHost } from '../program-host';
 import { readShared, writeShared } from '../shared-bytes';

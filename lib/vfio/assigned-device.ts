@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import type { DmaBackend, DmaMapper } from './dma-mapper';
-import { GuestmemError } from './errors';
+import { GuestmemError } from '../common/errors';
 import { Iommufd } from './iommufd';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio-type1';
 import { VfioDevice } from './vfio-device';

@@ -2,11 +2,11 @@
 // IOMMU set on it. The container is the DmaMapper.
 
 import fs from 'node:fs';
-import type { Bytes } from './byte-range';
-import { GuestmemError } from './errors';
-import { FdOwner } from './fd-owner';
+import type { Bytes } from '../common/byte-range';
+import { GuestmemError } from '../common/errors';
+import { FdOwner } from '../common/fd-owner';
 import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
-import { native, type Type1IommuInfo } from './native';
+import { native, type Type1IommuInfo } from '../common/native';
 import { VfioDevice } from './vfio-device';
 
 export const VFIO_API_VERSION = 0;

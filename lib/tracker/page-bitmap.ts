@@ -5,7 +5,7 @@
 // Infinity would otherwise make a scan loop forever, a fraction or a string would touch the
 // wrong bits, and a range past the end would be half applied.
 
-import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
+import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
 
 const ALL = 0xffffffff;
 

@@ -2,13 +2,13 @@
 // by guest physical address. A range must lie inside one block: QEMU converts per RAM
 // block too, and a range that spans two would need two transactions.
 
-import { checkSpan, type Bytes } from './byte-range';
-import { GuestmemError, outOfRange, shutdownIncomplete } from './errors';
-import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
-import type { Vm } from './kvm';
+import { checkSpan, type Bytes } from '../common/byte-range';
+import { GuestmemError, outOfRange, shutdownIncomplete } from '../common/errors';
+import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
+import type { Vm } from '../kvm/kvm';
 import { RamBlock, type VcpuFdProvider } from './ram-block';
-import type { StateChangeResult } from './ram-block-attributes';
-import type { PageState } from './state-change-channel';
+import type { StateChangeResult } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/state-change-channel';
 
 export class GuestMemory implements Disposable {
   readonly blocks: RamBlock[] = [];

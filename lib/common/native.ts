@@ -115,7 +115,7 @@ export interface NativeAddon {
   vfioDeviceGetRegionInfo(deviceFd: number, index: number): { index: number; flags: number; size: bigint; offset: bigint };
   vfioDeviceBindIommufd(deviceFd: number, iommuFd: number): number;
   vfioDeviceAttachIommufdPt(deviceFd: number, ptId: number): void;
-  // Fault injection: present only when GUESTMEM_FAULTS was set at load (lib/fault-injection.ts).
+  // Fault injection: present only when GUESTMEM_FAULTS was set at load (lib/common/fault-injection.ts).
   setFaults?(spec: string): void;
   faultCounts?(): { fired: number; calls: Record<string, number> };
 }

@@ -3,8 +3,8 @@
 // does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
 // that the tracker's notifications are exact.
 
-import { GranuleRange } from './byte-range';
-import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
+import { GranuleRange } from '../common/byte-range';
+import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 

@@ -9,11 +9,11 @@
 // window); a populate never maps a granule twice (EEXIST); and its block can compare it
 // with the tracker and KVM after a failure, and repair it.
 
-import { GranuleRange } from './byte-range';
+import { GranuleRange } from '../common/byte-range';
 import type { DmaMapper, DmaRun } from './dma-mapper';
-import { GuestmemError } from './errors';
-import { PageBitmap, type Run } from './page-bitmap';
-import type { RamDiscardListener } from './ram-discard-listener';
+import { GuestmemError } from '../common/errors';
+import { PageBitmap, type Run } from '../tracker/page-bitmap';
+import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 
 export interface VfioDmaListenerOptions {
   /** Host address of the block's shared backing. */

@@ -5,7 +5,7 @@
 // once, whatever the guest's size. iommufd has no such count: an IOAS keeps its areas in
 // an interval tree bounded only by the memory it pins (RLIMIT_MEMLOCK / memory cgroup).
 
-import type { Bytes } from './byte-range';
+import type { Bytes } from '../common/byte-range';
 
 export interface Type1Reach {
   granule: number;

@@ -4,8 +4,8 @@
 // over many whole mappings. The run forms take a whole conversion's runs in one native
 // call, all or nothing.
 
-import { checkBytes, checkExtent, type Bytes } from './byte-range';
-import { outOfRange } from './errors';
+import { checkBytes, checkExtent, type Bytes } from '../common/byte-range';
+import { outOfRange } from '../common/errors';
 
 export type DmaBackend = 'type1' | 'iommufd';
 

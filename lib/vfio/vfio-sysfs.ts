@@ -3,7 +3,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { GuestmemError, invalidArgType, invalidArgValue } from './errors';
+import { GuestmemError, invalidArgType, invalidArgValue } from '../common/errors';
 
 const PCI_DEVICES = '/sys/bus/pci/devices';
 const BDF = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;

@@ -2,12 +2,12 @@
 // BAR mmap, and (for a cdev) binding to iommufd and attaching to an IOAS.
 
 import fs from 'node:fs';
-import { checkBytes, type Bytes } from './byte-range';
-import { GuestmemError, outOfRange, systemError } from './errors';
-import { FdOwner } from './fd-owner';
-import { HostMapping } from './host-mapping';
+import { checkBytes, type Bytes } from '../common/byte-range';
+import { GuestmemError, outOfRange, systemError } from '../common/errors';
+import { FdOwner } from '../common/fd-owner';
+import { HostMapping } from '../common/host-mapping';
 import type { Ioas, Iommufd } from './iommufd';
-import { native } from './native';
+import { native } from '../common/native';
 
 /** vfio-pci's fixed region indices. */
 export const VFIO_PCI_BAR0_REGION_INDEX = 0;

@@ -5,12 +5,12 @@
 // and empties every window still alive.
 
 import fs from 'node:fs';
-import { checkBytes, checkExtent, type Bytes } from './byte-range';
-import { outOfRange } from './errors';
-import { FdOwner } from './fd-owner';
-import { HostMapping } from './host-mapping';
+import { checkBytes, checkExtent, type Bytes } from '../common/byte-range';
+import { outOfRange } from '../common/errors';
+import { FdOwner } from '../common/fd-owner';
+import { HostMapping } from '../common/host-mapping';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './kvm-constants';
-import { native } from './native';
+import { native } from '../common/native';
 
 /** off_t is signed: a file (and a mapping offset) stops below 2^63. */
 const MAX_FILE_SIZE = (1n << 63n) - 1n;

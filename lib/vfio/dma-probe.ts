@@ -4,8 +4,8 @@
 
 import type { AssignedDevice } from './assigned-device';
 import { EduDevice } from './edu-device';
-import { SharedMemory } from './shared-memory';
-import type { RamBlock } from './ram-block';
+import { SharedMemory } from '../kvm/shared-memory';
+import type { RamBlock } from '../memory/ram-block';
 
 export const SCRATCH_IOVA = 200 * (1 << 20);
 const PROBE_BYTES = 64;

@@ -3,10 +3,10 @@
 // change of policy: a listener that fails does not end the process, the change is rolled
 // back so that the bitmap, every listener and the caller agree.
 
-import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from './byte-range';
-import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from './errors';
+import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from '../common/byte-range';
+import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
-import { Serializer } from './serializer';
+import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 

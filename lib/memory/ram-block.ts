@@ -10,17 +10,17 @@
 // has made KVM and the listeners follow the bitmap again. A mapping the tracker or KVM does
 // not call shared is unmapped first, whatever else fails: when in doubt, unmap.
 
-import { describeDisagreements, findDisagreements, type Disagreement } from './block-agreement';
-import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from './byte-range';
+import { describeDisagreements, findDisagreements, type Disagreement } from '../tracker/block-agreement';
+import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
-import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from './errors';
-import type { GuestMemfd, Vm } from './kvm';
-import { PageBitmap, type Run } from './page-bitmap';
-import { listenerName, type RamDiscardListener } from './ram-discard-listener';
-import { RamBlockAttributes, type SectionInput, type StateChangeResult } from './ram-block-attributes';
-import { Serializer } from './serializer';
-import { SharedMemory } from './shared-memory';
-import type { PageState } from './state-change-channel';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import type { GuestMemfd, Vm } from '../kvm/kvm';
+import { PageBitmap, type Run } from '../tracker/page-bitmap';
+import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
+import { RamBlockAttributes, type SectionInput, type StateChangeResult } from '../tracker/ram-block-attributes';
+import { Serializer } from '../common/serializer';
+import { SharedMemory } from '../kvm/shared-memory';
+import type { PageState } from '../tracker/state-change-channel';
 
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
 export type VcpuFdProvider = () => number;
@@ -40,7 +40,7 @@ export interface RamBlockOptions {
   prefault?: VcpuFdProvider;
 }
 
-export type { Disagreement } from './block-agreement';
+export type { Disagreement } from '../tracker/block-agreement';
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

@@ -2,7 +2,7 @@
 // node:diagnostics_channel so tools can subscribe without the library knowing them.
 
 import diagnosticsChannel from 'node:diagnostics_channel';
-import type { Bytes } from './byte-range';
+import type { Bytes } from '../common/byte-range';
 
 export type PageState = 'shared' | 'private';
 

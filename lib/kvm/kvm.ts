@@ -3,9 +3,9 @@
 // judge (alignment rules, slot overlap, attribute support) comes back as its errno.
 
 import fs from 'node:fs';
-import { checkBytes, checkExtent, checkSpan, type Bytes } from './byte-range';
-import { GuestmemError, invalidArgType, outOfRange, systemError } from './errors';
-import { FdOwner } from './fd-owner';
+import { checkBytes, checkExtent, checkSpan, type Bytes } from '../common/byte-range';
+import { GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { FdOwner } from '../common/fd-owner';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -18,7 +18,7 @@ import {
   VM_TYPES,
   type VmType,
 } from './kvm-constants';
-import { native } from './native';
+import { native } from '../common/native';
 
 function checkU32(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);

@@ -2,10 +2,10 @@
 // IOAS through their VFIO cdev. The IOAS is the DmaMapper; it has no entry limit.
 
 import fs from 'node:fs';
-import type { Bytes } from './byte-range';
-import { FdOwner } from './fd-owner';
+import type { Bytes } from '../common/byte-range';
+import { FdOwner } from '../common/fd-owner';
 import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
-import { native } from './native';
+import { native } from '../common/native';
 
 export class Iommufd extends FdOwner {
   private constructor(fd: number) {

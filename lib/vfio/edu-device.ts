@@ -5,7 +5,7 @@
 // source, 0x88 destination, 0x90 count, 0x98 command (bit 0 run, bit 1 device → RAM).
 // edu masks DMA addresses to 28 bits by default: keep IOVAs below 256 MiB.
 
-import { outOfRange, systemError } from './errors';
+import { outOfRange, systemError } from '../common/errors';
 import { vfioPciDevices, type PciDeviceInfo } from './vfio-sysfs';
 import { VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, type VfioDevice } from './vfio-device';
 

@@ -1,9 +1,9 @@
 // The listener side of QEMU's RamDiscardManager, as guestmem uses it for confidential
 // memory: populate = the range became shared, discard = the range became private.
 
-import type { GranuleRange } from './byte-range';
+import type { GranuleRange } from '../common/byte-range';
 import type { Run } from './page-bitmap';
-import { describeValue, invalidArgType } from './errors';
+import { describeValue, invalidArgType } from '../common/errors';
 
 export interface RamDiscardListener {
   /** Shown in errors and reports; defaults to the constructor's name. */
