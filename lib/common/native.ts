@@ -28,12 +28,20 @@ export interface Type1IommuInfo {
 }
 
 /** A vCPU exit as native/vcpu_thread.cc decodes it; lib/vmm/vcpu-exit.ts types each kind. */
-export type NativeExit = { reason: string; exitReason: number } & Record<string, unknown>;
+/** Byte offsets of kvm_run's exit fields in a runner's exit view (offsetof in the addon). */
+export interface NativeKvmRunLayout {
+  exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number; ioData: number;
+  mmioAddress: number; mmioData: number; mmioLength: number; mmioIsWrite: number;
+  hypercallNr: number; hypercallArgs: number; hypercallFlags: number;
+  memoryFaultFlags: number; memoryFaultGpa: number; memoryFaultSize: number;
+  failEntryReason: number; failEntryCpu: number; internalSuberror: number; internalNdata: number; internalData: number;
+  exception: number; exceptionErrorCode: number; hardwareExitReason: number;
+}
 
 export interface NativeVcpuRunner {
-  run(): Promise<NativeExit>;
+  /** The next KVM_RUN; a hypercall's return value, when given, is written first. */
+  run(hypercallReturn?: number | bigint): void;
   stop(): void;
-  completeHypercall(ret: number | bigint): void;
   completeIo(data: Uint8Array): void;
   completeMmio(data: Uint8Array): void;
   close(): void;
@@ -79,7 +87,10 @@ export interface NativeAddon {
   kvmGetSupportedCpuid(kvmFd: number): Buffer;
   kvmSetCpuid2(vcpuFd: number, entries: Uint8Array): void;
   /** Maps the vCPU's kvm_run and runs KVM_RUN on a thread of its own. */
-  VcpuRunner: new (vcpuFd: number, mmapSize: number) => NativeVcpuRunner;
+  /** onExit(error) after each run(); the exit itself is in exitView (vcpuExitViewBytes long). */
+  VcpuRunner: new (vcpuFd: number, mmapSize: number, exitView: Uint8Array, onExit: (error: Error | undefined) => void) => NativeVcpuRunner;
+  readonly vcpuExitViewBytes: number;
+  readonly kvmRunLayout: NativeKvmRunLayout;
   // Memory
   memfdCreate(name: string): number;
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
