@@ -190,7 +190,7 @@ export function probe(): ProbeReport {
     } catch (error) {
       why = errorWhy(error);
     }
-    const feature = missing(why, 'npm run build:native');
+    const feature = missing(why, 'install a C++ compiler, python3 and make, then `npm rebuild guestmem` (in a checkout: `npm run build:native`)');
     return {
       nativeAddon: feature, kvm: feature, swProtectedVm: feature, guestMemfd: feature, userMemory2: feature,
       memoryAttributes: feature, guestMemfdFlags: feature, preFaultMemory: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },

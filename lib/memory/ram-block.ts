@@ -14,6 +14,7 @@ import { describeDisagreements, findDisagreements, type Disagreement } from '../
 import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
 import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { messageOf as describe } from '../common/errors';
 import type { GuestMemfd, Vm } from '../kvm/kvm';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
@@ -41,10 +42,6 @@ export interface RamBlockOptions {
 }
 
 export type { Disagreement } from '../tracker/block-agreement';
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
 
 /** errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps them. */
 function kernelFacts(error: unknown): { errno?: number; syscall?: string } {

@@ -5,6 +5,7 @@
 
 import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from '../common/byte-range';
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { messageOf as message } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
@@ -95,10 +96,6 @@ function clip(section: GranuleRange, first: number, count: number): GranuleRange
   const start = Math.max(section.first, first);
   const end = Math.min(section.end, first + count);
   return start < end ? new GranuleRange(start, end - start, section.granularity) : null;
-}
-
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**
