@@ -130,11 +130,11 @@ const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
 /**
  * A prebuilt binary for this platform (prebuilds/linux-x64/, one N-API build for every Node
  * from 20 on), else the one compiled in build/ (the fallback install, or a developer's
- * `npm run build:native`). GUESTMEM_ADDON_PATH names another package root, for tests.
+ * `npm run build:native`). GUESTMEM_PREBUILD names another folder to load from (node-gyp-build's <NAME>_PREBUILD).
  */
 function load(): NativeAddon {
   const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
-  return nodeGypBuild(process.env.GUESTMEM_ADDON_PATH || PACKAGE_ROOT) as NativeAddon;
+  return nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
 }
 
 /** Counts crossings into C++, so benchmarks can show that a conversion's are bounded. */

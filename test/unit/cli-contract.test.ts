@@ -20,7 +20,7 @@ import { GUESTMEM, guestmem } from '../support/cli';
 const SPECS: CommandSpec[] = [PROBE, CONVERT, SIMULATE, RUN, REPLAY, GUEST, BENCH, DEMO, VM];
 
 /** No addon can load from here: a command that got as far as the kernel would say so (exit 1). */
-const NO_ADDON = { GUESTMEM_ADDON_PATH: path.join(os.tmpdir(), 'guestmem-no-addon-here') };
+const NO_ADDON = { GUESTMEM_PREBUILD: path.join(os.tmpdir(), 'guestmem-no-addon-here') };
 
 function jsonError(result: { stdout: string }): { code: string; message: string } {
   const lines = result.stdout.trim().split('\n');
