@@ -25,7 +25,8 @@ export { EduDevice } from './vfio/edu-device';
 export { DmaProbe } from './vfio/dma-probe';
 export { pciDevice, pciDevices, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 export { probe, type ProbeReport, type Feature, type Capability } from './probe';
-export { native, nativeAvailable, nativeCalls } from './common/native';
+// The raw addon stays inside: every fd it takes is owned by a class above (Kvm, Vm, VfioContainer, …).
+export { nativeAvailable, nativeCalls } from './common/native';
 // The VMM loop: vCPUs, guest programs, guest-driven conversions.
 export { Vcpu, supportedCpuid, type Registers, type SpecialRegisters } from './vmm/vcpu';
 export type { VcpuExit, IoExit, MmioExit, HypercallExit, MemoryFaultExit } from './vmm/vcpu-exit';

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import type { Bytes } from '../common/byte-range';
 import { FdOwner } from '../common/fd-owner';
-import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
+import { DmaBatches, type DmaExtent, type DmaMapper } from './dma-mapper';
 import { native } from '../common/native';
 
 export class Iommufd extends FdOwner {
@@ -25,6 +25,11 @@ export class Iommufd extends FdOwner {
 export class Ioas implements DmaMapper {
   readonly backend = 'iommufd' as const;
 
+  private readonly batches = new DmaBatches({
+    map: (extents, granule) => native().iommufdIoasMapRuns(this.iommufd.fd, this.id, extents, granule),
+    unmap: (extents, granule, absentOk) => native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, extents, granule, absentOk),
+  }, 'IOAS');
+
   constructor(
     readonly iommufd: Iommufd,
     readonly id: number,
@@ -40,25 +45,19 @@ export class Ioas implements DmaMapper {
   }
 
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const run = checkedRun(vaddr, iova, size, 'IOAS map');
-    native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size);
+    this.batches.map(vaddr, iova, size);
   }
 
-  mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([checkedRun(vaddr, iova, size, 'IOAS map')]), checkGranule(granule));
-  }
-
-  mapRuns(runs: DmaRun[], granule: number): number {
-    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule));
+  mapRuns(extents: DmaExtent[], granule: number): number {
+    return this.batches.mapRuns(extents, granule);
   }
 
   unmap(iova: Bytes, size: Bytes): bigint {
-    const run = checkedRun(0, iova, size, 'IOAS unmap');
-    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size, false);
+    return this.batches.unmap(iova, size);
   }
 
-  unmapRuns(runs: DmaRun[], granule: number, options: { absentOk?: boolean } = {}): bigint {
-    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule), options.absentOk ?? false);
+  unmapRuns(extents: DmaExtent[], granule: number, options: { absentOk?: boolean } = {}): bigint {
+    return this.batches.unmapRuns(extents, granule, options);
   }
 
   mappingsAvailable(): null {

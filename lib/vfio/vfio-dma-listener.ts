@@ -10,7 +10,7 @@
 // with the tracker and KVM after a failure, and repair it.
 
 import { GranuleRange } from '../common/byte-range';
-import type { DmaMapper, DmaRun } from './dma-mapper';
+import type { DmaExtent, DmaMapper } from './dma-mapper';
 import { GuestmemError } from '../common/errors';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
@@ -85,7 +85,7 @@ export class VfioDmaListener implements RamDiscardListener {
       );
     }
     try {
-      this.dma.mapRuns(this.dmaRuns(missing, granularity), granularity);
+      this.dma.mapRuns(this.extentsOf(missing, granularity), granularity);
     } catch (error) {
       // The batch's own undo left these mapped: record them, then, when in doubt, unmap.
       const left = this.granulesOf(rangePairs((error as { stillMapped?: unknown }).stillMapped), granularity);
@@ -121,7 +121,7 @@ export class VfioDmaListener implements RamDiscardListener {
 
   private unmap(runs: Run[], granularity: number): void {
     try {
-      this.dma.unmapRuns(this.dmaRuns(runs, granularity), granularity, { absentOk: true });
+      this.dma.unmapRuns(this.extentsOf(runs, granularity), granularity, { absentOk: true });
     } catch (error) {
       // The batch put back what it had unmapped, except these, which are unmapped now.
       const lost = this.granulesOf(rangePairs((error as { notRestored?: unknown }).notRestored), granularity);
@@ -169,7 +169,7 @@ export class VfioDmaListener implements RamDiscardListener {
     return pairs.map(([iova, size]) => [Number((iova - this.options.gpa) / g), Number(size / g)] as Run);
   }
 
-  private dmaRuns(runs: Run[], granularity: number): DmaRun[] {
+  private extentsOf(runs: Run[], granularity: number): DmaExtent[] {
     return runs.map(([first, count]) => {
       const range = new GranuleRange(first, count, granularity);
       const offset = range.offsetBigInt;

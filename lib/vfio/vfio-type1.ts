@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import type { Bytes } from '../common/byte-range';
 import { GuestmemError } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
-import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
+import { DmaBatches, type DmaExtent, type DmaMapper } from './dma-mapper';
 import { native, type Type1IommuInfo } from '../common/native';
 import { VfioDevice } from './vfio-device';
 
@@ -16,6 +16,10 @@ export const VFIO_GROUP_FLAGS_VIABLE = 1;
 export class VfioContainer extends FdOwner implements DmaMapper {
   readonly backend = 'type1' as const;
   private iommuSet = false;
+  private readonly batches = new DmaBatches({
+    map: (extents, granule) => native().vfioMapDmaRuns(this.fd, extents, granule),
+    unmap: (extents, granule) => native().vfioUnmapDmaRuns(this.fd, extents, granule),
+  }, 'DMA');
 
   private constructor(fd: number) {
     super(fd, 'VFIO container');
@@ -59,26 +63,20 @@ export class VfioContainer extends FdOwner implements DmaMapper {
   }
 
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const run = checkedRun(vaddr, iova, size, 'DMA map');
-    native().vfioMapDmaRuns(this.fd, packRuns([run]), run.size);
+    this.batches.map(vaddr, iova, size);
   }
 
-  mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    return native().vfioMapDmaRuns(this.fd, packRuns([checkedRun(vaddr, iova, size, 'DMA map')]), checkGranule(granule));
-  }
-
-  mapRuns(runs: DmaRun[], granule: number): number {
-    return native().vfioMapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
+  mapRuns(extents: DmaExtent[], granule: number): number {
+    return this.batches.mapRuns(extents, granule);
   }
 
   unmap(iova: Bytes, size: Bytes): bigint {
-    const run = checkedRun(0, iova, size, 'DMA unmap');
-    return native().vfioUnmapDmaRuns(this.fd, packRuns([run]), run.size);
+    return this.batches.unmap(iova, size);
   }
 
-  /** type1 answers 0 bytes for a run with nothing mapped, so absentOk changes nothing. */
-  unmapRuns(runs: DmaRun[], granule: number): bigint {
-    return native().vfioUnmapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
+  /** type1 answers 0 bytes for an extent with nothing mapped, so absentOk changes nothing. */
+  unmapRuns(extents: DmaExtent[], granule: number): bigint {
+    return this.batches.unmapRuns(extents, granule);
   }
 
   /** Opens the IOMMU group of a device and puts it in this container. */
