@@ -19,6 +19,7 @@ import { native, nativeAvailable } from './common/native';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
 import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 
+/** One capability of the host: present, or why not and what to do. */
 export interface Feature {
   ok: boolean;
   /** Why not, when ok is false. */
@@ -27,6 +28,7 @@ export interface Feature {
   fix?: string;
 }
 
+/** What {@link probe} found: each piece guestmem uses, present or why not. */
 export interface ProbeReport {
   nativeAddon: Feature;
   kvm: Feature & { apiVersion?: number; vmTypes?: VmType[] };
@@ -181,6 +183,10 @@ export function readDmaEntryLimit(): number | undefined {
   }
 }
 
+/**
+ * What this host supports for confidential-VM memory work, each missing piece with why and the
+ * fix. Never throws: without the addon it says so.
+ */
 export function probe(): ProbeReport {
   const report = {} as ProbeReport;
   if (!nativeAvailable()) {

@@ -9,7 +9,7 @@ import { findEduDevice } from '../vfio/edu-device';
 import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../common/native';
 import type { ConversionStep } from '../memory/conversion-stats';
-import type { PageState } from '../tracker/state-change-channel';
+import type { PageState } from '../tracker/page-state';
 import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { parseCommand, type CommandSpec } from './command-spec';

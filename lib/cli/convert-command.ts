@@ -5,7 +5,7 @@ import { toGranuleRange, type Bytes } from '../common/byte-range';
 import { isRejection } from '../common/errors';
 import { nativeCalls } from '../common/native';
 import { blockGeometry } from '../tracker/ram-block-attributes';
-import type { PageState } from '../tracker/state-change-channel';
+import type { PageState } from '../tracker/page-state';
 import { VmHost, backendOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
 import { parseCommand, type CommandSpec } from './command-spec';
@@ -88,7 +88,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       const started = process.hrtime.bigint();
       try {
         const result = await host.convert(range.offset, range.size, to);
-        results.push({ ...range, to, ok: true, ...(result as object), ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
+        results.push({ ...range, ok: true, ...result, ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
       } catch (error) {
         failed = true;
         results.push({ ...range, to, ok: false, outcome: isRejection(error) ? 'rejected' : 'failed', code: (error as { code?: string }).code, error: (error as Error).message });

@@ -8,8 +8,8 @@ import type { DmaBackend } from '../vfio/dma-mapper';
 import { GuestMemory } from '../memory/guest-memory';
 import { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
-import { RamBlockAttributes } from '../tracker/ram-block-attributes';
-import type { PageState } from '../tracker/state-change-channel';
+import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/page-state';
 import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
@@ -28,7 +28,7 @@ export class TrackerHost implements ScriptHost {
     return null;
   }
 
-  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.attributes!.stateChange(offset, size, to);
   }
 
@@ -103,7 +103,7 @@ export class VmHost implements ScriptHost {
     return new VfioDmaListener(this.assigned.dma, { sharedAddress: this.block!.shared.address, gpa: BigInt(this.block!.gpa), name: id });
   }
 
-  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.block!.convert(addBytes(this.block!.gpa, offset), size, to);
   }
 

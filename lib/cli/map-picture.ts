@@ -37,7 +37,7 @@ export const MAX_TIMELINE_ROWS = 600;
 /** Pixel columns of the plot: each row is drawn at this resolution, whatever the conversions. */
 const PLOT_WIDTH = 960;
 const LEFT = 72;
-const RIGHT = 24;
+const RIGHT = 48;
 
 /** A step of 1, 2 or 5 times a power of two in pages, so that ticks fall on round sizes. */
 function niceStep(span: number, ticks: number): number {
@@ -62,7 +62,8 @@ export function touchedWindow(history: ConversionRecord[], pages: number, granul
     end = Math.max(end, Math.min(pages, Math.ceil(offset + Math.max(1, Number(record.size) / granule))));
   }
   if (!(end > first)) return { first: 0, end: pages };
-  const step = niceStep(end - first, 8);
+  // Bounds on a fine round step: the plot keeps most of its width for what was touched.
+  const step = niceStep(end - first, 32);
   first = Math.floor(first / step) * step;
   end = Math.min(pages, Math.ceil(end / step) * step);
   // A window that is most of the block shows the whole block: the axis then reads as the block.
@@ -146,25 +147,31 @@ export function mapSvg(attributes: RamBlockAttributes, history: ConversionRecord
       const colour = record.outcome !== 'done' ? COLOURS.refused : record.to === 'shared' ? COLOURS.shared : COLOURS.private;
       const first = Number(record.offset) / g;
       const count = Math.max(Number(record.size) / g, 0);
-      // Rejected conversions may lie far outside the block (up to 2^64 and past): clamp them.
-      const from = Math.floor(xWindow(first) - LEFT);
-      const to = Math.max(from + 1, Math.ceil(xWindow(first + count) - LEFT));
       if (first >= window.end || first + count <= window.first) {
-        if (record.outcome === 'done') continue;
+        // Outside the plotted window: only a refused conversion can be (the window holds every
+        // one done); it may lie far outside the block, up to 2^64. A mark at the nearer edge.
+        const edge = first >= window.end ? PLOT_WIDTH - 3 : 0;
+        for (let x = edge; x < edge + 3; x++) columns[x] = colour;
+        continue;
       }
-      for (let x = Math.max(0, from); x < Math.min(PLOT_WIDTH, to); x++) columns[x] = colour;
+      const from = Math.max(0, Math.floor(xWindow(first) - LEFT));
+      const to = Math.min(PLOT_WIDTH, Math.max(from + 1, Math.ceil(xWindow(first + count) - LEFT)));
+      for (let x = from; x < to; x++) columns[x] = colour;
     }
     for (const [x, w, colour] of rowRuns(columns)) {
       parts.push(`<rect x="${LEFT + x}" y="${plotTop + row * rowHeight}" width="${w}" height="${rowHeight}" fill="${colour}"/>`);
     }
   }
-  // Axes: x along the bottom in bytes, y down the left in conversion numbers.
+  // Axes: x along the bottom in bytes, y down the left in conversion numbers. The plot's
+  // box is named, invisible, so that a check (scripts/svg-browser-check.sh) can find it.
   const axisY = plotTop + plotHeight;
-  parts.push(`<line x1="${LEFT}" y1="${axisY}" x2="${LEFT + PLOT_WIDTH}" y2="${axisY}" stroke="${COLOURS.axis}"/>`);
-  parts.push(`<line x1="${LEFT}" y1="${plotTop}" x2="${LEFT}" y2="${axisY}" stroke="${COLOURS.axis}"/>`);
+  parts.push(`<rect id="plot" x="${LEFT}" y="${plotTop}" width="${PLOT_WIDTH}" height="${plotHeight}" fill="none" data-rows="${rowCount}" data-per-row="${perRow}"/>`);
+  // Half-pixel positions keep the 1 px axes crisp and off the plot's first and last rows.
+  parts.push(`<line x1="${LEFT - 0.5}" y1="${axisY + 0.5}" x2="${LEFT + PLOT_WIDTH}" y2="${axisY + 0.5}" stroke="${COLOURS.axis}"/>`);
+  parts.push(`<line x1="${LEFT - 0.5}" y1="${plotTop}" x2="${LEFT - 0.5}" y2="${axisY + 0.5}" stroke="${COLOURS.axis}"/>`);
   for (const page of ticks) {
     parts.push(`<line x1="${f(xWindow(page))}" y1="${axisY}" x2="${f(xWindow(page))}" y2="${axisY + 5}" stroke="${COLOURS.axis}"/>`);
-    parts.push(`<text x="${f(xWindow(page))}" y="${axisY + 18}" text-anchor="middle">${escapeXml(formatPageBytes(page, g))}</text>`);
+    parts.push(`<text x="${f(xWindow(page))}" y="${axisY + 18}" text-anchor="${page === window.end ? 'end' : 'middle'}">${escapeXml(formatPageBytes(page, g))}</text>`);
   }
   parts.push(`<text x="${LEFT + PLOT_WIDTH / 2}" y="${axisY + 36}" text-anchor="middle">offset within the block</text>`);
   if (rowCount > 0) {

@@ -304,7 +304,7 @@ export async function replayCommand(args: string[]): Promise<number> {
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
     convert: async (offset, size, to) => {
       try {
-        const result = (await host.convert(offset, size, to)) as { from: string; to: string };
+        const result = await host.convert(offset, size, to);
         results.push(result);
         return result;
       } catch (error) {

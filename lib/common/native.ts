@@ -176,6 +176,10 @@ export function native(): NativeAddon {
   );
 }
 
+/**
+ * Whether the native addon loaded (a prebuilt binary or one compiled here); `probe()` says why
+ * not.
+ */
 export function nativeAvailable(): boolean {
   try {
     native();

@@ -26,6 +26,10 @@ function checkU32(value: unknown, name: string): number {
   return value;
 }
 
+/**
+ * /dev/kvm: the API version, capabilities and VM creation. Owns its fd; `close()` is
+ * idempotent.
+ */
 export class Kvm extends FdOwner {
   private constructor(fd: number) {
     super(fd, '/dev/kvm');
@@ -59,6 +63,10 @@ export class Kvm extends FdOwner {
   }
 }
 
+/**
+ * A memslot as KVM_SET_USER_MEMORY_REGION2 takes it: guest address, size, the shared mapping
+ * and, for private memory, a guest_memfd.
+ */
 export interface MemoryRegion {
   slot: number;
   gpa: Bytes;
@@ -72,6 +80,10 @@ export interface MemoryRegion {
   flags?: number;
 }
 
+/**
+ * A KVM VM: memslots, guest_memfds, memory attributes and vCPUs. Owns its fd and closes the
+ * objects made from it.
+ */
 export class Vm extends FdOwner {
   /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
   readonly type: number;

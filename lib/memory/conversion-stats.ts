@@ -1,7 +1,9 @@
 // What a prototype wants to know about its conversions: how many, and where the time went.
 
+/** The steps of a conversion, as {@link ConversionStats} times them. */
 export type ConversionStep = 'kvmAttributes' | 'listeners' | 'discard' | 'prefault';
 
+/** Counts of a block's conversions (done, failed, rejected) and the time spent in each step. */
 export class ConversionStats {
   conversions = 0;
   failed = 0;

@@ -26,6 +26,7 @@ import type { PageState } from '../tracker/state-change-channel';
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
 export type VcpuFdProvider = () => number;
 
+/** How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name. */
 export interface RamBlockOptions {
   slot: number;
   /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
@@ -43,7 +44,10 @@ export interface RamBlockOptions {
 
 export type { Disagreement } from '../tracker/block-agreement';
 
-/** errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps them. */
+/**
+ * errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps
+ * them.
+ */
 function kernelFacts(error: unknown): { errno?: number; syscall?: string } {
   for (let e = error as { errno?: unknown; syscall?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
     if (typeof e.errno === 'number' && typeof e.syscall === 'string') return { errno: e.errno, syscall: e.syscall };
@@ -71,6 +75,11 @@ function clipRuns(runs: Run[], first: number, count: number): Run[] {
   return clipped;
 }
 
+/**
+ * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
+ * QEMU's kvm_convert_memory: tracker, KVM attributes, listeners, punch-hole, each undone if a
+ * later one fails.
+ */
 export class RamBlock implements Disposable {
   readonly name: string;
   readonly slot: number;

@@ -28,6 +28,10 @@ function popcount(word: number): number {
 /** A maximal run of equal bits: [first, count]. */
 export type Run = [first: number, count: number];
 
+/**
+ * A bitmap of granules (1 = shared), worked on a 32-bit word at a time: ranges set, cleared,
+ * counted and listed as runs in O(range / 32).
+ */
 export class PageBitmap {
   /** The largest bitmap the engine can hold: 2^32 words of 32 bits (16 GiB). */
   static readonly MAX_BITS = 2 ** 37;

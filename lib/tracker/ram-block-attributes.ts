@@ -11,11 +11,13 @@ import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
+/** A section of a block (offset and size in bytes) as a listener registers on it. */
 export interface SectionInput {
   offset: Bytes;
   size: Bytes;
 }
 
+/** What a state change did: the range's state before, the new state, and how much changed. */
 export interface StateChangeResult {
   /** What the range was before: wholly one state, or a mixture. */
   from: PageState | 'mixture';
@@ -148,6 +150,10 @@ function checkSection(section: unknown, what: string): SectionInput {
   return section as SectionInput;
 }
 
+/**
+ * QEMU's RamBlockAttributes: which granules of a block are shared, and the fan-out of every
+ * change to the registered listeners, rolled back if one fails.
+ */
 export class RamBlockAttributes {
   readonly name: string;
   readonly granularity: number;

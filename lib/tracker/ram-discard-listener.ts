@@ -5,6 +5,10 @@ import type { GranuleRange } from '../common/byte-range';
 import type { Run } from './page-bitmap';
 import { describeValue, invalidArgType } from '../common/errors';
 
+/**
+ * QEMU's RamDiscardListener: told when granules of its section become shared (`populate`) or
+ * private (`discard`).
+ */
 export interface RamDiscardListener {
   /** Shown in errors and reports; defaults to the constructor's name. */
   readonly name?: string;

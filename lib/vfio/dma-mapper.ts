@@ -9,6 +9,7 @@
 import { checkBytes, checkExtent, type Bytes } from '../common/byte-range';
 import { outOfRange } from '../common/errors';
 
+/** The two ways of giving a device DMA access: a VFIO type1 container or an iommufd IOAS. */
 export type DmaBackend = 'type1' | 'iommufd';
 
 /**
@@ -21,6 +22,10 @@ export interface DmaExtent {
   size: bigint;
 }
 
+/**
+ * One interface over both DMA back ends: map and unmap host memory at I/O addresses, one
+ * mapping or a batch in one native call.
+ */
 export interface DmaMapper {
   readonly backend: DmaBackend;
   /** True once its fd is closed: the kernel dropped every mapping with it. */

@@ -10,6 +10,10 @@ import type { RamBlock } from '../memory/ram-block';
 export const SCRATCH_IOVA = 200 * (1 << 20);
 const PROBE_BYTES = 64;
 
+/**
+ * Proves what a device can reach: the edu device copies bytes by DMA from a guest address into
+ * a scratch page the host reads.
+ */
 export class DmaProbe implements Disposable {
   readonly edu: EduDevice;
   private readonly scratch: SharedMemory;

@@ -7,6 +7,7 @@ import { FdOwner } from '../common/fd-owner';
 import { DmaBatches, type DmaExtent, type DmaMapper } from './dma-mapper';
 import { native } from '../common/native';
 
+/** /dev/iommu: allocates IOASes (I/O address spaces) that devices attach to. Owns its fd. */
 export class Iommufd extends FdOwner {
   private constructor(fd: number) {
     super(fd, '/dev/iommu');

@@ -14,6 +14,7 @@ export const VFIO_PCI_BAR0_REGION_INDEX = 0;
 export const VFIO_PCI_CONFIG_REGION_INDEX = 7;
 export const VFIO_REGION_INFO_FLAG_MMAP = 1 << 2;
 
+/** A VFIO device region (a BAR, the config space) as VFIO_DEVICE_GET_REGION_INFO describes it. */
 export interface RegionInfo {
   index: number;
   flags: number;
@@ -39,6 +40,7 @@ export interface RegionMapping {
   unmap(): void;
 }
 
+/** A VFIO device fd: its regions, BAR mappings and config space. */
 export class VfioDevice extends FdOwner {
   readonly name: string;
   private readonly mappings = new Set<RegionMapping>();

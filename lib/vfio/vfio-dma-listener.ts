@@ -15,6 +15,10 @@ import { GuestmemError } from '../common/errors';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 
+/**
+ * Where the listener's section lives: the shared memory's host address and the guest address
+ * it starts at.
+ */
 export interface VfioDmaListenerOptions {
   /** Host address of the block's shared backing. */
   sharedAddress: bigint;
@@ -31,6 +35,10 @@ function rangePairs(list: unknown): Array<[bigint, bigint]> {
   return pairs;
 }
 
+/**
+ * QEMU's VFIO RamDiscardListener: maps a section's shared granules for the device (one mapping
+ * per granule) and unmaps them when they turn private.
+ */
 export class VfioDmaListener implements RamDiscardListener {
   readonly name: string;
   /** A discard may cover granules it does not hold: it unmaps only those it holds. */

@@ -10,9 +10,14 @@ import { native, type Type1IommuInfo } from '../common/native';
 import { VfioDevice } from './vfio-device';
 
 export const VFIO_API_VERSION = 0;
+/** The VFIO IOMMU type set on a container: type1 version 2. */
 export const VFIO_TYPE1v2_IOMMU = 3;
 export const VFIO_GROUP_FLAGS_VIABLE = 1;
 
+/**
+ * A VFIO type1 container (/dev/vfio/vfio) with its groups: the type1 DMA back end. Owns its fd
+ * and its groups'.
+ */
 export class VfioContainer extends FdOwner implements DmaMapper {
   readonly backend = 'type1' as const;
   private iommuSet = false;
@@ -85,6 +90,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
   }
 }
 
+/** A VFIO group (/dev/vfio/N) in a container; opens its devices. Closed with its container. */
 export class VfioGroup extends FdOwner {
   readonly group: number;
 

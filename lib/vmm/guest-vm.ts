@@ -16,6 +16,7 @@ import { writeShared } from './shared-bytes';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
 
+/** How a {@link GuestVm} is made: the program, its vCPUs, port and MMIO handlers, and observers. */
 export interface GuestVmOptions {
   kvm: Kvm;
   memory: GuestMemory;
@@ -43,6 +44,10 @@ export function loopMemory(memory: GuestMemory): LoopMemory {
   };
 }
 
+/**
+ * A VM's vCPUs set up in long mode over its RAM blocks, running a guest image through the VMM
+ * loop.
+ */
 export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;

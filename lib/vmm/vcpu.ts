@@ -9,11 +9,17 @@ import type { Kvm, Vm } from '../kvm/kvm';
 import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from '../common/native';
 import type { VcpuExit } from './vcpu-exit';
 
+/** The general-purpose registers, rip and rflags, as bigints. */
 export type Registers = NativeRegs;
+/** The segment, descriptor-table and control registers (KVM_GET_SREGS). */
 export type SpecialRegisters = NativeSregs;
 
 const mmapSizes = new WeakMap<Kvm, number>();
 
+/**
+ * A vCPU: KVM_CREATE_VCPU, its registers and CPUID, and KVM_RUN on a thread of its own whose
+ * exits come back as promises.
+ */
 export class Vcpu extends FdOwner {
   readonly id: number;
   readonly #runner: NativeVcpuRunner;

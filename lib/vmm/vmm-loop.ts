@@ -39,6 +39,7 @@ export interface LoopMemory {
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
 }
 
+/** One conversion the guest asked for, and how it ended. */
 export interface ConversionEvent {
   vcpu: number;
   source: 'hypercall' | 'memory-fault';
@@ -60,8 +61,10 @@ export interface VmmLoopOptions {
   onConversion?(event: ConversionEvent): void;
 }
 
+/** How a vCPU ended: its exit status, a halt, or a stop. */
 export type VcpuOutcome = { vcpu: number; status: number } | { vcpu: number; halted: true } | { vcpu: number; stopped: true };
 
+/** What a run of the VMM loop did: each vCPU's outcome and the conversions by result. */
 export interface VmmReport {
   vcpus: VcpuOutcome[];
   /** stop() was called before every vCPU finished. */
@@ -72,6 +75,11 @@ export interface VmmReport {
 
 const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
 
+/**
+ * The VMM loop: runs vCPUs, converts what the guest asks (MAP_GPA_RANGE, memory faults)
+ * through the memory, hands port I/O and MMIO to handlers, and stops every vCPU on an
+ * unexpected exit.
+ */
 export class VmmLoop {
   private readonly ports: Map<number, PortHandler>;
   private readonly outcomes = new Map<number, VcpuOutcome>();
