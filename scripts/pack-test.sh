@@ -4,7 +4,8 @@
 # compiler (no cc, c++, gcc, g++, make, python3: what node-gyp needs) and with
 # npm_config_build_from_source=false:
 #   1. as packed: the prebuilt binary loads (nothing is compiled), `guestmem simulate` runs
-#      a script and `guestmem probe` finds the addon;
+#      a script, `guestmem probe` finds the addon, examples/library-tour.js runs against
+#      the installed package, and the exports map keeps the internals out of reach;
 #   2. with prebuilds/ taken out of the tarball: the fallback compile fails for want of a
 #      compiler, the install still succeeds, `guestmem simulate` still runs (the tracker is
 #      pure TypeScript) and `guestmem probe` says why the addon is missing.
@@ -84,7 +85,22 @@ node -e '
   const probe = require(process.argv[1]);
   if (!probe.nativeAddon.ok) { console.error(`the prebuilt addon did not load: ${probe.nativeAddon.why}`); process.exit(1); }' \
   "$work/prebuilt/probe.json" || fail "prebuilt: probe does not find the addon"
-echo "pack-test: prebuilt: the prebuilt binary loads; simulate and probe work"
+echo "pack-test: prebuilt: the plain-JavaScript example against the installed package"
+cp "$root/examples/library-tour.js" "$work/prebuilt/"
+(cd "$work/prebuilt" && PATH="$nocc" node library-tour.js >tour.log 2>&1) || { cat "$work/prebuilt/tour.log" >&2; fail "prebuilt: examples/library-tour.js failed"; }
+# The exports map: the package's entry point and nothing behind it (the raw addon stays inside).
+(cd "$work/prebuilt" && node -e '
+  const guestmem = require("guestmem");
+  if (typeof guestmem.RamBlockAttributes !== "function" || "native" in guestmem) throw new Error("the entry point exports the wrong things");
+  try {
+    require("guestmem/dist/lib/common/native.js");
+  } catch (error) {
+    if (error.code === "ERR_PACKAGE_PATH_NOT_EXPORTED") process.exit(0);
+    throw error;
+  }
+  throw new Error("an internal module could be required past the exports map");
+') || fail "prebuilt: the exports map does not hide the internals"
+echo "pack-test: prebuilt: the prebuilt binary loads; simulate, probe and the example work; internals are not exported"
 
 # The same package without its prebuilt binary: what a host no prebuild fits gets.
 mkdir "$work/unpacked"

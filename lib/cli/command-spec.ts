@@ -84,11 +84,21 @@ function optionLabel(name: string, option: OptionSpec): string {
   return `--${name}${option.type === 'string' ? ` ${option.value ?? 'VALUE'}` : ''}${option.multiple ? ' ...' : ''}`;
 }
 
+/** The options of the table in its order, as a usage line shows them, then the trailer. */
+function usageWords(spec: CommandSpec): string[] {
+  const words = Object.entries(spec.options).map(([name, option]) => (option.required ? optionLabel(name, option) : `[${optionLabel(name, option)}]`));
+  return spec.trailer ? [...words, spec.trailer] : words;
+}
+
+/** The command on one line, every option of the table in its order (README's command list). */
+export function synopsis(spec: CommandSpec): string {
+  return [`guestmem ${spec.name}`, ...(spec.positionals ? [spec.positionals] : []), ...usageWords(spec)].join(' ');
+}
+
 /** The usage line: every option of the table, in its order. */
 export function usageLine(spec: CommandSpec): string {
   const head = `usage: guestmem ${spec.name}${spec.positionals ? ` ${spec.positionals}` : ''}`;
-  const words = Object.entries(spec.options).map(([name, option]) => (option.required ? optionLabel(name, option) : `[${optionLabel(name, option)}]`));
-  if (spec.trailer) words.push(spec.trailer);
+  const words = usageWords(spec);
   // Wrapped under the command's name, as man pages do, so a long table stays readable.
   const lines = [head];
   for (const word of words) {

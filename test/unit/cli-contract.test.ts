@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { parseCommand, helpText, type CommandSpec } from '../../lib/cli/command-spec';
+import { parseCommand, helpText, synopsis, type CommandSpec } from '../../lib/cli/command-spec';
 import { BENCH } from '../../lib/cli/bench-command';
 import { CONVERT } from '../../lib/cli/convert-command';
 import { DEMO } from '../../lib/cli/demo-command';
@@ -39,6 +39,13 @@ describe('guestmem command-line contract', () => {
     assert.equal(bare.status, 0);
     assert.equal(bare.stdout, guestmem(['--help']).stdout);
     for (const spec of SPECS) assert.match(bare.stdout, new RegExp(`\\n  ${spec.name} +${spec.summary.replace(/[()]/g, '\\$&')}\\n`));
+  });
+
+  it('lists every command in README as its option table has it', () => {
+    const readme = fs.readFileSync(path.join(path.dirname(GUESTMEM), '..', 'README.md'), 'utf8');
+    const block = /## Command line\n\n```\n([\s\S]*?)```/.exec(readme)?.[1];
+    const expected = `${SPECS.map(synopsis).join('\n')}\nguestmem --version | --help\n`;
+    assert.equal(block, expected, `README's command list should read:\n${expected}`);
   });
 
   it('prints the package version with --version', () => {
