@@ -24,8 +24,11 @@ export interface StateChangeResult {
   to: PageState;
   /** Granules that changed state. */
   changed: number;
-  /** Notifications sent per listener: one per changed run. */
-  runs: number;
+  /**
+   * How many runs (`Run`: first granule, count) changed: each listener was notified once per
+   * run, or once with all of them where it takes batches.
+   */
+  changedRuns: number;
 }
 
 export interface RamBlockAttributesOptions {
@@ -351,7 +354,7 @@ export class RamBlockAttributes {
       }
       let changed = 0;
       for (const [, n] of runs) changed += n;
-      return { from, to, changed, runs: runs.length };
+      return { from, to, changed, changedRuns: runs.length };
     });
   }
 

@@ -81,7 +81,8 @@ describe('guestmem CLI', () => {
       assert.match(result.stdout, /\[██····/);
       const picture = fs.readFileSync(svg, 'utf8');
       assert.match(picture, /^<svg /);
-      assert.equal((picture.match(/fill="#aaaaaa"/g) ?? []).length, 2, 'the two rejected conversions are grey');
+      // Each conversion its own row here; grey marks the two rejected ones, and the legend's swatch.
+      assert.equal((picture.match(/fill="#b0b0b0"/g) ?? []).length, 3, 'the two rejected conversions are grey');
       fs.rmSync(dir, { recursive: true });
     });
 
