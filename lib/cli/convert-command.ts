@@ -6,7 +6,7 @@ import { isRejection } from '../common/errors';
 import { nativeCalls } from '../common/native';
 import { blockGeometry } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/page-state';
-import { VmHost, backendOption } from './hosts';
+import { VmHost, backendOption, vfioOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
 import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
@@ -73,6 +73,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   const size = parseSize(values.size, '--size');
   const gpa = parseSize(values.gpa, '--gpa');
   const backend = backendOption(values.backend);
+  vfioOption(values.vfio);
   checkBlockOptions(size, gpa, ranges);
 
   const host = new VmHost({ gpa, vfio: values.vfio, backend });

@@ -9,7 +9,7 @@ import { DmaProbe } from '../vfio/dma-probe';
 import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
 import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';
-import { VmHost, backendOption, DEFAULT_GPA } from './hosts';
+import { VmHost, backendOption, vfioOption, DEFAULT_GPA } from './hosts';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
@@ -78,6 +78,7 @@ export async function guestCommand(args: string[]): Promise<number> {
   if (values.seed !== undefined && !/^(0x[0-9a-f]+|\d+)$/i.test(values.seed)) throw new UsageError(`--seed takes a number, got '${values.seed}'`);
   const seed = BigInt(values.seed ?? 1) & ((1n << 64n) - 1n);
   const backend = backendOption(values.backend);
+  vfioOption(values.vfio);
   if (values.svg === '') throw new UsageError('--svg needs a file name');
 
   const missing = needsVm(['sw-protected-vm', 'memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);

@@ -15,6 +15,8 @@ import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
+import { messageOf } from '../common/errors';
+import { normalizeBdf } from '../vfio/vfio-sysfs';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -48,6 +50,16 @@ export function backendOption(value: string | undefined): DmaBackend | 'auto' {
   const backend = value ?? 'auto';
   if (backend !== 'auto' && backend !== 'type1' && backend !== 'iommufd') throw new UsageError(`--backend must be auto, type1 or iommufd, got '${backend}'`);
   return backend;
+}
+
+/** --vfio: a PCI address (0000:00:01.0, or 00:01.0), checked before anything touches the kernel. */
+export function vfioOption(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return normalizeBdf(value);
+  } catch (error) {
+    throw new UsageError(`--vfio: ${messageOf(error)}`);
+  }
 }
 
 /** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { approximateBytes } from '../common/byte-range';
 import { blockGeometry, type RamBlockAttributes } from '../tracker/ram-block-attributes';
 import { parseScript, type ScriptOp } from './conversion-script';
-import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
+import { DEFAULT_GPA, TrackerHost, VmHost, backendOption, vfioOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
@@ -206,6 +206,7 @@ export async function runCommand(args: string[]): Promise<number> {
   // Every usage error is found before the kernel is touched: options, the script, its block.
   const gpa = values.gpa !== undefined ? parseGpa(values.gpa) : DEFAULT_GPA;
   const backend = backendOption(values.backend);
+  vfioOption(values.vfio);
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
@@ -271,6 +272,7 @@ export async function replayCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(REPLAY, args);
   // Every usage error is found before the kernel is touched (or the dry run starts).
   const backend = backendOption(values.backend);
+  vfioOption(values.vfio);
   if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined)) {
     throw new UsageError(`--${values.vfio !== undefined ? 'vfio' : 'backend'} needs a real VM; --dry-run touches no device (drop one of them)`);
   }

@@ -85,5 +85,5 @@ export function needsVm(capabilities: Capability[]): string | null {
   if (process.env.GUESTMEM_IN_VM === '1') return null;
   const report = probe();
   const lacking = capabilities.map((c) => capabilityFeature(report, c)).filter((f) => !f.ok);
-  return lacking.length === 0 ? null : lacking.map((f) => f.why).join('; ');
+  return lacking.length === 0 ? null : [...new Set(lacking.map((f) => f.why))].join('; ');
 }

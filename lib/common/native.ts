@@ -171,7 +171,7 @@ export function native(): NativeAddon {
   }
   throw new GuestmemError(
     'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
-    `the guestmem native addon could not be loaded: ${messageOf(loadError)} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
+    `the guestmem native addon could not be loaded: ${messageOf(loadError).trim().replace(/\s*\n\s*/g, '; ')} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
     { cause: loadError },
   );
 }

@@ -95,6 +95,11 @@ describe('guestmem command-line contract', () => {
       [['bench', '--iterations', '0', '--json'], /--iterations must be a positive integer/],
       [['demo', 'now', '--json'], /takes no arguments besides options, got 'now'/],
       [['vm', '--edu', '99', '--', 'probe', '--json'], /--edu takes a count of edu devices/],
+      // A malformed PCI address is bad usage wherever --vfio is taken, not a failed open.
+      [['convert', '--size', '64M', '--gpa', '16M', '--range', '0+4K', '--to', 'shared', '--vfio', 'bogus', '--json'], /--vfio: 'bogus' is not a PCI address/],
+      [['run', 'script.txt', '--vfio', '00:01', '--json'], /--vfio: '00:01' is not a PCI address/],
+      [['replay', 'trace.log', '--vfio', 'x', '--json'], /--vfio: 'x' is not a PCI address/],
+      [['guest', 'secret', '--vfio', '1:2:3', '--json'], /--vfio: '1:2:3' is not a PCI address/],
     ];
     for (const [args, message, input] of cases) {
       it(`${args.join(' ')}`, () => {
