@@ -99,6 +99,7 @@ export class AssignedDevice implements Disposable {
     }
   }
 
+  /** Closes every fd it owns (the kernel drops the device's DMA mappings with them); idempotent. */
   close(): void {
     for (const owner of this.owners) owner.close();
   }

@@ -43,6 +43,7 @@ export class DmaProbe implements Disposable {
     return Buffer.from(scratch);
   }
 
+  /** Unmaps the scratch page from the device and frees it. */
   close(): void {
     this.assigned.dma.unmap(SCRATCH_IOVA, 4096);
     this.scratch.close();

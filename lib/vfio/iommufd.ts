@@ -13,10 +13,12 @@ export class Iommufd extends FdOwner {
     super(fd, '/dev/iommu');
   }
 
+  /** Opens /dev/iommu (or `path`). */
   static open(path = '/dev/iommu'): Iommufd {
     return new Iommufd(fs.openSync(path, 'r+'));
   }
 
+  /** IOMMU_IOAS_ALLOC: a new, empty I/O address space, closed with this iommufd. */
   allocIoas(): Ioas {
     return new Ioas(this, native().iommufdIoasAlloc(this.fd));
   }
@@ -45,22 +47,27 @@ export class Ioas implements DmaMapper {
     return native().iommufdIoasIovaRanges(this.iommufd.fd, this.id);
   }
 
+  /** Maps [iova, iova + size) to the host range at vaddr, as one mapping. */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
     this.batches.map(vaddr, iova, size);
   }
 
+  /** Maps each extent as size / granule mappings in one native call, all or nothing. */
   mapRuns(extents: DmaExtent[], granule: number): number {
     return this.batches.mapRuns(extents, granule);
   }
 
+  /** Unmaps every whole mapping inside [iova, iova + size); returns the bytes unmapped. */
   unmap(iova: Bytes, size: Bytes): bigint {
     return this.batches.unmap(iova, size);
   }
 
+  /** Unmaps each extent in one native call; with absentOk an extent with nothing mapped counts as 0 bytes. */
   unmapRuns(extents: DmaExtent[], granule: number, options: { absentOk?: boolean } = {}): bigint {
     return this.batches.unmapRuns(extents, granule, options);
   }
 
+  /** iommufd keeps no count of mappings: null (no limit but pinned memory). */
   mappingsAvailable(): null {
     return null;
   }

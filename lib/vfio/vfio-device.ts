@@ -56,10 +56,12 @@ export class VfioDevice extends FdOwner {
     return new VfioDevice(fs.openSync(path, 'r+'), name);
   }
 
+  /** VFIO_DEVICE_GET_INFO: the device's flags and its counts of regions and interrupts. */
   info(): { flags: number; numRegions: number; numIrqs: number } {
     return native().vfioDeviceGetInfo(this.fd);
   }
 
+  /** VFIO_DEVICE_GET_REGION_INFO of region `index` (a BAR, the config space). */
   regionInfo(index: number): RegionInfo {
     return native().vfioDeviceGetRegionInfo(this.fd, index);
   }
@@ -71,6 +73,7 @@ export class VfioDevice extends FdOwner {
     return Number(region.offset) + offset;
   }
 
+  /** Reads `length` bytes at `offset` of a region (pread on the device fd). */
   read(regionIndex: number, offset: number, length: number): Buffer {
     const region = this.regionInfo(regionIndex);
     const buffer = Buffer.alloc(length);
@@ -79,16 +82,19 @@ export class VfioDevice extends FdOwner {
     return buffer;
   }
 
+  /** Writes `data` at `offset` of a region (pwrite on the device fd). */
   write(regionIndex: number, offset: number, data: Buffer): void {
     const region = this.regionInfo(regionIndex);
     const done = fs.writeSync(this.fd, data, 0, data.length, this.checkedOffset(region, offset, data.length));
     if (done !== data.length) throw systemError('EIO', 5, 'pwrite', `short write to region ${regionIndex}: ${done} of ${data.length} bytes`);
   }
 
+  /** Reads one little-endian 32-bit register at `offset` of a region. */
   read32(regionIndex: number, offset: number): number {
     return this.read(regionIndex, offset, 4).readUInt32LE(0);
   }
 
+  /** Writes one little-endian 32-bit register at `offset` of a region. */
   write32(regionIndex: number, offset: number, value: number): void {
     const data = Buffer.alloc(4);
     data.writeUInt32LE(value >>> 0, 0);
@@ -127,6 +133,7 @@ export class VfioDevice extends FdOwner {
     return native().vfioDeviceBindIommufd(this.fd, iommufd.fd);
   }
 
+  /** VFIO_DEVICE_ATTACH_IOMMUFD_PT: the device's DMA goes through `ioas` from now on. */
   attachIoas(ioas: Ioas): void {
     native().vfioDeviceAttachIommufdPt(this.fd, ioas.id);
   }

@@ -30,6 +30,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     super(fd, 'VFIO container');
   }
 
+  /** Opens a container (/dev/vfio/vfio, or `path`) and checks its VFIO API version. */
   static open(path = '/dev/vfio/vfio'): VfioContainer {
     const container = new VfioContainer(fs.openSync(path, 'r+'));
     const version = container.apiVersion;
@@ -44,6 +45,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     return native().vfioGetApiVersion(this.fd);
   }
 
+  /** VFIO_CHECK_EXTENSION: whether the container supports an IOMMU type or feature. */
   checkExtension(extension: number): boolean {
     return native().vfioCheckExtension(this.fd, extension) > 0;
   }
@@ -67,14 +69,17 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     return this.iommuInfo().dmaAvailable ?? null;
   }
 
+  /** Maps [iova, iova + size) to the host range at vaddr, as one mapping (one dma entry). */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
     this.batches.map(vaddr, iova, size);
   }
 
+  /** Maps each extent as size / granule mappings in one native call, all or nothing. */
   mapRuns(extents: DmaExtent[], granule: number): number {
     return this.batches.mapRuns(extents, granule);
   }
 
+  /** Unmaps every whole mapping inside [iova, iova + size); returns the bytes unmapped. */
   unmap(iova: Bytes, size: Bytes): bigint {
     return this.batches.unmap(iova, size);
   }
