@@ -81,6 +81,7 @@ export class GranuleRange {
     return { offset: bytesOf(this.first, this.granularity), size: bytesOf(this.count, this.granularity) };
   }
 
+  /** The range in granules and bytes, for messages. */
   toString(): string {
     return `[0x${this.offsetBigInt.toString(16)}, +0x${this.sizeBigInt.toString(16)})`;
   }

@@ -12,10 +12,12 @@ export class ConversionStats {
   /** Nanoseconds spent per step, over all conversions. */
   readonly ns: Record<ConversionStep, bigint> = { kvmAttributes: 0n, listeners: 0n, discard: 0n, prefault: 0n };
 
+  /** Adds the time since `started` (process.hrtime.bigint()) to a step. */
   add(step: ConversionStep, started: bigint): void {
     this.ns[step] += process.hrtime.bigint() - started;
   }
 
+  /** The counts, and the nanoseconds per step as decimal strings. */
   toJSON(): { conversions: number; failed: number; prefaultFailed: number; ns: Record<ConversionStep, string> } {
     const ns = this.ns;
     return {

@@ -113,6 +113,7 @@ export class GuestMemory implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** Shuts every block down, listeners first (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
@@ -130,6 +131,7 @@ export class GuestMemory implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** close(): every block goes at once, listeners still registered keep their mappings; prefer `await using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -194,10 +194,12 @@ export class RamBlock implements Disposable {
     return this.kvmShared.runs(0, this.kvmShared.bits, state === 'shared');
   }
 
+  /** Registers a listener on a section (default the whole block), replaying what is shared now; queued behind conversions in progress. */
   register(listener: RamDiscardListener, section: SectionInput = { offset: 0, size: this.size }): Promise<void> {
     return this.attributes.register(listener, section);
   }
 
+  /** Unregisters a listener, discarding what it holds (a VFIO listener unmaps its DMA); queued behind conversions in progress. */
   unregister(listener: RamDiscardListener): Promise<void> {
     return this.attributes.unregister(listener);
   }
@@ -571,6 +573,7 @@ export class RamBlock implements Disposable {
     return listener.heldRuns(0, this.attributes.granules);
   }
 
+  /** Shuts the block down: listeners first, then the memslot and backings (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
@@ -616,6 +619,7 @@ export class RamBlock implements Disposable {
     return errors;
   }
 
+  /** close(): the block goes at once, listeners still registered keep their mappings; prefer `await using`. */
   [Symbol.dispose](): void {
     this.close();
   }

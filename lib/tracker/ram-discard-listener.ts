@@ -28,6 +28,7 @@ export interface RamDiscardListener {
    * the listener must hold exactly what it held before the call.
    */
   populateRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
+  /** Optional: every run of one change that became private, in one call (all or nothing). */
   discardRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
   /**
    * Optional: the granules it holds now (maps, for VFIO) inside [first, first + count), as

@@ -27,6 +27,7 @@ export class RecordingListener implements RamDiscardListener {
 
   private readonly inner: RamDiscardListener | null;
   populateRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
+  /** Present when it takes batches (its inner listener does, or `batch` was asked for). */
   discardRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
 
   /**

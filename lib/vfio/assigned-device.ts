@@ -104,6 +104,7 @@ export class AssignedDevice implements Disposable {
     for (const owner of this.owners) owner.close();
   }
 
+  /** Closes it: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -49,6 +49,7 @@ export class DmaProbe implements Disposable {
     this.scratch.close();
   }
 
+  /** Closes it: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

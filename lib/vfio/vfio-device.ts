@@ -37,6 +37,7 @@ export interface RegionMapping {
   view(offset: Bytes, length: number): Uint8Array;
   /** `count` 32-bit registers from `offset` (a multiple of 4). */
   words(offset: Bytes, count: number): Uint32Array;
+  /** Unmaps the region now, emptying every window still alive; idempotent. */
   unmap(): void;
 }
 

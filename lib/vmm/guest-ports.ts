@@ -54,6 +54,7 @@ export class GuestProtocol {
     return this.checks.filter((check) => !check.ok);
   }
 
+  /** The port handlers for the VMM loop: console, checks, exit status, sync and values. */
   ports(): Map<number, PortHandler> {
     return new Map<number, PortHandler>([
       [PORT_CONSOLE, (exit, { vcpu }) => {

@@ -38,8 +38,11 @@ export interface GuestSessionOptions {
   listener?: VfioDmaListener;
   /** Stop the guest (and fail) after this many milliseconds. */
   timeoutMs?: number;
+  /** Told of each piece of console text (port 0xe9), with the vCPU that wrote it. */
   onConsole?(text: string, vcpu: number): void;
+  /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
+  /** Told of each check the host made (memfd, device reach, model). */
   onCheck?(check: HostCheck): void;
 }
 

@@ -28,6 +28,7 @@ export interface GuestVmOptions {
   vcpus?: number;
   ports?: Map<number, PortHandler>;
   mmio?: MmioHandler;
+  /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -113,6 +114,7 @@ export class GuestVm implements Disposable {
     return this.loop.run();
   }
 
+  /** Stops every vCPU; the run resolves with each one stopped. */
   stop(): void {
     this.loop?.stop();
     for (const vcpu of this.vcpus) vcpu.stop();
@@ -123,6 +125,7 @@ export class GuestVm implements Disposable {
     for (const vcpu of this.vcpus.splice(0)) vcpu.close();
   }
 
+  /** Closes its vCPUs: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

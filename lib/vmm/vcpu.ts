@@ -74,6 +74,7 @@ export class Vcpu extends FdOwner {
     this.#runner.completeIo(data);
   }
 
+  /** Answers an MMIO read exit with `data` before the vCPU re-enters. */
   completeMmio(data: Uint8Array): void {
     this.#runner.completeMmio(data);
   }

@@ -21,10 +21,15 @@ import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type Io
  * loop names each by its index in the list it was given, the guest's own numbering.
  */
 export interface LoopVcpu {
+  /** Enters the guest; resolves with the next exit. */
   run(): Promise<VcpuExit>;
+  /** Kicks the vCPU out of the guest (QEMU's kick). */
   stop(): void;
+  /** Sets the hypercall's return value (rax) for the next entry. */
   completeHypercall(ret: number | bigint): void;
+  /** Answers a port read with `data` for the next entry. */
   completeIo(data: Uint8Array): void;
+  /** Answers an MMIO read with `data` for the next entry. */
   completeMmio(data: Uint8Array): void;
   readonly registers: Registers;
 }
@@ -36,6 +41,7 @@ export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8
 export interface LoopMemory {
   /** True if [gpa, gpa + size) lies inside one block that can convert it. */
   covers(gpa: Bytes, size: Bytes): boolean;
+  /** Converts a guest range, as GuestMemory.convert does. */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
 }
 
