@@ -19,6 +19,7 @@ import { native, nativeAvailable } from './common/native';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
 import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 
+/** One capability of the host: present, or why not and what to do. */
 export interface Feature {
   ok: boolean;
   /** Why not, when ok is false. */
@@ -27,6 +28,7 @@ export interface Feature {
   fix?: string;
 }
 
+/** What {@link probe} found: each piece guestmem uses, present or why not. */
 export interface ProbeReport {
   nativeAddon: Feature;
   kvm: Feature & { apiVersion?: number; vmTypes?: VmType[] };
@@ -181,6 +183,10 @@ export function readDmaEntryLimit(): number | undefined {
   }
 }
 
+/**
+ * What this host supports for confidential-VM memory work, each missing piece with why and the
+ * fix. Never throws: without the addon it says so.
+ */
 export function probe(): ProbeReport {
   const report = {} as ProbeReport;
   if (!nativeAvailable()) {
@@ -190,7 +196,7 @@ export function probe(): ProbeReport {
     } catch (error) {
       why = errorWhy(error);
     }
-    const feature = missing(why, 'npm run build:native');
+    const feature = missing(why, 'install a C++ compiler, python3 and make, then `npm rebuild guestmem` (in a checkout: `npm run build:native`)');
     return {
       nativeAddon: feature, kvm: feature, swProtectedVm: feature, guestMemfd: feature, userMemory2: feature,
       memoryAttributes: feature, guestMemfdFlags: feature, preFaultMemory: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },

@@ -1,9 +1,9 @@
 // `guestmem probe`: what this host supports for confidential-VM memory work, and for each
 // missing piece why and what to do.
 
-import { parseArgs } from 'node:util';
 import { probe, type Feature, type ProbeReport } from '../probe';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes, parseSize } from './sizes';
 
@@ -57,8 +57,24 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
   ].join('\n');
 }
 
+const PROBE_OPTIONS = {
+  json: { type: 'boolean', help: 'print the report as one JSON object' },
+  'guest-size': { type: 'string', value: 'S', help: 'the guest size for the type1 reach line (default 8G)' },
+} as const;
+
+export const PROBE: CommandSpec<typeof PROBE_OPTIONS> = {
+  name: 'probe',
+  summary: 'what this host supports, and for each missing piece why and what to do',
+  options: PROBE_OPTIONS,
+  description: `Reports the native addon, /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups,
+vfio-pci devices, VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece,
+why and the fix. For type1 it says how much of a guest of size S can be shared at once at
+4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.`,
+  examples: ['guestmem probe', 'guestmem probe --json | jq .memoryAttributes'],
+};
+
 export function probeCommand(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'guest-size': { type: 'string' } } });
+  const { values } = parseCommand(PROBE, args);
   const guestSize = parseSize(values['guest-size'] ?? '8G', '--guest-size');
   const report = probe();
   const limit = report.type1.dmaAvailableDefault;

@@ -6,7 +6,8 @@
 // then throws ERR_GUESTMEM_NATIVE_UNAVAILABLE with the reason, and the tracker, the
 // simulator and the probe still work.
 
-import { GuestmemError } from './errors';
+import path from 'node:path';
+import { GuestmemError, messageOf } from './errors';
 import { guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
@@ -134,9 +135,17 @@ export interface NativeAddon {
 let loaded: NativeAddon | null = null;
 let loadError: unknown = null;
 
+/** The package's root: node-gyp-build looks there for prebuilds/ and then build/. */
+const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+
+/**
+ * A prebuilt binary for this platform (prebuilds/linux-x64/, one N-API build for every Node
+ * from 20 on), else the one compiled in build/ (the fallback install, or a developer's
+ * `npm run build:native`). GUESTMEM_PREBUILD names another folder to load from (node-gyp-build's <NAME>_PREBUILD).
+ */
 function load(): NativeAddon {
-  const bindings = require('bindings') as (name: string) => unknown;
-  return bindings('guestmem') as NativeAddon;
+  const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
+  return nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
 }
 
 /** Counts crossings into C++, so benchmarks can show that a conversion's are bounded. */
@@ -173,11 +182,15 @@ export function native(): NativeAddon {
   }
   throw new GuestmemError(
     'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
-    `the guestmem native addon could not be loaded (run \`npm run build:native\`): ${(loadError as Error).message}`,
+    `the guestmem native addon could not be loaded: ${messageOf(loadError).trim().replace(/\s*\n\s*/g, '; ')} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
     { cause: loadError },
   );
 }
 
+/**
+ * Whether the native addon loaded (a prebuilt binary or one compiled here); `probe()` says why
+ * not.
+ */
 export function nativeAvailable(): boolean {
   try {
     native();

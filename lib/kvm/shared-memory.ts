@@ -15,6 +15,10 @@ import { native } from '../common/native';
 /** off_t is signed: a file (and a mapping offset) stops below 2^63. */
 const MAX_FILE_SIZE = (1n << 63n) - 1n;
 
+/**
+ * The shared backing of a RAM block: a memfd mapped once, whose address KVM and VFIO get;
+ * punch-hole gives back what a conversion to private leaves.
+ */
 export class SharedMemory extends FdOwner {
   /** Bytes, as a bigint: blocks may pass 2^53 with a large granule. */
   readonly size: bigint;

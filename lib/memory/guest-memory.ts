@@ -10,6 +10,10 @@ import { RamBlock, type VcpuFdProvider } from './ram-block';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
 
+/**
+ * The guest memory of one VM: its RAM blocks, each with a memslot of its own, and conversions
+ * by guest physical address. Dispose of it (or `close()`) before the VM and devices.
+ */
 export class GuestMemory implements Disposable {
   readonly blocks: RamBlock[] = [];
   private nextSlot = 0;
@@ -29,7 +33,19 @@ export class GuestMemory implements Disposable {
     }
   }
 
-  /** A block at `gpa` of `size` bytes (numbers or bigints). */
+  /**
+   * Adds a RAM block: a memslot at `gpa` of `size` bytes (numbers or bigints) backed by a new
+   * guest_memfd (private pages) and a shared memfd, all private in the tracker and in KVM
+   * once this returns, as QEMU starts a confidential guest's RAM.
+   *
+   * @param options.gpa the guest physical address, a multiple of the page size
+   * @param options.size the size in bytes, a multiple of the granularity
+   * @param options.granularity bytes per tracked granule, a power of two (default 4096)
+   * @param options.name the block's name in errors and on the state-change channel
+   * @returns the block, owned by this memory (closed with it)
+   * @throws RangeError (`ERR_OUT_OF_RANGE`) for a range that is unaligned, empty or overlaps
+   *   another block, before any syscall; a Node-style system error if KVM refuses
+   */
   addBlock(options: { gpa: Bytes; size: Bytes; granularity?: number; name?: string }): RamBlock {
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
     const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
@@ -59,7 +75,17 @@ export class GuestMemory implements Disposable {
     );
   }
 
-  /** Converts by guest physical address; a refusal, like a failure, is a rejected promise. */
+  /**
+   * Converts [gpa, gpa + size) to `to`, in the one block that holds it, as QEMU's
+   * kvm_convert_memory: the tracker, KVM's memory attributes, every listener (a VFIO
+   * listener maps or unmaps the device's DMA), then the punch-hole of the backing left;
+   * a failed step undoes those before it. Conversions of one block run one at a time.
+   *
+   * @returns what changed (the range's state before, granules changed)
+   * @throws (as a rejected promise) `ERR_GUESTMEM_CONVERSION_REJECTED` for a range in no
+   *   block or across two, a TypeError or RangeError for bad input (nothing changed), or
+   *   `ERR_GUESTMEM_CONVERSION_FAILED` when a step failed and was undone
+   */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     try {
       return this.blockFor(gpa, size).convert(gpa, size, to);
@@ -87,6 +113,7 @@ export class GuestMemory implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** Shuts every block down, listeners first (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
@@ -104,6 +131,7 @@ export class GuestMemory implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** close(): every block goes at once, listeners still registered keep their mappings; prefer `await using`. */
   [Symbol.dispose](): void {
     this.close();
   }

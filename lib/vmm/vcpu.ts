@@ -11,7 +11,9 @@ import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from
 import { ExitDecoder } from './exit-decoder';
 import type { VcpuExit } from './vcpu-exit';
 
+/** The general-purpose registers, rip and rflags, as bigints. */
 export type Registers = NativeRegs;
+/** The segment, descriptor-table and control registers (KVM_GET_SREGS). */
 export type SpecialRegisters = NativeSregs;
 
 const mmapSizes = new WeakMap<Kvm, number>();
@@ -21,6 +23,10 @@ interface PendingRun {
   reject(error: Error): void;
 }
 
+/**
+ * A vCPU: KVM_CREATE_VCPU, its registers and CPUID, and KVM_RUN on a thread of its own whose
+ * exits come back as promises.
+ */
 export class Vcpu extends FdOwner {
   readonly id: number;
   readonly #runner: NativeVcpuRunner;
@@ -115,6 +121,7 @@ export class Vcpu extends FdOwner {
     this.#runner.completeIo(data);
   }
 
+  /** Answers an MMIO read exit with `data` before the vCPU re-enters. */
   completeMmio(data: Uint8Array): void {
     this.#runner.completeMmio(data);
   }

@@ -21,10 +21,15 @@ import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type Io
  * loop names each by its index in the list it was given, the guest's own numbering.
  */
 export interface LoopVcpu {
+  /** Enters the guest; resolves with the next exit. */
   run(): Promise<VcpuExit>;
+  /** Kicks the vCPU out of the guest (QEMU's kick). */
   stop(): void;
+  /** Sets the hypercall's return value (rax) for the next entry. */
   completeHypercall(ret: number | bigint): void;
+  /** Answers a port read with `data` for the next entry. */
   completeIo(data: Uint8Array): void;
+  /** Answers an MMIO read with `data` for the next entry. */
   completeMmio(data: Uint8Array): void;
   readonly registers: Registers;
 }
@@ -36,9 +41,11 @@ export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8
 export interface LoopMemory {
   /** True if [gpa, gpa + size) lies inside one block that can convert it. */
   covers(gpa: Bytes, size: Bytes): boolean;
+  /** Converts a guest range, as GuestMemory.convert does. */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
 }
 
+/** One conversion the guest asked for, and how it ended. */
 export interface ConversionEvent {
   vcpu: number;
   source: 'hypercall' | 'memory-fault';
@@ -60,8 +67,10 @@ export interface VmmLoopOptions {
   onConversion?(event: ConversionEvent): void;
 }
 
+/** How a vCPU ended: its exit status, a halt, or a stop. */
 export type VcpuOutcome = { vcpu: number; status: number } | { vcpu: number; halted: true } | { vcpu: number; stopped: true };
 
+/** What a run of the VMM loop did: each vCPU's outcome and the conversions by result. */
 export interface VmmReport {
   vcpus: VcpuOutcome[];
   /** stop() was called before every vCPU finished. */
@@ -72,6 +81,11 @@ export interface VmmReport {
 
 const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
 
+/**
+ * The VMM loop: runs vCPUs, converts what the guest asks (MAP_GPA_RANGE, memory faults)
+ * through the memory, hands port I/O and MMIO to handlers, and stops every vCPU on an
+ * unexpected exit.
+ */
 export class VmmLoop {
   private readonly ports: Map<number, PortHandler>;
   private readonly outcomes = new Map<number, VcpuOutcome>();
