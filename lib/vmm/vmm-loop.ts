@@ -134,33 +134,36 @@ export class VmmLoop {
     while (!this.stopping && !this.outcomes.has(id)) {
       const exit = await vcpu.run();
       this.exits++;
-      switch (exit.reason) {
-        case 'hypercall':
-          await this.hypercall(vcpu, id, exit);
-          break;
-        case 'memory-fault':
-          await this.memoryFault(vcpu, id, exit);
-          break;
-        case 'io':
-          await this.io(vcpu, id, exit, context);
-          break;
-        case 'mmio':
-          await this.mmio(vcpu, id, exit, context);
-          break;
-        case 'hlt':
-          this.outcomes.set(id, { vcpu: id, halted: true });
-          break;
-        case 'intr':
-          // A kick: stop() (the loop ends) or a stray signal (run again).
-          if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
-          break;
-        default:
-          throw this.unexpected(vcpu, id, exit, 'an exit the VMM does not handle');
-      }
+      // A handler that finished synchronously (a conversion whose listeners all answer at
+      // once) returns nothing: the vCPU re-enters without another trip through a promise.
+      const pending = this.handle(vcpu, id, exit, context);
+      if (pending) await pending;
     }
   }
 
-  private async hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): Promise<void> {
+  private handle(vcpu: LoopVcpu, id: number, exit: VcpuExit, context: PortContext): void | Promise<void> {
+    switch (exit.reason) {
+      case 'hypercall':
+        return this.hypercall(vcpu, id, exit);
+      case 'memory-fault':
+        return this.memoryFault(vcpu, id, exit);
+      case 'io':
+        return this.io(vcpu, id, exit, context);
+      case 'mmio':
+        return this.mmio(vcpu, id, exit, context);
+      case 'hlt':
+        this.outcomes.set(id, { vcpu: id, halted: true });
+        return;
+      case 'intr':
+        // A kick: stop() (the loop ends) or a stray signal (run again).
+        if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
+        return;
+      default:
+        throw this.unexpected(vcpu, id, exit, 'an exit the VMM does not handle');
+    }
+  }
+
+  private hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): void | Promise<void> {
     if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
     const request = decodeMapGpaRange(exit.args);
     if ('rejected' in request) {
@@ -176,9 +179,11 @@ export class VmmLoop {
       return;
     }
     const started = this.clock();
-    try {
-      await this.memory.convert(gpa, size, to);
-    } catch (error) {
+    const converted = (): void => {
+      this.record(id, 'hypercall', gpa, size, to, 0, 'converted', undefined, started);
+      vcpu.completeHypercall(0);
+    };
+    const failed = (error: unknown): void => {
       const code = (error as { code?: string }).code;
       // Refused before any step ran (pages held back until repair(), say): a rejection.
       if (code === 'ERR_GUESTMEM_CONVERSION_REJECTED') {
@@ -191,10 +196,16 @@ export class VmmLoop {
       // longer knows what the device can reach, so nothing may run.
       if (code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       vcpu.completeHypercall(-KVM_EFAULT);
+    };
+    let result: unknown;
+    try {
+      result = this.memory.convert(gpa, size, to);
+    } catch (error) {
+      failed(error);
       return;
     }
-    this.record(id, 'hypercall', gpa, size, to, 0, 'converted', undefined, started);
-    vcpu.completeHypercall(0);
+    if (result instanceof Promise) return result.then(converted, failed);
+    converted();
   }
 
   /**
@@ -202,37 +213,48 @@ export class VmmLoop {
    * converts the range to what the access wanted and re-enters. There is no answer to
    * give the guest, so a conversion that fails stops the VM, as in QEMU.
    */
-  private async memoryFault(vcpu: LoopVcpu, id: number, exit: MemoryFaultExit): Promise<void> {
+  private memoryFault(vcpu: LoopVcpu, id: number, exit: MemoryFaultExit): void | Promise<void> {
     const to: PageState = (exit.flags & KVM_MEMORY_EXIT_FLAG_PRIVATE) !== 0n ? 'private' : 'shared';
     if (!this.memory.covers(exit.gpa, exit.size)) {
       this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
     }
     const started = this.clock();
-    try {
-      await this.memory.convert(exit.gpa, exit.size, to);
-    } catch (error) {
+    const converted = (): void => this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, started);
+    const failed = (error: unknown): never => {
       this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EFAULT, 'failed', (error as Error).message, started);
       throw this.unexpected(vcpu, id, exit, `converting the faulting range failed: ${(error as Error).message}`);
+    };
+    let result: unknown;
+    try {
+      result = this.memory.convert(exit.gpa, exit.size, to);
+    } catch (error) {
+      failed(error);
     }
-    this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, started);
+    if (result instanceof Promise) return result.then(converted, failed);
+    converted();
   }
 
-  private async io(vcpu: LoopVcpu, id: number, exit: IoExit, context: PortContext): Promise<void> {
+  private io(vcpu: LoopVcpu, id: number, exit: IoExit, context: PortContext): void | Promise<void> {
     const handler = this.ports.get(exit.port);
     if (!handler) throw this.unexpected(vcpu, id, exit, `no handler for port 0x${exit.port.toString(16)}`);
-    const answer = await handler(exit, context);
-    if (exit.direction === 'in') {
-      const bytes = answer ?? new Uint8Array(exit.size * exit.count).fill(0xff);
-      vcpu.completeIo(bytes);
-    }
+    const complete = (answer: void | Uint8Array): void => {
+      if (exit.direction === 'in') vcpu.completeIo(answer ?? new Uint8Array(exit.size * exit.count).fill(0xff));
+    };
+    const answer = handler(exit, context);
+    if (answer instanceof Promise) return answer.then(complete);
+    complete(answer);
   }
 
-  private async mmio(vcpu: LoopVcpu, id: number, exit: MmioExit, context: PortContext): Promise<void> {
+  private mmio(vcpu: LoopVcpu, id: number, exit: MmioExit, context: PortContext): void | Promise<void> {
     const handler = this.options.mmio;
     if (!handler) throw this.unexpected(vcpu, id, exit, `no MMIO handler for 0x${exit.address.toString(16)}`);
-    const answer = await handler(exit, context);
-    if (!exit.isWrite) vcpu.completeMmio(answer ?? new Uint8Array(exit.length).fill(0xff));
+    const complete = (answer: void | Uint8Array): void => {
+      if (!exit.isWrite) vcpu.completeMmio(answer ?? new Uint8Array(exit.length).fill(0xff));
+    };
+    const answer = handler(exit, context);
+    if (answer instanceof Promise) return answer.then(complete);
+    complete(answer);
   }
 
   /**
