@@ -39,7 +39,7 @@ const BENCH_OPTIONS = {
   json: { type: 'boolean', help: 'print the rows as one JSON object' },
   iterations: { type: 'string', value: 'N', help: 'conversions timed per size and direction (default 20)' },
   pages: { type: 'string', value: 'LIST', help: 'the conversion sizes in pages, comma-separated (default 1,16,512)' },
-  'guest-iterations': { type: 'string', value: 'N', help: 'rounds of the guest-driven loop against the C yardstick (default 500; 0 skips it)' },
+  'guest-iterations': { type: 'string', value: 'N', help: 'rounds of the guest-driven loop against the C yardstick (default 1000; 0 skips it)' },
   'no-vfio': { type: 'boolean', help: 'leave the edu device\'s VFIO listener out' },
   'no-far-end': { type: 'boolean', help: 'skip the 8 GiB far-end comparison (it makes KVM mark 9 GiB private)' },
   'no-prefault': { type: 'boolean', help: 'skip the runs with KVM_PRE_FAULT_MEMORY' },
@@ -65,7 +65,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
   const sizes = (values.pages ?? '1,16,512').split(',').map(Number);
   if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
-  const guestIterations = Number(values['guest-iterations'] ?? 500);
+  const guestIterations = Number(values['guest-iterations'] ?? 1000);
   if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
   const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
   if (missing && !values['no-vm']) {
