@@ -9,6 +9,15 @@
 // granules that disagree and how, and the block refuses to convert them until repair()
 // has made KVM and the listeners follow the bitmap again. A mapping the tracker or KVM does
 // not call shared is unmapped first, whatever else fails: when in doubt, unmap.
+//
+// CONVERSION ORDER. To shared follows QEMU's kvm_convert_memory: KVM's attributes, then the
+// tracker's state change (listeners DMA-map), then the punch-hole of the guest_memfd. To
+// private departs from it: the tracker's state change (listeners DMA-unmap) comes BEFORE
+// KVM's attribute, then the discard of the shared backing. In QEMU's order (attribute
+// first) an unmap that fails and a restore of the attribute that fails too leave a device
+// mapping of a page KVM calls private. Unmapping first, KVM is made private only over
+// pages no listener maps any more, so no pair of failures can leave such a mapping; a
+// failed re-map on the way back leaves a shared page unmapped, which is safe and named.
 
 import { describeDisagreements, findDisagreements, type Disagreement } from '../tracker/block-agreement';
 import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/byte-range';
@@ -73,6 +82,10 @@ function clipRuns(runs: Run[], first: number, count: number): Run[] {
   }
   return clipped;
 }
+
+/** The steps of a conversion, in order (see CONVERSION ORDER above). */
+const TO_SHARED: readonly ConversionStep[] = ['kvmAttributes', 'listeners', 'discard'];
+const TO_PRIVATE: readonly ConversionStep[] = ['listeners', 'kvmAttributes', 'discard'];
 
 export class RamBlock implements Disposable {
   readonly name: string;
@@ -249,24 +262,22 @@ export class RamBlock implements Disposable {
     // The runs not yet in the target state: what an undo must put back.
     const before = this.attributes.runs(opposite(to), { offset, size });
     this.stats.conversions++;
-    let step: ConversionStep = 'kvmAttributes';
-    let started = process.hrtime.bigint();
+    // The order of the steps keeps a device from reaching a page KVM calls private, even
+    // when a step and its undo both fail (see CONVERSION ORDER above).
+    const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
+    let step: ConversionStep = steps[0];
+    let result: StateChangeResult | undefined;
     try {
-      this.setAttributes(range.first, range.count, to);
-      this.stats.add(step, started);
-
-      step = 'listeners';
-      started = process.hrtime.bigint();
-      const result = await this.attributes.stateChange(offset, size, to);
-      this.stats.add(step, started);
-
-      step = 'discard';
-      started = process.hrtime.bigint();
-      if (to === 'private') this.shared.discard(offset, size);
-      else this.guestMemfd.punchHole(offset, size);
-      this.stats.add(step, started);
+      for (step of steps) {
+        const started = process.hrtime.bigint();
+        if (step === 'kvmAttributes') this.setAttributes(range.first, range.count, to);
+        else if (step === 'listeners') result = await this.attributes.stateChange(offset, size, to);
+        else if (to === 'private') this.shared.discard(offset, size);
+        else this.guestMemfd.punchHole(offset, size);
+        this.stats.add(step, started);
+      }
       this.prefault(gpa, size);
-      return result;
+      return result!;
     } catch (error) {
       this.stats.failed++;
       throw await this.undo(step, range, before, to, error, `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}`);
@@ -286,20 +297,23 @@ export class RamBlock implements Disposable {
   }
 
   /**
-   * Undoes a conversion that failed at `step`: the tracker's change first, if it was made
-   * (the discard failed), run by run so one failure does not stop the rest; then KVM and
-   * the listeners are made to follow whatever the bitmap now says (reconcile); then the
-   * range is checked. The error says which of the two outcomes it is.
+   * Undoes a conversion that failed at `step`, in the reverse order of the steps: what the
+   * tracker changed is changed back run by run, so one failure does not stop the rest;
+   * then KVM and the listeners are made to follow whatever the bitmap now says
+   * (reconcile); then the range is checked. The error says which of the two outcomes it is.
    */
   private async undo(step: ConversionStep, range: GranuleRange, before: Run[], to: PageState, cause: unknown, what: string): Promise<Error> {
     const g = this.attributes.granularity;
     const errors: unknown[] = [];
-    if (step === 'discard') {
+    const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
+    const done = steps.slice(0, steps.indexOf(step));
+    if (done.includes('listeners')) {
       // Run by run, in the safe order: a run going back to shared is shared in KVM before
-      // it is mapped; one going back to private is unmapped before KVM makes it private.
+      // it is mapped again (if KVM was made private: a failed call changes nothing); one
+      // going back to private is unmapped before KVM makes it private.
       for (const [first, count] of before) {
         try {
-          if (to === 'private') this.setAttributes(first, count, 'shared');
+          if (to === 'private' && done.includes('kvmAttributes')) this.setAttributes(first, count, 'shared');
           await this.attributes.stateChange(first * g, count * g, opposite(to));
           if (to === 'shared') this.setAttributes(first, count, 'private');
         } catch (error) {
@@ -307,7 +321,9 @@ export class RamBlock implements Disposable {
         }
       }
     }
-    if (step !== 'kvmAttributes') errors.push(...(await this.reconcile(range.first, range.count)));
+    // The tracker's own rollback of a failed notification may have failed too; KVM may have
+    // changed. Nothing ran only when the first step failed.
+    if (done.length > 0 || step === 'listeners') errors.push(...(await this.reconcile(range.first, range.count)));
     for (const error of [cause, ...errors]) this.noteDoubts(error);
     const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes, this.doubts);
     const facts = { step, cause, errors, ...kernelFacts(cause) };
@@ -398,28 +414,32 @@ export class RamBlock implements Disposable {
       if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
     }
     // 2. A mapping that could not be removed keeps its page shared everywhere instead (KVM
-    //    first, then the tracker, whose populate maps it for the other listeners too): a
-    //    device must never reach a page that KVM or the tracker calls private.
+    //    first where it says private, then the tracker, whose populate maps it for the
+    //    other listeners too): a device must never reach a page that KVM or the tracker
+    //    calls private.
     for (const { listener, section: own } of withHoldings) {
       for (const [start, length] of this.heldWhere(listener, own, notShared(), true)) {
         try {
-          this.setAttributes(start, length, 'shared');
+          for (const [f, c] of this.kvmShared.runs(start, length, false)) this.setAttributes(f, c, 'shared');
           await this.attributes.stateChange(start * g, length * g, 'shared');
         } catch (error) {
           errors.push(error);
         }
       }
     }
-    // 3. KVM follows the bitmap, run by run.
+    // 3. KVM follows the bitmap, run by run; but a granule that a listener still maps stays
+    //    shared in KVM (it is named as a disagreement), never private under a mapping.
     const trackerPrivate = this.attributes.runs('private', section);
     const trackerShared = this.attributes.runs('shared', section);
     for (const [state, runs] of [['private', trackerPrivate], ['shared', trackerShared]] as const) {
       for (const [start, length] of runs) {
         for (const [f, c] of this.kvmShared.runs(start, length, state === 'private')) {
-          try {
-            this.setAttributes(f, c, state);
-          } catch (error) {
-            errors.push(error);
+          for (const [a, n] of state === 'private' ? this.unheld(withHoldings, f, c) : [[f, c] as Run]) {
+            try {
+              this.setAttributes(a, n, state);
+            } catch (error) {
+              errors.push(error);
+            }
           }
         }
       }
@@ -431,6 +451,16 @@ export class RamBlock implements Disposable {
       if (missing.length > 0) await this.tell(listener, 'populate', missing, errors);
     }
     return errors;
+  }
+
+  /** Parts of [first, first + count) that no listener in `listeners` maps. */
+  private unheld(listeners: ReadonlyArray<{ listener: RamDiscardListener; section: GranuleRange }>, first: number, count: number): Run[] {
+    let free: Run[] = [[first, count]];
+    for (const { listener, section } of listeners) {
+      const held = this.heldWhere(listener, section, free, true);
+      if (held.length > 0) free = free.flatMap(([f, c]) => this.gaps(clipRuns(held, f, c), f, c));
+    }
+    return free;
   }
 
   /** Parts of `runs` (inside the listener's section) that the listener holds (or lacks). */
