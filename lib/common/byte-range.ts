@@ -27,6 +27,9 @@ export function checkGranularity(value: unknown, name = 'granularity'): number {
   return value;
 }
 
+/** Set only while granuleRangeOf builds a range from values its caller has checked. */
+let checked = false;
+
 /** A range of granules [first, first + count), with its byte view. */
 export class GranuleRange {
   readonly first: number;
@@ -39,6 +42,12 @@ export class GranuleRange {
    * and the range ends at or below 2^64 bytes.
    */
   constructor(first: number, count: number, granularity: number) {
+    if (checked) {
+      this.first = first;
+      this.count = count;
+      this.granularity = granularity;
+      return;
+    }
     checkInteger(first, 'first', 0, Number.MAX_SAFE_INTEGER);
     checkInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER - first);
     checkGranularity(granularity);
@@ -79,6 +88,20 @@ export class GranuleRange {
 
   toString(): string {
     return `[0x${this.offsetBigInt.toString(16)}, +0x${this.sizeBigInt.toString(16)})`;
+  }
+}
+
+/**
+ * A GranuleRange from values already checked to satisfy the constructor's rules (a part of
+ * a checked range, or a range toGranuleRange has just validated): the conversion path makes
+ * one per run and should not check the same numbers again.
+ */
+export function granuleRangeOf(first: number, count: number, granularity: number): GranuleRange {
+  checked = true;
+  try {
+    return new GranuleRange(first, count, granularity);
+  } finally {
+    checked = false;
   }
 }
 
@@ -173,7 +196,8 @@ export function toGranuleRange(
   ) {
     const first = offset / granularity;
     const count = size / granularity;
-    if (first + count <= limitGranules) return new GranuleRange(first, count, granularity);
+    // Exact, positive and below 2^53 bytes: the constructor's rules hold already.
+    if (first + count <= limitGranules) return granuleRangeOf(first, count, granularity);
   }
   return toGranuleRangeSlow(offset, size, granularity, limitGranules, what);
 }

@@ -16,7 +16,9 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_DMA_LIMIT'
   | 'ERR_GUESTMEM_UNSUPPORTED'
   | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
-  | 'ERR_GUESTMEM_VCPU_FAILED';
+  | 'ERR_GUESTMEM_VCPU_FAILED'
+  | 'ERR_GUESTMEM_ASYNC_LISTENER'
+  | 'ERR_GUESTMEM_BUSY';
 
 export class GuestmemError extends Error {
   readonly code: GuestmemErrorCode;

@@ -28,6 +28,46 @@ function popcount(word: number): number {
 /** A maximal run of equal bits: [first, count]. */
 export type Run = [first: number, count: number];
 
+/**
+ * Runs as flat (first, count) pairs in one growing buffer that is reused from one change to
+ * the next, so that a change of many runs allocates nothing once the buffer is big enough.
+ */
+export class RunList {
+  private data = new Float64Array(64);
+  /** Number of runs. */
+  length = 0;
+
+  clear(): void {
+    this.length = 0;
+  }
+
+  push(first: number, count: number): void {
+    if (2 * this.length + 2 > this.data.length) {
+      const grown = new Float64Array(this.data.length * 2);
+      grown.set(this.data);
+      this.data = grown;
+    }
+    this.data[2 * this.length] = first;
+    this.data[2 * this.length + 1] = count;
+    this.length++;
+  }
+
+  first(i: number): number {
+    return this.data[2 * i]!;
+  }
+
+  count(i: number): number {
+    return this.data[2 * i + 1]!;
+  }
+
+  /** A copy as Run tuples (for a report or an undo log that must outlive the next change). */
+  toRuns(): Run[] {
+    const runs: Run[] = [];
+    for (let i = 0; i < this.length; i++) runs.push([this.first(i), this.count(i)]);
+    return runs;
+  }
+}
+
 export class PageBitmap {
   /** The largest bitmap the engine can hold: 2^32 words of 32 bits (16 GiB). */
   static readonly MAX_BITS = 2 ** 37;
@@ -72,6 +112,14 @@ export class PageBitmap {
   fillRange(start: number, count: number, value: boolean): void {
     this.checkRange(start, count);
     if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
+    this.fill(start, count, value);
+  }
+
+  /**
+   * fillRange without the argument checks, for a caller that has checked the range once
+   * already (the tracker's conversion path: one check per conversion, not one per step).
+   */
+  fill(start: number, count: number, value: boolean): void {
     if (count === 0) return;
     const end = start + count;
     const firstWord = Math.floor(start / 32);
@@ -99,6 +147,24 @@ export class PageBitmap {
   findNextClear(from: number, end: number = this.bits): number {
     this.checkWindow(from, end);
     return this.findNext(from, end, ALL);
+  }
+
+  /** First bit equal to `value` in [from, end), or `end`; unchecked (see fill). */
+  scan(from: number, end: number, value: boolean): number {
+    return this.findNext(from, end, value ? 0 : ALL);
+  }
+
+  /** Appends the maximal runs of bits equal to `value` in [start, end) to `out`; unchecked (see fill). */
+  collectRuns(start: number, end: number, value: boolean, out: RunList): void {
+    const inRun = value ? 0 : ALL;
+    let cursor = start;
+    while (cursor < end) {
+      const runStart = this.findNext(cursor, end, inRun);
+      if (runStart >= end) break;
+      const runEnd = this.findNext(runStart, end, ~inRun >>> 0);
+      out.push(runStart, runEnd - runStart);
+      cursor = runEnd;
+    }
   }
 
   /** `invert` is XORed into each word, so one scan finds set bits (0) or clear bits (ALL). */
