@@ -46,7 +46,7 @@ example:
 examples:
   guestmem convert --size 64M --gpa 16M --range 1M+64K --to shared
   guestmem convert --size 64M --gpa 16M --vfio 0000:00:01.0 --range 0+2M --to shared --range 0+4K --to private`,
-  simulate: `usage: guestmem simulate [FILE|-] [--json] [--svg FILE] [--max-input SIZE]
+  simulate: `usage: guestmem simulate [FILE|-] [--json] [--history] [--svg FILE] [--max-input SIZE]
   Runs a conversion script through the tracker with recording listeners that model VFIO
   (a double map or unmap counts as an error), touching no kernel. Script lines:
     block <bytes> [granule]          one RAM block; granule defaults to 4096
@@ -58,17 +58,19 @@ examples:
   to --max-input bytes (default 64M); a block whose bitmap would pass 256 MiB is refused.
   --json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
   "rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.
+  --history lists every conversion and its outcome (in --json: "history"); without it or
+  --svg, no record per conversion is kept.
 examples:
   guestmem simulate script.txt --svg map.svg
   printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json`,
-  run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--svg FILE] [--max-input SIZE]
+  run: `usage: guestmem run SCRIPT [--vfio BDF] [--backend auto|type1|iommufd] [--gpa A] [--json] [--history] [--svg FILE] [--max-input SIZE]
   Executes a simulate script against a real SW-protected VM: the block becomes a guest_memfd
   memslot at --gpa (default 16M); 'listen' attaches the VFIO DMA listener of the device named
   by --vfio on its section (a recording listener without --vfio). Exits 1 if a conversion
   fails in the kernel. A progress bar shows on long scripts when stdout is a terminal.
 example:
   guestmem run script.txt --vfio 0000:00:01.0 --svg map.svg`,
-  replay: `usage: guestmem replay TRACE [--size S --gpa A] [--vfio BDF] [--dry-run] [--json] [--svg FILE] [--max-input SIZE]
+  replay: `usage: guestmem replay TRACE [--size S --gpa A] [--vfio BDF] [--dry-run] [--json] [--history] [--svg FILE] [--max-input SIZE]
   Replays QEMU's kvm_convert_memory events (log trace backend, optionally '<pid>@<s>.<us>:'
   prefixed) by guest address on a real VM (--dry-run: the tracker only), and checks each
   ram_block_attributes_state_change event against the tracker's own view. Other lines are

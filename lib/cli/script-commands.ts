@@ -94,16 +94,31 @@ function reportJson(report: ScriptReport): Record<string, unknown> {
   };
 }
 
-async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
+async function execute(ops: ScriptOp[], host: ScriptHost, label: string, history: boolean) {
   try {
-    return await runScript(ops, host, progressBar(label, ops.length));
+    return await runScript(ops, host, { onProgress: progressBar(label, ops.length), history });
   } finally {
     await host.shutdown();
   }
 }
 
 const PAGE = 4096;
-const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' }, 'max-input': { type: 'string' } } as const;
+const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' }, 'max-input': { type: 'string' }, history: { type: 'boolean' } } as const;
+
+/** A record per conversion costs time and memory: kept for --history and the --svg timeline only. */
+function wantsHistory(values: { history?: boolean; svg?: string }): boolean {
+  return values.history === true || values.svg !== undefined;
+}
+
+/** --history: the JSON's `history` array, or one line per conversion before the summary. */
+function historyJson(report: ScriptReport, values: { history?: boolean }): Record<string, unknown> {
+  return values.history ? { history: report.history } : {};
+}
+
+function printHistory(report: ScriptReport, values: { history?: boolean }): void {
+  if (!values.history) return;
+  for (const r of report.history) console.log(`convert 0x${r.offset.toString(16)} 0x${r.size.toString(16)} ${r.to}: ${r.outcome}`);
+}
 const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' } } as const;
 
 
@@ -112,9 +127,12 @@ export async function simulateCommand(args: string[]): Promise<number> {
   if (positionals.length > 1) throw new UsageError(`give one script file, got ${positionals.length}`);
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0] ?? '-', 'script', maxInput(values['max-input'])));
-  const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate');
-  if (values.json) printJson(reportJson(report));
-  else console.log(summary(report, attributes));
+  const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate', wantsHistory(values));
+  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values) });
+  else {
+    printHistory(report, values);
+    console.log(summary(report, attributes));
+  }
   return writeSvg(svg, attributes, report, 'guestmem simulate');
 }
 
@@ -128,10 +146,13 @@ export async function runCommand(args: string[]): Promise<number> {
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
   const host = new VmHost({ gpa, vfio: values.vfio, backend });
-  const { report, attributes } = await execute(ops, host, 'run');
+  const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
-  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats });
-  else console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
+  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values) });
+  else {
+    printHistory(report, values);
+    console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
+  }
   return Math.max(report.failed > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem run'));
 }
 
@@ -225,10 +246,21 @@ export async function replayCommand(args: string[]): Promise<number> {
   const recordingHost: ScriptHost = {
     openBlock: (size, granule) => host.openBlock(size, granule),
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
-    convert: async (offset, size, to) => {
+    convert: (offset, size, to) => host.convert(offset, size, to).then(
+      (result) => {
+        results.push(result as { from: string; to: string });
+        return result;
+      },
+      (error: unknown) => {
+        results.push(null);
+        throw error;
+      },
+    ),
+    canConvertSync: () => host.canConvertSync?.() ?? false,
+    convertSync: (offset, size, to) => {
       try {
-        const result = (await host.convert(offset, size, to)) as { from: string; to: string };
-        results.push(result);
+        const result = host.convertSync!(offset, size, to);
+        results.push(result as { from: string; to: string });
         return result;
       } catch (error) {
         results.push(null);
@@ -237,15 +269,16 @@ export async function replayCommand(args: string[]): Promise<number> {
     },
     shutdown: () => host.shutdown(),
   };
-  const { report, attributes } = await execute(ops, recordingHost, 'replay');
+  const { report, attributes } = await execute(ops, recordingHost, 'replay', wantsHistory(values));
   const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
   const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
   if (values.json) {
     printJson({
       ...reportJson(report), failed: report.failed, failures: report.failures, block, inferred: values.gpa === undefined,
-      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false,
+      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values),
     });
   } else {
+    printHistory(report, values);
     notes.push(`${trace.skipped} other trace lines skipped; ${checked} state changes checked against QEMU's, ${mismatches.length} mismatches`);
     console.log(summary(report, attributes, [...notes, ...mismatches.slice(0, 20).map((m) => `mismatch: ${m}`)]));
   }

@@ -3,6 +3,13 @@
 export type ConversionStep = 'kvmAttributes' | 'listeners' | 'discard' | 'prefault';
 
 export class ConversionStats {
+  /**
+   * Whether each step's time is measured (two clock readings per step, about 100 ns each
+   * on some hosts: more than the tracker's own work). Off by default, so a VMM's hot path
+   * pays nothing for it; `guestmem convert`, `run` and `bench` turn it on. The optional
+   * pre-fault is always timed: it is a syscall whose worth is its time.
+   */
+  timing = false;
   conversions = 0;
   failed = 0;
   /** Optional KVM_PRE_FAULT_MEMORY calls that failed (ignored, as QEMU ignores them). */
