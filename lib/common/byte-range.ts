@@ -188,16 +188,17 @@ export function toGranuleRange(
   what = 'range',
 ): GranuleRange {
   // Fast path: small numbers need no bigint arithmetic, and their sum cannot pass 2^64.
+  // Alignment by division, not `%`: dividing by a power of two is exact, and a double's `%`
+  // (offsets past 2^31 are doubles in V8) is a slow call into C.
   if (
     typeof offset === 'number' && typeof size === 'number' &&
     Number.isSafeInteger(offset) && Number.isSafeInteger(size) && offset >= 0 && size > 0 &&
-    offset + size <= Number.MAX_SAFE_INTEGER &&
-    offset % granularity === 0 && size % granularity === 0
+    offset + size <= Number.MAX_SAFE_INTEGER
   ) {
     const first = offset / granularity;
     const count = size / granularity;
     // Exact, positive and below 2^53 bytes: the constructor's rules hold already.
-    if (first + count <= limitGranules) return granuleRangeOf(first, count, granularity);
+    if (Number.isInteger(first) && Number.isInteger(count) && first + count <= limitGranules) return granuleRangeOf(first, count, granularity);
   }
   return toGranuleRangeSlow(offset, size, granularity, limitGranules, what);
 }
