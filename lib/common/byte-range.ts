@@ -32,9 +32,11 @@ let checked = false;
 
 /** A range of granules [first, first + count), with its byte view. */
 export class GranuleRange {
-  readonly first: number;
-  readonly count: number;
-  readonly granularity: number;
+  // `declare`: assigned in the constructor only, not first defined as undefined (ES2022
+  // class fields would, costing a shape change per range on the conversion path).
+  declare readonly first: number;
+  declare readonly count: number;
+  declare readonly granularity: number;
 
   /**
    * Checked, so that no range can exist that is negative, fractional or past the 64-bit
@@ -98,11 +100,10 @@ export class GranuleRange {
  */
 export function granuleRangeOf(first: number, count: number, granularity: number): GranuleRange {
   checked = true;
-  try {
-    return new GranuleRange(first, count, granularity);
-  } finally {
-    checked = false;
-  }
+  // With `checked` set the constructor only assigns: it cannot throw and leave it set.
+  const range = new GranuleRange(first, count, granularity);
+  checked = false;
+  return range;
 }
 
 function exactNumber(value: number, big: () => bigint): number {
