@@ -42,7 +42,9 @@ export type Run = [first: number, count: number];
  * the next, so that a change of many runs allocates nothing once the buffer is big enough.
  */
 export class RunList {
-  private data = new Float64Array(64);
+  // A plain array, not a Float64Array: granule indices below 2^30 stay small integers
+  // (V8's Smis), so the bitmap work that reads them back stays in integer arithmetic.
+  private readonly data: number[] = [];
   /** Number of runs. */
   length = 0;
 
@@ -51,13 +53,13 @@ export class RunList {
   }
 
   push(first: number, count: number): void {
-    if (2 * this.length + 2 > this.data.length) {
-      const grown = new Float64Array(this.data.length * 2);
-      grown.set(this.data);
-      this.data = grown;
+    const at = 2 * this.length;
+    if (at < this.data.length) {
+      this.data[at] = first;
+      this.data[at + 1] = count;
+    } else {
+      this.data.push(first, count);
     }
-    this.data[2 * this.length] = first;
-    this.data[2 * this.length + 1] = count;
     this.length++;
   }
 

@@ -542,8 +542,9 @@ export class RamBlockAttributes {
     });
   }
 
+  /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
   private flip(first: number, count: number, toShared: boolean): void {
-    this.bitmap.fillRange(first, count, toShared);
+    this.bitmap.fill(first, count, toShared);
     this.shared += toShared ? count : -count;
   }
 
@@ -563,7 +564,7 @@ export class RamBlockAttributes {
     const done: Delivery[] = [];
     try {
       for (let registration = this.newest; registration; registration = registration.older) {
-        const clipped = this.clipped(registration, range);
+        const clipped = this.clipped(registration, range, this.changes.length);
         if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
       }
     } catch (failure) {
@@ -573,11 +574,11 @@ export class RamBlockAttributes {
     }
   }
 
-  /** The runs of the change in progress, clipped to a listener's section. */
-  private clipped(registration: Registration, range: GranuleRange): GranuleRange[] {
+  /** The first `runs` runs of the change in progress, clipped to a listener's section. */
+  private clipped(registration: Registration, range: GranuleRange, runs: number): GranuleRange[] {
     const changes = this.changes;
     const ranges: GranuleRange[] = [];
-    for (let i = 0; i < changes.length; i++) {
+    for (let i = 0; i < runs; i++) {
       const part = clip(registration.section, range, changes.first(i), changes.count(i));
       if (part) ranges.push(part);
     }
@@ -594,27 +595,26 @@ export class RamBlockAttributes {
     const kind: Notify = toShared ? 'populate' : 'discard';
     const changes = this.changes;
     let registration = this.newest;
-    let delivered = 0;
+    // For a listener told run by run: the runs of this.changes it has been told of.
+    let told = 0;
     try {
       for (; registration; registration = registration.older) {
-        delivered = 0;
+        told = 0;
         const batch = toShared ? registration.populateRuns : registration.discardRuns;
-        if (changes.length === 1 && !batch) {
-          const part = clip(registration.section, range, changes.first(0), changes.count(0));
-          if (part) this.deliverOne(registration, toShared ? registration.populate : registration.discard, kind, part);
+        if (batch) {
+          const ranges = this.clipped(registration, range, changes.length);
+          if (ranges.length > 0) this.deliverOne(registration, batch, kind, ranges);
           continue;
         }
-        const ranges = this.clipped(registration, range);
-        if (ranges.length === 0) continue;
-        if (batch) {
-          this.deliverOne(registration, batch, kind, ranges);
-        } else {
-          const single = toShared ? registration.populate : registration.discard;
-          for (; delivered < ranges.length; delivered++) this.deliverOne(registration, single, kind, ranges[delivered]!);
+        // Run by run, straight from the run list: no list of ranges is built.
+        const single = toShared ? registration.populate : registration.discard;
+        for (; told < changes.length; told++) {
+          const part = clip(registration.section, range, changes.first(told), changes.count(told));
+          if (part) this.deliverOne(registration, single, kind, part);
         }
       }
     } catch (failure) {
-      const errors = this.undoSync(range, registration!, delivered, kind);
+      const errors = this.undoSync(range, registration!, told, kind);
       for (let i = changes.length - 1; i >= 0; i--) this.flip(changes.first(i), changes.count(i), !toShared);
       throw this.withRollbackErrors(failure, errors);
     }
@@ -638,17 +638,15 @@ export class RamBlockAttributes {
    * single ranges went through): the inverse to each listener told before, last first, as
    * the asynchronous undo does from its log. Returns what failed.
    */
-  private undoSync(range: GranuleRange, failed: Registration, delivered: number, kind: Notify): unknown[] {
+  private undoSync(range: GranuleRange, failed: Registration, told: number, kind: Notify): unknown[] {
     const errors: unknown[] = [];
     const undoKind = inverse(kind);
     for (let registration: Registration | null = failed; registration; registration = registration.newer) {
       const asBatch = (kind === 'populate' ? registration.populateRuns : registration.discardRuns) !== undefined;
-      const ranges = this.clipped(registration, range);
-      if (registration === failed) {
-        // A batch did nothing (all or nothing); singles went through up to `delivered`.
-        if (asBatch || delivered === 0) continue;
-        ranges.length = delivered;
-      }
+      // The failed listener itself: a batch did nothing (all or nothing); run by run, the
+      // runs before the one that failed went through.
+      if (registration === failed && asBatch) continue;
+      const ranges = this.clipped(registration, range, registration === failed ? told : this.changes.length);
       if (ranges.length === 0) continue;
       if (asBatch) {
         try {
