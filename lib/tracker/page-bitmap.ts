@@ -161,6 +161,12 @@ export class PageBitmap {
     return this.findNext(from, end, ALL);
   }
 
+  /** Bit `bit`; unchecked (see fill). */
+  get(bit: number): boolean {
+    const word = Math.floor(bit / 32);
+    return (this.words[word]! & (1 << bitOf(bit, word))) !== 0;
+  }
+
   /** First bit equal to `value` in [from, end), or `end`; unchecked (see fill). */
   scan(from: number, end: number, value: boolean): number {
     return this.findNext(from, end, value ? 0 : ALL);

@@ -434,6 +434,12 @@ export class RamBlockAttributes {
     const end = first + count;
     const bitmap = this.bitmap;
     this.changes.clear();
+    if (count === 1) {
+      // One granule (the commonest conversion): one bit, no scans.
+      const shared = bitmap.get(first);
+      if (shared !== toShared) this.changes.push(first, 1);
+      return shared ? 'shared' : 'private';
+    }
     const firstPrivate = bitmap.scan(first, end, false);
     const firstShared = firstPrivate >= end ? first : bitmap.scan(first, end, true);
     const from = firstPrivate >= end ? 'shared' : firstShared >= end ? 'private' : 'mixture';
