@@ -21,6 +21,13 @@ export class ConversionStats {
     this.ns[step] += process.hrtime.bigint() - started;
   }
 
+  /** add, returning the clock reading it took, so that the next step starts from it. */
+  lap(step: ConversionStep, started: bigint): bigint {
+    const now = process.hrtime.bigint();
+    this.ns[step] += now - started;
+    return now;
+  }
+
   toJSON(): { conversions: number; failed: number; prefaultFailed: number; ns: Record<ConversionStep, string> } {
     const ns = this.ns;
     return {

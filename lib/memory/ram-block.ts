@@ -330,11 +330,12 @@ export class RamBlock implements Disposable {
     let result: StateChangeResult | null = null;
     let i = 0;
     try {
+      // One clock reading per step boundary, each ending one step and starting the next.
+      let started = stats.timing ? process.hrtime.bigint() : 0n;
       for (; i < steps.length; i++) {
-        const started = stats.timing ? process.hrtime.bigint() : 0n;
         if (steps[i] === 'listeners') result = this.attributes.changeSync(range, to === 'shared');
         else this.runKernelStep(steps[i]!, range, to);
-        if (stats.timing) stats.add(steps[i]!, started);
+        if (stats.timing) started = stats.lap(steps[i]!, started);
       }
     } catch (error) {
       stats.failed++;
@@ -358,11 +359,12 @@ export class RamBlock implements Disposable {
     let result: StateChangeResult | null = null;
     let i = 0;
     try {
+      // One clock reading per step boundary, each ending one step and starting the next.
+      let started = stats.timing ? process.hrtime.bigint() : 0n;
       for (; i < steps.length; i++) {
-        const started = stats.timing ? process.hrtime.bigint() : 0n;
         if (steps[i] === 'listeners') result = await this.attributes.stateChange(range.first * g, range.count * g, to);
         else this.runKernelStep(steps[i]!, range, to);
-        if (stats.timing) stats.add(steps[i]!, started);
+        if (stats.timing) started = stats.lap(steps[i]!, started);
       }
     } catch (error) {
       stats.failed++;
