@@ -83,7 +83,8 @@ example:
   guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run`,
   bench: `usage: guestmem bench [--json] [--iterations N] [--pages 1,16,512] [--no-vfio] [--no-far-end] [--no-prefault] [--no-vm]
   Times conversions on a real kernel, split by step (KVM attributes, listeners, discard,
-  pre-fault), with the number of native calls per conversion; where KVM has
+  pre-fault) and the time outside those steps (the conversion path's own JavaScript), with
+  the number of native calls per conversion; where KVM has
   KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Then one
   page at the far end of an 8 GiB block against one at the far end of a 1 GiB block (same
   VM, alternating), which should cost the same (--no-far-end skips it: creating the blocks
