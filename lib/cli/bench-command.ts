@@ -29,6 +29,8 @@ export interface BenchRow {
   conversions: number;
   meanNs: number;
   stepNs: Record<ConversionStep, number>;
+  /** Mean time outside the timed steps (KVM attributes, listeners, discard, pre-fault): checks, queue, bookkeeping. */
+  outsideNs: number;
   /** Crossings into C++ per conversion: the most seen. */
   nativeCalls: number;
   /** Pre-faults that failed (and were ignored). */
@@ -95,11 +97,13 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
   else {
     console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
-    console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  native calls');
+    console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  outside µs (%)  native calls');
     const us = (ns: number) => (ns / 1000).toFixed(1).padStart(12);
     for (const row of rows) {
-      console.log(`${(row.prefault ? 'yes' : 'no').padEnd(8)}  ${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${us(row.stepNs.prefault)}  ${String(row.nativeCalls).padStart(12)}`);
+      const share = `${us(row.outsideNs)} (${((100 * row.outsideNs) / row.meanNs).toFixed(0).padStart(2)}%)`;
+      console.log(`${(row.prefault ? 'yes' : 'no').padEnd(8)}  ${String(row.pages).padStart(5)}  ${row.to.padEnd(7)} ${us(row.meanNs)} ${us(row.stepNs.kvmAttributes)}  ${us(row.stepNs.listeners)} ${us(row.stepNs.discard)}  ${us(row.stepNs.prefault)}  ${share}  ${String(row.nativeCalls).padStart(12)}`);
     }
+    console.log('outside = mean minus the timed steps: the conversion path\'s own JavaScript (checks, queue, bookkeeping) outside the kernel steps; the listeners step also holds the tracker\'s own work');
     const failed = rows.reduce((sum, r) => sum + r.failedPrefaults, 0);
     if (failed > 0) console.log(`${failed} pre-faults failed (ignored, as QEMU ignores them)`);
     if (farEnd) {
@@ -138,7 +142,7 @@ async function measure(host: VmHost, sizes: number[], iterations: number, prefau
   }
   for (const pages of sizes) {
     for (const to of ['shared', 'private'] as const) {
-      rows.push({ prefault, pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0, prefault: 0 }, nativeCalls: 0, failedPrefaults: 0 });
+      rows.push({ prefault, pages, to, conversions: 0, meanNs: 0, stepNs: { kvmAttributes: 0, listeners: 0, discard: 0, prefault: 0 }, outsideNs: 0, nativeCalls: 0, failedPrefaults: 0 });
     }
     const [toShared, toPrivate] = rows.slice(-2) as [BenchRow, BenchRow];
     for (let i = 0; i < iterations; i++) {
@@ -158,6 +162,7 @@ async function measure(host: VmHost, sizes: number[], iterations: number, prefau
     for (const row of [toShared, toPrivate]) {
       row.meanNs = Math.round(row.meanNs / row.conversions);
       for (const step of STEPS) row.stepNs[step] = Math.round(row.stepNs[step] / row.conversions);
+      row.outsideNs = Math.max(0, row.meanNs - STEPS.reduce((sum, step) => sum + row.stepNs[step], 0));
     }
   }
   return rows;

@@ -84,6 +84,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   let guestConsole = '';
   try {
     parts.block = memory.addBlock({ gpa: BLOCK_GPA, size: BLOCK_SIZE, name: 'guest-ram' });
+    parts.block.stats.timing = true;
     if (record('add-block', parts.block.privatePages === BLOCK_SIZE / 4096, `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`)) {
       const edu = findEduDevice();
       if (!edu) record('attach-vfio', false, 'no edu device bound to vfio-pci');

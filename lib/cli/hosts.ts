@@ -34,6 +34,14 @@ export class TrackerHost implements ScriptHost {
     return this.attributes!.stateChange(offset, size, to);
   }
 
+  canConvertSync(): boolean {
+    return this.attributes!.canChangeSync;
+  }
+
+  convertSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
+    return this.attributes!.stateChangeSync(offset, size, to);
+  }
+
   async shutdown(): Promise<void> {}
 }
 
@@ -107,6 +115,8 @@ export class VmHost implements ScriptHost {
 
   openBlock(size: Bytes, granule: number): RamBlockAttributes {
     this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram' });
+    // run, replay, convert and bench report the time of each step.
+    this.block.stats.timing = true;
     return this.block.attributes;
   }
 
@@ -117,6 +127,14 @@ export class VmHost implements ScriptHost {
 
   convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.block!.convert(addBytes(this.block!.gpa, offset), size, to);
+  }
+
+  canConvertSync(): boolean {
+    return this.block!.canConvertSync;
+  }
+
+  convertSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
+    return this.block!.convertSync(addBytes(this.block!.gpa, offset), size, to);
   }
 
   /** Unregisters listeners (unmapping what they hold) before the device and the VM go. */

@@ -94,9 +94,9 @@ function reportJson(report: ScriptReport): Record<string, unknown> {
   };
 }
 
-async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
+async function execute(ops: ScriptOp[], host: ScriptHost, label: string, history: boolean) {
   try {
-    return await runScript(ops, host, progressBar(label, ops.length));
+    return await runScript(ops, host, { onProgress: progressBar(label, ops.length), history });
   } finally {
     await host.shutdown();
   }
@@ -107,6 +107,7 @@ const OUTPUT_OPTIONS = {
   json: { type: 'boolean', help: 'print the report as one JSON object' },
   svg: { type: 'string', value: 'FILE', help: 'draw the map and every conversion over time (checked before the run, written after)' },
   'max-input': { type: 'string', value: 'SIZE', help: 'the largest input read (default 64M)' },
+  history: { type: 'boolean', help: 'list every conversion and its outcome (in --json: "history"); without it or --svg no record per conversion is kept' },
 } as const;
 const VM_OPTIONS = {
   vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device on each listened section' },
@@ -189,15 +190,33 @@ function scriptSource(file: string | undefined): string {
   return file;
 }
 
+/** A record per conversion costs time and memory: kept for --history and the --svg timeline only. */
+function wantsHistory(values: { history?: boolean; svg?: string }): boolean {
+  return values.history === true || values.svg !== undefined;
+}
+
+/** --history: the JSON's `history` array, or one line per conversion before the summary. */
+function historyJson(report: ScriptReport, values: { history?: boolean }): Record<string, unknown> {
+  return values.history ? { history: report.history } : {};
+}
+
+function printHistory(report: ScriptReport, values: { history?: boolean }): void {
+  if (!values.history) return;
+  for (const r of report.history) console.log(`convert 0x${r.offset.toString(16)} 0x${r.size.toString(16)} ${r.to}: ${r.outcome}`);
+}
+
 
 export async function simulateCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(SIMULATE, args);
   const svg = checkOutputFile(values.svg, '--svg');
   const source = scriptSource(positionals[0]);
   const ops = parseScript(await readInputText(source, 'script', maxInput(values['max-input'])));
-  const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate');
-  if (values.json) printJson(reportJson(report));
-  else console.log(summary(report, attributes));
+  const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate', wantsHistory(values));
+  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values) });
+  else {
+    printHistory(report, values);
+    console.log(summary(report, attributes));
+  }
   return writeSvg(svg, attributes, report, 'guestmem simulate');
 }
 
@@ -211,10 +230,13 @@ export async function runCommand(args: string[]): Promise<number> {
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
   const host = new VmHost({ gpa, vfio: values.vfio, backend });
-  const { report, attributes } = await execute(ops, host, 'run');
+  const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
-  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats });
-  else console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
+  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values) });
+  else {
+    printHistory(report, values);
+    console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
+  }
   return Math.max(report.failed > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem run'));
 }
 
@@ -304,9 +326,20 @@ export async function replayCommand(args: string[]): Promise<number> {
   const recordingHost: ScriptHost = {
     openBlock: (size, granule) => host.openBlock(size, granule),
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
-    convert: async (offset, size, to) => {
+    convert: (offset, size, to) => host.convert(offset, size, to).then(
+      (result) => {
+        results.push(result as { from: string; to: string });
+        return result;
+      },
+      (error: unknown) => {
+        results.push(null);
+        throw error;
+      },
+    ),
+    canConvertSync: () => host.canConvertSync?.() ?? false,
+    convertSync: (offset, size, to) => {
       try {
-        const result = await host.convert(offset, size, to);
+        const result = host.convertSync!(offset, size, to);
         results.push(result);
         return result;
       } catch (error) {
@@ -316,15 +349,16 @@ export async function replayCommand(args: string[]): Promise<number> {
     },
     shutdown: () => host.shutdown(),
   };
-  const { report, attributes } = await execute(ops, recordingHost, 'replay');
+  const { report, attributes } = await execute(ops, recordingHost, 'replay', wantsHistory(values));
   const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
   const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
   if (values.json) {
     printJson({
       ...reportJson(report), failed: report.failed, failures: report.failures, block, inferred: values.gpa === undefined,
-      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false,
+      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values),
     });
   } else {
+    printHistory(report, values);
     notes.push(`${trace.skipped} other trace lines skipped; ${checked} state changes checked against QEMU's, ${mismatches.length} mismatches`);
     console.log(summary(report, attributes, [...notes, ...mismatches.slice(0, 20).map((m) => `mismatch: ${m}`)]));
   }

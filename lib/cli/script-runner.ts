@@ -19,6 +19,13 @@ export interface ScriptHost {
   /** The real listener for a `listen` line, or null for a recording listener alone. */
   makeListener(id: string, offset: Bytes, size: Bytes): RamDiscardListener | null;
   convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
+  /**
+   * Optional fast path: true when convertSync can run the next conversion at once (every
+   * listener synchronous, nothing in flight); the runner then calls it instead of convert,
+   * with no promise per conversion.
+   */
+  canConvertSync?(): boolean;
+  convertSync?(offset: Bytes, size: Bytes, to: PageState): StateChangeResult;
   /** Releases everything: listeners first (unmapping what they hold), then the block and VM. */
   shutdown(): Promise<void>;
 }
@@ -42,6 +49,7 @@ export interface ScriptReport {
   ops: number;
   /** Time inside convert lines only: one clock reading around each run of consecutive converts. */
   elapsedNs: number;
+  /** One record per convert line, kept only when asked (RunOptions.history). */
   history: ConversionRecord[];
   failures: string[];
 }
@@ -97,10 +105,16 @@ export function checkScript(ops: ScriptOp[]): void {
   }
 }
 
+export interface RunOptions {
+  onProgress?: (done: number, total: number) => void;
+  /** Keep a record of every conversion (for --history and the --svg timeline); default off. */
+  history?: boolean;
+}
+
 export async function runScript(
   ops: ScriptOp[],
   host: ScriptHost,
-  onProgress?: (done: number, total: number) => void,
+  { onProgress, history = false }: RunOptions = {},
 ): Promise<{ report: ScriptReport; attributes: RamBlockAttributes }> {
   checkScript(ops);
   let attributes: RamBlockAttributes | null = null;
@@ -159,7 +173,8 @@ export async function runScript(
         report.ops++;
         let outcome: ConversionRecord['outcome'] = 'done';
         try {
-          await host.convert(op.offset, op.size, op.to);
+          if (host.canConvertSync?.()) host.convertSync!(op.offset, op.size, op.to);
+          else await host.convert(op.offset, op.size, op.to);
         } catch (error) {
           if (isRejection(error)) {
             outcome = 'rejected';
@@ -170,7 +185,7 @@ export async function runScript(
             report.failures.push(`line ${op.line}: ${(error as Error).message}`);
           }
         }
-        report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome });
+        if (history) report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome });
         break;
       }
     }

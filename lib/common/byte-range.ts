@@ -31,11 +31,16 @@ export function checkGranularity(value: unknown, name = 'granularity'): number {
   return value;
 }
 
+/** Set only while granuleRangeOf builds a range from values its caller has checked. */
+let checked = false;
+
 /** A range of granules [first, first + count), with its byte view. */
 export class GranuleRange {
-  readonly first: number;
-  readonly count: number;
-  readonly granularity: number;
+  // `declare`: assigned in the constructor only, not first defined as undefined (ES2022
+  // class fields would, costing a shape change per range on the conversion path).
+  declare readonly first: number;
+  declare readonly count: number;
+  declare readonly granularity: number;
 
   /**
    * Checked, so that no range can exist that is negative, fractional or past the 64-bit
@@ -43,6 +48,12 @@ export class GranuleRange {
    * and the range ends at or below 2^64 bytes.
    */
   constructor(first: number, count: number, granularity: number) {
+    if (checked) {
+      this.first = first;
+      this.count = count;
+      this.granularity = granularity;
+      return;
+    }
     checkInteger(first, 'first', 0, Number.MAX_SAFE_INTEGER);
     checkInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER - first);
     checkGranularity(granularity);
@@ -85,6 +96,19 @@ export class GranuleRange {
   toString(): string {
     return `[0x${this.offsetBigInt.toString(16)}, +0x${this.sizeBigInt.toString(16)})`;
   }
+}
+
+/**
+ * A GranuleRange from values already checked to satisfy the constructor's rules (a part of
+ * a checked range, or a range toGranuleRange has just validated): the conversion path makes
+ * one per run and should not check the same numbers again.
+ */
+export function granuleRangeOf(first: number, count: number, granularity: number): GranuleRange {
+  checked = true;
+  // With `checked` set the constructor only assigns: it cannot throw and leave it set.
+  const range = new GranuleRange(first, count, granularity);
+  checked = false;
+  return range;
 }
 
 function exactNumber(value: number, big: () => bigint): number {
@@ -170,15 +194,17 @@ export function toGranuleRange(
   what = 'range',
 ): GranuleRange {
   // Fast path: small numbers need no bigint arithmetic, and their sum cannot pass 2^64.
+  // Alignment by division, not `%`: dividing by a power of two is exact, and a double's `%`
+  // (offsets past 2^31 are doubles in V8) is a slow call into C.
   if (
     typeof offset === 'number' && typeof size === 'number' &&
     Number.isSafeInteger(offset) && Number.isSafeInteger(size) && offset >= 0 && size > 0 &&
-    offset + size <= Number.MAX_SAFE_INTEGER &&
-    offset % granularity === 0 && size % granularity === 0
+    offset + size <= Number.MAX_SAFE_INTEGER
   ) {
     const first = offset / granularity;
     const count = size / granularity;
-    if (first + count <= limitGranules) return new GranuleRange(first, count, granularity);
+    // Exact, positive and below 2^53 bytes: the constructor's rules hold already.
+    if (Number.isInteger(first) && Number.isInteger(count) && first + count <= limitGranules) return granuleRangeOf(first, count, granularity);
   }
   return toGranuleRangeSlow(offset, size, granularity, limitGranules, what);
 }

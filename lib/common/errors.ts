@@ -17,7 +17,9 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_DMA_LIMIT'
   | 'ERR_GUESTMEM_UNSUPPORTED'
   | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
-  | 'ERR_GUESTMEM_VCPU_FAILED';
+  | 'ERR_GUESTMEM_VCPU_FAILED'
+  | 'ERR_GUESTMEM_ASYNC_LISTENER'
+  | 'ERR_GUESTMEM_BUSY';
 
 /**
  * An error guestmem found itself (not a failed syscall), with a `code` a program can switch

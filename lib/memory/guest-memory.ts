@@ -62,6 +62,10 @@ export class GuestMemory implements Disposable {
 
   /** The block holding all of [gpa, gpa + size), or a rejection (nothing has run yet). */
   blockFor(gpa: Bytes, size: Bytes): RamBlock {
+    // Numbers (every guest's request): no bigint on the way to the block.
+    if (typeof gpa === 'number' && typeof size === 'number' && Number.isSafeInteger(gpa) && Number.isSafeInteger(size) && gpa >= 0 && size >= 0) {
+      for (let i = 0; i < this.blocks.length; i++) if (this.blocks[i]!.contains(gpa, size)) return this.blocks[i]!;
+    }
     const [start, length] = checkSpan(gpa, size, 'range');
     const block = this.blocks.find((b) => b.contains(start, length));
     if (block) return block;
@@ -92,6 +96,16 @@ export class GuestMemory implements Disposable {
     } catch (error) {
       return Promise.reject(error);
     }
+  }
+
+  /**
+   * convert, done before it returns (RamBlock.convertSync, whose contract holds for the
+   * block that holds the range): throws what convert would reject with, or
+   * ERR_GUESTMEM_BUSY / ERR_GUESTMEM_ASYNC_LISTENER when that block cannot convert
+   * synchronously now (check `blockFor(gpa, size).canConvertSync` first).
+   */
+  convertSync(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult {
+    return this.blockFor(gpa, size).convertSync(gpa, size, to);
   }
 
   /** Repairs every block that has granules in disagreement (see RamBlock.repair). */

@@ -9,6 +9,15 @@
 // granules that disagree and how, and the block refuses to convert them until repair()
 // has made KVM and the listeners follow the bitmap again. A mapping the tracker or KVM does
 // not call shared is unmapped first, whatever else fails: when in doubt, unmap.
+//
+// CONVERSION ORDER. To shared follows QEMU's kvm_convert_memory: KVM's attributes, then the
+// tracker's state change (listeners DMA-map), then the punch-hole of the guest_memfd. To
+// private departs from it: the tracker's state change (listeners DMA-unmap) comes BEFORE
+// KVM's attribute, then the discard of the shared backing. In QEMU's order (attribute
+// first) an unmap that fails and a restore of the attribute that fails too leave a device
+// mapping of a page KVM calls private. Unmapping first, KVM is made private only over
+// pages no listener maps any more, so no pair of failures can leave such a mapping; a
+// failed re-map on the way back leaves a shared page unmapped, which is safe and named.
 
 import { describeDisagreements, findDisagreements, type Disagreement } from '../tracker/block-agreement';
 import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/byte-range';
@@ -20,6 +29,7 @@ import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
 import { RamBlockAttributes, type SectionInput, type StateChangeResult } from '../tracker/ram-block-attributes';
 import { Serializer } from '../common/serializer';
+import { runAsync, runSync, type Steps } from '../common/steps';
 import { SharedMemory } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
 
@@ -75,6 +85,11 @@ function clipRuns(runs: Run[], first: number, count: number): Run[] {
   return clipped;
 }
 
+/** The steps of a conversion, in order (see CONVERSION ORDER above). */
+const TO_SHARED: readonly ConversionStep[] = ['kvmAttributes', 'listeners', 'discard'];
+const TO_PRIVATE: readonly ConversionStep[] = ['listeners', 'kvmAttributes', 'discard'];
+
+
 /**
  * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
  * QEMU's kvm_convert_memory: tracker, KVM attributes, listeners, punch-hole, each undone if a
@@ -102,6 +117,8 @@ export class RamBlock implements Disposable {
   private readonly kvmShared: PageBitmap;
   /** Granules that disagree since a failed rollback: refused until repair(). */
   private readonly unsettled: PageBitmap;
+  /** False while no granule is unsettled: a conversion then skips the check of its range. */
+  private mayBeUnsettled = false;
   /**
    * Per listener that cannot say what it holds (no heldRuns): the runs where the tracker's
    * undo of it failed, so that nobody knows what it maps there.
@@ -205,19 +222,65 @@ export class RamBlock implements Disposable {
   }
 
   /**
-   * Converts [gpa, gpa + size) of this block: KVM attributes, then the tracker's state change
-   * (listeners map or unmap), then the discard of the backing that was left. Refused before
-   * any step (ERR_GUESTMEM_CONVERSION_REJECTED, or a RangeError for a bad range) changes
-   * nothing. A failure at a step undoes the earlier ones: ERR_GUESTMEM_CONVERSION_FAILED
-   * when everything agrees afterwards (`applied` lists any runs left converted because their
-   * undo failed, consistently), ERR_GUESTMEM_ROLLBACK_FAILED with `disagreements` when not.
+   * Converts [gpa, gpa + size) of this block: KVM attributes, the tracker's state change
+   * (listeners map or unmap) and the discard of the backing that was left, in the order
+   * CONVERSION ORDER gives. Refused before any step (ERR_GUESTMEM_CONVERSION_REJECTED, or a
+   * RangeError for a bad range) changes nothing. A failure at a step undoes the earlier
+   * ones: ERR_GUESTMEM_CONVERSION_FAILED when everything agrees afterwards (`applied` lists
+   * any runs left converted because their undo failed, consistently),
+   * ERR_GUESTMEM_ROLLBACK_FAILED with `disagreements` when not. Conversions run one at a
+   * time, in call order; when none is in flight and every listener is synchronous, this one
+   * is done before convert returns (as convertSync does) and the promise has settled.
    */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     // One conversion at a time per block: each reads the tracker to know what to undo, and
     // KVM's attributes must change in the same order as the tracker's bitmap.
     // Asked for after close() or shutdown(): refused; asked for before: they still run.
     if (this.closed) return Promise.reject(this.closedError());
-    return this.serialized(() => this.convertNow(gpa, size, to));
+    if (this.pending === 0 && this.attributes.canChangeSync) {
+      try {
+        return Promise.resolve(this.convertRange(this.conversionRange(gpa, size, to), to));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.serialized(async () => {
+      const range = this.conversionRange(gpa, size, to);
+      return this.attributes.canChangeSync ? this.convertRange(range, to) : this.convertRangeAsync(range, to);
+    });
+  }
+
+  /**
+   * True when convertSync may be called now: no conversion, repair or shutdown of this
+   * block in flight, no operation of its tracker queued, every listener synchronous
+   * (`synchronous: true`, as VfioDmaListener and RecordingListener are) and the block open.
+   */
+  get canConvertSync(): boolean {
+    return !this.closed && this.pending === 0 && this.attributes.canChangeSync;
+  }
+
+  /**
+   * convert, done before it returns: the same steps, order, undo and errors, with no promise,
+   * no closure and no per-conversion allocation but the one range object handed to the
+   * tracker, KVM and the listeners, and the result. For a VMM loop handling an exit.
+   *
+   * Contract: call it only when `canConvertSync` is true; otherwise it throws, changing
+   * nothing, ERR_GUESTMEM_CLOSED (the block is closed), ERR_GUESTMEM_BUSY (a conversion,
+   * repair, shutdown, register, unregister or replay is in flight: await it, or use
+   * convert) or ERR_GUESTMEM_ASYNC_LISTENER (a listener does not declare `synchronous:
+   * true`: use convert). Every other outcome is convert's, thrown instead of rejected:
+   * ERR_GUESTMEM_CONVERSION_REJECTED or a RangeError/TypeError before any step, and
+   * ERR_GUESTMEM_CONVERSION_FAILED or ERR_GUESTMEM_ROLLBACK_FAILED after one. It must not
+   * be called from inside a listener of this block (ERR_GUESTMEM_REENTRANT_CALL).
+   */
+  convertSync(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult {
+    if (this.closed) throw this.closedError();
+    if (this.pending !== 0) {
+      throw new GuestmemError('ERR_GUESTMEM_BUSY', `convertSync on ${this.name}: a conversion, repair or shutdown is still in flight; await it first, or use convert`);
+    }
+    const refusal = this.attributes.canChangeSync ? null : this.attributes.syncRefusal('convertSync');
+    if (refusal) throw refusal;
+    return this.convertRange(this.conversionRange(gpa, size, to), to);
   }
 
   private serialized<T>(op: () => Promise<T>): Promise<T> {
@@ -231,62 +294,117 @@ export class RamBlock implements Disposable {
     });
   }
 
-  private async convertNow(gpaIn: Bytes, sizeIn: Bytes, to: PageState): Promise<StateChangeResult> {
+  /**
+   * The conversion's range in granules, checked once, before any step: inside the block,
+   * aligned, not empty, a valid target state, no granule awaiting repair.
+   */
+  private conversionRange(gpa: Bytes, size: Bytes, to: PageState): GranuleRange {
     this.checkOpen();
-    const [start, length] = checkSpan(gpaIn, sizeIn, 'conversion');
-    if (start < BigInt(this.gpa)) {
-      throw outOfRange(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+    let range: GranuleRange;
+    if (typeof gpa === 'number' && Number.isSafeInteger(gpa) && gpa >= this.gpa) {
+      // Numbers (every guest's request): no bigint; the tracker checks size and the end.
+      range = this.attributes.range(gpa - this.gpa, size);
+    } else {
+      const [start, length] = checkSpan(gpa, size, 'conversion');
+      if (start < BigInt(this.gpa)) {
+        throw outOfRange(`gpa 0x${start.toString(16)} is below block ${this.name} at 0x${this.gpa.toString(16)}`);
+      }
+      range = this.attributes.range(start - BigInt(this.gpa), length);
     }
-    // Inside the block (checked here), both are below 2^53.
-    const range = this.attributes.range(start - BigInt(this.gpa), length);
-    const gpa = Number(start);
-    const size = Number(length);
-    const offset = gpa - this.gpa;
     if (to !== 'shared' && to !== 'private') throw invalidArgValue(`target state must be 'shared' or 'private', got ${String(to)}`);
-    if (!this.unsettled.isAllClear(range.first, range.count)) {
+    if (this.mayBeUnsettled && !this.unsettled.isAllClear(range.first, range.count)) {
       const runs = this.unsettled.runs(range.first, range.count, true);
       throw Object.assign(
         new GuestmemError(
           'ERR_GUESTMEM_CONVERSION_REJECTED',
-          `[0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} holds granules that disagree since a failed rollback ` +
+          `${this.describeRange(range)} of ${this.name} holds granules that disagree since a failed rollback ` +
             `(${runs.map(([f, c]) => `${f}+${c}`).join(', ')}): call repair() first`,
         ),
         { unsettled: runs },
       );
     }
-    // The runs not yet in the target state: what an undo must put back.
-    const before = this.attributes.runs(opposite(to), { offset, size });
-    this.stats.conversions++;
-    let step: ConversionStep = 'kvmAttributes';
-    let started = process.hrtime.bigint();
+    return range;
+  }
+
+  private describeRange(range: GranuleRange): string {
+    const g = this.attributes.granularity;
+    return `[0x${(this.gpa + range.first * g).toString(16)}, +0x${(range.count * g).toString(16)})`;
+  }
+
+  /** The steps of a conversion whose listeners are all synchronous, start to end. */
+  private convertRange(range: GranuleRange, to: PageState): StateChangeResult {
+    const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
+    const stats = this.stats;
+    stats.conversions++;
+    let result: StateChangeResult | null = null;
+    let i = 0;
     try {
-      this.setAttributes(range.first, range.count, to);
-      this.stats.add(step, started);
-
-      step = 'listeners';
-      started = process.hrtime.bigint();
-      const result = await this.attributes.stateChange(offset, size, to);
-      this.stats.add(step, started);
-
-      step = 'discard';
-      started = process.hrtime.bigint();
-      if (to === 'private') this.shared.discard(offset, size);
-      else this.guestMemfd.punchHole(offset, size);
-      this.stats.add(step, started);
-      this.prefault(gpa, size);
-      return result;
+      // One clock reading per step boundary, each ending one step and starting the next.
+      let started = stats.timing ? process.hrtime.bigint() : 0n;
+      for (; i < steps.length; i++) {
+        if (steps[i] === 'listeners') result = this.attributes.changeSync(range, to === 'shared');
+        else this.runKernelStep(steps[i]!, range, to);
+        if (stats.timing) started = stats.lap(steps[i]!, started);
+      }
     } catch (error) {
-      this.stats.failed++;
-      throw await this.undo(step, range, before, to, error, `converting [0x${gpa.toString(16)}, +0x${size.toString(16)}) of ${this.name} to ${to} failed at step ${step}`);
+      stats.failed++;
+      // What the tracker flipped, if it did: its last change, untouched by the later steps.
+      const before = steps.indexOf('listeners') < i ? this.attributes.lastChanges() : [];
+      throw runSync(this.undo(steps[i]!, range, before, to, error), () => this.notSynchronous());
     }
+    this.prefault(range);
+    return result!;
+  }
+
+  /** convertRange for a block with a listener that may answer with a promise. */
+  private async convertRangeAsync(range: GranuleRange, to: PageState): Promise<StateChangeResult> {
+    const g = this.attributes.granularity;
+    const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
+    const stats = this.stats;
+    // The runs not yet in the target state: what an undo must put back (other callers of
+    // the tracker may change it while a listener's promise is pending).
+    const before = this.attributes.runs(opposite(to), { offset: range.first * g, size: range.count * g });
+    stats.conversions++;
+    let result: StateChangeResult | null = null;
+    let i = 0;
+    try {
+      // One clock reading per step boundary, each ending one step and starting the next.
+      let started = stats.timing ? process.hrtime.bigint() : 0n;
+      for (; i < steps.length; i++) {
+        if (steps[i] === 'listeners') result = await this.attributes.stateChange(range.first * g, range.count * g, to);
+        else this.runKernelStep(steps[i]!, range, to);
+        if (stats.timing) started = stats.lap(steps[i]!, started);
+      }
+    } catch (error) {
+      stats.failed++;
+      throw await runAsync(this.undo(steps[i]!, range, before, to, error));
+    }
+    this.prefault(range);
+    return result!;
+  }
+
+  /** KVM's attributes, or the discard of the backing the range no longer uses. */
+  private runKernelStep(step: ConversionStep, range: GranuleRange, to: PageState): void {
+    if (step === 'kvmAttributes') {
+      this.setAttributes(range.first, range.count, to);
+      return;
+    }
+    const g = this.attributes.granularity;
+    if (to === 'private') this.shared.discard(range.first * g, range.count * g);
+    else this.guestMemfd.punchHole(range.first * g, range.count * g);
+  }
+
+  private notSynchronous(): GuestmemError {
+    return new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `a listener of ${this.name} returned a promise during a synchronous conversion`);
   }
 
   /** The optional KVM_PRE_FAULT_MEMORY after a conversion: opportunistic, never a failure. */
-  private prefault(gpa: number, size: number): void {
+  private prefault(range: GranuleRange): void {
     if (!this.prefaultVcpu) return;
+    const g = this.attributes.granularity;
     const started = process.hrtime.bigint();
     try {
-      this.vm.preFaultMemory(this.prefaultVcpu(), gpa, size);
+      this.vm.preFaultMemory(this.prefaultVcpu(), this.gpa + range.first * g, range.count * g);
     } catch {
       this.stats.prefaultFailed++;
     }
@@ -294,33 +412,39 @@ export class RamBlock implements Disposable {
   }
 
   /**
-   * Undoes a conversion that failed at `step`: the tracker's change first, if it was made
-   * (the discard failed), run by run so one failure does not stop the rest; then KVM and
-   * the listeners are made to follow whatever the bitmap now says (reconcile); then the
-   * range is checked. The error says which of the two outcomes it is.
+   * Undoes a conversion that failed at `step`, in the reverse order of the steps: what the
+   * tracker changed is changed back run by run, so one failure does not stop the rest;
+   * then KVM and the listeners are made to follow whatever the bitmap now says
+   * (reconcile); then the range is checked. The error says which of the two outcomes it is.
    */
-  private async undo(step: ConversionStep, range: GranuleRange, before: Run[], to: PageState, cause: unknown, what: string): Promise<Error> {
+  private *undo(step: ConversionStep, range: GranuleRange, before: Run[], to: PageState, cause: unknown): Steps<Error> {
     const g = this.attributes.granularity;
+    const what = `converting ${this.describeRange(range)} of ${this.name} to ${to} failed at step ${step}`;
     const errors: unknown[] = [];
-    if (step === 'discard') {
+    const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
+    const done = steps.slice(0, steps.indexOf(step));
+    if (done.includes('listeners')) {
       // Run by run, in the safe order: a run going back to shared is shared in KVM before
-      // it is mapped; one going back to private is unmapped before KVM makes it private.
+      // it is mapped again (if KVM was made private: a failed call changes nothing); one
+      // going back to private is unmapped before KVM makes it private.
       for (const [first, count] of before) {
         try {
-          if (to === 'private') this.setAttributes(first, count, 'shared');
-          await this.attributes.stateChange(first * g, count * g, opposite(to));
+          if (to === 'private' && done.includes('kvmAttributes')) this.setAttributes(first, count, 'shared');
+          yield* this.trackerChange(first, count, opposite(to));
           if (to === 'shared') this.setAttributes(first, count, 'private');
         } catch (error) {
           errors.push(error);
         }
       }
     }
-    if (step !== 'kvmAttributes') errors.push(...(await this.reconcile(range.first, range.count)));
+    // The tracker's own rollback of a failed notification may have failed too; KVM may have
+    // changed. Nothing ran only when the first step failed.
+    if (done.length > 0 || step === 'listeners') errors.push(...(yield* this.reconcile(range.first, range.count)));
     for (const error of [cause, ...errors]) this.noteDoubts(error);
     const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes, this.doubts);
     const facts = { step, cause, errors, ...kernelFacts(cause) };
     if (disagreements.length > 0) {
-      for (const d of disagreements) this.unsettled.setRange(d.first, d.count);
+      this.markUnsettled(disagreements);
       return Object.assign(
         new GuestmemError(
           'ERR_GUESTMEM_ROLLBACK_FAILED',
@@ -368,7 +492,7 @@ export class RamBlock implements Disposable {
    * A listener in doubt is told to discard its doubtful runs (it must accept a discard of
    * what it may not hold: double discard), then to populate the parts that are shared.
    */
-  private async resolveDoubts(errors: unknown[]): Promise<void> {
+  private *resolveDoubts(errors: unknown[]): Steps<void> {
     const g = this.attributes.granularity;
     for (const [name, runs] of [...this.doubts]) {
       const registration = this.attributes.registered.find((r) => listenerName(r.listener) === name);
@@ -381,10 +505,10 @@ export class RamBlock implements Disposable {
         continue;
       }
       const before = errors.length;
-      await this.tell(registration.listener, 'discard', runs, errors);
+      yield* this.tell(registration.listener, 'discard', runs, errors);
       const shared = runs.flatMap(([f, c]) => this.attributes.runs('shared', { offset: f * g, size: c * g }))
         .flatMap(([f, c]) => this.kvmShared.runs(f, c, true));
-      if (errors.length === before && shared.length > 0) await this.tell(registration.listener, 'populate', shared, errors);
+      if (errors.length === before && shared.length > 0) yield* this.tell(registration.listener, 'populate', shared, errors);
       if (errors.length === before) this.doubts.delete(name);
     }
   }
@@ -394,7 +518,7 @@ export class RamBlock implements Disposable {
    * tracker's bitmap over [first, first + count); returns what failed. Unmapping comes
    * first, before KVM turns anything private, and mapping last, after KVM turned it shared.
    */
-  private async reconcile(first: number, count: number): Promise<unknown[]> {
+  private *reconcile(first: number, count: number): Steps<unknown[]> {
     const g = this.attributes.granularity;
     const errors: unknown[] = [];
     const section = { offset: first * g, size: count * g };
@@ -403,31 +527,35 @@ export class RamBlock implements Disposable {
     const notShared = () => [...this.attributes.runs('private', section), ...this.kvmShared.runs(first, count, false)];
     for (const { listener, section: own } of withHoldings) {
       const excess = this.heldWhere(listener, own, notShared(), true);
-      if (excess.length > 0) await this.tell(listener, 'discard', excess, errors);
+      if (excess.length > 0) yield* this.tell(listener, 'discard', excess, errors);
     }
     // 2. A mapping that could not be removed keeps its page shared everywhere instead (KVM
-    //    first, then the tracker, whose populate maps it for the other listeners too): a
-    //    device must never reach a page that KVM or the tracker calls private.
+    //    first where it says private, then the tracker, whose populate maps it for the
+    //    other listeners too): a device must never reach a page that KVM or the tracker
+    //    calls private.
     for (const { listener, section: own } of withHoldings) {
       for (const [start, length] of this.heldWhere(listener, own, notShared(), true)) {
         try {
-          this.setAttributes(start, length, 'shared');
-          await this.attributes.stateChange(start * g, length * g, 'shared');
+          for (const [f, c] of this.kvmShared.runs(start, length, false)) this.setAttributes(f, c, 'shared');
+          yield* this.trackerChange(start, length, 'shared');
         } catch (error) {
           errors.push(error);
         }
       }
     }
-    // 3. KVM follows the bitmap, run by run.
+    // 3. KVM follows the bitmap, run by run; but a granule that a listener still maps stays
+    //    shared in KVM (it is named as a disagreement), never private under a mapping.
     const trackerPrivate = this.attributes.runs('private', section);
     const trackerShared = this.attributes.runs('shared', section);
     for (const [state, runs] of [['private', trackerPrivate], ['shared', trackerShared]] as const) {
       for (const [start, length] of runs) {
         for (const [f, c] of this.kvmShared.runs(start, length, state === 'private')) {
-          try {
-            this.setAttributes(f, c, state);
-          } catch (error) {
-            errors.push(error);
+          for (const [a, n] of state === 'private' ? this.unheld(withHoldings, f, c) : [[f, c] as Run]) {
+            try {
+              this.setAttributes(a, n, state);
+            } catch (error) {
+              errors.push(error);
+            }
           }
         }
       }
@@ -436,9 +564,19 @@ export class RamBlock implements Disposable {
     const kvmAndTrackerShared = trackerShared.flatMap(([start, length]) => this.kvmShared.runs(start, length, true));
     for (const { listener, section: own } of withHoldings) {
       const missing = this.heldWhere(listener, own, kvmAndTrackerShared, false);
-      if (missing.length > 0) await this.tell(listener, 'populate', missing, errors);
+      if (missing.length > 0) yield* this.tell(listener, 'populate', missing, errors);
     }
     return errors;
+  }
+
+  /** Parts of [first, first + count) that no listener in `listeners` maps. */
+  private unheld(listeners: ReadonlyArray<{ listener: RamDiscardListener; section: GranuleRange }>, first: number, count: number): Run[] {
+    let free: Run[] = [[first, count]];
+    for (const { listener, section } of listeners) {
+      const held = this.heldWhere(listener, section, free, true);
+      if (held.length > 0) free = free.flatMap(([f, c]) => this.gaps(clipRuns(held, f, c), f, c));
+    }
+    return free;
   }
 
   /** Parts of `runs` (inside the listener's section) that the listener holds (or lacks). */
@@ -463,17 +601,17 @@ export class RamBlock implements Disposable {
   }
 
   /** Sends a listener a populate or discard outside the tracker (a repair); records a failure. */
-  private async tell(listener: RamDiscardListener, kind: 'populate' | 'discard', runs: Run[], errors: unknown[]): Promise<void> {
+  private *tell(listener: RamDiscardListener, kind: 'populate' | 'discard', runs: Run[], errors: unknown[]): Steps<void> {
     const ranges = runs.map(([f, c]) => new GranuleRange(f, c, this.attributes.granularity));
     const batch = kind === 'populate' ? listener.populateRuns : listener.discardRuns;
     try {
       if (batch) {
         const result = batch.call(listener, ranges);
-        if (isThenable(result)) await result;
+        if (isThenable(result)) yield result;
       } else {
         for (const range of ranges) {
           const result = kind === 'populate' ? listener.populate(range) : listener.discard(range);
-          if (isThenable(result)) await result;
+          if (isThenable(result)) yield result;
         }
       }
     } catch (error) {
@@ -481,10 +619,22 @@ export class RamBlock implements Disposable {
     }
   }
 
+  /** A state change of the tracker on an undo or repair path: at once where it can be. */
+  private *trackerChange(first: number, count: number, to: PageState): Steps<StateChangeResult> {
+    const g = this.attributes.granularity;
+    if (this.attributes.canChangeSync) return this.attributes.changeSync(this.attributes.range(first * g, count * g), to === 'shared');
+    return (yield this.attributes.stateChange(first * g, count * g, to)) as StateChangeResult;
+  }
+
+  private markUnsettled(disagreements: Disagreement[]): void {
+    for (const d of disagreements) this.unsettled.setRange(d.first, d.count);
+    if (disagreements.length > 0) this.mayBeUnsettled = true;
+  }
+
   private setAttributes(first: number, count: number, to: PageState): void {
     const g = this.attributes.granularity;
     this.vm.setMemoryAttributes(this.gpa + first * g, count * g, to);
-    this.kvmShared.fillRange(first, count, to === 'shared');
+    this.kvmShared.fill(first, count, to === 'shared');
   }
 
   /**
@@ -499,11 +649,12 @@ export class RamBlock implements Disposable {
       this.checkOpen();
       const granules = this.attributes.granules;
       const found = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
-      const errors = found.length > 0 ? await this.reconcile(0, granules) : [];
-      await this.resolveDoubts(errors);
+      const errors = found.length > 0 ? await runAsync(this.reconcile(0, granules)) : [];
+      await runAsync(this.resolveDoubts(errors));
       const left = findDisagreements(0, granules, this.kvmShared, this.attributes, this.doubts);
       this.unsettled.clearRange(0, granules);
-      for (const d of left) this.unsettled.setRange(d.first, d.count);
+      this.mayBeUnsettled = false;
+      this.markUnsettled(left);
       if (left.length > 0) {
         throw Object.assign(
           new GuestmemError(
@@ -569,7 +720,7 @@ export class RamBlock implements Disposable {
   private async releaseHoldings(listener: RamDiscardListener): Promise<Run[] | null> {
     if (!listener.heldRuns) return null;
     const held = listener.heldRuns(0, this.attributes.granules);
-    if (held.length > 0) await this.tell(listener, 'discard', held, []);
+    if (held.length > 0) await runAsync(this.tell(listener, 'discard', held, []));
     return listener.heldRuns(0, this.attributes.granules);
   }
 

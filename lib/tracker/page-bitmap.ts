@@ -14,6 +14,15 @@ function mask(lo: number, hi: number): number {
   return ((ALL >>> (32 - (hi - lo))) << lo) >>> 0;
 }
 
+/**
+ * Bit index within its word. Not `bit % 32`: bit indices go past 2^31, so V8 keeps them as
+ * doubles, and a double's `%` is a call into C (fmod) costing more than the rest of a
+ * one-page conversion; a floor, a multiply and a subtract are exact and cheap.
+ */
+function bitOf(bit: number, word: number): number {
+  return bit - word * 32;
+}
+
 /** Index of the lowest set bit of a non-zero word. */
 function lowestSetBit(word: number): number {
   return 31 - Math.clz32(word & -word);
@@ -27,6 +36,48 @@ function popcount(word: number): number {
 
 /** A maximal run of equal bits: [first, count]. */
 export type Run = [first: number, count: number];
+
+/**
+ * Runs as flat (first, count) pairs in one growing buffer that is reused from one change to
+ * the next, so that a change of many runs allocates nothing once the buffer is big enough.
+ */
+export class RunList {
+  // A plain array, not a Float64Array: granule indices below 2^30 stay small integers
+  // (V8's Smis), so the bitmap work that reads them back stays in integer arithmetic.
+  private readonly data: number[] = [];
+  /** Number of runs. */
+  length = 0;
+
+  clear(): void {
+    this.length = 0;
+  }
+
+  push(first: number, count: number): void {
+    const at = 2 * this.length;
+    if (at < this.data.length) {
+      this.data[at] = first;
+      this.data[at + 1] = count;
+    } else {
+      this.data.push(first, count);
+    }
+    this.length++;
+  }
+
+  first(i: number): number {
+    return this.data[2 * i]!;
+  }
+
+  count(i: number): number {
+    return this.data[2 * i + 1]!;
+  }
+
+  /** A copy as Run tuples (for a report or an undo log that must outlive the next change). */
+  toRuns(): Run[] {
+    const runs: Run[] = [];
+    for (let i = 0; i < this.length; i++) runs.push([this.first(i), this.count(i)]);
+    return runs;
+  }
+}
 
 /**
  * A bitmap of granules (1 = shared), worked on a 32-bit word at a time: ranges set, cleared,
@@ -61,7 +112,8 @@ export class PageBitmap {
   /** Whether one bit is set. */
   test(bit: number): boolean {
     checkInteger(bit, 'bit', 0, this.bits - 1);
-    return (this.words[Math.floor(bit / 32)]! & (1 << (bit % 32))) !== 0;
+    const word = Math.floor(bit / 32);
+    return (this.words[word]! & (1 << bitOf(bit, word))) !== 0;
   }
 
   /** Sets bits [start, start + count). */
@@ -78,18 +130,26 @@ export class PageBitmap {
   fillRange(start: number, count: number, value: boolean): void {
     this.checkRange(start, count);
     if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
+    this.fill(start, count, value);
+  }
+
+  /**
+   * fillRange without the argument checks, for a caller that has checked the range once
+   * already (the tracker's conversion path: one check per conversion, not one per step).
+   */
+  fill(start: number, count: number, value: boolean): void {
     if (count === 0) return;
     const end = start + count;
     const firstWord = Math.floor(start / 32);
     const lastWord = Math.floor((end - 1) / 32);
     const words = this.words;
     if (firstWord === lastWord) {
-      const m = mask(start % 32, ((end - 1) % 32) + 1);
+      const m = mask(bitOf(start, firstWord), bitOf(end - 1, lastWord) + 1);
       words[firstWord] = value ? words[firstWord]! | m : words[firstWord]! & ~m;
       return;
     }
-    const head = mask(start % 32, 32);
-    const tail = mask(0, ((end - 1) % 32) + 1);
+    const head = mask(bitOf(start, firstWord), 32);
+    const tail = mask(0, bitOf(end - 1, lastWord) + 1);
     words[firstWord] = value ? words[firstWord]! | head : words[firstWord]! & ~head;
     words.fill(value ? ALL : 0, firstWord + 1, lastWord);
     words[lastWord] = value ? words[lastWord]! | tail : words[lastWord]! & ~tail;
@@ -107,13 +167,37 @@ export class PageBitmap {
     return this.findNext(from, end, ALL);
   }
 
+  /** Bit `bit`; unchecked (see fill). */
+  get(bit: number): boolean {
+    const word = Math.floor(bit / 32);
+    return (this.words[word]! & (1 << bitOf(bit, word))) !== 0;
+  }
+
+  /** First bit equal to `value` in [from, end), or `end`; unchecked (see fill). */
+  scan(from: number, end: number, value: boolean): number {
+    return this.findNext(from, end, value ? 0 : ALL);
+  }
+
+  /** Appends the maximal runs of bits equal to `value` in [start, end) to `out`; unchecked (see fill). */
+  collectRuns(start: number, end: number, value: boolean, out: RunList): void {
+    const inRun = value ? 0 : ALL;
+    let cursor = start;
+    while (cursor < end) {
+      const runStart = this.findNext(cursor, end, inRun);
+      if (runStart >= end) break;
+      const runEnd = this.findNext(runStart, end, ~inRun >>> 0);
+      out.push(runStart, runEnd - runStart);
+      cursor = runEnd;
+    }
+  }
+
   /** `invert` is XORed into each word, so one scan finds set bits (0) or clear bits (ALL). */
   private findNext(from: number, end: number, invert: number): number {
     if (from >= end) return end;
     const words = this.words;
     let index = Math.floor(from / 32);
     const lastWord = Math.floor((end - 1) / 32);
-    let word = ((words[index]! ^ invert) & mask(from % 32, 32)) >>> 0;
+    let word = ((words[index]! ^ invert) & mask(bitOf(from, index), 32)) >>> 0;
     while (word === 0) {
       if (++index > lastWord) return end;
       word = (words[index]! ^ invert) >>> 0;
@@ -143,11 +227,11 @@ export class PageBitmap {
     const lastWord = Math.floor((end - 1) / 32);
     const words = this.words;
     if (firstWord === lastWord) {
-      return popcount((words[firstWord]! & mask(start % 32, ((end - 1) % 32) + 1)) >>> 0);
+      return popcount((words[firstWord]! & mask(bitOf(start, firstWord), bitOf(end - 1, lastWord) + 1)) >>> 0);
     }
-    let total = popcount((words[firstWord]! & mask(start % 32, 32)) >>> 0);
+    let total = popcount((words[firstWord]! & mask(bitOf(start, firstWord), 32)) >>> 0);
     for (let i = firstWord + 1; i < lastWord; i++) total += popcount(words[i]!);
-    return total + popcount((words[lastWord]! & mask(0, ((end - 1) % 32) + 1)) >>> 0);
+    return total + popcount((words[lastWord]! & mask(0, bitOf(end - 1, lastWord) + 1)) >>> 0);
   }
 
   /**

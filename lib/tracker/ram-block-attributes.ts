@@ -3,10 +3,10 @@
 // change of policy: a listener that fails does not end the process, the change is rolled
 // back so that the bitmap, every listener and the caller agree.
 
-import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from '../common/byte-range';
+import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
 import { messageOf as message } from '../common/errors';
-import { PageBitmap, type Run } from './page-bitmap';
+import { PageBitmap, RunList, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
@@ -70,6 +70,7 @@ interface Registration {
   readonly populateRuns: BatchNotifier | undefined;
   readonly discardRuns: BatchNotifier | undefined;
   readonly doubleDiscardSupported: boolean;
+  readonly synchronous: boolean;
   newer: Registration | null;
   older: Registration | null;
 }
@@ -96,11 +97,22 @@ function inverse(kind: Notify): Notify {
   return kind === 'populate' ? 'discard' : 'populate';
 }
 
-/** The part of [first, first + count) inside `section`, or null when they do not meet. */
-function clip(section: GranuleRange, first: number, count: number): GranuleRange | null {
+/**
+ * The part of run [first, first + count) of `range` inside `section`, or null when they do
+ * not meet; `range` itself when the run is the whole range and lies inside the section (the
+ * common case: one range object per conversion, handed to every listener).
+ */
+function clip(section: GranuleRange, range: GranuleRange, first: number, count: number): GranuleRange | null {
   const start = Math.max(section.first, first);
-  const end = Math.min(section.end, first + count);
-  return start < end ? new GranuleRange(start, end - start, section.granularity) : null;
+  const end = Math.min(section.first + section.count, first + count);
+  if (start >= end) return null;
+  if (start === range.first && end - start === range.count) return range;
+  return granuleRangeOf(start, end - start, section.granularity);
+}
+
+/** The cause of a notification that broke a listener's promise to be synchronous. */
+function notSynchronous(name: string): GuestmemError {
+  return new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `listener "${name}" declared itself synchronous but returned a promise; it may still finish later, out of step with the tracker: unregister it`);
 }
 
 /**
@@ -177,6 +189,10 @@ export class RamBlockAttributes {
    */
   private notifying = false;
   private reentry: GuestmemError | null = null;
+  /** Registered listeners that did not declare themselves synchronous. */
+  private asyncListeners = 0;
+  /** The runs the change in progress (or the last one) flips: reused, never reallocated per change. */
+  private readonly changes = new RunList();
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
@@ -214,6 +230,35 @@ export class RamBlockAttributes {
    */
   get inNotification(): boolean {
     return this.notifying;
+  }
+
+  /**
+   * True when a state change can run synchronously now: every listener declared itself
+   * synchronous, no operation is queued or running, and no listener is being notified.
+   */
+  get canChangeSync(): boolean {
+    return this.asyncListeners === 0 && this.queue.idle && !this.notifying;
+  }
+
+  /**
+   * Why a synchronous change is refused now (null when it is not): a listener that is not
+   * synchronous (ERR_GUESTMEM_ASYNC_LISTENER, naming it) or an operation in flight
+   * (ERR_GUESTMEM_BUSY). Throws ERR_GUESTMEM_REENTRANT_CALL from inside a notification.
+   */
+  syncRefusal(operation: string): GuestmemError | null {
+    this.refuseReentry(operation);
+    if (this.asyncListeners > 0) {
+      let name = 'listener';
+      for (let r = this.newest; r; r = r.older) if (!r.synchronous) name = r.name;
+      return new GuestmemError(
+        'ERR_GUESTMEM_ASYNC_LISTENER',
+        `${operation} on ${this.name} needs every listener to be synchronous, and "${name}" does not declare it (synchronous: true): use the asynchronous call`,
+      );
+    }
+    if (!this.queue.idle) {
+      return new GuestmemError('ERR_GUESTMEM_BUSY', `${operation} on ${this.name}: an asynchronous operation (register, unregister, replay or a change) is still in flight; await it first`);
+    }
+    return null;
   }
 
   /** The registered listeners, newest first. */
@@ -287,6 +332,7 @@ export class RamBlockAttributes {
       if (this.newest) this.newest.newer = registration;
       this.newest = registration;
       this.byListener.set(listener, registration);
+      if (!registration.synchronous) this.asyncListeners++;
     });
   }
 
@@ -312,6 +358,7 @@ export class RamBlockAttributes {
       else this.newest = registration.older;
       if (registration.older) registration.older.newer = registration.newer;
       this.byListener.delete(listener);
+      if (!registration.synchronous) this.asyncListeners--;
     });
   }
 
@@ -333,29 +380,96 @@ export class RamBlockAttributes {
    * failing listener rolls the whole change back and the promise rejects with
    * ERR_GUESTMEM_LISTENER_FAILED. Called from inside a listener of this block, it throws
    * ERR_GUESTMEM_REENTRANT_CALL at once, and the change that listener is part of fails.
+   * Changes run in call order with the other operations; when nothing is queued and every
+   * listener is synchronous, the change is made before this returns (see stateChangeSync).
    */
   stateChange(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     this.refuseReentry('stateChange');
     const range = this.range(offset, size);
     const toShared = checkState(to, 'target state');
-    return this.queue.run(async () => {
-      const { first, count } = range;
-      const from: StateChangeResult['from'] = this.bitmap.isAllSet(first, count)
-        ? 'shared'
-        : this.bitmap.isAllClear(first, count)
-          ? 'private'
-          : 'mixture';
-      let runs: Run[] = [];
-      if (from === 'mixture') runs = this.bitmap.runs(first, count, !toShared);
-      else if (from !== to) runs = [[first, count]];
-      await this.applyRuns(runs, toShared);
-      if (stateChangeChannel.hasSubscribers) {
-        stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
+    if (this.canChangeSync) {
+      try {
+        return Promise.resolve(this.changeSync(range, toShared));
+      } catch (error) {
+        return Promise.reject(error);
       }
-      let changed = 0;
-      for (const [, n] of runs) changed += n;
-      return { from, to, changed, changedRuns: runs.length };
-    });
+    }
+    return this.queue.run(async () => (this.asyncListeners === 0 ? this.changeSync(range, toShared) : this.changeAsync(range, toShared)));
+  }
+
+  /**
+   * stateChange, made before it returns: no promise, no closure, no allocation but the range
+   * and the result (and, for a mixture, one GranuleRange per run a listener is told of).
+   * Only while every listener is synchronous and nothing is in flight (canChangeSync):
+   * otherwise it throws ERR_GUESTMEM_ASYNC_LISTENER or ERR_GUESTMEM_BUSY and changes
+   * nothing. A failing listener rolls the change back and it throws, as stateChange rejects.
+   */
+  stateChangeSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
+    const refusal = this.canChangeSync ? null : this.syncRefusal('stateChangeSync');
+    if (refusal) throw refusal;
+    return this.changeSync(this.range(offset, size), checkState(to, 'target state'));
+  }
+
+  /**
+   * The state change of a range this tracker has validated (range()), made now, with every
+   * listener synchronous: the conversion path of RamBlock hands its one range object down.
+   * The caller has checked canChangeSync.
+   */
+  changeSync(range: GranuleRange, toShared: boolean): StateChangeResult {
+    const from = this.collectChanges(range, toShared);
+    const changes = this.changes;
+    let changed = 0;
+    if (changes.length > 0) {
+      for (let i = 0; i < changes.length; i++) {
+        this.flip(changes.first(i), changes.count(i), toShared);
+        changed += changes.count(i);
+      }
+      this.notifySync(range, toShared);
+    }
+    return this.finish(range, from, toShared, changed);
+  }
+
+  /** The runs the last change flipped (valid until the next change), as Run tuples. */
+  lastChanges(): Run[] {
+    return this.changes.toRuns();
+  }
+
+  /** Classifies the range and puts the runs that must flip into this.changes. */
+  private collectChanges(range: GranuleRange, toShared: boolean): StateChangeResult['from'] {
+    const { first, count } = range;
+    const end = first + count;
+    const bitmap = this.bitmap;
+    this.changes.clear();
+    if (count === 1) {
+      // One granule (the commonest conversion): one bit, no scans.
+      const shared = bitmap.get(first);
+      if (shared !== toShared) this.changes.push(first, 1);
+      return shared ? 'shared' : 'private';
+    }
+    const firstPrivate = bitmap.scan(first, end, false);
+    const firstShared = firstPrivate >= end ? first : bitmap.scan(first, end, true);
+    const from = firstPrivate >= end ? 'shared' : firstShared >= end ? 'private' : 'mixture';
+    if (from === 'mixture') bitmap.collectRuns(toShared ? firstPrivate : firstShared, end, !toShared, this.changes);
+    else if ((from === 'shared') !== toShared) this.changes.push(first, count);
+    return from;
+  }
+
+  private finish(range: GranuleRange, from: StateChangeResult['from'], toShared: boolean, changed: number): StateChangeResult {
+    const to: PageState = toShared ? 'shared' : 'private';
+    if (stateChangeChannel.hasSubscribers) {
+      stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
+    }
+    return { from, to, changed, changedRuns: this.changes.length };
+  }
+
+  /** The asynchronous form of changeSync, for listeners that may return promises. */
+  private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
+    const from = this.collectChanges(range, toShared);
+    const runs = this.changes.toRuns();
+    await this.applyRuns(range, runs, toShared);
+    let changed = 0;
+    for (const [, n] of runs) changed += n;
+    return this.finish(range, from, toShared, changed);
   }
 
   private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
@@ -440,8 +554,9 @@ export class RamBlockAttributes {
     });
   }
 
+  /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
   private flip(first: number, count: number, toShared: boolean): void {
-    this.bitmap.fillRange(first, count, toShared);
+    this.bitmap.fill(first, count, toShared);
     this.shared += toShared ? count : -count;
   }
 
@@ -454,18 +569,14 @@ export class RamBlockAttributes {
    * each with all of its clipped runs (in one call where it takes batches). On a failure,
    * undoes in reverse order what was done for this change, restores the bitmap, rethrows.
    */
-  private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
+  private async applyRuns(range: GranuleRange, runs: Run[], toShared: boolean): Promise<void> {
     if (runs.length === 0) return;
     const kind: Notify = toShared ? 'populate' : 'discard';
     for (const [first, count] of runs) this.flip(first, count, toShared);
     const done: Delivery[] = [];
     try {
       for (let registration = this.newest; registration; registration = registration.older) {
-        const clipped: GranuleRange[] = [];
-        for (const [first, count] of runs) {
-          const range = clip(registration.section, first, count);
-          if (range) clipped.push(range);
-        }
+        const clipped = this.clipped(registration, range, this.changes.length);
         if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
       }
     } catch (failure) {
@@ -473,6 +584,110 @@ export class RamBlockAttributes {
       for (let i = runs.length - 1; i >= 0; i--) this.flip(runs[i]![0], runs[i]![1], !toShared);
       throw this.withRollbackErrors(failure, rollbackErrors);
     }
+  }
+
+  /** The first `runs` runs of the change in progress, clipped to a listener's section. */
+  private clipped(registration: Registration, range: GranuleRange, runs: number): GranuleRange[] {
+    const changes = this.changes;
+    const ranges: GranuleRange[] = [];
+    for (let i = 0; i < runs; i++) {
+      const part = clip(registration.section, range, changes.first(i), changes.count(i));
+      if (part) ranges.push(part);
+    }
+    return ranges;
+  }
+
+  /**
+   * applyRuns for synchronous listeners, on the runs already flipped in this.changes: every
+   * listener whose section they meet, newest first. A change of one run (the common case)
+   * hands each listener one clipped range without building a list. On a failure it undoes,
+   * last first, what was delivered, restores the bitmap and throws.
+   */
+  private notifySync(range: GranuleRange, toShared: boolean): void {
+    const kind: Notify = toShared ? 'populate' : 'discard';
+    const changes = this.changes;
+    let registration = this.newest;
+    // For a listener told run by run: the runs of this.changes it has been told of.
+    let told = 0;
+    try {
+      for (; registration; registration = registration.older) {
+        told = 0;
+        const batch = toShared ? registration.populateRuns : registration.discardRuns;
+        if (batch) {
+          const ranges = this.clipped(registration, range, changes.length);
+          if (ranges.length > 0) this.deliverOne(registration, batch, kind, ranges);
+          continue;
+        }
+        // Run by run, straight from the run list: no list of ranges is built.
+        const single = toShared ? registration.populate : registration.discard;
+        for (; told < changes.length; told++) {
+          const part = clip(registration.section, range, changes.first(told), changes.count(told));
+          if (part) this.deliverOne(registration, single, kind, part);
+        }
+      }
+    } catch (failure) {
+      const errors = this.undoSync(range, registration!, told, kind);
+      for (let i = changes.length - 1; i >= 0; i--) this.flip(changes.first(i), changes.count(i), !toShared);
+      throw this.withRollbackErrors(failure, errors);
+    }
+  }
+
+  /** One call of a synchronous listener: a promise breaks its contract and fails the call. */
+  private deliverOne<A extends GranuleRange | GranuleRange[]>(registration: Registration, method: (arg: A) => unknown, kind: Notify, arg: A): void {
+    try {
+      const result = this.call(registration.listener, method, arg);
+      if (isThenable(result)) {
+        abandon(result);
+        throw notSynchronous(registration.name);
+      }
+    } catch (cause) {
+      throw this.listenerFailed(registration, kind, Array.isArray(arg) ? arg : [arg as GranuleRange], cause);
+    }
+  }
+
+  /**
+   * Undoes a synchronous notification that failed at `failed` (whose first `delivered`
+   * single ranges went through): the inverse to each listener told before, last first, as
+   * the asynchronous undo does from its log. Returns what failed.
+   */
+  private undoSync(range: GranuleRange, failed: Registration, told: number, kind: Notify): unknown[] {
+    const errors: unknown[] = [];
+    const undoKind = inverse(kind);
+    for (let registration: Registration | null = failed; registration; registration = registration.newer) {
+      const asBatch = (kind === 'populate' ? registration.populateRuns : registration.discardRuns) !== undefined;
+      // The failed listener itself: a batch did nothing (all or nothing); run by run, the
+      // runs before the one that failed went through.
+      if (registration === failed && asBatch) continue;
+      const ranges = this.clipped(registration, range, registration === failed ? told : this.changes.length);
+      if (ranges.length === 0) continue;
+      if (asBatch) {
+        try {
+          this.deliverAllSync(registration, undoKind, ranges);
+        } catch (error) {
+          errors.push(error);
+        }
+        continue;
+      }
+      for (let i = ranges.length - 1; i >= 0; i--) {
+        try {
+          this.deliverAllSync(registration, undoKind, [ranges[i]!]);
+        } catch (error) {
+          errors.push(error);
+        }
+      }
+    }
+    return errors;
+  }
+
+  /** deliver, synchronously: in one call where the listener takes batches, else one by one. */
+  private deliverAllSync(registration: Registration, kind: Notify, ranges: GranuleRange[]): void {
+    const batch = kind === 'populate' ? registration.populateRuns : registration.discardRuns;
+    if (batch) {
+      this.deliverOne(registration, batch, kind, ranges);
+      return;
+    }
+    const single = kind === 'populate' ? registration.populate : registration.discard;
+    for (const range of ranges) this.deliverOne(registration, single, kind, range);
   }
 
   /** Notifies one listener of several ranges, undoing its earlier ones if a later one fails. */

@@ -18,6 +18,15 @@ export interface RamDiscardListener {
    * unregistered, instead of one per shared run.
    */
   readonly doubleDiscardSupported?: boolean;
+  /**
+   * A promise that populate, discard, populateRuns and discardRuns never return a promise
+   * (they finish, or throw, before returning). While every listener of a block makes it, a
+   * conversion runs synchronously from start to end (RamBlock.convertSync,
+   * RamBlockAttributes.stateChangeSync) and the asynchronous calls settle at once. A
+   * listener that makes it and returns a promise anyway fails its notification
+   * (ERR_GUESTMEM_ASYNC_LISTENER as the cause) and the change rolls back.
+   */
+  readonly synchronous?: boolean;
   /** The range (clipped to the listener's section) became shared. May throw or reject. */
   populate(range: GranuleRange): void | PromiseLike<void>;
   /** The range (clipped to the listener's section) became private. */
@@ -53,6 +62,7 @@ export interface CheckedListener {
   readonly discardRuns: ((ranges: GranuleRange[]) => unknown) | undefined;
   readonly attach: ((section: GranuleRange) => unknown) | undefined;
   readonly doubleDiscardSupported: boolean;
+  readonly synchronous: boolean;
 }
 
 /** The name a report shows, whatever the listener is (never throws). */
@@ -82,7 +92,7 @@ function method<T>(listener: RamDiscardListener, key: keyof RamDiscardListener, 
 /**
  * Checks a listener at register: an object whose populate and discard are functions, whose
  * batch forms and attach are functions where present, whose name is a string and whose
- * doubleDiscardSupported is a boolean where present. Throws ERR_INVALID_ARG_TYPE.
+ * doubleDiscardSupported and synchronous are booleans where present. Throws ERR_INVALID_ARG_TYPE.
  */
 export function checkListener(listener: unknown): CheckedListener {
   if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
@@ -93,6 +103,10 @@ export function checkListener(listener: unknown): CheckedListener {
   if (doubleDiscard !== undefined && typeof doubleDiscard !== 'boolean') {
     throw invalidArgType(`listener.doubleDiscardSupported must be a boolean, got ${describeValue(doubleDiscard)}`);
   }
+  const synchronous: unknown = candidate.synchronous;
+  if (synchronous !== undefined && typeof synchronous !== 'boolean') {
+    throw invalidArgType(`listener.synchronous must be a boolean, got ${describeValue(synchronous)}`);
+  }
   return {
     name: checkListenerName(candidate),
     populate: method(candidate, 'populate', true)!,
@@ -101,5 +115,6 @@ export function checkListener(listener: unknown): CheckedListener {
     discardRuns: method(candidate, 'discardRuns', false),
     attach: method(candidate, 'attach', false),
     doubleDiscardSupported: doubleDiscard === true,
+    synchronous: synchronous === true,
   };
 }

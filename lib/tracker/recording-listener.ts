@@ -17,6 +17,8 @@ type Kind = 'populate' | 'discard';
 export class RecordingListener implements RamDiscardListener {
   readonly name: string;
   readonly doubleDiscardSupported: boolean;
+  /** Synchronous alone, or when the listener it wraps is. */
+  readonly synchronous: boolean;
   private readonly mapped: PageBitmap;
   /** Notifications that mapped a mapped granule or unmapped an unmapped one. */
   errors = 0;
@@ -48,6 +50,7 @@ export class RecordingListener implements RamDiscardListener {
     this.mapped = new PageBitmap(blockGranules);
     this.inner = options.inner ?? null;
     this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
+    this.synchronous = this.inner ? this.inner.synchronous === true : true;
     const inner = this.inner;
     if (inner ? inner.populateRuns : options.batch) this.populateRuns = (ranges) => this.batch('populate', ranges);
     if (inner ? inner.discardRuns : options.batch) this.discardRuns = (ranges) => this.batch('discard', ranges);

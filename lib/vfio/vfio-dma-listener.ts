@@ -43,6 +43,8 @@ export class VfioDmaListener implements RamDiscardListener {
   readonly name: string;
   /** A discard may cover granules it does not hold: it unmaps only those it holds. */
   readonly doubleDiscardSupported = true;
+  /** Every map and unmap is one native call that returns when the kernel has done it. */
+  readonly synchronous = true;
   /** Granules mapped now, by block granule index; grows to the highest granule seen. */
   private held = new PageBitmap(0);
   private heldCount = 0;
