@@ -41,14 +41,15 @@ const nextVcpuIds = new WeakMap<object, number>();
 export function loopMemory(memory: GuestMemory): LoopMemory {
   return {
     covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
-    convert: (gpa, size, to) => memory.convert(gpa, size, to),
+    // Synchronous while the block's listeners are (the VFIO listener is): the exit is
+    // answered and the vCPU re-enters with no promise in between.
+    convert: (gpa, size, to) => {
+      const block = memory.blockFor(gpa, size);
+      return block.canConvertSync ? block.convertSync(gpa, size, to) : block.convert(gpa, size, to);
+    },
   };
 }
 
-/**
- * A VM's vCPUs set up in long mode over its RAM blocks, running a guest image through the VMM
- * loop.
- */
 export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;

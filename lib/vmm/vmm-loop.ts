@@ -41,8 +41,11 @@ export type MmioHandler = (exit: MmioExit, context: PortContext) => void | Uint8
 export interface LoopMemory {
   /** True if [gpa, gpa + size) lies inside one block that can convert it. */
   covers(gpa: Bytes, size: Bytes): boolean;
-  /** Converts a guest range, as GuestMemory.convert does. */
-  convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
+  /**
+   * Converts a guest range, as GuestMemory.convert does: synchronously where it can be
+   * (every listener answers at once), else as a promise.
+   */
+  convert(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult | Promise<StateChangeResult>;
 }
 
 /** One conversion the guest asked for, and how it ended. */

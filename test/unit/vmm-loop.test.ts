@@ -79,11 +79,18 @@ class RecordingMemory implements LoopMemory {
   readonly conversions: string[] = [];
   failWith: Error | null = null;
 
+  constructor(private readonly synchronous = false) {}
+
   covers(gpa: Bytes, size: Bytes): boolean {
     return BigInt(gpa) >= BLOCK.gpa && BigInt(gpa) + BigInt(size) <= BLOCK.gpa + BLOCK.size;
   }
 
-  async convert(at: Bytes, length: Bytes, to: PageState): Promise<StateChangeResult> {
+  convert(at: Bytes, length: Bytes, to: PageState): StateChangeResult | Promise<StateChangeResult> {
+    if (this.synchronous) return this.convertNow(at, length, to);
+    return Promise.resolve().then(() => this.convertNow(at, length, to));
+  }
+
+  private convertNow(at: Bytes, length: Bytes, to: PageState): StateChangeResult {
     if (this.failWith) throw this.failWith;
     const gpa = BigInt(at);
     const size = BigInt(length);
@@ -96,104 +103,111 @@ function loopOf(vcpus: ScriptedVcpu[], memory: LoopMemory, events: ConversionEve
   return new VmmLoop(vcpus, memory, { ports: protocol.ports(), onConversion: (event) => events.push(event) });
 }
 
-describe('VmmLoop: guest-driven conversions', () => {
-  it('converts a MAP_GPA_RANGE request (bit 4 = private) and answers the guest 0', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0x101000n, 2n, 0x10n), hypercall(0x101000n, 1n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    const events: ConversionEvent[] = [];
-    const report = await loopOf([vcpu], memory, events).run();
-    assert.deepEqual(memory.conversions, ['0x101000+2 private', '0x101000+1 shared']);
-    assert.deepEqual(vcpu.answers, [0, 0]);
-    assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 0 }]);
-    assert.deepEqual(report.conversions, { converted: 2, rejected: 0, failed: 0 });
-    assert.deepEqual(events.map((e) => [e.source, e.outcome, e.result]), [['hypercall', 'converted', 0], ['hypercall', 'converted', 0]]);
+// Both ways a memory can answer: a promise (an asynchronous listener somewhere) and at once
+// (every listener synchronous, as the VFIO listener is), which the loop must handle alike.
+for (const synchronous of [false, true]) {
+  const mode = synchronous ? 'memory answering synchronously' : 'memory answering with promises';
+  const memoryOf = () => new RecordingMemory(synchronous);
+
+  describe(`VmmLoop: guest-driven conversions (${mode})`, () => {
+    it('converts a MAP_GPA_RANGE request (bit 4 = private) and answers the guest 0', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0x101000n, 2n, 0x10n), hypercall(0x101000n, 1n, 0n), exitGuest]);
+      const memory = memoryOf();
+      const events: ConversionEvent[] = [];
+      const report = await loopOf([vcpu], memory, events).run();
+      assert.deepEqual(memory.conversions, ['0x101000+2 private', '0x101000+1 shared']);
+      assert.deepEqual(vcpu.answers, [0, 0]);
+      assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 0 }]);
+      assert.deepEqual(report.conversions, { converted: 2, rejected: 0, failed: 0 });
+      assert.deepEqual(events.map((e) => [e.source, e.outcome, e.result]), [['hypercall', 'converted', 0], ['hypercall', 'converted', 0]]);
+    });
+
+    it('accepts the page-size hints (bits 0-1) and converts by 4 KiB pages whatever the hint', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 256n, 0x11n), hypercall(0x100000n, 256n, 0x2n), exitGuest]);
+      const memory = memoryOf();
+      await loopOf([vcpu], memory).run();
+      assert.deepEqual(memory.conversions, ['0x100000+256 private', '0x100000+256 shared']);
+    });
+
+    it('answers -KVM_EINVAL to bad requests, converts nothing, and the guest goes on', async () => {
+      const bad = [
+        hypercall(0x100000n, 1n, 0x20n), // unknown attribute bit
+        hypercall(0x100000n, 1n, 0x3n), // reserved page-size hint
+        hypercall(0x100800n, 1n, 0x10n), // misaligned (KVM answers this one itself)
+        hypercall(0x100000n, 0n, 0x10n), // zero pages (likewise)
+        hypercall(0x1ff000n, 2n, 0x10n), // runs past the block
+        hypercall(0x10000000n, 1n, 0x10n), // in no block
+        hypercall(0xfffffffffffff000n, 2n, 0n), // wraps past 2^64
+      ];
+      const vcpu = new ScriptedVcpu(0, [...bad, hypercall(0x100000n, 1n, 0n), exitGuest]);
+      const memory = memoryOf();
+      const events: ConversionEvent[] = [];
+      const report = await loopOf([vcpu], memory, events).run();
+      assert.deepEqual(vcpu.answers, [...bad.map(() => -22), 0]);
+      assert.deepEqual(memory.conversions, ['0x100000+1 shared']);
+      assert.deepEqual(report.conversions, { converted: 1, rejected: bad.length, failed: 0 });
+      assert.ok(events.slice(0, bad.length).every((e) => e.outcome === 'rejected' && typeof e.reason === 'string'));
+    });
+
+    it('answers -KVM_EFAULT when the conversion failed and was rolled back; the guest goes on', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
+      const memory = memoryOf();
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; rolled back');
+      const report = await loopOf([vcpu], memory).run();
+      assert.deepEqual(vcpu.answers, [-14]);
+      assert.deepEqual(report.conversions, { converted: 0, rejected: 0, failed: 1 });
+      assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 0 }]);
+    });
+
+    it('answers -KVM_EINVAL when the memory refuses the range before any step (pages awaiting repair)', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
+      const memory = memoryOf();
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_REJECTED', 'pages 0+1 disagree until repair()');
+      const report = await loopOf([vcpu], memory).run();
+      assert.deepEqual(vcpu.answers, [-22]);
+      assert.deepEqual(report.conversions, { converted: 0, rejected: 1, failed: 0 });
+    });
+
+    it('stops the VM when a rollback failed: nothing may run while the host is unsure what is mapped', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
+      const memory = memoryOf();
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_ROLLBACK_FAILED', 'undo failed');
+      await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_ROLLBACK_FAILED' });
+      assert.deepEqual(vcpu.answers, []);
+    });
+
+    it('stops the VM on a hypercall other than MAP_GPA_RANGE', async () => {
+      const vcpu = new ScriptedVcpu(0, [hypercall(0n, 0n, 0n, 5n)]);
+      await assert.rejects(loopOf([vcpu], memoryOf()).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /hypercall 5/ });
+    });
   });
 
-  it('accepts the page-size hints (bits 0-1) and converts by 4 KiB pages whatever the hint', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 256n, 0x11n), hypercall(0x100000n, 256n, 0x2n), exitGuest]);
-    const memory = new RecordingMemory();
-    await loopOf([vcpu], memory).run();
-    assert.deepEqual(memory.conversions, ['0x100000+256 private', '0x100000+256 shared']);
-  });
+  describe(`VmmLoop: KVM_EXIT_MEMORY_FAULT (SNP/TDX) (${mode})`, () => {
+    const fault = (gpa: bigint, flags: bigint): VcpuExit => ({ reason: 'memory-fault', exitReason: 39, flags, gpa, size: PAGE });
 
-  it('answers -KVM_EINVAL to bad requests, converts nothing, and the guest goes on', async () => {
-    const bad = [
-      hypercall(0x100000n, 1n, 0x20n), // unknown attribute bit
-      hypercall(0x100000n, 1n, 0x3n), // reserved page-size hint
-      hypercall(0x100800n, 1n, 0x10n), // misaligned (KVM answers this one itself)
-      hypercall(0x100000n, 0n, 0x10n), // zero pages (likewise)
-      hypercall(0x1ff000n, 2n, 0x10n), // runs past the block
-      hypercall(0x10000000n, 1n, 0x10n), // in no block
-      hypercall(0xfffffffffffff000n, 2n, 0n), // wraps past 2^64
-    ];
-    const vcpu = new ScriptedVcpu(0, [...bad, hypercall(0x100000n, 1n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    const events: ConversionEvent[] = [];
-    const report = await loopOf([vcpu], memory, events).run();
-    assert.deepEqual(vcpu.answers, [...bad.map(() => -22), 0]);
-    assert.deepEqual(memory.conversions, ['0x100000+1 shared']);
-    assert.deepEqual(report.conversions, { converted: 1, rejected: bad.length, failed: 0 });
-    assert.ok(events.slice(0, bad.length).every((e) => e.outcome === 'rejected' && typeof e.reason === 'string'));
-  });
+    it('converts the faulting range to what the access wanted (private iff KVM_MEMORY_EXIT_FLAG_PRIVATE) and re-enters', async () => {
+      const vcpu = new ScriptedVcpu(0, [fault(0x102000n, 8n), fault(0x103000n, 0n), exitGuest]);
+      const memory = memoryOf();
+      const events: ConversionEvent[] = [];
+      await loopOf([vcpu], memory, events).run();
+      assert.deepEqual(memory.conversions, ['0x102000+1 private', '0x103000+1 shared']);
+      assert.deepEqual(events.map((e) => e.source), ['memory-fault', 'memory-fault']);
+      assert.deepEqual(vcpu.answers, [], 'a memory fault has no return value');
+    });
 
-  it('answers -KVM_EFAULT when the conversion failed and was rolled back; the guest goes on', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; rolled back');
-    const report = await loopOf([vcpu], memory).run();
-    assert.deepEqual(vcpu.answers, [-14]);
-    assert.deepEqual(report.conversions, { converted: 0, rejected: 0, failed: 1 });
-    assert.deepEqual(report.vcpus, [{ vcpu: 0, status: 0 }]);
-  });
+    it('stops the VM when the faulting range cannot be converted (as QEMU does)', async () => {
+      const vcpu = new ScriptedVcpu(0, [fault(0x102000n, 8n)]);
+      const memory = memoryOf();
+      memory.failWith = new Error('EIO');
+      await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /memory-fault .*gpa=0x102000/ });
+    });
 
-  it('answers -KVM_EINVAL when the memory refuses the range before any step (pages awaiting repair)', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_REJECTED', 'pages 0+1 disagree until repair()');
-    const report = await loopOf([vcpu], memory).run();
-    assert.deepEqual(vcpu.answers, [-22]);
-    assert.deepEqual(report.conversions, { converted: 0, rejected: 1, failed: 0 });
+    it('stops the VM on a fault outside every block', async () => {
+      const vcpu = new ScriptedVcpu(0, [fault(0x900000n, 8n)]);
+      await assert.rejects(loopOf([vcpu], memoryOf()).run(), { message: /outside every RAM block/ });
+    });
   });
-
-  it('stops the VM when a rollback failed: nothing may run while the host is unsure what is mapped', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    memory.failWith = new GuestmemError('ERR_GUESTMEM_ROLLBACK_FAILED', 'undo failed');
-    await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_ROLLBACK_FAILED' });
-    assert.deepEqual(vcpu.answers, []);
-  });
-
-  it('stops the VM on a hypercall other than MAP_GPA_RANGE', async () => {
-    const vcpu = new ScriptedVcpu(0, [hypercall(0n, 0n, 0n, 5n)]);
-    await assert.rejects(loopOf([vcpu], new RecordingMemory()).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /hypercall 5/ });
-  });
-});
-
-describe('VmmLoop: KVM_EXIT_MEMORY_FAULT (SNP/TDX)', () => {
-  const fault = (gpa: bigint, flags: bigint): VcpuExit => ({ reason: 'memory-fault', exitReason: 39, flags, gpa, size: PAGE });
-
-  it('converts the faulting range to what the access wanted (private iff KVM_MEMORY_EXIT_FLAG_PRIVATE) and re-enters', async () => {
-    const vcpu = new ScriptedVcpu(0, [fault(0x102000n, 8n), fault(0x103000n, 0n), exitGuest]);
-    const memory = new RecordingMemory();
-    const events: ConversionEvent[] = [];
-    await loopOf([vcpu], memory, events).run();
-    assert.deepEqual(memory.conversions, ['0x102000+1 private', '0x103000+1 shared']);
-    assert.deepEqual(events.map((e) => e.source), ['memory-fault', 'memory-fault']);
-    assert.deepEqual(vcpu.answers, [], 'a memory fault has no return value');
-  });
-
-  it('stops the VM when the faulting range cannot be converted (as QEMU does)', async () => {
-    const vcpu = new ScriptedVcpu(0, [fault(0x102000n, 8n)]);
-    const memory = new RecordingMemory();
-    memory.failWith = new Error('EIO');
-    await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /memory-fault .*gpa=0x102000/ });
-  });
-
-  it('stops the VM on a fault outside every block', async () => {
-    const vcpu = new ScriptedVcpu(0, [fault(0x900000n, 8n)]);
-    await assert.rejects(loopOf([vcpu], new RecordingMemory()).run(), { message: /outside every RAM block/ });
-  });
-});
+}
 
 describe('VmmLoop: ports, unexpected exits, stopping', () => {
   it('hands port I/O to the handlers: console text, exit status; an IN gets the handler\'s bytes', async () => {
