@@ -5,10 +5,10 @@
 
 #include <napi.h>
 
+#include <sys/ioctl.h>
 #include <cerrno>
 #include <cstdint>
 #include <string>
-#include <sys/ioctl.h>
 
 #include "errors.h"
 

@@ -16,8 +16,8 @@
 struct DmaOps {
   const char* map_syscall;
   const char* unmap_syscall;
-  std::function<int(uint64_t vaddr, uint64_t iova, uint64_t size)> map;           // 0, or -1 and errno
-  std::function<int(uint64_t iova, uint64_t size, uint64_t* unmapped)> unmap;     // 0, or -1 and errno
+  std::function<int(uint64_t vaddr, uint64_t iova, uint64_t size)> map;        // 0, or -1 and errno
+  std::function<int(uint64_t iova, uint64_t size, uint64_t* unmapped)> unmap;  // 0, or -1 and errno
 };
 
 struct DmaRun {

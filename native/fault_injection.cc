@@ -33,9 +33,9 @@ unsigned long long fired = 0;
 
 int ErrnoByName(const std::string& name) {
   static const std::pair<const char*, int> known[] = {
-      {"EIO", EIO}, {"ENOMEM", ENOMEM}, {"EINVAL", EINVAL}, {"EFAULT", EFAULT}, {"EBUSY", EBUSY},
-      {"ENOSPC", ENOSPC}, {"EEXIST", EEXIST}, {"ENOENT", ENOENT}, {"EPERM", EPERM}, {"EAGAIN", EAGAIN},
-      {"EBADF", EBADF}, {"ENODEV", ENODEV}, {"EOPNOTSUPP", EOPNOTSUPP}, {"ENXIO", ENXIO}, {"E2BIG", E2BIG},
+      {"EIO", EIO},       {"ENOMEM", ENOMEM}, {"EINVAL", EINVAL},         {"EFAULT", EFAULT}, {"EBUSY", EBUSY},
+      {"ENOSPC", ENOSPC}, {"EEXIST", EEXIST}, {"ENOENT", ENOENT},         {"EPERM", EPERM},   {"EAGAIN", EAGAIN},
+      {"EBADF", EBADF},   {"ENODEV", ENODEV}, {"EOPNOTSUPP", EOPNOTSUPP}, {"ENXIO", ENXIO},   {"E2BIG", E2BIG},
   };
   for (const auto& [text, value] : known) {
     if (name == text) return value;

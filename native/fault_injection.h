@@ -22,14 +22,14 @@ int Check(const char* site);
 }  // namespace faults
 
 /** At the top of a syscall wrapper that returns -1 with errno: fail here if a rule says so. */
-#define GUESTMEM_INJECT_FAULT(site)           \
-  do {                                        \
-    if (faults::Enabled()) {                  \
+#define GUESTMEM_INJECT_FAULT(site)             \
+  do {                                          \
+    if (faults::Enabled()) {                    \
       if (int injected = faults::Check(site)) { \
-        errno = injected;                     \
-        return -1;                            \
-      }                                       \
-    }                                         \
+        errno = injected;                       \
+        return -1;                              \
+      }                                         \
+    }                                           \
   } while (0)
 
 /** RetryIoctl that a fault rule for `site` can fail first. */

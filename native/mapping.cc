@@ -165,8 +165,7 @@ Napi::Value MapWindow(const Napi::CallbackInfo& info) {
     mapping->references++;
   }
   napi_value buffer;
-  napi_status status = napi_create_external_arraybuffer(env, mapping->address + offset, length, FinalizeWindow,
-                                                        reinterpret_cast<void*>(id), &buffer);
+  napi_status status = napi_create_external_arraybuffer(env, mapping->address + offset, length, FinalizeWindow, reinterpret_cast<void*>(id), &buffer);
   if (status != napi_ok) {
     Napi::Error error = Napi::Error::New(env);
     Mapping* owner = nullptr;
@@ -208,8 +207,8 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     mapping->released = true;
   } else {
     // Detached windows are finalized later; until then their addresses stay ours.
-    void* placeholder = mmap(mapping->address, mapping->length, PROT_READ | PROT_WRITE,
-                             MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* placeholder =
+        mmap(mapping->address, mapping->length, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (placeholder == MAP_FAILED) throw ErrnoError(env, errno, "mmap(MAP_FIXED placeholder)");
   }
   mapping->mapped = false;

@@ -5,9 +5,9 @@
 // the installed uAPI headers of both harness kernels (6.12 and 7.2) in CI.
 #pragma once
 
+#include <linux/ioctl.h>
 #include <cstddef>
 #include <cstdint>
-#include <linux/ioctl.h>
 
 namespace uapi {
 

@@ -4,9 +4,9 @@
 // values are Linux 6.12's, unchanged in 7.2.
 #pragma once
 
+#include <linux/ioctl.h>
 #include <cstddef>
 #include <cstdint>
-#include <linux/ioctl.h>
 
 #include "uapi.h"
 

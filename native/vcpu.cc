@@ -94,11 +94,11 @@ uapi::kvm_segment SegmentFrom(Napi::Env env, Napi::Object parent, const char* na
   if (limit > UINT32_MAX || selector > UINT16_MAX) throw ArgumentError(env, std::string("sregs.") + name + ": limit or selector out of range");
   segment.limit = static_cast<uint32_t>(limit);
   segment.selector = static_cast<uint16_t>(selector);
-#define GET_FIELD(field)                                                                                      \
-  {                                                                                                           \
-    uint64_t v = U64Field(env, object, #field);                                                               \
+#define GET_FIELD(field)                                                                                       \
+  {                                                                                                            \
+    uint64_t v = U64Field(env, object, #field);                                                                \
     if (v > UINT8_MAX) throw ArgumentError(env, std::string("sregs.") + name + "." #field " must fit a byte"); \
-    segment.field = static_cast<uint8_t>(v);                                                                  \
+    segment.field = static_cast<uint8_t>(v);                                                                   \
   }
   SEGMENT_BYTE_FIELDS(GET_FIELD)
 #undef GET_FIELD

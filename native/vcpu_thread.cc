@@ -4,8 +4,9 @@
 // calls the caller's onExit, once per run. The vCPU stays stopped until JS asks for the
 // next run, so an exit's handler (a conversion) finishes before the guest resumes.
 // The exit is decoded in JavaScript from the view (lib/vmm/vcpu-exit.ts): under emulation
-// each N-API call costs microseconds, and building the exit object here took twenty. stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal
-// the thread, so KVM_RUN returns EINTR whether the thread is inside it or about to enter.
+// each N-API call costs microseconds, and building the exit object here took twenty.
+// stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal the
+// thread, so KVM_RUN returns EINTR whether the thread is inside it or about to enter.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -20,7 +21,9 @@
 
 namespace {
 
-int KickSignal() { return SIGRTMIN + 5; }
+int KickSignal() {
+  return SIGRTMIN + 5;
+}
 
 // No SA_RESTART: the signal's only job is to make KVM_RUN return EINTR.
 void InstallKickHandler() {
@@ -100,8 +103,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Value error = env.Undefined();
     if (closed_) {
       error = ClosedError(env).Value();
-    } else if (result.result < 0 && result.error != EINTR &&
-               !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
+    } else if (result.result < 0 && result.error != EINTR && !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
       // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
       error = ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
     } else {

@@ -76,8 +76,7 @@ Napi::Value IommuGetInfo(const Napi::CallbackInfo& info) {
   for (int guard = 0; offset != 0 && guard < 64; guard++) {
     if (offset + sizeof(uapi::vfio_info_cap_header) > storage.size()) break;
     const auto* header = reinterpret_cast<const uapi::vfio_info_cap_header*>(storage.data() + offset);
-    if (header->id == uapi::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE &&
-        offset + sizeof(uapi::vfio_iommu_type1_info_cap_iova_range) <= storage.size()) {
+    if (header->id == uapi::VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE && offset + sizeof(uapi::vfio_iommu_type1_info_cap_iova_range) <= storage.size()) {
       const auto* cap = reinterpret_cast<const uapi::vfio_iommu_type1_info_cap_iova_range*>(header);
       for (uint32_t i = 0; i < cap->nr_iovas; i++) {
         size_t end = offset + sizeof(*cap) + (i + 1) * sizeof(uapi::vfio_iova_range);
@@ -87,8 +86,7 @@ Napi::Value IommuGetInfo(const Napi::CallbackInfo& info) {
         range.Set(1u, U64Value(env, cap->iova_ranges[i].end));
         ranges.Set(i, range);
       }
-    } else if (header->id == uapi::VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL &&
-               offset + sizeof(uapi::vfio_iommu_type1_info_dma_avail) <= storage.size()) {
+    } else if (header->id == uapi::VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL && offset + sizeof(uapi::vfio_iommu_type1_info_dma_avail) <= storage.size()) {
       const auto* cap = reinterpret_cast<const uapi::vfio_iommu_type1_info_dma_avail*>(header);
       out.Set("dmaAvailable", Napi::Number::New(env, cap->avail));
     }
