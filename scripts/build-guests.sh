@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$root/dist/guest"
 mkdir -p "$out"
+# shellcheck disable=SC2015 # meant: the error runs when either tool is missing
 command -v as >/dev/null && command -v ld >/dev/null || {
   echo "build-guests: GNU as and ld are missing; install: apt-get install binutils" >&2
   exit 2

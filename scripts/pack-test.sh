@@ -65,6 +65,7 @@ install_and_run() {
   local simulated
   simulated=$(cd "$project" && PATH="$nocc" npx --no-install guestmem simulate - --json <<<"$SCRIPT") ||
     fail "$label: guestmem simulate failed"
+  # shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
   node -e '
     const report = JSON.parse(process.argv[1]);
     const want = { shared: [[0, 4], [5, 11]], listeners: { dev: { mapped: [[0, 4], [5, 11]], errors: 0 } }, ops: 2 };
@@ -79,8 +80,10 @@ install_and_run() {
 }
 
 install_and_run prebuilt "$tarball"
+# shellcheck disable=SC2015 # meant: fail unless both checks hold
 [ ! -e "$work/prebuilt/node_modules/guestmem/build" ] && ! grep -q 'gyp info' "$work/prebuilt/install.log" ||
   fail "prebuilt: the install compiled the addon although a prebuilt binary fits"
+# shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
 node -e '
   const probe = require(process.argv[1]);
   if (!probe.nativeAddon.ok) { console.error(`the prebuilt addon did not load: ${probe.nativeAddon.why}`); process.exit(1); }' \
@@ -110,6 +113,7 @@ tar -czf "$work/no-prebuild.tgz" -C "$work/unpacked" package
 install_and_run no-prebuild "$work/no-prebuild.tgz"
 grep -q 'compiling one failed' "$work/no-prebuild/install.log" ||
   fail "no-prebuild: the install did not try (and fail) to compile: $(cat "$work/no-prebuild/install.log")"
+# shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
 node -e '
   const probe = require(process.argv[1]);
   const addon = probe.nativeAddon;

@@ -27,6 +27,7 @@ mkdir -p "$out"
 
 # A guest's conversions: random ranges in the first 2 MiB of a 64 MiB block (so the picture
 # must zoom to use its width), and one far outside, rejected.
+# shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
 node -e '
   let seed = 7;
   const next = () => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed >> 12; };
@@ -89,6 +90,7 @@ dom=$("$browser" "${flags[@]}" --virtual-time-budget=10000 --dump-dom "file://$w
 "$browser" "${flags[@]}" --window-size="$width,$height" --screenshot="$out/conversions.png" "file://$out/conversions.svg" >/dev/null 2>&1
 [ -z "${GUESTMEM_SVG_DEBUG:-}" ] || echo "$dom" >&2
 json=$(sed -n 's:.*<pre id="result">\(.*\)</pre>.*:\1:p' <<<"$dom" | sed 's/&quot;/"/g')
+# shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
 node -e '
   const text = process.argv[1];
   if (!text.startsWith("{")) { console.error(`svg-browser-check: the page could not measure the picture: ${text || "no result"}`); process.exit(1); }

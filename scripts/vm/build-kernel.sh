@@ -76,6 +76,7 @@ fetch_unstable_source() {
     source_version=$(cat "$dir/version")
     return
   fi
+  # shellcheck disable=SC2015 # meant: fail when either tool is missing
   command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || fail "fetching linux-source-7.2 needs apt-get and dpkg-deb (Debian)"
   local apt="$root/source/apt" mirror keyring=/usr/share/keyrings/debian-archive-keyring.gpg
   mirror=$(debian_mirror)
@@ -97,7 +98,7 @@ fetch_unstable_source() {
   local deb
   deb=$(ls "$apt"/linux-source-7.2_*.deb)
   phase "extracting $(basename "$deb")"
-  rm -rf "$dir/usr"
+  rm -rf "${dir:?}/usr"
   dpkg-deb -x "$deb" "$dir"
   [ -s "$tarball" ] || fail "$deb has no usr/src/linux-source-7.2.tar.xz"
   dpkg-deb -f "$deb" Version >"$dir/version"

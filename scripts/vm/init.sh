@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash # busybox ash: shellcheck has no ash mode, dash is the nearest
 # PID 1 of the harness VM: mount what Node needs, share in the host's root (read-only),
 # the project and the run directory (read-write), bind every edu device to vfio-pci, run
 # the host's command in a chroot of the host's root, record its exit status, power off.
@@ -8,6 +9,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 
+# shellcheck disable=SC2013 # the kernel command line is one line of space-separated words
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     guestmem.run=*) run=${arg#guestmem.run=} ;;

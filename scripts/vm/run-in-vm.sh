@@ -50,6 +50,7 @@ done
 [[ "$edu" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --edu takes a number, got '$edu'" >&2; exit 2; }
 [[ "$timeout" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --timeout takes seconds, got '$timeout'" >&2; exit 2; }
 [[ "$smp" =~ ^[1-8]$ ]] || { echo "run-in-vm: --smp takes 1 to 8, got '$smp'" >&2; exit 2; }
+# shellcheck disable=SC2054 # -icount's comma is QEMU's suboption separator, within one argument
 case "$clock" in
   real) clock_args=() ;;
   # One emulated instruction = 2^0 ns of guest time; sleep=off keeps idle time from counting.
@@ -64,6 +65,7 @@ need() {
 command -v qemu-system-x86_64 >/dev/null || need qemu-system-x86_64
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] && file_is_static=$(ldd "$busybox" 2>&1 | grep -c 'not a dynamic' || true)
+# shellcheck disable=SC2015 # meant: need() when either check fails
 [ -n "$busybox" ] && [ "${file_is_static:-0}" -gt 0 ] || need "a static busybox"
 
 kernel=$("$here/build-kernel.sh")
@@ -98,6 +100,7 @@ trap 'rm -rf "$run"' EXIT
   else
     printf '%q ' "$@"
     echo '2> >(cat >&2) | cat'
+    # shellcheck disable=SC2016 # written into command.sh, expanded when that runs
     echo 'exit ${PIPESTATUS[0]}'
   fi
 } >"$run/command.sh"
