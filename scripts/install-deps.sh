@@ -10,7 +10,10 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
-# shellcheck disable=SC2046
+# shellcheck disable=SC2046 # the package lists split into one argument a package, as meant
 $sudo apt-get install -y -q --no-install-recommends gcc g++ make python3 binutils debian-archive-keyring $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")
+# The linters of `npm run lint` and `npm run format`: clang-format for native/ (bookworm's 14;
+# another major version may lay out the same code differently) and shellcheck for scripts/.
+$sudo apt-get install -y -q --no-install-recommends clang-format shellcheck
 # Headless Chromium for scripts/svg-browser-check.sh (an --svg picture checked in a real browser).
 $sudo apt-get install -y -q --no-install-recommends chromium

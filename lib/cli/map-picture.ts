@@ -141,7 +141,7 @@ export function mapSvg(attributes: RamBlockAttributes, history: ConversionRecord
     parts.push(`<line x1="${f(xWindow(page))}" y1="${plotTop}" x2="${f(xWindow(page))}" y2="${plotTop + plotHeight}" stroke="${COLOURS.grid}"/>`);
   }
   for (let row = 0; row < rowCount; row++) {
-    const columns: string[] = new Array(PLOT_WIDTH).fill('');
+    const columns = new Array<string>(PLOT_WIDTH).fill('');
     for (let i = row * perRow; i < Math.min(history.length, (row + 1) * perRow); i++) {
       const record = history[i]!;
       const colour = record.outcome !== 'done' ? COLOURS.refused : record.to === 'shared' ? COLOURS.shared : COLOURS.private;

@@ -106,5 +106,6 @@ export function describeValue(value: unknown): string {
   if (typeof value === 'bigint') return `bigint ${value}n`;
   if (typeof value === 'string') return `string '${value.length > 40 ? `${value.slice(0, 40)}…` : value}'`;
   if (typeof value === 'function' || typeof value === 'object') return typeof value;
+  // eslint-disable-next-line @typescript-eslint/no-base-to-string -- objects and functions returned above: only primitives reach here
   return `${typeof value} ${String(value)}`;
 }

@@ -144,6 +144,7 @@ const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
  * `npm run build:native`). GUESTMEM_PREBUILD names another folder to load from (node-gyp-build's <NAME>_PREBUILD).
  */
 function load(): NativeAddon {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- node-gyp-build ships no types; called only when the addon is first needed
   const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
   return nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
 }

@@ -123,7 +123,7 @@ export class GuestMemory implements Disposable {
    */
   async shutdown(): Promise<void> {
     const results = await Promise.allSettled(this.blocks.splice(0).map((block) => block.shutdown()));
-    const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason] : []));
+    const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 

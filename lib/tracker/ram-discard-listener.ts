@@ -78,7 +78,7 @@ export function listenerName(listener: RamDiscardListener): string {
 export function checkListenerName(listener: RamDiscardListener): string {
   const { name } = listener;
   if (name !== undefined && typeof name !== 'string') throw invalidArgType(`listener.name must be a string, got ${describeValue(name)}`);
-  const constructorName = Object.getPrototypeOf(listener)?.constructor?.name;
+  const constructorName = (Object.getPrototypeOf(listener) as object | null)?.constructor?.name;
   return name ?? (typeof constructorName === 'string' && constructorName !== '' ? constructorName : 'listener');
 }
 

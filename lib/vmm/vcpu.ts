@@ -69,6 +69,7 @@ export class Vcpu extends FdOwner {
    * so the exit's handler finishes first; complete* calls write the exit's answer.
    */
   run(): Promise<VcpuExit> {
+    // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
     if (this.#pending) return Promise.reject(new Error('a KVM_RUN of this vCPU is already in flight'));
     const promise = new Promise<VcpuExit>((resolve, reject) => {
@@ -108,6 +109,7 @@ export class Vcpu extends FdOwner {
    * 2024 rework the VMM must always give one; it is written by the next run().
    */
   completeHypercall(ret: number | bigint): void {
+    // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
     if (this.#lastExit?.reason !== 'hypercall') throw new Error('the last exit was not a hypercall');
     if (typeof ret !== 'number' && typeof ret !== 'bigint') throw invalidArgType(`a hypercall's return value must be a number or a bigint, got ${typeof ret}`);

@@ -102,7 +102,7 @@ export class VmmLoop {
     private readonly memory: LoopMemory,
     private readonly options: VmmLoopOptions = {},
   ) {
-    this.ports = options.ports ?? new Map();
+    this.ports = options.ports ?? new Map<number, PortHandler>();
   }
 
   /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
@@ -283,7 +283,7 @@ export class VmmLoop {
   }
 
   private unexpected(vcpu: LoopVcpu, id: number, exit: VcpuExit, why: string): GuestmemError {
-    let registers = '';
+    let registers: string;
     try {
       const regs = vcpu.registers;
       registers = `; registers: ${(['rip', 'rsp', 'rax', 'rbx', 'rcx', 'rdx', 'rsi', 'rdi', 'rflags'] as const).map((name) => `${name}=0x${regs[name].toString(16)}`).join(' ')}`;

@@ -62,6 +62,7 @@ async function lifetime(): Promise<Record<string, unknown>> {
   await collectUntil(() => ownerCollected);
   window[PAGE - 2] = 0x45;
   const result = { ownerCollected, afterOwnerGone: [window[PAGE - 2], window[PAGE - 1]], mappedWhileReferenced: mapped('lifetime-probe') };
+  // eslint-disable-next-line no-useless-assignment -- dropping the last reference lets the GC collect the window
   window = null;
   return { ...result, unmappedOnceCollected: await collectUntil(() => !mapped('lifetime-probe')) };
 }

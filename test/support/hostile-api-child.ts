@@ -18,6 +18,7 @@ group().then(
     // fast-check's report, then what failed inside the property (its cause).
     console.error(error instanceof Error ? error.message : String(error));
     const cause = error instanceof Error ? error.cause : undefined;
+    // eslint-disable-next-line @typescript-eslint/no-base-to-string -- a thrown non-Error is printed however it stringifies
     if (cause !== undefined) console.error(`cause: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
     process.exitCode = 1;
   },

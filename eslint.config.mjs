@@ -1,0 +1,51 @@
+// eslint for the TypeScript (lib/, test/, bench/, soak/, examples/) and the plain JavaScript
+// (bin/, scripts/, examples/) of the package: eslint's and typescript-eslint's recommended
+// rules, type-checked (through tsconfig.json) for the TypeScript; nothing stylistic, layout
+// is not eslint's job here.
+import js from '@eslint/js';
+import globals from 'globals';
+import tseslint from 'typescript-eslint';
+
+export default tseslint.config(
+  { ignores: ['dist/', 'build/', 'coverage/', 'docs/', 'prebuilds/'] },
+  {
+    files: ['lib/**/*.ts', 'test/**/*.ts', 'bench/**/*.ts', 'soak/**/*.ts', 'examples/*.ts'],
+    extends: [js.configs.recommended, ...tseslint.configs.recommendedTypeChecked],
+    languageOptions: {
+      parserOptions: { projectService: true, tsconfigRootDir: import.meta.dirname },
+    },
+    rules: {
+      // The addon's functions and the listener hooks are declared as methods but use no `this`;
+      // where a hook needs its listener, the tracker calls it with .call(listener).
+      '@typescript-eslint/unbound-method': 'off',
+      // An async function without await is how this code returns a promise that also turns a
+      // synchronous throw into a rejection (conversions queued on a serializer, test doubles).
+      '@typescript-eslint/require-await': 'off',
+      // Messages interpolate GranuleRange (it has its own toString) and fields of JSON-shaped
+      // records on purpose; no-base-to-string still catches an "[object Object]".
+      '@typescript-eslint/restrict-template-expressions': 'off',
+      // The code marks array reads with ! as if noUncheckedIndexedAccess were on (the index is
+      // known to be in range); without that flag tsc calls them unnecessary.
+      '@typescript-eslint/no-unnecessary-type-assertion': 'off',
+      // A caught value is rethrown as it came, whatever it is.
+      '@typescript-eslint/prefer-promise-reject-errors': ['error', { allowThrowingUnknown: true, allowThrowingAny: true }],
+    },
+  },
+  {
+    files: ['test/**/*.ts'],
+    rules: {
+      // Tests read JSON.parse of the CLI's output and child processes' reports (any) and
+      // compare whole values with deepStrictEqual: the assertion is the type check.
+      '@typescript-eslint/no-unsafe-argument': 'off',
+      '@typescript-eslint/no-unsafe-assignment': 'off',
+      '@typescript-eslint/no-unsafe-call': 'off',
+      '@typescript-eslint/no-unsafe-member-access': 'off',
+      '@typescript-eslint/no-unsafe-return': 'off',
+    },
+  },
+  {
+    files: ['bin/*.js', 'scripts/*.js', 'examples/*.js'],
+    extends: [js.configs.recommended],
+    languageOptions: { sourceType: 'commonjs', globals: globals.node },
+  },
+);
