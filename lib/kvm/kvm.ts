@@ -19,6 +19,8 @@ import {
   type VmType,
 } from './kvm-constants';
 import { native } from '../common/native';
+import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from './vm-init';
+import { maskHasVmType, missingVmTypeLine, vmTypesInMask } from './vm-types';
 
 function checkU32(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);
@@ -46,16 +48,42 @@ export class Kvm extends FdOwner {
 
   /** The VM types this host can create, from KVM_CAP_VM_TYPES (just 'default' before it existed). */
   supportedVmTypes(): VmType[] {
-    const mask = this.checkExtension(KVM_CAP_VM_TYPES);
-    if (mask === 0) return ['default'];
-    return (Object.keys(VM_TYPES) as VmType[]).filter((name) => (mask & (1 << VM_TYPES[name])) !== 0);
+    return vmTypesInMask(this.vmTypesMask);
   }
 
-  /** Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). */
-  createVm(type: VmType | number = 'default'): Vm {
-    const number = typeof type === 'number' ? checkU32(type, 'VM type') : VM_TYPES[type];
+  /** KVM_CAP_VM_TYPES: bit N set when KVM_CREATE_VM accepts type N (0 before the capability existed). */
+  get vmTypesMask(): number {
+    return this.checkExtension(KVM_CAP_VM_TYPES);
+  }
+
+  /**
+   * Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). An
+   * SNP or TDX VM is initialised as its type requires (KVM_SEV_INIT2; KVM_TDX_CAPABILITIES
+   * and KVM_TDX_INIT_VM: see vm-init.ts) unless `initialize` is false (to ask the bare VM
+   * its capabilities, as the probe does). A type this host lacks is ERR_GUESTMEM_UNSUPPORTED
+   * in one line with the fix, keeping the kernel's errno, code and syscall.
+   */
+  createVm(type: VmType | number = 'default', options: { initialize?: boolean; initCalls?: ConfidentialInitCalls } = {}): Vm {
+    const number = typeof type === 'number' ? checkU32(type, 'VM type') : Object.hasOwn(VM_TYPES, type) ? VM_TYPES[type] : undefined;
     if (number === undefined) throw outOfRange(`unknown VM type '${String(type)}'; known: ${Object.keys(VM_TYPES).join(', ')}`);
-    return this.adopt(new Vm(native().kvmCreateVm(this.fd, number), number));
+    let fd: number;
+    try {
+      fd = native().kvmCreateVm(this.fd, number);
+    } catch (error) {
+      const mask = this.vmTypesMask;
+      if ((error as NodeJS.ErrnoException).code !== 'EINVAL' || maskHasVmType(mask, number)) throw error;
+      const e = error as NodeJS.ErrnoException;
+      throw Object.assign(new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error }), { errno: e.errno, syscall: e.syscall });
+    }
+    const vm = this.adopt(new Vm(fd, number));
+    if (options.initialize === false) return vm;
+    try {
+      vm.initialisation = initializeVm(number, { kvm: this.fd, vm: fd }, options.initCalls);
+    } catch (error) {
+      vm.close();
+      throw error;
+    }
+    return vm;
   }
 }
 
@@ -75,6 +103,8 @@ export interface MemoryRegion {
 export class Vm extends FdOwner {
   /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
   readonly type: number;
+  /** What createVm did after KVM_CREATE_VM (SNP: KVM_SEV_INIT2; TDX: KVM_TDX_INIT_VM). */
+  initialisation: VmInitialisation = { kind: 'none' };
 
   /** @internal */
   constructor(fd: number, type: number) {
