@@ -16,7 +16,8 @@ import { VmHost } from './hosts';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard', 'prefault'];
@@ -40,7 +41,7 @@ export async function benchCommand(args: string[]): Promise<number> {
     args,
     options: {
       json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' },
-      'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' },
+      'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' }, ...VM_TYPE_OPTION,
     },
   });
   const iterations = Number(values.iterations ?? 20);
@@ -49,7 +50,8 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
   const guestIterations = Number(values['guest-iterations'] ?? 500);
   if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
+  const vmType = parseVmTypeOption(values['vm-type']);
+  const missing = harnessReason(vmType, ['memory-attributes'], ['bench', ...args]);
   if (missing && !values['no-vm']) {
     console.error(`guestmem bench: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['bench', ...args]);
@@ -62,7 +64,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   let farEnd: FarEndResult | null = null;
   for (const prefault of [false, true]) {
     if (prefault && (values['no-prefault'] || !prefaultAvailable)) break;
-    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault });
+    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault, vmType, commandLine: ['bench', ...args] });
     try {
       prefaultAvailable = host.memory.vm.supportsPreFault;
       backend = host.assigned?.backend ?? null;
@@ -72,7 +74,7 @@ export async function benchCommand(args: string[]): Promise<number> {
       await host.shutdown();
     }
   }
-  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
+  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf, vmType) : null;
   const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
   if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
   else {

@@ -12,6 +12,7 @@ import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
 import { UsageError } from './usage-error';
+import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 
@@ -42,7 +43,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     args,
     options: {
       size: { type: 'string' }, gpa: { type: 'string' }, range: { type: 'string', multiple: true }, to: { type: 'string', multiple: true },
-      vfio: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean' },
+      vfio: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean' }, ...VM_TYPE_OPTION,
     },
   });
   if (!values.size || !values.gpa) throw new UsageError('convert needs --size and --gpa (example: --size 64M --gpa 16M)');
@@ -54,9 +55,10 @@ export async function convertCommand(args: string[]): Promise<number> {
   const size = parseSize(values.size, '--size');
   const gpa = parseSize(values.gpa, '--gpa');
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   checkBlockOptions(size, gpa, ranges);
 
-  const host = new VmHost({ gpa, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['convert', ...args] });
   const results: Array<Record<string, unknown>> = [];
   let failed = false;
   try {

@@ -18,7 +18,9 @@ import type { ConversionEvent } from '../vmm/vmm-loop';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, resolveVmType, VM_TYPE_OPTION } from './vm-type-option';
+import { vmTypeName } from '../kvm/vm-types';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -41,8 +43,9 @@ const CHECK_STEPS: Record<string, string> = {
 };
 
 export async function demoCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'no-vm': { type: 'boolean' } } });
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes', 'vfio-device']);
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'no-vm': { type: 'boolean' }, ...VM_TYPE_OPTION } });
+  const vmType = parseVmTypeOption(values['vm-type']);
+  const missing = harnessReason(vmType, ['memory-attributes', 'vfio-device'], ['demo', ...args]);
   if (missing && !values['no-vm']) {
     console.error(`guestmem demo: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['demo', ...args]);
@@ -60,13 +63,22 @@ export async function demoCommand(args: string[]): Promise<number> {
   };
 
   const kvm = Kvm.open();
-  const memory = new GuestMemory(kvm.createVm('sw-protected'));
+  let memory: GuestMemory;
+  let typeName: string;
+  try {
+    const type = resolveVmType(kvm, vmType, ['demo', ...args]);
+    typeName = vmTypeName(type);
+    memory = new GuestMemory(kvm.createVm(type));
+  } catch (error) {
+    kvm.close();
+    throw error;
+  }
   const parts: { block?: RamBlock; assigned?: AssignedDevice; listener?: VfioDmaListener; probe?: DmaProbe } = {};
   const page = `[0x${PAGE_GPA.toString(16)}, +4 KiB)`;
   let guestConsole = '';
   try {
     parts.block = memory.addBlock({ gpa: BLOCK_GPA, size: BLOCK_SIZE, name: 'guest-ram' });
-    if (record('add-block', parts.block.privatePages === BLOCK_SIZE / 4096, `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`)) {
+    if (record('add-block', parts.block.privatePages === BLOCK_SIZE / 4096, `${typeName} VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`)) {
       const edu = findEduDevice();
       if (!edu) record('attach-vfio', false, 'no edu device bound to vfio-pci');
       else {

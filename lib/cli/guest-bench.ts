@@ -13,6 +13,7 @@ import type { PortHandler } from '../vmm/guest-ports';
 import { runGuestSession } from '../vmm/guest-session';
 import { GuestVm } from '../vmm/guest-vm';
 import { VmHost, DEFAULT_GPA } from './hosts';
+import type { VmTypeChoice } from '../kvm/vm-types';
 import { PACKAGE_ROOT } from './vm-command';
 
 const MiB = 1 << 20;
@@ -30,8 +31,8 @@ export interface GuestLoopBench {
   note?: string;
 }
 
-async function timeGuestmem(iterations: number, vfio: string | undefined): Promise<number> {
-  const host = new VmHost({ gpa: DEFAULT_GPA, vfio });
+async function timeGuestmem(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio, vmType });
   try {
     host.openBlock(16 * MiB, 4096);
     const listener = host.makeListener('vfio');
@@ -48,8 +49,8 @@ async function timeGuestmem(iterations: number, vfio: string | undefined): Promi
 }
 
 /** Bare exits: the misbehave guest's stray-port mode, each OUT counted and resumed. */
-async function timeGuestmemExits(exits: number): Promise<number> {
-  const host = new VmHost({ gpa: DEFAULT_GPA });
+async function timeGuestmemExits(exits: number, vmType?: VmTypeChoice): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA, vmType });
   try {
     host.openBlock(16 * MiB, 4096);
     let seen = 0;
@@ -90,16 +91,16 @@ function timeC(binary: string, iterations: number, exits = false): number {
   return (JSON.parse(result.stdout) as { nsPer: number }).nsPer;
 }
 
-export async function benchGuestLoop(iterations: number, vfio: string | undefined): Promise<GuestLoopBench> {
+export async function benchGuestLoop(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<GuestLoopBench> {
   const yardstick = buildYardstick();
   // Warm up both paths before measuring: under emulation V8 needs about a thousand round
   // trips before its optimized code settles (the first thousand cost three times more).
-  await timeGuestmem(Math.max(1000, iterations), undefined);
+  await timeGuestmem(Math.max(1000, iterations), undefined, vmType);
   if ('binary' in yardstick) timeC(yardstick.binary, Math.min(100, iterations));
-  const guestmemNs = await timeGuestmem(iterations, undefined);
+  const guestmemNs = await timeGuestmem(iterations, undefined, vmType);
   const cNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations) : null;
-  const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio) : null;
-  const exitNs = await timeGuestmemExits(iterations * 2);
+  const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio, vmType) : null;
+  const exitNs = await timeGuestmemExits(iterations * 2, vmType);
   const cExitNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations * 2, true) : null;
   if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
   return {

@@ -16,7 +16,8 @@ import { printJson } from './output';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -39,7 +40,7 @@ export async function guestCommand(args: string[]): Promise<number> {
     options: {
       vcpus: { type: 'string' }, vfio: { type: 'string' }, backend: { type: 'string' }, iterations: { type: 'string' },
       seed: { type: 'string' }, pages: { type: 'string' }, json: { type: 'boolean' }, svg: { type: 'string' },
-      'no-vm': { type: 'boolean' }, timeout: { type: 'string' },
+      'no-vm': { type: 'boolean' }, timeout: { type: 'string' }, ...VM_TYPE_OPTION,
     },
   });
   if (positionals.length !== 1) throw new UsageError(`give one program: ${GUEST_PROGRAMS.join(', ')}`);
@@ -54,16 +55,17 @@ export async function guestCommand(args: string[]): Promise<number> {
   if (values.seed !== undefined && !/^(0x[0-9a-f]+|\d+)$/i.test(values.seed)) throw new UsageError(`--seed takes a number, got '${values.seed}'`);
   const seed = BigInt(values.seed ?? 1) & ((1n << 64n) - 1n);
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   if (values.svg === '') throw new UsageError('--svg needs a file name');
 
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
+  const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])], ['guest', ...args]);
   if (missing) {
     if (values['no-vm']) throw new Error(`not possible on this host: ${missing}`);
     console.error(`guestmem guest: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['guest', ...args]);
   }
 
-  const host = new VmHost({ gpa: DEFAULT_GPA, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio: values.vfio, backend, vmType, commandLine: ['guest', ...args] });
   const events: ConversionEvent[] = [];
   let probe: DmaProbe | undefined;
   let report: GuestSessionReport;

@@ -1,6 +1,6 @@
 // The two places a script or trace can run: the tracker alone (a dry run that touches no
-// kernel) and a real SW-protected VM with one RAM block, optionally with a VFIO device
-// whose DMA listener maps what turns shared.
+// kernel) and a real VM with private memory (--vm-type, by default the best this host has)
+// with one RAM block, optionally with a VFIO device whose DMA listener maps what turns shared.
 
 import { AssignedDevice } from '../vfio/assigned-device';
 import type { Bytes } from '../common/byte-range';
@@ -15,6 +15,8 @@ import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
+import { resolveVmType } from './vm-type-option';
+import type { VmTypeChoice } from '../kvm/vm-types';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -41,6 +43,10 @@ export interface VmHostOptions {
   backend?: DmaBackend | 'auto';
   /** Pre-fault each conversion's range on a vCPU of the VM (never run; where KVM has it). */
   prefault?: boolean;
+  /** --vm-type; undefined: the best type this host has for private memory. */
+  vmType?: VmTypeChoice;
+  /** The command as typed, for the fix a host without the VM type is given. */
+  commandLine?: string[];
 }
 
 /** The --backend option: auto (iommufd where the device has a cdev), type1 or iommufd. */
@@ -54,18 +60,18 @@ export function backendOption(value: string | undefined): DmaBackend | 'auto' {
 export const DEFAULT_GPA = 16 * 1024 * 1024;
 
 /**
- * Opening KVM or creating a SW-protected VM fails on most hosts, with an errno that alone
- * says little (EINVAL from KVM_CREATE_VM): keep the kernel's error (code, errno, syscall)
- * and say what to do.
+ * Opening KVM fails on hosts without it, with an errno that alone says little: keep the
+ * kernel's error (code, errno, syscall) and say what to do.
  */
-function withVmHint<T>(make: () => T): T {
+function withKvmHint<T>(make: () => T, commandLine: string[] | undefined): T {
   try {
     return make();
   } catch (error) {
     const e = error as NodeJS.ErrnoException;
     if (typeof e?.syscall !== 'string') throw error;
+    const again = commandLine ? commandLine.join(' ') : '<command>';
     throw Object.assign(
-      new Error(`${e.message}: this host cannot make a SW-protected VM ('guestmem probe' says why); run the command inside the harness VM: guestmem vm -- <command>`, { cause: error }),
+      new Error(`${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: run the command inside the harness VM: guestmem vm -- ${again}`, { cause: error }),
       { code: e.code, errno: e.errno, syscall: e.syscall },
     );
   }
@@ -79,9 +85,9 @@ export class VmHost implements ScriptHost {
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
-    this.kvm = withVmHint(() => Kvm.open());
+    this.kvm = withKvmHint(() => Kvm.open(), options.commandLine);
     try {
-      const vm = withVmHint(() => this.kvm.createVm('sw-protected'));
+      const vm = this.kvm.createVm(resolveVmType(this.kvm, options.vmType, options.commandLine));
       const vcpu = options.prefault ? Vcpu.create(this.kvm, vm, 0) : null;
       this.vcpu = vcpu;
       this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});

@@ -9,6 +9,7 @@ import { probeCommand } from './probe-command';
 import { replayCommand, runCommand, simulateCommand } from './script-commands';
 import { UsageError } from './usage-error';
 import { vmCommand } from './vm-command';
+import { withVmTypeHelp } from './vm-type-option';
 
 const HELP: Record<string, string> = {
   '': `guestmem: guest_memfd, KVM memory attributes and VFIO DMA for confidential-VM work
@@ -30,13 +31,19 @@ examples:
   guestmem probe
   guestmem demo
   guestmem simulate script.txt --json`,
-  probe: `usage: guestmem probe [--json] [--guest-size S]
-  Reports /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
+  probe: `usage: guestmem probe [--json] [--guest-size S] [--require LIST]
+  Reports /dev/kvm, VM types (and for SEV-SNP and TDX what the host shows: the VM-types bit,
+  kvm_amd sev_snp / kvm_intel tdx, /dev/sev), guest_memfd, memory attributes, IOMMU groups, vfio-pci devices,
   VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece, why and the fix.
   For type1 it says how much of a guest of size S (default 8G) can be shared at once at
   4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.
-example:
-  guestmem probe --json | jq .memoryAttributes`,
+  --require vm-type=snp,vfio,iommufd,…: exit 1 naming each one missing (0 when all are
+  present), a gate for a hardware CI job. Items: vm-type=<name|number>, kvm, private-memory-vm,
+  sw-protected-vm, snp-vm, tdx-vm, guest-memfd, memory-attributes, pre-fault, iommu, vfio,
+  vfio-type1, iommufd, vfio-device.
+examples:
+  guestmem probe --json | jq .memoryAttributes
+  guestmem probe --require vm-type=tdx,vfio,iommufd`,
   convert: `usage: guestmem convert --size S --gpa A --range OFF+LEN --to private|shared [--range ... --to ...]
                         [--vfio BDF] [--backend auto|type1|iommufd] [--json]
   Makes a SW-protected VM with one RAM block of S bytes at guest address A (all private, as
@@ -150,7 +157,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (command !== 'vm' && (args.includes('--help') || args.includes('-h'))) {
-    console.log(HELP[command]);
+    console.log(withVmTypeHelp(command, HELP[command]!));
     return 0;
   }
   try {

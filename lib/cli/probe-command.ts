@@ -2,7 +2,9 @@
 // missing piece why and what to do.
 
 import { parseArgs } from 'node:util';
-import { probe, type Feature, type ProbeReport } from '../probe';
+import { VM_TYPES, type VmType } from '../kvm/kvm-constants';
+import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability, type Feature, type ProbeReport } from '../probe';
+import { UsageError } from './usage-error';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
 import { printJson } from './output';
 import { formatBytes, parseSize } from './sizes';
@@ -18,7 +20,7 @@ function flagsDetail(report: ProbeReport): string {
   if (!flags.ok) return '';
   const list = (f: string[] | undefined) => (f === undefined ? 'not probed' : f.length > 0 ? f.join(' + ') : 'none');
   const parts = [];
-  if (flags.privateVm !== undefined) parts.push(`SW-protected VM: ${list(flags.privateVm)}`);
+  if (flags.privateVm !== undefined) parts.push(`${report.privateMemoryVm.best ?? 'private-memory'} VM: ${list(flags.privateVm)}`);
   parts.push(`default VM: ${list(flags.defaultVm)}`);
   const inPlace = flags.privateVm === undefined
     ? 'in-place conversion: unknown here (no private-memory VM type to ask)'
@@ -43,7 +45,10 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
     'guestmem probe',
     line('native addon', report.nativeAddon),
     line('/dev/kvm', report.kvm, report.kvm.ok ? `API ${report.kvm.apiVersion}, VM types ${report.kvm.vmTypes?.join(', ')}` : ''),
+    line('VM type with private memory', report.privateMemoryVm, report.privateMemoryVm.ok ? `${report.privateMemoryVm.types.join(', ')}; commands use ${report.privateMemoryVm.best} unless --vm-type says otherwise` : ''),
     line('KVM_X86_SW_PROTECTED_VM', report.swProtectedVm),
+    line('AMD SEV-SNP (KVM_X86_SNP_VM)', report.snpVm, report.snpVm.ok ? 'VM-types bit, kvm_amd sev_snp=Y, /dev/sev' : ''),
+    line('Intel TDX (KVM_X86_TDX_VM)', report.tdxVm, report.tdxVm.ok ? 'VM-types bit, kvm_intel tdx=Y' : ''),
     line('guest_memfd (KVM_CAP_GUEST_MEMFD)', report.guestMemfd),
     line('KVM_SET_USER_MEMORY_REGION2', report.userMemory2),
     line('memory attributes (PRIVATE)', report.memoryAttributes),
@@ -57,13 +62,53 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
   ].join('\n');
 }
 
+/** One --require item: a capability by name, or vm-type=T (a type name or number). */
+export type Requirement = { name: string } & ({ capability: Capability } | { vmType: VmType | number });
+
+/** --require values: comma-separated, each option may repeat; a name not known is a usage error. */
+export function parseRequirements(values: string[]): Requirement[] {
+  const requirements: Requirement[] = [];
+  for (const name of values.flatMap((v) => v.split(',')).map((v) => v.trim())) {
+    if (name === '') throw new UsageError('--require has an empty item (write them comma-separated: vm-type=snp,vfio,iommufd)');
+    const type = /^vm-type=(.*)$/.exec(name);
+    if (type) {
+      const value = type[1]!;
+      if (Object.hasOwn(VM_TYPES, value)) requirements.push({ name, vmType: value as VmType });
+      else if (/^(?:0|[1-9]\d{0,9})$/.test(value) && Number(value) <= 0xffffffff) requirements.push({ name, vmType: Number(value) });
+      else throw new UsageError(`--require vm-type= takes ${Object.keys(VM_TYPES).join(', ')} or a type number, got '${value}'`);
+    } else if ((CAPABILITIES as readonly string[]).includes(name)) {
+      requirements.push({ name, capability: name as Capability });
+    } else {
+      throw new UsageError(`--require: unknown requirement '${name}'; known: vm-type=<type>, ${CAPABILITIES.join(', ')}`);
+    }
+  }
+  return requirements;
+}
+
+/** The requirements this host lacks, each with why and the fix. */
+export function missingRequirements(report: ProbeReport, requirements: Requirement[]): Array<{ name: string; why?: string; fix?: string }> {
+  return requirements
+    .map((r) => ({ name: r.name, feature: 'capability' in r ? capabilityFeature(report, r.capability) : vmTypeFeature(report, r.vmType) }))
+    .filter(({ feature }) => !feature.ok)
+    .map(({ name, feature }) => ({ name, why: feature.why, fix: feature.fix }));
+}
+
 export function probeCommand(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'guest-size': { type: 'string' } } });
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'guest-size': { type: 'string' }, require: { type: 'string', multiple: true } } });
   const guestSize = parseSize(values['guest-size'] ?? '8G', '--guest-size');
+  const requirements = values.require ? parseRequirements(values.require) : null;
   const report = probe();
   const limit = report.type1.dmaAvailableDefault;
   const reach = limit !== undefined ? type1Reach(limit, guestSize) : undefined;
-  if (values.json) printJson(reach ? { ...report, type1Reach: reach } : report);
+  const lacking = requirements ? missingRequirements(report, requirements) : [];
+  const required = requirements ? { required: { ok: lacking.length === 0, requirements: requirements.map((r) => r.name), missing: lacking } } : {};
+  if (values.json) printJson({ ...report, ...(reach ? { type1Reach: reach } : {}), ...required });
   else console.log(formatProbe(report, reach));
-  return 0;
+  if (!requirements) return 0;
+  if (lacking.length === 0) {
+    if (!values.json) console.log(`required: all present (${requirements.map((r) => r.name).join(', ')})`);
+    return 0;
+  }
+  console.error(`guestmem probe: missing ${lacking.map((m) => m.name).join(', ')}: ${lacking.map((m) => `${m.name}: ${m.why}${m.fix ? ` (fix: ${m.fix})` : ''}`).join('; ')}`);
+  return 1;
 }

@@ -17,6 +17,7 @@ import type { Bytes } from '../common/byte-range';
 import { bytesOf } from '../common/byte-range';
 import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
+import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 /** A file option: a name that is not empty, in a place this process can write. */
 function checkOutputFile(file: string | undefined, option: string): string | undefined {
@@ -104,7 +105,7 @@ async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
 
 const PAGE = 4096;
 const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' }, 'max-input': { type: 'string' } } as const;
-const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' } } as const;
+const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' }, ...VM_TYPE_OPTION } as const;
 
 
 export async function simulateCommand(args: string[]): Promise<number> {
@@ -124,10 +125,11 @@ export async function runCommand(args: string[]): Promise<number> {
   // Every usage error is found before the kernel is touched: options, the script, its block.
   const gpa = values.gpa !== undefined ? parseGpa(values.gpa) : DEFAULT_GPA;
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
-  const host = new VmHost({ gpa, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['run', ...args] });
   const { report, attributes } = await execute(ops, host, 'run');
   const stats = host.block?.stats.toJSON();
   if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats });
@@ -194,8 +196,10 @@ export async function replayCommand(args: string[]): Promise<number> {
   if (positionals.length > 1) throw new UsageError(`give one trace file, got ${positionals.length}`);
   // Every usage error is found before the kernel is touched (or the dry run starts).
   const backend = backendOption(values.backend);
-  if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined)) {
-    throw new UsageError(`--${values.vfio !== undefined ? 'vfio' : 'backend'} needs a real VM; --dry-run touches no device (drop one of them)`);
+  const vmType = parseVmTypeOption(values['vm-type']);
+  if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined || vmType !== undefined)) {
+    const option = values.vfio !== undefined ? 'vfio' : values.backend !== undefined ? 'backend' : 'vm-type';
+    throw new UsageError(`--${option} needs a real VM; --dry-run touches no kernel (drop one of them)`);
   }
   const svg = checkOutputFile(values.svg, '--svg');
   const trace = parseTrace(await readInputText(positionals[0], 'trace', maxInput(values['max-input'])));
@@ -221,7 +225,7 @@ export async function replayCommand(args: string[]): Promise<number> {
   const results: Array<{ from: string; to: string } | null> = [];
   const host: ScriptHost = values['dry-run']
     ? new TrackerHost()
-    : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend });
+    : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend, vmType, commandLine: ['replay', ...args] });
   const recordingHost: ScriptHost = {
     openBlock: (size, granule) => host.openBlock(size, granule),
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
