@@ -36,3 +36,57 @@ export function guardedMmap(mmap: Mmap): Mmap {
     return mmap(fd, length, offset, writable);
   };
 }
+
+/**
+ * True when [address, address + length) lies in mappings of this process that are readable
+ * and writable, end to end (/proc/self/maps): memory JavaScript may be given windows over,
+ * or told to discard, without SIGSEGV.
+ */
+export function isMappedReadWrite(address: bigint, length: bigint): boolean {
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/self/maps', 'utf8');
+  } catch {
+    return false;
+  }
+  const end = address + length;
+  let covered = address;
+  const areas = text.split('\n').filter(Boolean).map((line) => {
+    const [range = '', perms = ''] = line.split(' ');
+    const [start = '0', stop = '0'] = range.split('-');
+    return { start: BigInt(`0x${start}`), stop: BigInt(`0x${stop}`), rw: perms.startsWith('rw') };
+  }).sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  for (const area of areas) {
+    if (area.stop <= covered) continue;
+    if (area.start > covered || !area.rw) return false;
+    covered = area.stop;
+    if (covered >= end) return true;
+  }
+  return covered >= end;
+}
+
+function checkOurMemory(address: unknown, length: unknown, what: string): void {
+  if (!isByteCount(address) || !isByteCount(length)) return; // the addon's own checks name it
+  if (BigInt(length) > 0n && !isMappedReadWrite(BigInt(address), BigInt(length))) {
+    throw invalidArgValue(`${what}: [0x${BigInt(address).toString(16)}, +0x${BigInt(length).toString(16)}) is not memory this process has mapped read-write (/proc/self/maps); touching it would be SIGSEGV`);
+  }
+}
+
+type AdoptMapping = (address: number | bigint, length: number | bigint, owned: boolean) => unknown;
+type Madvise = (address: number | bigint, length: number | bigint, advice: number) => void;
+
+/** Refuses an address range that is not this process's read-write memory. */
+export function guardedAdoptMapping(adopt: AdoptMapping): AdoptMapping {
+  return (address, length, owned) => {
+    checkOurMemory(address, length, 'adoptMapping');
+    return adopt(address, length, owned);
+  };
+}
+
+/** The same for madvise: MADV_REMOVE on someone else's (or no) memory is refused first. */
+export function guardedMadvise(madvise: Madvise): Madvise {
+  return (address, length, advice) => {
+    checkOurMemory(address, length, 'madvise');
+    madvise(address, length, advice);
+  };
+}

@@ -7,7 +7,7 @@
 // simulator and the probe still work.
 
 import { GuestmemError } from './errors';
-import { guardedMmap } from './mapping-guard';
+import { guardedAdoptMapping, guardedMadvise, guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
 
@@ -90,6 +90,10 @@ export interface NativeAddon {
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
   ftruncate(fd: number, length: U64): void;
   mmap(fd: number, length: U64, offset: U64, writable: boolean): NativeMapping;
+  /** A handle over memory already mapped here; owned: munmap it when the handle goes. */
+  adoptMapping(address: U64, length: U64, owned: boolean): NativeMapping;
+  /** MADV_REMOVE or MADV_DONTNEED over a range of this process's memory. */
+  madvise(address: U64, length: U64, advice: number): void;
   /** An ArrayBuffer over part of a mapping (1..maxWindow bytes) that keeps it mapped. */
   mapWindow(mapping: NativeMappingHandle, offset: U64, length: U64): ArrayBuffer;
   /** Unmaps now, emptying (detaching) every window still alive; idempotent. */
@@ -159,6 +163,8 @@ export function native(): NativeAddon {
     try {
       const addon = counted(load());
       addon.mmap = guardedMmap(addon.mmap) as NativeAddon['mmap'];
+      addon.adoptMapping = guardedAdoptMapping(addon.adoptMapping) as NativeAddon['adoptMapping'];
+      addon.madvise = guardedMadvise(addon.madvise) as NativeAddon['madvise'];
       loaded = addon;
       return loaded;
     } catch (error) {

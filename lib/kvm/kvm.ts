@@ -21,6 +21,7 @@ import {
 import { native } from '../common/native';
 import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from './vm-init';
 import { maskHasVmType, missingVmTypeLine, vmTypesInMask } from './vm-types';
+import { takeFd } from './shared-memory';
 
 function checkU32(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);
@@ -206,27 +207,59 @@ export class Vm extends FdOwner {
 }
 
 /**
+ * A guest_memfd made by another program (an embedding VMM): its fd, and where in it the
+ * block's private memory starts (the memslot's guest_memfd_offset). Duplicated unless
+ * `close` is true (then guestmem takes that fd and closes it).
+ */
+export interface GuestMemfdSource {
+  fd: number;
+  offset?: Bytes;
+  close?: boolean;
+}
+
+/**
  * A guest_memfd: the private backing of guest memory. The host cannot map it (6.12: mmap →
  * ENODEV; 6.18+ only with GUEST_MEMFD_FLAG_MMAP, see KVM_CAP_GUEST_MEMFD_FLAGS); it can only
  * give pages back (punch-hole) or preallocate them. guest_memfd
- * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it.
+ * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it. Offsets given
+ * to it are within its window: [offset, offset + size) of the file.
  */
 export class GuestMemfd extends FdOwner {
   readonly size: bigint;
+  /** Where the window starts in the file: 0 for one guestmem created. */
+  readonly offset: bigint;
 
   /** @internal */
-  constructor(fd: number, size: bigint) {
+  constructor(fd: number, size: bigint, offset = 0n) {
     super(fd, 'guest_memfd');
     this.size = size;
+    this.offset = offset;
+  }
+
+  /** A VMM's guest_memfd, `size` bytes of it from `source.offset` (checked against the file's size). */
+  static adopt(source: GuestMemfdSource, size: Bytes): GuestMemfd {
+    if (source === null || typeof source !== 'object') throw invalidArgType(`guest_memfd source must be { fd, offset? }, got ${source === null ? 'null' : typeof source}`);
+    const length = checkBytes(size, 'guest_memfd size');
+    const offset = checkBytes(source.offset ?? 0, 'guest_memfd offset');
+    if (offset % 4096n !== 0n) throw outOfRange(`guest_memfd offset must be a multiple of 4096, got ${offset}`);
+    const fd = takeFd(source.fd, source.close, 'guest_memfd');
+    try {
+      const fileSize = fs.fstatSync(fd, { bigint: true }).size;
+      if (offset + length > fileSize) throw outOfRange(`guest_memfd [0x${offset.toString(16)}, +0x${length.toString(16)}) is past the end of the 0x${fileSize.toString(16)}-byte guest_memfd`);
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
+    return new GuestMemfd(fd, length, offset);
   }
 
   punchHole(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'punch-hole', 'guest_memfd');
-    native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
+    native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, this.offset + start, length);
   }
 
   allocate(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'allocate', 'guest_memfd');
-    native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, start, length);
+    native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, this.offset + start, length);
   }
 }
