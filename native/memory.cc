@@ -60,7 +60,8 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
 
 // Gives back the pages of a range of memory known only by its address (a borrowed mapping):
 // MADV_REMOVE for shared memory (the file's pages go, as a punch-hole would), MADV_DONTNEED
-// for private anonymous memory. The TS side chooses and checks the range is ours.
+// for private anonymous memory. The TS side checks first that the range is a shared
+// read-write mapping of this process (never the heap).
 Napi::Value Madvise(const Napi::CallbackInfo& info) {
   Args args(info);
   uint64_t address = args.U64(0, "address");

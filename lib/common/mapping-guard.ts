@@ -38,11 +38,13 @@ export function guardedMmap(mmap: Mmap): Mmap {
 }
 
 /**
- * True when [address, address + length) lies in mappings of this process that are readable
- * and writable, end to end (/proc/self/maps): memory JavaScript may be given windows over,
- * or told to discard, without SIGSEGV.
+ * True when [address, address + length) lies in shared, readable and writable mappings of
+ * this process, end to end (/proc/self/maps "rw-s": a memfd, shmem, a file): memory
+ * JavaScript may be given windows over, or told to discard, without SIGSEGV. Private
+ * mappings are refused: they include V8's heap and malloc's, which a write or a discard
+ * through a window would corrupt. Guest RAM shared with KVM and a device is a shared mapping.
  */
-export function isMappedReadWrite(address: bigint, length: bigint): boolean {
+export function isMappedSharedReadWrite(address: bigint, length: bigint): boolean {
   let text: string;
   try {
     text = fs.readFileSync('/proc/self/maps', 'utf8');
@@ -54,7 +56,7 @@ export function isMappedReadWrite(address: bigint, length: bigint): boolean {
   const areas = text.split('\n').filter(Boolean).map((line) => {
     const [range = '', perms = ''] = line.split(' ');
     const [start = '0', stop = '0'] = range.split('-');
-    return { start: BigInt(`0x${start}`), stop: BigInt(`0x${stop}`), rw: perms.startsWith('rw') };
+    return { start: BigInt(`0x${start}`), stop: BigInt(`0x${stop}`), rw: perms.startsWith('rw') && perms[3] === 's' };
   }).sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
   for (const area of areas) {
     if (area.stop <= covered) continue;
@@ -67,8 +69,11 @@ export function isMappedReadWrite(address: bigint, length: bigint): boolean {
 
 function checkOurMemory(address: unknown, length: unknown, what: string): void {
   if (!isByteCount(address) || !isByteCount(length)) return; // the addon's own checks name it
-  if (BigInt(length) > 0n && !isMappedReadWrite(BigInt(address), BigInt(length))) {
-    throw invalidArgValue(`${what}: [0x${BigInt(address).toString(16)}, +0x${BigInt(length).toString(16)}) is not memory this process has mapped read-write (/proc/self/maps); touching it would be SIGSEGV`);
+  if (BigInt(length) > 0n && !isMappedSharedReadWrite(BigInt(address), BigInt(length))) {
+    throw invalidArgValue(
+      `${what}: [0x${BigInt(address).toString(16)}, +0x${BigInt(length).toString(16)}) is not a shared read-write mapping of this process (/proc/self/maps "rw-s"); ` +
+        'only such memory (a memfd, shmem) can be adopted: anything else could be unmapped (SIGSEGV) or be the heap',
+    );
   }
 }
 

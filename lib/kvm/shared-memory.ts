@@ -21,12 +21,12 @@ import { native } from '../common/native';
 const MAX_FILE_SIZE = (1n << 63n) - 1n;
 const PAGE = 4096n;
 const MADV_REMOVE = 9;
-const MADV_DONTNEED = 4;
 
 /**
  * Shared memory a VMM already has. `fd`: mapped here at `offset` (page-aligned); the fd is
  * duplicated unless `close` is true (then guestmem takes that fd and closes it). `address`:
- * memory this process has mapped read-write already; unmapped on close only if `close`.
+ * memory this process has mapped shared and read-write already (a memfd or shmem mapping,
+ * checked in /proc/self/maps); unmapped on close only if `close`.
  */
 export type SharedMemorySource =
   | { fd: number; offset?: Bytes; close?: boolean }
@@ -137,9 +137,9 @@ export class SharedMemory implements Disposable {
 
   /**
    * Frees the pages of a range; it reads back as zero. A file: fallocate PUNCH_HOLE |
-   * KEEP_SIZE at its place in the file. Memory known by address only: MADV_REMOVE (shared
-   * memory), or MADV_DONTNEED where that is refused (private anonymous memory), as QEMU's
-   * ram_block_discard_range chooses.
+   * KEEP_SIZE at its place in the file. Memory known by address only (always a shared
+   * mapping): MADV_REMOVE, which frees the file's pages as QEMU's ram_block_discard_range
+   * does for shared RAM.
    */
   discard(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'discard', 'shared memory');
@@ -148,12 +148,7 @@ export class SharedMemory implements Disposable {
       native().fallocate(this.#file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, this.fileOffset + start, length);
       return;
     }
-    try {
-      native().madvise(this.address + start, length, MADV_REMOVE);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
-      native().madvise(this.address + start, length, MADV_DONTNEED);
-    }
+    native().madvise(this.address + start, length, MADV_REMOVE);
   }
 
   /** Bytes of memory the file holds now (st_blocks * 512); not known for memory adopted by address. */

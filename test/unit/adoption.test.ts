@@ -52,6 +52,12 @@ function memfd(size: number): number {
   return fd;
 }
 
+/** A page-aligned address inside this process's private memory (the V8/malloc heap). */
+function heapPage(): bigint {
+  const line = fs.readFileSync('/proc/self/maps', 'utf8').split('\n').find((l) => / rw-p .*\[heap\]$/.test(l))!;
+  return BigInt(`0x${line.split('-')[0]}`);
+}
+
 const isOpen = (fd: number) => {
   try {
     fs.fstatSync(fd);
@@ -177,10 +183,11 @@ describe('embedding: a RamBlock adopts what a VMM made', () => {
     assert.equal(owner.read(0, 1)[0], 0x5a, 'the owner\'s memory is still mapped');
   });
 
-  it('refuses memory that is not mapped read-write here, and bad sources, before any call', () => {
+  it('refuses memory that is not a shared mapping here (the heap included), and bad sources, before any call', () => {
     const vm = new FakeVm();
     const bad: Array<[unknown, RegExp | { code: string }]> = [
-      [{ address: 0x1000 }, /not memory this process has mapped read-write/],
+      [{ address: 0x1000 }, /is not a shared read-write mapping of this process/],
+      [{ address: heapPage() }, /is not a shared read-write mapping of this process/],
       [{ address: 0x12345 }, { code: 'ERR_OUT_OF_RANGE' }],
       [{ fd: 999_999 }, { code: 'ERR_GUESTMEM_CLOSED' }],
       [{ fd: -1 }, { code: 'ERR_INVALID_ARG_TYPE' }],
@@ -190,7 +197,7 @@ describe('embedding: a RamBlock adopts what a VMM made', () => {
       [null, { code: 'ERR_INVALID_ARG_TYPE' }],
     ];
     for (const [shared, expected] of bad) {
-      assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: shared as never, memslot: { adopt: true } }), expected as RegExp, JSON.stringify(shared));
+      assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: shared as never, memslot: { adopt: true } }), expected as RegExp, JSON.stringify(shared, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v)));
     }
     const small = memfd(PAGE);
     assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: { fd: small } }), /runs past the end/);
