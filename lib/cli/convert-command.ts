@@ -79,6 +79,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     }
     const { strip, pagesPerCell } = mapStrip(attributes);
     const summary = {
+      vmType: host.vmType,
       block: { gpa, size, sharedPages: attributes.sharedGranules, privatePages: attributes.privateGranules },
       vfio: host.assigned ? { bdf: host.assigned.bdf, backend: host.assigned.backend, mappings: listener?.mappings ?? 0 } : null,
       conversions: results,
@@ -87,7 +88,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     };
     if (values.json) printJson(summary);
     else {
-      console.log(`block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
+      console.log(`${host.vmType} VM, block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
       for (const r of results) {
         console.log(r.ok
           ? `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`

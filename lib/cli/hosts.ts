@@ -16,7 +16,7 @@ import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { resolveVmType } from './vm-type-option';
-import type { VmTypeChoice } from '../kvm/vm-types';
+import { vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -81,13 +81,17 @@ export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
   readonly assigned: AssignedDevice | null;
+  /** The VM type this host made: --vm-type, or the best for private memory. */
+  readonly vmType: string;
   private readonly vcpu: Vcpu | null = null;
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
     this.kvm = withKvmHint(() => Kvm.open(), options.commandLine);
     try {
-      const vm = this.kvm.createVm(resolveVmType(this.kvm, options.vmType, options.commandLine));
+      const type = resolveVmType(this.kvm, options.vmType, options.commandLine);
+      this.vmType = vmTypeName(type);
+      const vm = this.kvm.createVm(type);
       const vcpu = options.prefault ? Vcpu.create(this.kvm, vm, 0) : null;
       this.vcpu = vcpu;
       this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});
