@@ -44,6 +44,7 @@ async function main() {
     report.vmIoctlHere = 'worked';
   } catch (error) {
     report.vmIoctlHere = error.code ?? error.message;
+    report.vmIoctlError = error.message;
   }
 
   const vm = new DelegatedVm({ type: 1, setMemoryAttributes: askVmm });

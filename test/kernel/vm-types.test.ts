@@ -97,7 +97,7 @@ describe('VM types: --vm-type on every command, on a kernel with SW-protected VM
     assert.match(unknown.stderr, /^guestmem convert: this host cannot create a 9 VM \(KVM_X86 type 9\): KVM_CAP_VM_TYPES is 0x3 .*; fix: a kernel whose KVM_CAP_VM_TYPES has that bit\n$/);
     const plain = guestmem([...base, '--vm-type', '0']);
     assert.equal(plain.status, 1);
-    assert.match(plain.stderr, /^guestmem convert: this VM \(type 0\) has no KVM_MEMORY_ATTRIBUTE_PRIVATE: create it as 'sw-protected' \(or 'snp', 'tdx'\).*\n$/);
+    assert.match(plain.stderr, /^guestmem convert: this VM \(type 0\) has (no guest_memfd and )?no KVM_MEMORY_ATTRIBUTE_PRIVATE: create it as 'sw-protected' \(or 'snp', 'tdx'\).*\n$/);
   });
 
   it('the library refuses an SNP or TDX VM in one line with the fix, keeping the kernel\'s errno', () => {
