@@ -58,7 +58,7 @@ export async function guestCommand(args: string[]): Promise<number> {
   const vmType = parseVmTypeOption(values['vm-type']);
   if (values.svg === '') throw new UsageError('--svg needs a file name');
 
-  const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])], ['guest', ...args]);
+  const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
   if (missing) {
     if (values['no-vm']) throw new Error(`not possible on this host: ${missing}`);
     console.error(`guestmem guest: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);

@@ -16,7 +16,7 @@ import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { resolveVmType } from './vm-type-option';
-import { vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
+import { vmTypeFix, vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -63,15 +63,19 @@ export const DEFAULT_GPA = 16 * 1024 * 1024;
  * Opening KVM fails on hosts without it, with an errno that alone says little: keep the
  * kernel's error (code, errno, syscall) and say what to do.
  */
-function withKvmHint<T>(make: () => T, commandLine: string[] | undefined): T {
+function withKvmHint<T>(make: () => T, options: VmHostOptions): T {
   try {
     return make();
   } catch (error) {
     const e = error as NodeJS.ErrnoException;
     if (typeof e?.syscall !== 'string') throw error;
-    const again = commandLine ? commandLine.join(' ') : '<command>';
+    const again = options.commandLine ? options.commandLine.join(' ') : '<command>';
+    // The harness VM has SW-protected VMs only: for another type, the fix is the host's.
+    const fix = options.vmType === undefined || vmTypeName(options.vmType) === 'sw-protected'
+      ? `run the command inside the harness VM: guestmem vm -- ${again}`
+      : vmTypeFix(options.vmType);
     throw Object.assign(
-      new Error(`${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: run the command inside the harness VM: guestmem vm -- ${again}`, { cause: error }),
+      new Error(`${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: ${fix}`, { cause: error }),
       { code: e.code, errno: e.errno, syscall: e.syscall },
     );
   }
@@ -87,7 +91,7 @@ export class VmHost implements ScriptHost {
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
-    this.kvm = withKvmHint(() => Kvm.open(), options.commandLine);
+    this.kvm = withKvmHint(() => Kvm.open(), options);
     try {
       const type = resolveVmType(this.kvm, options.vmType, options.commandLine);
       this.vmType = vmTypeName(type);

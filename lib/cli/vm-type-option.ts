@@ -6,7 +6,7 @@
 
 import { GuestmemError } from '../common/errors';
 import type { Kvm } from '../kvm/kvm';
-import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, missingVmTypeLine, vmTypeFix, PRIVATE_MEMORY_VM_TYPES, type VmTypeChoice } from '../kvm/vm-types';
+import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, missingVmTypeLine, vmTypeFix, vmTypeName, PRIVATE_MEMORY_VM_TYPES, type VmTypeChoice } from '../kvm/vm-types';
 import { capabilityFeature, probe, vmTypeFeature, type Capability } from '../probe';
 import { UsageError } from './usage-error';
 
@@ -66,13 +66,15 @@ export function resolveVmType(kvm: Kvm, choice: VmTypeChoice | undefined, comman
  * guest): null to run here, else the reason to go to the VM. A type the harness VM lacks
  * too (SNP, TDX, another number) is no reason to go there: that is the one-line error.
  */
-export function harnessReason(choice: VmTypeChoice | undefined, capabilities: Capability[], commandLine: string[]): string | null {
+export function harnessReason(choice: VmTypeChoice | undefined, capabilities: Capability[]): string | null {
   if (process.env.GUESTMEM_IN_VM === '1') return null;
   const report = probe();
   const wanted = choice ?? report.privateMemoryVm.best ?? 'sw-protected';
   const typeFeature = vmTypeFeature(report, wanted);
-  if (!typeFeature.ok && report.kvm.ok && wanted !== 'sw-protected') {
-    throw unsupported(harnessHint(missingVmTypeLine(wanted, report.kvm.vmTypesMask ?? 0), commandLine));
+  if (!typeFeature.ok && vmTypeName(wanted) !== 'sw-protected') {
+    throw unsupported(report.kvm.ok
+      ? missingVmTypeLine(wanted, report.kvm.vmTypesMask ?? 0)
+      : `this host cannot create a ${vmTypeName(wanted)} VM: ${report.kvm.why}; fix: ${vmTypeFix(wanted)}`);
   }
   const lacking = [typeFeature, ...capabilities.map((c) => capabilityFeature(report, c))].filter((f) => !f.ok);
   return lacking.length === 0 ? null : [...new Set(lacking.map((f) => f.why))].join('; ');
