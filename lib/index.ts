@@ -6,7 +6,8 @@ export { PageBitmap, type Run } from './tracker/page-bitmap';
 export { RamBlockAttributes, type SectionInput, type StateChangeResult } from './tracker/ram-block-attributes';
 export type { RamDiscardListener } from './tracker/ram-discard-listener';
 export { RecordingListener } from './tracker/recording-listener';
-export { STATE_CHANGE_CHANNEL, type PageState, type StateChangeMessage } from './tracker/state-change-channel';
+export type { PageState } from './tracker/page-state';
+export { STATE_CHANGE_CHANNEL, type StateChangeMessage } from './tracker/state-change-channel';
 export { Kvm, Vm, GuestMemfd, type MemoryRegion, type GuestMemfdSource } from './kvm/kvm';
 export type { MemoryVm } from './kvm/memory-vm';
 export { DelegatedVm, type VmDelegate } from './kvm/delegated-vm';
@@ -29,7 +30,8 @@ export { EduDevice } from './vfio/edu-device';
 export { DmaProbe } from './vfio/dma-probe';
 export { pciDevice, pciDevices, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 export { probe, type ProbeReport, type Feature, type Capability } from './probe';
-export { native, nativeAvailable, nativeCalls } from './common/native';
+// The raw addon stays inside: every fd it takes is owned by a class above (Kvm, Vm, VfioContainer, …).
+export { nativeAvailable, nativeCalls } from './common/native';
 // The VMM loop: vCPUs, guest programs, guest-driven conversions.
 export { Vcpu, supportedCpuid, type Registers, type SpecialRegisters } from './vmm/vcpu';
 export type { VcpuExit, IoExit, MmioExit, HypercallExit, MemoryFaultExit } from './vmm/vcpu-exit';

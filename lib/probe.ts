@@ -20,6 +20,7 @@ import { native, nativeAvailable } from './common/native';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
 import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 
+/** One capability of the host: present, or why not and what to do. */
 export interface Feature {
   ok: boolean;
   /** Why not, when ok is false. */
@@ -28,6 +29,7 @@ export interface Feature {
   fix?: string;
 }
 
+/** What {@link probe} found: each piece guestmem uses, present or why not. */
 export interface ProbeReport {
   nativeAddon: Feature;
   kvm: Feature & { apiVersion?: number; vmTypes?: VmType[]; vmTypesMask?: number };
@@ -248,6 +250,10 @@ export function readDmaEntryLimit(): number | undefined {
   }
 }
 
+/**
+ * What this host supports for confidential-VM memory work, each missing piece with why and the
+ * fix. Never throws: without the addon it says so.
+ */
 export function probe(): ProbeReport {
   const report = {} as ProbeReport;
   if (!nativeAvailable()) {
@@ -257,7 +263,7 @@ export function probe(): ProbeReport {
     } catch (error) {
       why = errorWhy(error);
     }
-    const feature = missing(why, 'npm run build:native');
+    const feature = missing(why, 'install a C++ compiler, python3 and make, then `npm rebuild guestmem` (in a checkout: `npm run build:native`)');
     return {
       nativeAddon: feature, kvm: feature, privateMemoryVm: { ...feature, types: [] }, swProtectedVm: feature,
       snpVm: { ...feature, vmTypeBit: false, moduleParameter: null, sevDevice: 'unusable' }, tdxVm: { ...feature, vmTypeBit: false, moduleParameter: null }, guestMemfd: feature, userMemory2: feature,

@@ -1,8 +1,10 @@
 // A vCPU's KVM_RUN on a thread of its own, so that a guest that runs (or spins) never
-// blocks Node's event loop. run() posts one KVM_RUN to the thread and returns a promise of
-// the exit, decoded into a plain object on the main thread; the vCPU stays stopped until
-// JS asks for the next run, so an exit's handler (a conversion) finishes before the guest
-// resumes. stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal
+// blocks Node's event loop. run() posts one KVM_RUN to the thread; when it returns, the
+// main thread copies kvm_run's exit (and an OUT's data) into the caller's exit view and
+// calls the caller's onExit, once per run. The vCPU stays stopped until JS asks for the
+// next run, so an exit's handler (a conversion) finishes before the guest resumes.
+// The exit is decoded in JavaScript from the view (lib/vmm/vcpu-exit.ts): under emulation
+// each N-API call costs microseconds, and building the exit object here took twenty. stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal
 // the thread, so KVM_RUN returns EINTR whether the thread is inside it or about to enter.
 #include <pthread.h>
 #include <signal.h>
@@ -11,7 +13,6 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
-#include <optional>
 #include <thread>
 
 #include "args.h"
@@ -37,8 +38,14 @@ struct RunResult {
   int error;
 };
 
+// The exit view: kvm_run up to the end of its exit union, then an OUT's data.
+constexpr size_t kExitHeaderBytes = offsetof(uapi::kvm_run, kvm_valid_regs);
+constexpr size_t kIoDataOffset = kExitHeaderBytes;
+constexpr size_t kIoDataBytes = 4096;  // KVM's PIO page: the most one exit carries
+constexpr size_t kExitViewBytes = kIoDataOffset + kIoDataBytes;
+
 class VcpuRunner;
-void DeliverRun(Napi::Env env, Napi::Function, VcpuRunner* runner, RunResult* result);
+void DeliverRun(Napi::Env env, Napi::Function onExit, VcpuRunner* runner, RunResult* result);
 using RunDelivery = Napi::TypedThreadSafeFunction<VcpuRunner, RunResult, DeliverRun>;
 
 class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
@@ -48,26 +55,29 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
                        {
                            InstanceMethod<&VcpuRunner::Run>("run"),
                            InstanceMethod<&VcpuRunner::Stop>("stop"),
-                           InstanceMethod<&VcpuRunner::CompleteHypercall>("completeHypercall"),
                            InstanceMethod<&VcpuRunner::CompleteIo>("completeIo"),
                            InstanceMethod<&VcpuRunner::CompleteMmio>("completeMmio"),
                            InstanceMethod<&VcpuRunner::Close>("close"),
                        });
   }
 
-  // new VcpuRunner(vcpuFd, mmapSize): maps the vCPU's kvm_run; the fd stays the caller's
-  // and must outlive the runner (close() the runner first).
+  // new VcpuRunner(vcpuFd, mmapSize, exitView, onExit): maps the vCPU's kvm_run; the fd
+  // stays the caller's and must outlive the runner (close() the runner first). exitView is
+  // a Uint8Array of vcpuExitViewBytes; onExit(error) is called after each run.
   explicit VcpuRunner(const Napi::CallbackInfo& info) : Napi::ObjectWrap<VcpuRunner>(info) {
     Args args(info);
     fd_ = args.Fd(0);
     uint64_t size = args.U64(1, "mmapSize");
     if (size < sizeof(uapi::kvm_run) || size > (1u << 20)) throw ArgumentError(info.Env(), "mmapSize must be KVM_GET_VCPU_MMAP_SIZE's answer");
+    Napi::Uint8Array view = BytesArg(info, 2, kExitViewBytes, "exitView");
+    if (!info[3].IsFunction()) throw ArgumentError(info.Env(), "onExit must be a function");
+    view_ = Napi::Persistent(view);
     void* address = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
     if (address == MAP_FAILED) throw ErrnoError(info.Env(), errno, "mmap(kvm_run)");
     run_ = static_cast<uapi::kvm_run*>(address);
     mmap_size_ = size;
     InstallKickHandler();
-    delivery_ = RunDelivery::New(info.Env(), "guestmem-vcpu", 0, 1, this);
+    delivery_ = RunDelivery::New(info.Env(), info[3].As<Napi::Function>(), "guestmem-vcpu", 0, 1, this);
     // An idle vCPU must not keep Node alive; a KVM_RUN in flight does (Run refs it).
     delivery_.Unref(info.Env());
     // The runner lives until close(), not until GC: its thread and the delivery function
@@ -82,35 +92,40 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   static void AtEnvExit(void* runner) { static_cast<VcpuRunner*>(runner)->Shutdown(); }
 
-  // Called on the main thread when a KVM_RUN returns.
-  void Finish(Napi::Env env, RunResult result) {
-    Napi::Promise::Deferred deferred = std::move(*pending_);
-    pending_.reset();
+  // Called on the main thread when a KVM_RUN returns: the exit goes into the view, then
+  // to onExit (an error object instead when the run failed or the runner closed).
+  void Finish(Napi::Env env, Napi::Function onExit, RunResult result) {
+    running_ = false;
     if (!closed_) delivery_.Unref(env);
-    try {
-      if (closed_) {
-        deferred.Reject(ClosedError(env).Value());
-      } else if (result.result < 0 && result.error != EINTR &&
-                 !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
-        // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
-        deferred.Reject(ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value());
-      } else {
-        deferred.Resolve(DecodeExit(env, result));
-      }
-    } catch (const Napi::Error& error) {
-      deferred.Reject(error.Value());
+    Napi::Value error = env.Undefined();
+    if (closed_) {
+      error = ClosedError(env).Value();
+    } else if (result.result < 0 && result.error != EINTR &&
+               !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
+      // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
+      error = ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
+    } else {
+      CopyExit(result.result < 0 && result.error == EINTR);
     }
+    // Unref last: the call may drop JS's last reference to this runner.
+    onExit.Call({error});
     Unref();
   }
 
  private:
+  // run([hypercallReturn]): the next KVM_RUN. A hypercall's return value, when given, is
+  // written first (the guest finds it in rax; since KVM's 2024 rework the VMM must always
+  // write it): one crossing per exit instead of two.
   Napi::Value Run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (closed_) throw ClosedError(env);
-    if (pending_) throw Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
+    if (running_) throw Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (run_->exit_reason != uapi::KVM_EXIT_HYPERCALL) throw Napi::Error::New(env, "the last exit was not a hypercall");
+      run_->hypercall.ret = SignedU64(info[0], "hypercallReturn");
+    }
     if (!thread_.joinable()) thread_ = std::thread(&VcpuRunner::ThreadMain, this);
-    pending_.emplace(Napi::Promise::Deferred::New(env));
-    Napi::Promise promise = pending_->Promise();
+    running_ = true;
     // The runner must live until the result is delivered, whatever JS drops meanwhile.
     Ref();
     delivery_.Ref(env);
@@ -119,22 +134,13 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       requested_ = true;
     }
     wake_.notify_one();
-    return promise;
+    return env.Undefined();
   }
 
   // Sticky: every later KVM_RUN returns EINTR at once.
   Napi::Value Stop(const Napi::CallbackInfo& info) {
     Kick();
     return info.Env().Undefined();
-  }
-
-  // The hypercall's return value, which the guest finds in rax when it resumes. Since KVM's
-  // 2024 rework the VMM must always write it.
-  Napi::Value CompleteHypercall(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    CheckLastExit(env, uapi::KVM_EXIT_HYPERCALL, "a hypercall");
-    run_->hypercall.ret = SignedU64(info[0], "ret");
-    return env.Undefined();
   }
 
   // The bytes an IN instruction reads: size * count of them.
@@ -159,7 +165,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   }
 
   // Stops the thread (kicking it out of KVM_RUN), joins it and unmaps kvm_run. A run in
-  // flight is rejected with ERR_GUESTMEM_CLOSED when its result arrives.
+  // flight ends with ERR_GUESTMEM_CLOSED when its result arrives.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed_) {
       Shutdown();
@@ -184,11 +190,9 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         requested_ = false;
       }
       int result = ioctl(fd_, uapi::KVM_RUN, 0);
-      auto* outcome = new RunResult{result, result < 0 ? errno : 0};
-      if (delivery_.BlockingCall(outcome) != napi_ok) {
-        delete outcome;
-        return;
-      }
+      // One run in flight at a time: the result needs no allocation.
+      outcome_ = RunResult{result, result < 0 ? errno : 0};
+      if (delivery_.BlockingCall(&outcome_) != napi_ok) return;
     }
   }
 
@@ -212,85 +216,20 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     delivery_.Release();
     munmap(run_, mmap_size_);
     run_ = nullptr;
+    view_.Reset();
   }
 
-  Napi::Object DecodeExit(Napi::Env env, RunResult result) {
-    Napi::Object exit = Napi::Object::New(env);
-    uint32_t reason = result.result < 0 && result.error == EINTR ? uapi::KVM_EXIT_INTR : run_->exit_reason;
-    exit.Set("exitReason", Napi::Number::New(env, reason));
-    auto set = [&](const char* name, Napi::Value value) { exit.Set(name, value); };
-    auto number = [&](double value) { return Napi::Number::New(env, value); };
-    auto big = [&](uint64_t value) { return U64Value(env, value); };
-    switch (reason) {
-      case uapi::KVM_EXIT_IO: {
-        bool out = run_->io.direction == uapi::KVM_EXIT_IO_OUT;
-        set("reason", Napi::String::New(env, "io"));
-        set("direction", Napi::String::New(env, out ? "out" : "in"));
-        set("port", number(run_->io.port));
-        set("size", number(run_->io.size));
-        set("count", number(run_->io.count));
-        if (out) set("data", Napi::Buffer<uint8_t>::Copy(env, reinterpret_cast<uint8_t*>(run_) + run_->io.data_offset, IoLength()));
-        break;
-      }
-      case uapi::KVM_EXIT_MMIO:
-        set("reason", Napi::String::New(env, "mmio"));
-        set("address", big(run_->mmio.phys_addr));
-        set("length", number(run_->mmio.len));
-        set("isWrite", Napi::Boolean::New(env, run_->mmio.is_write != 0));
-        if (run_->mmio.is_write) set("data", Napi::Buffer<uint8_t>::Copy(env, run_->mmio.data, std::min<uint32_t>(run_->mmio.len, 8)));
-        break;
-      case uapi::KVM_EXIT_HYPERCALL: {
-        set("reason", Napi::String::New(env, "hypercall"));
-        set("nr", big(run_->hypercall.nr));
-        Napi::Array args = Napi::Array::New(env, 6);
-        for (uint32_t i = 0; i < 6; i++) args.Set(i, big(run_->hypercall.args[i]));
-        set("args", args);
-        set("flags", big(run_->hypercall.flags));
-        set("longMode", Napi::Boolean::New(env, (run_->hypercall.flags & 1) != 0));
-        break;
-      }
-      case uapi::KVM_EXIT_MEMORY_FAULT:
-        set("reason", Napi::String::New(env, "memory-fault"));
-        set("flags", big(run_->memory_fault.flags));
-        set("gpa", big(run_->memory_fault.gpa));
-        set("size", big(run_->memory_fault.size));
-        break;
-      case uapi::KVM_EXIT_HLT:
-        set("reason", Napi::String::New(env, "hlt"));
-        break;
-      case uapi::KVM_EXIT_INTR:
-        set("reason", Napi::String::New(env, "intr"));
-        break;
-      case uapi::KVM_EXIT_SHUTDOWN:
-        set("reason", Napi::String::New(env, "shutdown"));
-        break;
-      case uapi::KVM_EXIT_FAIL_ENTRY:
-        set("reason", Napi::String::New(env, "fail-entry"));
-        set("hardwareEntryFailureReason", big(run_->fail_entry.hardware_entry_failure_reason));
-        set("cpu", number(run_->fail_entry.cpu));
-        break;
-      case uapi::KVM_EXIT_INTERNAL_ERROR:
-      case uapi::KVM_EXIT_SYSTEM_EVENT: {
-        bool internal = reason == uapi::KVM_EXIT_INTERNAL_ERROR;
-        set("reason", Napi::String::New(env, internal ? "internal-error" : "system-event"));
-        set(internal ? "suberror" : "type", number(run_->internal.suberror));
-        uint32_t count = std::min<uint32_t>(run_->internal.ndata, 16);
-        Napi::Array data = Napi::Array::New(env, count);
-        for (uint32_t i = 0; i < count; i++) data.Set(i, big(run_->internal.data[i]));
-        set("data", data);
-        break;
-      }
-      case uapi::KVM_EXIT_EXCEPTION:
-        set("reason", Napi::String::New(env, "exception"));
-        set("exception", number(run_->ex.exception));
-        set("errorCode", number(run_->ex.error_code));
-        break;
-      default:
-        set("reason", Napi::String::New(env, reason == uapi::KVM_EXIT_UNKNOWN ? "unknown" : "other"));
-        set("hardwareExitReason", big(run_->hw.hardware_exit_reason));
-        break;
+  // kvm_run's exit into the view; an interrupted run reads as KVM_EXIT_INTR.
+  void CopyExit(bool interrupted) {
+    Napi::Uint8Array view = view_.Value();
+    uint8_t* bytes = view.Data();
+    std::memcpy(bytes, run_, kExitHeaderBytes);
+    if (interrupted) {
+      uint32_t reason = uapi::KVM_EXIT_INTR;
+      std::memcpy(bytes + offsetof(uapi::kvm_run, exit_reason), &reason, sizeof reason);
+    } else if (run_->exit_reason == uapi::KVM_EXIT_IO && run_->io.direction == uapi::KVM_EXIT_IO_OUT) {
+      std::memcpy(bytes + kIoDataOffset, reinterpret_cast<uint8_t*>(run_) + run_->io.data_offset, std::min(IoLength(), kIoDataBytes));
     }
-    return exit;
   }
 
   size_t IoLength() const {
@@ -302,7 +241,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
 
   void CheckLastExit(Napi::Env env, uint32_t reason, const char* what) const {
     if (closed_) throw ClosedError(env);
-    if (pending_) throw Napi::Error::New(env, "the vCPU is running: complete an exit only while it is stopped");
+    if (running_) throw Napi::Error::New(env, "the vCPU is running: complete an exit only while it is stopped");
     if (run_->exit_reason != reason) throw Napi::Error::New(env, std::string("the last exit was not ") + what);
   }
 
@@ -350,20 +289,50 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   bool requested_ = false;
   bool quitting_ = false;
   bool closed_ = false;
+  bool running_ = false;
+  RunResult outcome_{0, 0};
+  Napi::Reference<Napi::Uint8Array> view_;
   RunDelivery delivery_;
-  std::optional<Napi::Promise::Deferred> pending_;
 };
 
 // On the main thread; env is null when Node is tearing the function down.
-void DeliverRun(Napi::Env env, Napi::Function, VcpuRunner* runner, RunResult* result) {
-  RunResult copy = *result;
-  delete result;
+void DeliverRun(Napi::Env env, Napi::Function onExit, VcpuRunner* runner, RunResult* result) {
   if (env == nullptr || runner == nullptr) return;
-  runner->Finish(env, copy);
+  runner->Finish(env, onExit, *result);
 }
 
 }  // namespace
 
 void InitVcpuThread(Napi::Env env, Napi::Object exports) {
   exports.Set("VcpuRunner", VcpuRunner::Define(env));
+  exports.Set("vcpuExitViewBytes", Napi::Number::New(env, kExitViewBytes));
+  // Where lib/vmm/vcpu-exit.ts reads each field of the view: the compiler's offsets, so
+  // the decoder is checked against the same struct that uapi_vcpu.h pins.
+  Napi::Object layout = Napi::Object::New(env);
+  auto at = [&](const char* name, size_t offset) { layout.Set(name, Napi::Number::New(env, offset)); };
+  at("exitReason", offsetof(uapi::kvm_run, exit_reason));
+  at("ioDirection", offsetof(uapi::kvm_run, io.direction));
+  at("ioSize", offsetof(uapi::kvm_run, io.size));
+  at("ioPort", offsetof(uapi::kvm_run, io.port));
+  at("ioCount", offsetof(uapi::kvm_run, io.count));
+  at("ioData", kIoDataOffset);
+  at("mmioAddress", offsetof(uapi::kvm_run, mmio.phys_addr));
+  at("mmioData", offsetof(uapi::kvm_run, mmio.data));
+  at("mmioLength", offsetof(uapi::kvm_run, mmio.len));
+  at("mmioIsWrite", offsetof(uapi::kvm_run, mmio.is_write));
+  at("hypercallNr", offsetof(uapi::kvm_run, hypercall.nr));
+  at("hypercallArgs", offsetof(uapi::kvm_run, hypercall.args));
+  at("hypercallFlags", offsetof(uapi::kvm_run, hypercall.flags));
+  at("memoryFaultFlags", offsetof(uapi::kvm_run, memory_fault.flags));
+  at("memoryFaultGpa", offsetof(uapi::kvm_run, memory_fault.gpa));
+  at("memoryFaultSize", offsetof(uapi::kvm_run, memory_fault.size));
+  at("failEntryReason", offsetof(uapi::kvm_run, fail_entry.hardware_entry_failure_reason));
+  at("failEntryCpu", offsetof(uapi::kvm_run, fail_entry.cpu));
+  at("internalSuberror", offsetof(uapi::kvm_run, internal.suberror));
+  at("internalNdata", offsetof(uapi::kvm_run, internal.ndata));
+  at("internalData", offsetof(uapi::kvm_run, internal.data));
+  at("exception", offsetof(uapi::kvm_run, ex.exception));
+  at("exceptionErrorCode", offsetof(uapi::kvm_run, ex.error_code));
+  at("hardwareExitReason", offsetof(uapi::kvm_run, hw.hardware_exit_reason));
+  exports.Set("kvmRunLayout", layout);
 }

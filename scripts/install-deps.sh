@@ -12,3 +12,5 @@ export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q
 # shellcheck disable=SC2046
 $sudo apt-get install -y -q --no-install-recommends g++ make python3 binutils debian-archive-keyring $(cat "$here/vm/build-packages.txt" "$here/vm/run-packages.txt")
+# Headless Chromium for scripts/svg-browser-check.sh (an --svg picture checked in a real browser).
+$sudo apt-get install -y -q --no-install-recommends chromium

@@ -5,14 +5,14 @@
 // Where the VM has KVM_CAP_PRE_FAULT_MEMORY, every size is measured twice: without and
 // with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
-import { parseArgs } from 'node:util';
 import { findEduDevice } from '../vfio/edu-device';
 import { benchGuestLoop } from './guest-bench';
 import { nativeCalls } from '../common/native';
 import type { ConversionStep } from '../memory/conversion-stats';
-import type { PageState } from '../tracker/state-change-channel';
+import type { PageState } from '../tracker/page-state';
 import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
@@ -36,14 +36,33 @@ export interface BenchRow {
   failedPrefaults: number;
 }
 
+const BENCH_OPTIONS = {
+  json: { type: 'boolean', help: 'print the rows as one JSON object' },
+  iterations: { type: 'string', value: 'N', help: 'conversions timed per size and direction (default 20)' },
+  pages: { type: 'string', value: 'LIST', help: 'the conversion sizes in pages, comma-separated (default 1,16,512)' },
+  'guest-iterations': { type: 'string', value: 'N', help: 'rounds of the guest-driven loop against the C yardstick (default 500; 0 skips it)' },
+  'no-vfio': { type: 'boolean', help: 'leave the edu device\'s VFIO listener out' },
+  'no-far-end': { type: 'boolean', help: 'skip the 8 GiB far-end comparison (it makes KVM mark 9 GiB private)' },
+  'no-prefault': { type: 'boolean', help: 'skip the runs with KVM_PRE_FAULT_MEMORY' },
+  'no-vm': { type: 'boolean', help: 'fail on a host without SW-protected VMs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
+} as const;
+
+export const BENCH: CommandSpec<typeof BENCH_OPTIONS> = {
+  name: 'bench',
+  summary: 'time conversions of 1, 16 and 512 pages on a real kernel, step by step',
+  options: BENCH_OPTIONS,
+  description: `Times conversions on a real kernel, split by step (KVM attributes, listeners, discard,
+pre-fault), with the number of native calls per conversion; where KVM has
+KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Then one
+page at the far end of an 8 GiB block against one at the far end of a 1 GiB block (same
+VM, alternating), which should cost the same, and the guest-driven VMM loop against the C
+yardstick. Runs inside the harness VM when this host lacks SW-protected VMs.`,
+  examples: ['guestmem bench', 'guestmem bench --json --iterations 100 --pages 1,512'],
+};
+
 export async function benchCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      json: { type: 'boolean' }, iterations: { type: 'string' }, pages: { type: 'string' }, 'no-vfio': { type: 'boolean' }, 'no-vm': { type: 'boolean' }, 'no-prefault': { type: 'boolean' },
-      'guest-iterations': { type: 'string' }, 'no-far-end': { type: 'boolean' }, ...VM_TYPE_OPTION,
-    },
-  });
+  const { values } = parseCommand(BENCH, args);
   const iterations = Number(values.iterations ?? 20);
   if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
   const sizes = (values.pages ?? '1,16,512').split(',').map(Number);

@@ -1,14 +1,14 @@
 // `guestmem convert`: one VM, one block, optionally a device's VFIO listener; the requested
 // conversions in order; the result of each and where the time went.
 
-import { parseArgs } from 'node:util';
 import { toGranuleRange, type Bytes } from '../common/byte-range';
 import { isRejection } from '../common/errors';
 import { nativeCalls } from '../common/native';
 import { blockGeometry } from '../tracker/ram-block-attributes';
-import type { PageState } from '../tracker/state-change-channel';
-import { VmHost, backendOption } from './hosts';
+import type { PageState } from '../tracker/page-state';
+import { VmHost, backendOption, vfioOption } from './hosts';
 import { mapLegend, mapStrip } from './map-picture';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
 import { UsageError } from './usage-error';
@@ -38,14 +38,34 @@ function checkBlockOptions(size: number | bigint, gpa: number | bigint, ranges: 
   }
 }
 
+const CONVERT_OPTIONS = {
+  size: { type: 'string', required: true, value: 'S', help: 'the RAM block\'s size (required)' },
+  gpa: { type: 'string', required: true, value: 'A', help: 'the block\'s guest physical address, page-aligned (required)' },
+  range: { type: 'string', required: true, multiple: true, value: 'OFF+LEN', help: 'a range to convert, offsets within the block, page-aligned (one or more)' },
+  to: { type: 'string', required: true, multiple: true, value: 'private|shared', help: 'the state to convert to: one for every --range, or one each' },
+  vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device (bound to vfio-pci)' },
+  backend: { type: 'string', value: 'auto|type1|iommufd', help: 'the DMA back end for --vfio (default auto: iommufd where present, else type1)' },
+  json: { type: 'boolean', help: 'print the results as one JSON object' },
+  ...VM_TYPE_OPTION,
+} as const;
+
+export const CONVERT: CommandSpec<typeof CONVERT_OPTIONS> = {
+  name: 'convert',
+  summary: 'make a VM with one RAM block and convert ranges of it',
+  options: CONVERT_OPTIONS,
+  description: `Makes a VM with private memory (--vm-type) with one RAM block of S bytes at guest address A (all private, as
+KVM starts it), optionally attaches the device's VFIO DMA listener, converts each range
+(offsets within the block) in order, and prints each result with its timing.
+Sizes: 4096, 0x1000, 64K, 16M, 2G. Every option is checked before the kernel is touched.
+Exits 1 if a conversion fails or is rejected.`,
+  examples: [
+    'guestmem convert --size 64M --gpa 16M --range 1M+64K --to shared',
+    'guestmem convert --size 64M --gpa 16M --vfio 0000:00:01.0 --range 0+2M --to shared --range 0+4K --to private',
+  ],
+};
+
 export async function convertCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      size: { type: 'string' }, gpa: { type: 'string' }, range: { type: 'string', multiple: true }, to: { type: 'string', multiple: true },
-      vfio: { type: 'string' }, backend: { type: 'string' }, json: { type: 'boolean' }, ...VM_TYPE_OPTION,
-    },
-  });
+  const { values } = parseCommand(CONVERT, args);
   if (!values.size || !values.gpa) throw new UsageError('convert needs --size and --gpa (example: --size 64M --gpa 16M)');
   const ranges = (values.range ?? []).map((r) => parseRange(r, '--range'));
   const targets = values.to ?? [];
@@ -56,6 +76,7 @@ export async function convertCommand(args: string[]): Promise<number> {
   const gpa = parseSize(values.gpa, '--gpa');
   const backend = backendOption(values.backend);
   const vmType = parseVmTypeOption(values['vm-type']);
+  vfioOption(values.vfio);
   checkBlockOptions(size, gpa, ranges);
 
   const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['convert', ...args] });
@@ -71,7 +92,7 @@ export async function convertCommand(args: string[]): Promise<number> {
       const started = process.hrtime.bigint();
       try {
         const result = await host.convert(range.offset, range.size, to);
-        results.push({ ...range, to, ok: true, ...(result as object), ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
+        results.push({ ...range, ok: true, ...result, ns: Number(process.hrtime.bigint() - started), nativeCalls: nativeCalls.count - calls });
       } catch (error) {
         failed = true;
         results.push({ ...range, to, ok: false, outcome: isRejection(error) ? 'rejected' : 'failed', code: (error as { code?: string }).code, error: (error as Error).message });

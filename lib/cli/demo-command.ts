@@ -5,7 +5,6 @@
 // converts it shared and leaves a message that the device reads by DMA. Each step is
 // timed; exits 1 if any proof fails.
 
-import { parseArgs } from 'node:util';
 import { AssignedDevice } from '../vfio/assigned-device';
 import { DmaProbe } from '../vfio/dma-probe';
 import { findEduDevice } from '../vfio/edu-device';
@@ -21,6 +20,7 @@ import { formatBytes } from './sizes';
 import { runInVm } from './vm-command';
 import { harnessReason, parseVmTypeOption, resolveVmType, VM_TYPE_OPTION } from './vm-type-option';
 import { vmTypeName } from '../kvm/vm-types';
+import { parseCommand, type CommandSpec } from './command-spec';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -42,8 +42,27 @@ const CHECK_STEPS: Record<string, string> = {
   'device-reads-message': 'dma-shared',
 };
 
+const DEMO_OPTIONS = {
+  json: { type: 'boolean', help: 'print the steps and the final map as one JSON object' },
+  'no-vm': { type: 'boolean', help: 'fail on a host that lacks what the demo needs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
+} as const;
+
+export const DEMO: CommandSpec<typeof DEMO_OPTIONS> = {
+  name: 'demo',
+  summary: 'the whole story with proofs: a guest hides a page from the host and the device',
+  options: DEMO_OPTIONS,
+  description: `A SW-protected VM with one RAM block and a VFIO DMA listener on the edu device (iommufd
+where present); a vCPU runs the secret guest program, which converts a page private with
+KVM_HC_MAP_GPA_RANGE and hides a secret there, then shares it again. The host proves that
+neither the memfd nor the device's DMA sees the secret, and that both see the message
+once shared; each step is timed, then the final map. Runs inside the harness VM when this
+host lacks what it needs. Exits 1 if a proof fails.`,
+  examples: ['guestmem demo', 'guestmem demo --json'],
+};
+
 export async function demoCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'no-vm': { type: 'boolean' }, ...VM_TYPE_OPTION } });
+  const { values } = parseCommand(DEMO, args);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes', 'vfio-device']);
   if (missing && !values['no-vm']) {

@@ -5,13 +5,13 @@
 // console, its conversions and the final map; exits 1 if any check fails.
 
 import fs from 'node:fs';
-import { parseArgs } from 'node:util';
 import { DmaProbe } from '../vfio/dma-probe';
 import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
 import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';
-import { VmHost, backendOption, DEFAULT_GPA } from './hosts';
+import { VmHost, backendOption, vfioOption, DEFAULT_GPA } from './hosts';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
@@ -33,16 +33,42 @@ function positiveInteger(text: string | undefined, fallback: number, what: strin
   return value;
 }
 
+const GUEST_OPTIONS = {
+  vcpus: { type: 'string', value: 'N', help: 'vCPUs running the program, 1..8 (default 1)' },
+  vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device (bound to vfio-pci)' },
+  backend: { type: 'string', value: 'auto|type1|iommufd', help: 'the DMA back end for --vfio (default auto: iommufd where present, else type1)' },
+  iterations: { type: 'string', value: 'N', help: 'conversions for random and loop (default 20; loop 1000)' },
+  seed: { type: 'string', value: 'N', help: 'the seed of random, or the misbehaviour of misbehave (default 1)' },
+  pages: { type: 'string', value: 'N', help: 'pages of the data area random converts in (default 64)' },
+  timeout: { type: 'string', value: 'S', help: 'stop the vCPUs after S seconds (default 600)' },
+  json: { type: 'boolean', help: 'print the report as one JSON object' },
+  svg: { type: 'string', value: 'FILE', help: 'draw the map and the conversions over time' },
+  'no-vm': { type: 'boolean', help: 'fail on a host that lacks what it needs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
+} as const;
+
+export const GUEST: CommandSpec<typeof GUEST_OPTIONS> = {
+  name: 'guest',
+  summary: 'run a guest program whose own hypercalls convert its memory (vCPUs, VMM loop)',
+  positionals: 'PROGRAM',
+  options: GUEST_OPTIONS,
+  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; SNP and TDX
+need a launch flow guestmem does not do yet, so in practice SW-protected). Its
+KVM_HC_MAP_GPA_RANGE hypercalls convert its memory through the tracker, KVM's attributes,
+the device's VFIO DMA listener (--vfio) and the punch-hole; the guest is answered 0, or
+-22 (bad request) / -14 (failed and rolled back) and goes on. The host checks the memfd
+and, with --vfio, the device's reach by DMA. Programs:
+  secret     a private page hides a secret from the host and the device; a shared one carries messages
+  random     --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
+  loop       --iterations x (private, shared) of one page
+  misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts, 4 ud2
+Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
+Exits 1 if a check fails or the guest does not exit 0.`,
+  examples: ['guestmem guest secret --vfio 0000:00:01.0', 'guestmem guest random --vcpus 2 --iterations 50 --seed 7 --svg random.svg'],
+};
+
 export async function guestCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      vcpus: { type: 'string' }, vfio: { type: 'string' }, backend: { type: 'string' }, iterations: { type: 'string' },
-      seed: { type: 'string' }, pages: { type: 'string' }, json: { type: 'boolean' }, svg: { type: 'string' },
-      'no-vm': { type: 'boolean' }, timeout: { type: 'string' }, ...VM_TYPE_OPTION,
-    },
-  });
+  const { values, positionals } = parseCommand(GUEST, args);
   if (positionals.length !== 1) throw new UsageError(`give one program: ${GUEST_PROGRAMS.join(', ')}`);
   const program = positionals[0]! as GuestProgramName;
   if (!(GUEST_PROGRAMS as readonly string[]).includes(program) || program === 'requests') {
@@ -56,6 +82,7 @@ export async function guestCommand(args: string[]): Promise<number> {
   const seed = BigInt(values.seed ?? 1) & ((1n << 64n) - 1n);
   const backend = backendOption(values.backend);
   const vmType = parseVmTypeOption(values['vm-type']);
+  vfioOption(values.vfio);
   if (values.svg === '') throw new UsageError('--svg needs a file name');
 
   const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);

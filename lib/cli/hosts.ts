@@ -1,6 +1,6 @@
 // The two places a script or trace can run: the tracker alone (a dry run that touches no
-// kernel) and a real VM with private memory (--vm-type, by default the best this host has)
-// with one RAM block, optionally with a VFIO device whose DMA listener maps what turns shared.
+// kernel) and a real SW-protected VM with one RAM block, optionally with a VFIO device
+// whose DMA listener maps what turns shared.
 
 import { AssignedDevice } from '../vfio/assigned-device';
 import type { Bytes } from '../common/byte-range';
@@ -8,8 +8,8 @@ import type { DmaBackend } from '../vfio/dma-mapper';
 import { GuestMemory } from '../memory/guest-memory';
 import { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
-import { RamBlockAttributes } from '../tracker/ram-block-attributes';
-import type { PageState } from '../tracker/state-change-channel';
+import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
+import type { PageState } from '../tracker/page-state';
 import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
@@ -17,6 +17,8 @@ import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { resolveVmType } from './vm-type-option';
 import { vmTypeFix, vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
+import { messageOf } from '../common/errors';
+import { normalizeBdf } from '../vfio/vfio-sysfs';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -30,7 +32,7 @@ export class TrackerHost implements ScriptHost {
     return null;
   }
 
-  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.attributes!.stateChange(offset, size, to);
   }
 
@@ -54,6 +56,16 @@ export function backendOption(value: string | undefined): DmaBackend | 'auto' {
   const backend = value ?? 'auto';
   if (backend !== 'auto' && backend !== 'type1' && backend !== 'iommufd') throw new UsageError(`--backend must be auto, type1 or iommufd, got '${backend}'`);
   return backend;
+}
+
+/** --vfio: a PCI address (0000:00:01.0, or 00:01.0), checked before anything touches the kernel. */
+export function vfioOption(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return normalizeBdf(value);
+  } catch (error) {
+    throw new UsageError(`--vfio: ${messageOf(error)}`);
+  }
 }
 
 /** Default guest address of the block: low enough that edu (28-bit DMA) reaches all of it. */
@@ -117,7 +129,7 @@ export class VmHost implements ScriptHost {
     return new VfioDmaListener(this.assigned.dma, { sharedAddress: this.block!.shared.address, gpa: BigInt(this.block!.gpa), name: id });
   }
 
-  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown> {
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.block!.convert(addBytes(this.block!.gpa, offset), size, to);
   }
 

@@ -1,11 +1,11 @@
 // `guestmem probe`: what this host supports for confidential-VM memory work, and for each
 // missing piece why and what to do.
 
-import { parseArgs } from 'node:util';
 import { VM_TYPES, type VmType } from '../kvm/kvm-constants';
 import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability, type Feature, type ProbeReport } from '../probe';
 import { UsageError } from './usage-error';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes, parseSize } from './sizes';
 
@@ -62,6 +62,27 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
   ].join('\n');
 }
 
+const PROBE_OPTIONS = {
+  json: { type: 'boolean', help: 'print the report as one JSON object' },
+  'guest-size': { type: 'string', value: 'S', help: 'the guest size for the type1 reach line (default 8G)' },
+  require: {
+    type: 'string', multiple: true, value: 'LIST',
+    help: `exit 1 naming each of these the host lacks (0 when all are present): a gate for a hardware job;\ncomma-separated: vm-type=<name|number>, ${CAPABILITIES.join(', ')}`,
+  },
+} as const;
+
+export const PROBE: CommandSpec<typeof PROBE_OPTIONS> = {
+  name: 'probe',
+  summary: 'what this host supports, and for each missing piece why and what to do',
+  options: PROBE_OPTIONS,
+  description: `Reports the native addon, /dev/kvm, VM types (and for SEV-SNP and TDX what the host shows:
+the VM-types bit, kvm_amd sev_snp / kvm_intel tdx, /dev/sev), guest_memfd, memory attributes, IOMMU groups,
+vfio-pci devices, VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece,
+why and the fix. For type1 it says how much of a guest of size S can be shared at once at
+4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.`,
+  examples: ['guestmem probe', 'guestmem probe --json | jq .memoryAttributes', 'guestmem probe --require vm-type=snp,vfio,iommufd'],
+};
+
 /** One --require item: a capability by name, or vm-type=T (a type name or number). */
 export type Requirement = { name: string } & ({ capability: Capability } | { vmType: VmType | number });
 
@@ -94,7 +115,7 @@ export function missingRequirements(report: ProbeReport, requirements: Requireme
 }
 
 export function probeCommand(args: string[]): number {
-  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, 'guest-size': { type: 'string' }, require: { type: 'string', multiple: true } } });
+  const { values } = parseCommand(PROBE, args);
   const guestSize = parseSize(values['guest-size'] ?? '8G', '--guest-size');
   const requirements = values.require ? parseRequirements(values.require) : null;
   const report = probe();

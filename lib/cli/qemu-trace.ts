@@ -5,7 +5,7 @@
 // for the conversion before it, and is checked against ours. Every other line is skipped.
 
 import type { Bytes } from '../common/byte-range';
-import type { PageState } from '../tracker/state-change-channel';
+import type { PageState } from '../tracker/page-state';
 import { exactBytes, parseDigits } from './sizes';
 
 /** Addresses and sizes are exact: numbers up to 2^53, bigints past it (2^64 or more too). */

@@ -3,14 +3,14 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { approximateBytes } from '../common/byte-range';
 import { blockGeometry, type RamBlockAttributes } from '../tracker/ram-block-attributes';
 import { parseScript, type ScriptOp } from './conversion-script';
-import { DEFAULT_GPA, TrackerHost, VmHost, backendOption } from './hosts';
+import { DEFAULT_GPA, TrackerHost, VmHost, backendOption, vfioOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson, progressBar } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
 import type { Bytes } from '../common/byte-range';
@@ -104,15 +104,99 @@ async function execute(ops: ScriptOp[], host: ScriptHost, label: string) {
 }
 
 const PAGE = 4096;
-const OUTPUT_OPTIONS = { json: { type: 'boolean' }, svg: { type: 'string' }, 'max-input': { type: 'string' } } as const;
-const VM_OPTIONS = { vfio: { type: 'string' }, backend: { type: 'string' }, gpa: { type: 'string' }, ...VM_TYPE_OPTION } as const;
+const OUTPUT_OPTIONS = {
+  json: { type: 'boolean', help: 'print the report as one JSON object' },
+  svg: { type: 'string', value: 'FILE', help: 'draw the map and every conversion over time (checked before the run, written after)' },
+  'max-input': { type: 'string', value: 'SIZE', help: 'the largest input read (default 64M)' },
+} as const;
+const VM_OPTIONS = {
+  vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device on each listened section' },
+  backend: { type: 'string', value: 'auto|type1|iommufd', help: 'the DMA back end for --vfio (default auto: iommufd where present, else type1)' },
+  gpa: { type: 'string', value: 'A', help: 'the block\'s guest physical address (default 16M)' },
+  ...VM_TYPE_OPTION,
+} as const;
+
+const SCRIPT_LINES = `Script lines:
+  block <bytes> [granule]          one RAM block; granule defaults to 4096
+  listen <id> <offset> <size>      register a listener on a section
+  unlisten <id>
+  convert <offset> <size> shared|private
+Blank lines and # comments are ignored. A malformed line exits 2 with its line number;
+an invalid conversion is counted as rejected and the run goes on.`;
+
+export const SIMULATE: CommandSpec<typeof OUTPUT_OPTIONS> = {
+  name: 'simulate',
+  summary: 'run a conversion script through the tracker only (no kernel)',
+  positionals: '[FILE|-]',
+  options: OUTPUT_OPTIONS,
+  description: `Runs a conversion script through the tracker with recording listeners that model VFIO
+(a double map or unmap counts as an error), touching no kernel. The script comes from FILE,
+or from standard input with - (or with no FILE when input is piped).
+${SCRIPT_LINES}
+--json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
+"rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.`,
+  examples: [
+    'guestmem simulate script.txt --svg map.svg',
+    "printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json",
+  ],
+};
+
+const RUN_OPTIONS = { ...VM_OPTIONS, ...OUTPUT_OPTIONS } as const;
+
+export const RUN: CommandSpec<typeof RUN_OPTIONS> = {
+  name: 'run',
+  summary: 'run a conversion script against a real VM',
+  positionals: 'SCRIPT',
+  options: RUN_OPTIONS,
+  description: `Executes a simulate script against a real VM with private memory (--vm-type): the block becomes a guest_memfd
+memslot at --gpa; 'listen' attaches the VFIO DMA listener of the device named by --vfio on
+its section (a recording listener without --vfio). Exits 1 if a conversion fails in the
+kernel. A progress bar shows on long scripts when stdout is a terminal.
+${SCRIPT_LINES}`,
+  examples: ['guestmem run script.txt --vfio 0000:00:01.0 --svg map.svg'],
+};
+
+const REPLAY_OPTIONS = {
+  size: { type: 'string', value: 'S', help: 'the block\'s size (with --gpa; default: inferred from the trace)' },
+  ...VM_OPTIONS,
+  'dry-run': { type: 'boolean', help: 'replay through the tracker only, touching no kernel' },
+  ...OUTPUT_OPTIONS,
+} as const;
+
+export const REPLAY: CommandSpec<typeof REPLAY_OPTIONS> = {
+  name: 'replay',
+  summary: 'replay a QEMU trace of a guest\'s conversions',
+  positionals: 'TRACE',
+  options: REPLAY_OPTIONS,
+  description: `Replays QEMU's kvm_convert_memory events (log trace backend, optionally '<pid>@<s>.<us>:'
+prefixed) by guest address on a real VM (--dry-run: the tracker only), and checks each
+ram_block_attributes_state_change event against the tracker's own view. Other lines are
+skipped. Without --size/--gpa the block is inferred from the addresses (and it says so),
+leaving out conversions past 2^64 (and, on a real VM, past 2^52: no guest has such
+addresses); those are rejected and counted. Addresses and sizes go to 2^64 - 1. A huge
+inferred block that the conversions barely touch is refused: give --gpa/--size.
+Exits 1 on a failed conversion or a mismatch with QEMU's view.`,
+  examples: ['guestmem replay qemu-trace.log --gpa 0 --size 4G --dry-run'],
+};
+
+/**
+ * Where simulate reads its script. With no FILE on a terminal it would wait for typing that
+ * nobody knows to do: a usage error says what it expects. `-` on a terminal reads what is
+ * typed, after saying so.
+ */
+function scriptSource(file: string | undefined): string {
+  if (!process.stdin.isTTY) return file ?? '-';
+  if (file === undefined) throw new UsageError('give a script FILE, or - to type one on the terminal (end it with Ctrl-D); see the script lines in guestmem simulate --help');
+  if (file === '-') process.stderr.write('guestmem simulate: reading a script from the terminal; end it with Ctrl-D\n');
+  return file;
+}
 
 
 export async function simulateCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, options: OUTPUT_OPTIONS, allowPositionals: true });
-  if (positionals.length > 1) throw new UsageError(`give one script file, got ${positionals.length}`);
+  const { values, positionals } = parseCommand(SIMULATE, args);
   const svg = checkOutputFile(values.svg, '--svg');
-  const ops = parseScript(await readInputText(positionals[0] ?? '-', 'script', maxInput(values['max-input'])));
+  const source = scriptSource(positionals[0]);
+  const ops = parseScript(await readInputText(source, 'script', maxInput(values['max-input'])));
   const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate');
   if (values.json) printJson(reportJson(report));
   else console.log(summary(report, attributes));
@@ -120,12 +204,12 @@ export async function simulateCommand(args: string[]): Promise<number> {
 }
 
 export async function runCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, options: { ...OUTPUT_OPTIONS, ...VM_OPTIONS }, allowPositionals: true });
-  if (positionals.length > 1) throw new UsageError(`give one script file, got ${positionals.length}`);
+  const { values, positionals } = parseCommand(RUN, args);
   // Every usage error is found before the kernel is touched: options, the script, its block.
   const gpa = values.gpa !== undefined ? parseGpa(values.gpa) : DEFAULT_GPA;
   const backend = backendOption(values.backend);
   const vmType = parseVmTypeOption(values['vm-type']);
+  vfioOption(values.vfio);
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
@@ -188,15 +272,11 @@ function checkReplayBlock(block: { size: number | bigint }, source: string): voi
 }
 
 export async function replayCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    options: { ...OUTPUT_OPTIONS, ...VM_OPTIONS, size: { type: 'string' }, 'dry-run': { type: 'boolean' } },
-    allowPositionals: true,
-  });
-  if (positionals.length > 1) throw new UsageError(`give one trace file, got ${positionals.length}`);
+  const { values, positionals } = parseCommand(REPLAY, args);
   // Every usage error is found before the kernel is touched (or the dry run starts).
   const backend = backendOption(values.backend);
   const vmType = parseVmTypeOption(values['vm-type']);
+  vfioOption(values.vfio);
   if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined || vmType !== undefined)) {
     const option = values.vfio !== undefined ? 'vfio' : values.backend !== undefined ? 'backend' : 'vm-type';
     throw new UsageError(`--${option} needs a real VM; --dry-run touches no kernel (drop one of them)`);
@@ -231,7 +311,7 @@ export async function replayCommand(args: string[]): Promise<number> {
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
     convert: async (offset, size, to) => {
       try {
-        const result = (await host.convert(offset, size, to)) as { from: string; to: string };
+        const result = await host.convert(offset, size, to);
         results.push(result);
         return result;
       } catch (error) {

@@ -5,10 +5,10 @@
 import { toGranuleRange, type Bytes } from '../common/byte-range';
 import { isRejection } from '../common/errors';
 import type { Run } from '../tracker/page-bitmap';
-import { blockGeometry, type RamBlockAttributes } from '../tracker/ram-block-attributes';
+import { blockGeometry, type RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 import { RecordingListener } from '../tracker/recording-listener';
-import type { PageState } from '../tracker/state-change-channel';
+import type { PageState } from '../tracker/page-state';
 import type { ScriptOp } from './conversion-script';
 import { ScriptError } from './conversion-script';
 
@@ -18,7 +18,7 @@ export interface ScriptHost {
   openBlock(size: Bytes, granule: number): RamBlockAttributes;
   /** The real listener for a `listen` line, or null for a recording listener alone. */
   makeListener(id: string, offset: Bytes, size: Bytes): RamDiscardListener | null;
-  convert(offset: Bytes, size: Bytes, to: PageState): Promise<unknown>;
+  convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
   /** Releases everything: listeners first (unmapping what they hold), then the block and VM. */
   shutdown(): Promise<void>;
 }

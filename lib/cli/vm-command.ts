@@ -5,7 +5,7 @@
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseCommand, type CommandSpec } from './command-spec';
 import { UsageError } from './usage-error';
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -40,14 +40,32 @@ export function runInVm(args: string[], options: VmOptions = {}): number {
   return result.status ?? 1;
 }
 
+const VM_OPTIONS = {
+  kernel: { type: 'string', value: '6.12|7.2', help: 'the harness kernel to boot (default GUESTMEM_KERNEL, else 6.12)' },
+  memory: { type: 'string', value: 'SIZE', help: 'the VM\'s memory, as QEMU\'s -m takes it (2G, 4096M)' },
+  edu: { type: 'string', value: 'N', help: 'edu devices bound to vfio-pci, 0..16' },
+  'kernel-log': { type: 'string', value: 'FILE', help: 'keep the kernel\'s console and QEMU\'s messages in FILE' },
+  timeout: { type: 'string', value: 'S', help: 'end the run (exit 3) after S seconds (default 1200)' },
+} as const;
+
+export const VM: CommandSpec<typeof VM_OPTIONS> = {
+  name: 'vm',
+  summary: 'run a guestmem command inside the harness VM (QEMU, built-in kernel)',
+  trailer: '[--] <command> [args]',
+  maxPositionals: Infinity,
+  options: VM_OPTIONS,
+  description: `Runs a guestmem command inside the harness VM: QEMU (software emulation) booting a Linux
+6.12 (Debian bookworm's) or 7.2 (Debian unstable's) kernel with KVM (SW-protected VMs), an
+emulated Intel IOMMU and edu devices bound to vfio-pci. Each kernel is built on first use
+(about 5 minutes on 2 cores, with progress on stderr) and cached under ~/.cache/guestmem.
+Needs Debian's qemu-system-x86, busybox-static and the kernel build packages (it names
+them if missing, exit 2). The options before -- are the VM's; the rest is the command.`,
+  examples: ['guestmem vm -- probe', 'guestmem vm --kernel 7.2 -- probe', 'guestmem vm --edu 2 --kernel-log vm.log -- demo --json'],
+};
+
 export function vmCommand(args: string[]): number {
   const split = args.indexOf('--');
-  const { values, positionals } = parseArgs({
-    args: split >= 0 ? args.slice(0, split) : args,
-    options: { kernel: { type: 'string' }, memory: { type: 'string' }, edu: { type: 'string' }, 'kernel-log': { type: 'string' }, timeout: { type: 'string' } },
-    allowPositionals: true,
-    strict: true,
-  });
+  const { values, positionals } = parseCommand(VM, split >= 0 ? args.slice(0, split) : args);
   const command = split >= 0 ? args.slice(split + 1) : positionals;
   if (command.length === 0) throw new UsageError('give the guestmem command to run in the VM, e.g. guestmem vm -- demo');
   // Checked here, before run-in-vm.sh waits for the harness lock and boots a VM that QEMU would refuse.

@@ -10,18 +10,14 @@ import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, missingVmT
 import { capabilityFeature, probe, vmTypeFeature, type Capability } from '../probe';
 import { UsageError } from './usage-error';
 
-/** The option's parseArgs entry: spread into each command's options. */
-export const VM_TYPE_OPTION = { 'vm-type': { type: 'string' } } as const;
-
-export const VM_TYPE_HELP = '--vm-type sw-protected|snp|tdx|N  the VM type (default: the best this host has for private memory: snp, tdx, then sw-protected)';
-
-/** The commands that make a VM and so take --vm-type. */
-export const VM_TYPE_COMMANDS: readonly string[] = ['convert', 'run', 'replay', 'guest', 'bench', 'demo'];
-
-/** A command's help, with the --vm-type line where the command takes it. */
-export function withVmTypeHelp(command: string, help: string): string {
-  return VM_TYPE_COMMANDS.includes(command) ? `${help}\n  ${VM_TYPE_HELP}` : help;
-}
+/** The option, spread into each command's option table (it parses and documents it). */
+export const VM_TYPE_OPTION = {
+  'vm-type': {
+    type: 'string',
+    value: 'TYPE',
+    help: 'the VM type: sw-protected, snp, tdx or a KVM_CREATE_VM number (default: the best this host\nhas for private memory: snp, tdx, then sw-protected); a host without it: one line with the fix, exit 1',
+  },
+} as const;
 
 /** --vm-type as given: a private-memory type's name or a KVM_CREATE_VM number; undefined for the default. */
 export function parseVmTypeOption(value: string | undefined): VmTypeChoice | undefined {

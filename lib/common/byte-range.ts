@@ -5,6 +5,7 @@
 
 import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
 
+/** A byte count or address: a number where it is a safe integer, else a bigint (up to 2^64 − 1). */
 export type Bytes = number | bigint;
 
 const U64_LIMIT = 1n << 64n;
@@ -20,7 +21,10 @@ export function isPowerOfTwo(value: number): boolean {
   return value % 0x40000000 === 0 && isPowerOfTwo(value / 0x40000000);
 }
 
-/** Checks a granularity: a power of two up to 2^63 bytes (the 64-bit space has room for one granule). */
+/**
+ * Checks a granularity: a power of two up to 2^63 bytes (the 64-bit space has room for one
+ * granule).
+ */
 export function checkGranularity(value: unknown, name = 'granularity'): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${describeValue(value)}`);
   if (!isPowerOfTwo(value)) throw outOfRange(`${name} must be a power of two, got ${value}`);
@@ -77,6 +81,7 @@ export class GranuleRange {
     return { offset: bytesOf(this.first, this.granularity), size: bytesOf(this.count, this.granularity) };
   }
 
+  /** The range in granules and bytes, for messages. */
   toString(): string {
     return `[0x${this.offsetBigInt.toString(16)}, +0x${this.sizeBigInt.toString(16)})`;
   }

@@ -1,6 +1,7 @@
 // Errors shaped like Node's own: a `code` a program can switch on, and a message that
 // says what to fix. Kernel errors (errno, syscall) are made in native/errors.h.
 
+/** The codes a {@link GuestmemError} carries. */
 export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_LISTENER_FAILED'
   | 'ERR_GUESTMEM_LISTENER_TIMEOUT'
@@ -18,6 +19,10 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
   | 'ERR_GUESTMEM_VCPU_FAILED';
 
+/**
+ * An error guestmem found itself (not a failed syscall), with a `code` a program can switch
+ * on, like Node's `ERR_*` errors.
+ */
 export class GuestmemError extends Error {
   readonly code: GuestmemErrorCode;
 
@@ -50,9 +55,17 @@ export function isRejection(error: unknown): boolean {
   return code === 'ERR_GUESTMEM_CONVERSION_REJECTED' || code === 'ERR_GUESTMEM_CLOSED';
 }
 
+/**
+ * The message of anything thrown: an Error's own, else the value as a string (a listener may
+ * throw a string or null).
+ */
+export function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
 /** What a shutdown could not release, all of it: an AggregateError with a code. */
 export function shutdownIncomplete(what: string, errors: unknown[]): AggregateError & { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' } {
-  const messages = errors.map((e) => (e instanceof Error ? e.message : String(e)));
+  const messages = errors.map(messageOf);
   return Object.assign(
     new AggregateError(errors, `shutting down ${what} released all it could, but ${errors.length} thing(s) failed: ${messages.join('; ')}`),
     { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' as const },

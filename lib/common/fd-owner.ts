@@ -51,6 +51,7 @@ export abstract class FdOwner implements Disposable {
     }
   }
 
+  /** Closes it: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -15,6 +15,11 @@ export function maxWindowBytes(): number {
   return Math.min(bufferConstants.MAX_LENGTH, native().maxWindow);
 }
 
+/**
+ * A host mapping (mmap) made by the addon, reached from JavaScript through windows made on
+ * demand (`view`, `read`, `write`), never one buffer over all of it; `close()` unmaps at once
+ * and empties every window still alive.
+ */
 export class HostMapping {
   readonly address: bigint;
   readonly size: bigint;

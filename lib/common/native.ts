@@ -6,7 +6,8 @@
 // then throws ERR_GUESTMEM_NATIVE_UNAVAILABLE with the reason, and the tracker, the
 // simulator and the probe still work.
 
-import { GuestmemError } from './errors';
+import path from 'node:path';
+import { GuestmemError, messageOf } from './errors';
 import { guardedAdoptMapping, guardedMadvise, guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
@@ -28,12 +29,20 @@ export interface Type1IommuInfo {
 }
 
 /** A vCPU exit as native/vcpu_thread.cc decodes it; lib/vmm/vcpu-exit.ts types each kind. */
-export type NativeExit = { reason: string; exitReason: number } & Record<string, unknown>;
+/** Byte offsets of kvm_run's exit fields in a runner's exit view (offsetof in the addon). */
+export interface NativeKvmRunLayout {
+  exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number; ioData: number;
+  mmioAddress: number; mmioData: number; mmioLength: number; mmioIsWrite: number;
+  hypercallNr: number; hypercallArgs: number; hypercallFlags: number;
+  memoryFaultFlags: number; memoryFaultGpa: number; memoryFaultSize: number;
+  failEntryReason: number; failEntryCpu: number; internalSuberror: number; internalNdata: number; internalData: number;
+  exception: number; exceptionErrorCode: number; hardwareExitReason: number;
+}
 
 export interface NativeVcpuRunner {
-  run(): Promise<NativeExit>;
+  /** The next KVM_RUN; a hypercall's return value, when given, is written first. */
+  run(hypercallReturn?: number | bigint): void;
   stop(): void;
-  completeHypercall(ret: number | bigint): void;
   completeIo(data: Uint8Array): void;
   completeMmio(data: Uint8Array): void;
   close(): void;
@@ -84,7 +93,10 @@ export interface NativeAddon {
   kvmGetSupportedCpuid(kvmFd: number): Buffer;
   kvmSetCpuid2(vcpuFd: number, entries: Uint8Array): void;
   /** Maps the vCPU's kvm_run and runs KVM_RUN on a thread of its own. */
-  VcpuRunner: new (vcpuFd: number, mmapSize: number) => NativeVcpuRunner;
+  /** onExit(error) after each run(); the exit itself is in exitView (vcpuExitViewBytes long). */
+  VcpuRunner: new (vcpuFd: number, mmapSize: number, exitView: Uint8Array, onExit: (error: Error | undefined) => void) => NativeVcpuRunner;
+  readonly vcpuExitViewBytes: number;
+  readonly kvmRunLayout: NativeKvmRunLayout;
   // Memory
   memfdCreate(name: string): number;
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
@@ -132,9 +144,17 @@ export interface NativeAddon {
 let loaded: NativeAddon | null = null;
 let loadError: unknown = null;
 
+/** The package's root: node-gyp-build looks there for prebuilds/ and then build/. */
+const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+
+/**
+ * A prebuilt binary for this platform (prebuilds/linux-x64/, one N-API build for every Node
+ * from 20 on), else the one compiled in build/ (the fallback install, or a developer's
+ * `npm run build:native`). GUESTMEM_PREBUILD names another folder to load from (node-gyp-build's <NAME>_PREBUILD).
+ */
 function load(): NativeAddon {
-  const bindings = require('bindings') as (name: string) => unknown;
-  return bindings('guestmem') as NativeAddon;
+  const nodeGypBuild = require('node-gyp-build') as (root: string) => unknown;
+  return nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
 }
 
 /** Counts crossings into C++, so benchmarks can show that a conversion's are bounded. */
@@ -173,11 +193,15 @@ export function native(): NativeAddon {
   }
   throw new GuestmemError(
     'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
-    `the guestmem native addon could not be loaded (run \`npm run build:native\`): ${(loadError as Error).message}`,
+    `the guestmem native addon could not be loaded: ${messageOf(loadError).trim().replace(/\s*\n\s*/g, '; ')} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
     { cause: loadError },
   );
 }
 
+/**
+ * Whether the native addon loaded (a prebuilt binary or one compiled here); `probe()` says why
+ * not.
+ */
 export function nativeAvailable(): boolean {
   try {
     native();

@@ -29,11 +29,16 @@ function checkU32(value: unknown, name: string): number {
   return value;
 }
 
+/**
+ * /dev/kvm: the API version, capabilities and VM creation. Owns its fd; `close()` is
+ * idempotent.
+ */
 export class Kvm extends FdOwner {
   private constructor(fd: number) {
     super(fd, '/dev/kvm');
   }
 
+  /** Opens /dev/kvm (or `path`) and checks KVM's API version. */
   static open(path = '/dev/kvm'): Kvm {
     // libuv opens every fd with O_CLOEXEC.
     return new Kvm(fs.openSync(path, 'r+'));
@@ -43,6 +48,7 @@ export class Kvm extends FdOwner {
     return native().kvmGetApiVersion(this.fd);
   }
 
+  /** KVM_CHECK_EXTENSION on /dev/kvm: 0 where the capability is absent, else its value. */
   checkExtension(capability: number): number {
     return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
   }
@@ -88,6 +94,10 @@ export class Kvm extends FdOwner {
   }
 }
 
+/**
+ * A memslot as KVM_SET_USER_MEMORY_REGION2 takes it: guest address, size, the shared mapping
+ * and, for private memory, a guest_memfd.
+ */
 export interface MemoryRegion {
   slot: number;
   gpa: Bytes;
@@ -101,6 +111,10 @@ export interface MemoryRegion {
   flags?: number;
 }
 
+/**
+ * A KVM VM: memslots, guest_memfds, memory attributes and vCPUs. Owns its fd and closes the
+ * objects made from it.
+ */
 export class Vm extends FdOwner {
   /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
   readonly type: number;
@@ -138,6 +152,7 @@ export class Vm extends FdOwner {
     return vm;
   }
 
+  /** KVM_CHECK_EXTENSION on the VM (what this VM's type supports): 0 where absent, else its value. */
   checkExtension(capability: number): number {
     return native().kvmCheckExtension(this.fd, checkU32(capability, 'capability'));
   }
@@ -176,12 +191,14 @@ export class Vm extends FdOwner {
     native().kvmPreFaultMemory(checkU32(vcpuFd, 'vcpuFd'), start, length);
   }
 
+  /** KVM_CREATE_GUEST_MEMFD: `size` bytes of private memory the host cannot map; owned by this VM. */
   createGuestMemfd(size: Bytes, flags: Bytes = 0): GuestMemfd {
     const length = checkBytes(size, 'guest_memfd size');
     const fd = native().kvmCreateGuestMemfd(this.fd, length, checkBytes(flags, 'guest_memfd flags'));
     return this.adopt(new GuestMemfd(fd, length));
   }
 
+  /** KVM_SET_USER_MEMORY_REGION2: creates or changes a memslot. */
   setUserMemoryRegion(region: MemoryRegion): void {
     const slot = checkU32(region.slot, 'slot');
     const [gpa, size] = checkSpan(region.gpa, region.size, 'memslot');
@@ -253,11 +270,13 @@ export class GuestMemfd extends FdOwner {
     return new GuestMemfd(fd, length, offset);
   }
 
+  /** Frees the range's private pages (fallocate PUNCH_HOLE | KEEP_SIZE). */
   punchHole(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'punch-hole', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, this.offset + start, length);
   }
 
+  /** Allocates the range's private pages ahead of use (fallocate KEEP_SIZE). */
   allocate(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'allocate', 'guest_memfd');
     native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, this.offset + start, length);

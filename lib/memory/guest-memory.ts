@@ -36,6 +36,10 @@ function checkSlot(value: unknown, what: string): number {
   return value;
 }
 
+/**
+ * The guest memory of one VM: its RAM blocks, each with a memslot of its own, and conversions
+ * by guest physical address. Dispose of it (or `close()`) before the VM and devices.
+ */
 export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
   readonly blocks: RamBlock[] = [];
   /** Slot numbers given out, even by blocks that failed (KVM may still hold the number). */
@@ -70,8 +74,20 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
   }
 
   /**
-   * A block at `gpa` of `size` bytes (numbers or bigints), in the next free memslot (or
-   * `slot`); with `shared`, `guestMemfd` and `memslot` it adopts what an embedding VMM made.
+   * Adds a RAM block: a memslot at `gpa` of `size` bytes (numbers or bigints) backed by a new
+   * guest_memfd (private pages) and a shared memfd, all private in the tracker and in KVM
+   * once this returns, as QEMU starts a confidential guest's RAM. With `shared`, `guestMemfd`
+   * and `memslot` it adopts what an embedding VMM made instead (see RamBlockOptions).
+   *
+   * @param options.gpa the guest physical address, a multiple of the page size
+   * @param options.size the size in bytes, a multiple of the granularity
+   * @param options.granularity bytes per tracked granule, a power of two (default 4096)
+   * @param options.name the block's name in errors and on the state-change channel
+   * @param options.slot this memslot number rather than the next free one
+   * @returns the block, owned by this memory (closed with it)
+   * @throws RangeError (`ERR_OUT_OF_RANGE`) for a range that is unaligned, empty or overlaps
+   *   another block, or no memslot number left, before any syscall; a Node-style system
+   *   error if KVM refuses
    */
   addBlock(options: AddBlockOptions): RamBlock {
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
@@ -113,7 +129,17 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     );
   }
 
-  /** Converts by guest physical address; a refusal, like a failure, is a rejected promise. */
+  /**
+   * Converts [gpa, gpa + size) to `to`, in the one block that holds it, as QEMU's
+   * kvm_convert_memory: the tracker, KVM's memory attributes, every listener (a VFIO
+   * listener maps or unmaps the device's DMA), then the punch-hole of the backing left;
+   * a failed step undoes those before it. Conversions of one block run one at a time.
+   *
+   * @returns what changed (the range's state before, granules changed)
+   * @throws (as a rejected promise) `ERR_GUESTMEM_CONVERSION_REJECTED` for a range in no
+   *   block or across two, a TypeError or RangeError for bad input (nothing changed), or
+   *   `ERR_GUESTMEM_CONVERSION_FAILED` when a step failed and was undone
+   */
   convert(gpa: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     try {
       return this.blockFor(gpa, size).convert(gpa, size, to);
@@ -141,6 +167,7 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** Shuts every block down, listeners first (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
@@ -158,6 +185,7 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
+  /** close(): every block goes at once, listeners still registered keep their mappings; prefer `await using`. */
   [Symbol.dispose](): void {
     this.close();
   }

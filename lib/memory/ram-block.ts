@@ -14,6 +14,7 @@ import { describeDisagreements, findDisagreements, type Disagreement } from '../
 import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/byte-range';
 import { ConversionStats, type ConversionStep } from './conversion-stats';
 import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { messageOf as describe } from '../common/errors';
 import { GuestMemfd, type GuestMemfdSource } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
@@ -26,6 +27,7 @@ import type { PageState } from '../tracker/state-change-channel';
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
 export type VcpuFdProvider = () => number;
 
+/** How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name. */
 export interface RamBlockOptions {
   slot: number;
   /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
@@ -55,11 +57,10 @@ export interface RamBlockOptions {
 
 export type { Disagreement } from '../tracker/block-agreement';
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
-/** errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps them. */
+/**
+ * errno and syscall of the kernel error at the root of a failure, if one is: the caller keeps
+ * them.
+ */
 function kernelFacts(error: unknown): { errno?: number; syscall?: string } {
   for (let e = error as { errno?: unknown; syscall?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 8; e = e.cause as typeof e, depth++) {
     if (typeof e.errno === 'number' && typeof e.syscall === 'string') return { errno: e.errno, syscall: e.syscall };
@@ -87,6 +88,11 @@ function clipRuns(runs: Run[], first: number, count: number): Run[] {
   return clipped;
 }
 
+/**
+ * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
+ * QEMU's kvm_convert_memory: tracker, KVM attributes, listeners, punch-hole, each undone if a
+ * later one fails.
+ */
 export class RamBlock implements Disposable {
   readonly name: string;
   readonly slot: number;
@@ -213,10 +219,12 @@ export class RamBlock implements Disposable {
     return this.kvmShared.runs(0, this.kvmShared.bits, state === 'shared');
   }
 
+  /** Registers a listener on a section (default the whole block), replaying what is shared now; queued behind conversions in progress. */
   register(listener: RamDiscardListener, section: SectionInput = { offset: 0, size: this.size }): Promise<void> {
     return this.attributes.register(listener, section);
   }
 
+  /** Unregisters a listener, discarding what it holds (a VFIO listener unmaps its DMA); queued behind conversions in progress. */
   unregister(listener: RamDiscardListener): Promise<void> {
     return this.attributes.unregister(listener);
   }
@@ -590,6 +598,7 @@ export class RamBlock implements Disposable {
     return listener.heldRuns(0, this.attributes.granules);
   }
 
+  /** Shuts the block down: listeners first, then the memslot and backings (`await using`). */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.shutdown();
   }
@@ -635,6 +644,7 @@ export class RamBlock implements Disposable {
     return errors;
   }
 
+  /** close(): the block goes at once, listeners still registered keep their mappings; prefer `await using`. */
   [Symbol.dispose](): void {
     this.close();
   }

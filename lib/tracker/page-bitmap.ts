@@ -28,6 +28,10 @@ function popcount(word: number): number {
 /** A maximal run of equal bits: [first, count]. */
 export type Run = [first: number, count: number];
 
+/**
+ * A bitmap of granules (1 = shared), worked on a 32-bit word at a time: ranges set, cleared,
+ * counted and listed as runs in O(range / 32).
+ */
 export class PageBitmap {
   /** The largest bitmap the engine can hold: 2^32 words of 32 bits (16 GiB). */
   static readonly MAX_BITS = 2 ** 37;
@@ -54,6 +58,7 @@ export class PageBitmap {
     this.words.fill(0);
   }
 
+  /** Whether one bit is set. */
   test(bit: number): boolean {
     checkInteger(bit, 'bit', 0, this.bits - 1);
     return (this.words[Math.floor(bit / 32)]! & (1 << (bit % 32))) !== 0;
@@ -69,6 +74,7 @@ export class PageBitmap {
     this.fillRange(start, count, false);
   }
 
+  /** Sets (`value` true) or clears `count` bits from `start`, a word at a time. */
   fillRange(start: number, count: number, value: boolean): void {
     this.checkRange(start, count);
     if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
@@ -116,11 +122,13 @@ export class PageBitmap {
     return found < end ? found : end;
   }
 
+  /** Whether every bit of [start, start + count) is set. */
   isAllSet(start: number, count: number): boolean {
     this.checkRange(start, count);
     return this.findNext(start, start + count, ALL) >= start + count;
   }
 
+  /** Whether every bit of [start, start + count) is clear. */
   isAllClear(start: number, count: number): boolean {
     this.checkRange(start, count);
     return this.findNext(start, start + count, 0) >= start + count;

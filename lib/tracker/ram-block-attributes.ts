@@ -5,24 +5,30 @@
 
 import { GranuleRange, approximateBytes, bytesOf, checkGranularity, toGranuleRange, type Bytes } from '../common/byte-range';
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { messageOf as message } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
+/** A section of a block (offset and size in bytes) as a listener registers on it. */
 export interface SectionInput {
   offset: Bytes;
   size: Bytes;
 }
 
+/** What a state change did: the range's state before, the new state, and how much changed. */
 export interface StateChangeResult {
   /** What the range was before: wholly one state, or a mixture. */
   from: PageState | 'mixture';
   to: PageState;
   /** Granules that changed state. */
   changed: number;
-  /** Notifications sent per listener: one per changed run. */
-  runs: number;
+  /**
+   * How many runs (`Run`: first granule, count) changed: each listener was notified once per
+   * run, or once with all of them where it takes batches.
+   */
+  changedRuns: number;
 }
 
 export interface RamBlockAttributesOptions {
@@ -97,10 +103,6 @@ function clip(section: GranuleRange, first: number, count: number): GranuleRange
   return start < end ? new GranuleRange(start, end - start, section.granularity) : null;
 }
 
-function message(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 /**
  * Checks a block's geometry without allocating anything: the size (a positive multiple
  * of the granularity, below 2^64), the granularity (a power of two) and the memory its
@@ -151,6 +153,10 @@ function checkSection(section: unknown, what: string): SectionInput {
   return section as SectionInput;
 }
 
+/**
+ * QEMU's RamBlockAttributes: which granules of a block are shared, and the fan-out of every
+ * change to the registered listeners, rolled back if one fails.
+ */
 export class RamBlockAttributes {
   readonly name: string;
   readonly granularity: number;
@@ -348,7 +354,7 @@ export class RamBlockAttributes {
       }
       let changed = 0;
       for (const [, n] of runs) changed += n;
-      return { from, to, changed, runs: runs.length };
+      return { from, to, changed, changedRuns: runs.length };
     });
   }
 

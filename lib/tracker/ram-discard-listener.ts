@@ -5,6 +5,10 @@ import type { GranuleRange } from '../common/byte-range';
 import type { Run } from './page-bitmap';
 import { describeValue, invalidArgType } from '../common/errors';
 
+/**
+ * QEMU's RamDiscardListener: told when granules of its section become shared (`populate`) or
+ * private (`discard`).
+ */
 export interface RamDiscardListener {
   /** Shown in errors and reports; defaults to the constructor's name. */
   readonly name?: string;
@@ -24,6 +28,7 @@ export interface RamDiscardListener {
    * the listener must hold exactly what it held before the call.
    */
   populateRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
+  /** Optional: every run of one change that became private, in one call (all or nothing). */
   discardRuns?(ranges: GranuleRange[]): void | PromiseLike<void>;
   /**
    * Optional: the granules it holds now (maps, for VFIO) inside [first, first + count), as

@@ -10,6 +10,10 @@ import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 
 type Kind = 'populate' | 'discard';
 
+/**
+ * A listener that records what it holds as VFIO would (a double map or unmap counts as an
+ * error): a stand-in for a device in simulations and tests.
+ */
 export class RecordingListener implements RamDiscardListener {
   readonly name: string;
   readonly doubleDiscardSupported: boolean;
@@ -23,6 +27,7 @@ export class RecordingListener implements RamDiscardListener {
 
   private readonly inner: RamDiscardListener | null;
   populateRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
+  /** Present when it takes batches (its inner listener does, or `batch` was asked for). */
   discardRuns?: (ranges: GranuleRange[]) => void | PromiseLike<void>;
 
   /**

@@ -3,9 +3,12 @@
 
 import diagnosticsChannel from 'node:diagnostics_channel';
 import type { Bytes } from '../common/byte-range';
+import type { PageState } from './page-state';
 
-export type PageState = 'shared' | 'private';
+// PageState lives in page-state.ts; re-exported here for the modules that import it from here.
+export type { PageState } from './page-state';
 
+/** One state change as published on {@link STATE_CHANGE_CHANNEL}. */
 export interface StateChangeMessage {
   /** The block's name, as given to its tracker. */
   block: string;
@@ -15,6 +18,10 @@ export interface StateChangeMessage {
   to: PageState;
 }
 
+/**
+ * The node:diagnostics_channel name on which every state change is published (QEMU's
+ * ram_block_attributes_state_change).
+ */
 export const STATE_CHANGE_CHANNEL = 'guestmem:state-change';
 
 export const stateChangeChannel = diagnosticsChannel.channel(STATE_CHANGE_CHANNEL);

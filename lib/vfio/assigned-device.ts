@@ -9,11 +9,16 @@ import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio-type1';
 import { VfioDevice } from './vfio-device';
 import { pciDevice } from './vfio-sysfs';
 
+/** How {@link AssignedDevice.open} reaches the device's DMA: iommufd, type1 or the best present. */
 export interface AssignOptions {
   /** 'auto' takes iommufd where the device has a cdev and /dev/iommu exists, else type1. */
   backend?: DmaBackend | 'auto';
 }
 
+/**
+ * A PCI device made ready for DMA as a VMM assigns it, through iommufd or a VFIO type1
+ * container; one object owns every fd involved.
+ */
 export class AssignedDevice implements Disposable {
   private constructor(
     readonly bdf: string,
@@ -26,6 +31,15 @@ export class AssignedDevice implements Disposable {
     return this.dma.backend;
   }
 
+  /**
+   * Opens the device at `bdf` (bound to vfio-pci) for DMA: through iommufd where the device
+   * has a VFIO cdev and /dev/iommu exists (no mapping limit), else through a VFIO type1
+   * container with its IOMMU group (`options.backend` chooses).
+   *
+   * @param bdf the PCI address, `0000:00:01.0`
+   * @throws GuestmemError `ERR_GUESTMEM_UNSUPPORTED` saying what to do when the device is not
+   *   bound to vfio-pci, has no IOMMU group, or cannot use the back end asked for
+   */
   static open(bdf: string, options: AssignOptions = {}): AssignedDevice {
     const info = pciDevice(bdf);
     if (info.driver !== 'vfio-pci') {
@@ -85,10 +99,12 @@ export class AssignedDevice implements Disposable {
     }
   }
 
+  /** Closes every fd it owns (the kernel drops the device's DMA mappings with them); idempotent. */
   close(): void {
     for (const owner of this.owners) owner.close();
   }
 
+  /** Closes it: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

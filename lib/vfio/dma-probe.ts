@@ -10,6 +10,10 @@ import type { RamBlock } from '../memory/ram-block';
 export const SCRATCH_IOVA = 200 * (1 << 20);
 const PROBE_BYTES = 64;
 
+/**
+ * Proves what a device can reach: the edu device copies bytes by DMA from a guest address into
+ * a scratch page the host reads.
+ */
 export class DmaProbe implements Disposable {
   readonly edu: EduDevice;
   private readonly scratch: SharedMemory;
@@ -39,11 +43,13 @@ export class DmaProbe implements Disposable {
     return Buffer.from(scratch);
   }
 
+  /** Unmaps the scratch page from the device and frees it. */
   close(): void {
     this.assigned.dma.unmap(SCRATCH_IOVA, 4096);
     this.scratch.close();
   }
 
+  /** Closes it: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -38,6 +38,10 @@ export function findEduDevice(): PciDeviceInfo | undefined {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * QEMU's edu device through its VFIO BAR: DMA copies between I/O addresses, as the proofs of
+ * reach use them.
+ */
 export class EduDevice {
   constructor(readonly device: VfioDevice) {}
 

@@ -4,18 +4,21 @@
 import fs from 'node:fs';
 import type { Bytes } from '../common/byte-range';
 import { FdOwner } from '../common/fd-owner';
-import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
+import { DmaBatches, type DmaExtent, type DmaMapper } from './dma-mapper';
 import { native } from '../common/native';
 
+/** /dev/iommu: allocates IOASes (I/O address spaces) that devices attach to. Owns its fd. */
 export class Iommufd extends FdOwner {
   private constructor(fd: number) {
     super(fd, '/dev/iommu');
   }
 
+  /** Opens /dev/iommu (or `path`). */
   static open(path = '/dev/iommu'): Iommufd {
     return new Iommufd(fs.openSync(path, 'r+'));
   }
 
+  /** IOMMU_IOAS_ALLOC: a new, empty I/O address space, closed with this iommufd. */
   allocIoas(): Ioas {
     return new Ioas(this, native().iommufdIoasAlloc(this.fd));
   }
@@ -24,6 +27,11 @@ export class Iommufd extends FdOwner {
 /** An IOAS lives as long as its iommufd; using it after the iommufd closed throws. */
 export class Ioas implements DmaMapper {
   readonly backend = 'iommufd' as const;
+
+  private readonly batches = new DmaBatches({
+    map: (extents, granule) => native().iommufdIoasMapRuns(this.iommufd.fd, this.id, extents, granule),
+    unmap: (extents, granule, absentOk) => native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, extents, granule, absentOk),
+  }, 'IOAS');
 
   constructor(
     readonly iommufd: Iommufd,
@@ -39,28 +47,27 @@ export class Ioas implements DmaMapper {
     return native().iommufdIoasIovaRanges(this.iommufd.fd, this.id);
   }
 
+  /** Maps [iova, iova + size) to the host range at vaddr, as one mapping. */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const run = checkedRun(vaddr, iova, size, 'IOAS map');
-    native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size);
+    this.batches.map(vaddr, iova, size);
   }
 
-  mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns([checkedRun(vaddr, iova, size, 'IOAS map')]), checkGranule(granule));
+  /** Maps each extent as size / granule mappings in one native call, all or nothing. */
+  mapRuns(extents: DmaExtent[], granule: number): number {
+    return this.batches.mapRuns(extents, granule);
   }
 
-  mapRuns(runs: DmaRun[], granule: number): number {
-    return native().iommufdIoasMapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule));
-  }
-
+  /** Unmaps every whole mapping inside [iova, iova + size); returns the bytes unmapped. */
   unmap(iova: Bytes, size: Bytes): bigint {
-    const run = checkedRun(0, iova, size, 'IOAS unmap');
-    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns([run]), run.size, false);
+    return this.batches.unmap(iova, size);
   }
 
-  unmapRuns(runs: DmaRun[], granule: number, options: { absentOk?: boolean } = {}): bigint {
-    return native().iommufdIoasUnmapRuns(this.iommufd.fd, this.id, packRuns(runs), checkGranule(granule), options.absentOk ?? false);
+  /** Unmaps each extent in one native call; with absentOk an extent with nothing mapped counts as 0 bytes. */
+  unmapRuns(extents: DmaExtent[], granule: number, options: { absentOk?: boolean } = {}): bigint {
+    return this.batches.unmapRuns(extents, granule, options);
   }
 
+  /** iommufd keeps no count of mappings: null (no limit but pinned memory). */
   mappingsAvailable(): null {
     return null;
   }

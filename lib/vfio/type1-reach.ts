@@ -7,6 +7,7 @@
 
 import type { Bytes } from '../common/byte-range';
 
+/** How much of a guest type1 can share at once, given its dma_entry_limit. */
 export interface Type1Reach {
   granule: number;
   dmaEntryLimit: number;
@@ -19,6 +20,10 @@ export interface Type1Reach {
   entriesForWholeGuest: bigint;
 }
 
+/**
+ * How much of a guest of `guestSize` bytes type1 can map at once with `limit` mappings of one
+ * granule each, and what limit all of it would need.
+ */
 export function type1Reach(dmaEntryLimit: number, guestSize: Bytes, granule = 4096): Type1Reach {
   const size = BigInt(guestSize);
   const g = BigInt(granule);

@@ -14,6 +14,7 @@ export const VFIO_PCI_BAR0_REGION_INDEX = 0;
 export const VFIO_PCI_CONFIG_REGION_INDEX = 7;
 export const VFIO_REGION_INFO_FLAG_MMAP = 1 << 2;
 
+/** A VFIO device region (a BAR, the config space) as VFIO_DEVICE_GET_REGION_INFO describes it. */
 export interface RegionInfo {
   index: number;
   flags: number;
@@ -36,9 +37,11 @@ export interface RegionMapping {
   view(offset: Bytes, length: number): Uint8Array;
   /** `count` 32-bit registers from `offset` (a multiple of 4). */
   words(offset: Bytes, count: number): Uint32Array;
+  /** Unmaps the region now, emptying every window still alive; idempotent. */
   unmap(): void;
 }
 
+/** A VFIO device fd: its regions, BAR mappings and config space. */
 export class VfioDevice extends FdOwner {
   readonly name: string;
   private readonly mappings = new Set<RegionMapping>();
@@ -54,10 +57,12 @@ export class VfioDevice extends FdOwner {
     return new VfioDevice(fs.openSync(path, 'r+'), name);
   }
 
+  /** VFIO_DEVICE_GET_INFO: the device's flags and its counts of regions and interrupts. */
   info(): { flags: number; numRegions: number; numIrqs: number } {
     return native().vfioDeviceGetInfo(this.fd);
   }
 
+  /** VFIO_DEVICE_GET_REGION_INFO of region `index` (a BAR, the config space). */
   regionInfo(index: number): RegionInfo {
     return native().vfioDeviceGetRegionInfo(this.fd, index);
   }
@@ -69,6 +74,7 @@ export class VfioDevice extends FdOwner {
     return Number(region.offset) + offset;
   }
 
+  /** Reads `length` bytes at `offset` of a region (pread on the device fd). */
   read(regionIndex: number, offset: number, length: number): Buffer {
     const region = this.regionInfo(regionIndex);
     const buffer = Buffer.alloc(length);
@@ -77,16 +83,19 @@ export class VfioDevice extends FdOwner {
     return buffer;
   }
 
+  /** Writes `data` at `offset` of a region (pwrite on the device fd). */
   write(regionIndex: number, offset: number, data: Buffer): void {
     const region = this.regionInfo(regionIndex);
     const done = fs.writeSync(this.fd, data, 0, data.length, this.checkedOffset(region, offset, data.length));
     if (done !== data.length) throw systemError('EIO', 5, 'pwrite', `short write to region ${regionIndex}: ${done} of ${data.length} bytes`);
   }
 
+  /** Reads one little-endian 32-bit register at `offset` of a region. */
   read32(regionIndex: number, offset: number): number {
     return this.read(regionIndex, offset, 4).readUInt32LE(0);
   }
 
+  /** Writes one little-endian 32-bit register at `offset` of a region. */
   write32(regionIndex: number, offset: number, value: number): void {
     const data = Buffer.alloc(4);
     data.writeUInt32LE(value >>> 0, 0);
@@ -125,6 +134,7 @@ export class VfioDevice extends FdOwner {
     return native().vfioDeviceBindIommufd(this.fd, iommufd.fd);
   }
 
+  /** VFIO_DEVICE_ATTACH_IOMMUFD_PT: the device's DMA goes through `ioas` from now on. */
   attachIoas(ioas: Ioas): void {
     native().vfioDeviceAttachIommufdPt(this.fd, ioas.id);
   }

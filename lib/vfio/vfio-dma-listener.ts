@@ -10,11 +10,15 @@
 // with the tracker and KVM after a failure, and repair it.
 
 import { GranuleRange } from '../common/byte-range';
-import type { DmaMapper, DmaRun } from './dma-mapper';
+import type { DmaExtent, DmaMapper } from './dma-mapper';
 import { GuestmemError } from '../common/errors';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 
+/**
+ * Where the listener's section lives: the shared memory's host address and the guest address
+ * it starts at.
+ */
 export interface VfioDmaListenerOptions {
   /** Host address of the block's shared backing. */
   sharedAddress: bigint;
@@ -31,6 +35,10 @@ function rangePairs(list: unknown): Array<[bigint, bigint]> {
   return pairs;
 }
 
+/**
+ * QEMU's VFIO RamDiscardListener: maps a section's shared granules for the device (one mapping
+ * per granule) and unmaps them when they turn private.
+ */
 export class VfioDmaListener implements RamDiscardListener {
   readonly name: string;
   /** A discard may cover granules it does not hold: it unmaps only those it holds. */
@@ -85,7 +93,7 @@ export class VfioDmaListener implements RamDiscardListener {
       );
     }
     try {
-      this.dma.mapRuns(this.dmaRuns(missing, granularity), granularity);
+      this.dma.mapRuns(this.extentsOf(missing, granularity), granularity);
     } catch (error) {
       // The batch's own undo left these mapped: record them, then, when in doubt, unmap.
       const left = this.granulesOf(rangePairs((error as { stillMapped?: unknown }).stillMapped), granularity);
@@ -121,7 +129,7 @@ export class VfioDmaListener implements RamDiscardListener {
 
   private unmap(runs: Run[], granularity: number): void {
     try {
-      this.dma.unmapRuns(this.dmaRuns(runs, granularity), granularity, { absentOk: true });
+      this.dma.unmapRuns(this.extentsOf(runs, granularity), granularity, { absentOk: true });
     } catch (error) {
       // The batch put back what it had unmapped, except these, which are unmapped now.
       const lost = this.granulesOf(rangePairs((error as { notRestored?: unknown }).notRestored), granularity);
@@ -169,7 +177,7 @@ export class VfioDmaListener implements RamDiscardListener {
     return pairs.map(([iova, size]) => [Number((iova - this.options.gpa) / g), Number(size / g)] as Run);
   }
 
-  private dmaRuns(runs: Run[], granularity: number): DmaRun[] {
+  private extentsOf(runs: Run[], granularity: number): DmaExtent[] {
     return runs.map(([first, count]) => {
       const range = new GranuleRange(first, count, granularity);
       const offset = range.offsetBigInt;

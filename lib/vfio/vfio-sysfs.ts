@@ -18,6 +18,7 @@ export function normalizeBdf(bdf: string): string {
   return full.toLowerCase();
 }
 
+/** What sysfs says of a PCI device: driver, IOMMU group, VFIO cdev, vendor and device ids. */
 export interface PciDeviceInfo {
   bdf: string;
   vendor: string;
@@ -44,6 +45,7 @@ function linkName(file: string): string | null {
   }
 }
 
+/** What sysfs says of the PCI device at `bdf`. */
 export function pciDevice(bdf: string): PciDeviceInfo {
   const address = normalizeBdf(bdf);
   const dir = path.join(PCI_DEVICES, address);

@@ -5,22 +5,32 @@ import fs from 'node:fs';
 import type { Bytes } from '../common/byte-range';
 import { GuestmemError } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
-import { checkGranule, checkedRun, packRuns, type DmaMapper, type DmaRun } from './dma-mapper';
+import { DmaBatches, type DmaExtent, type DmaMapper } from './dma-mapper';
 import { native, type Type1IommuInfo } from '../common/native';
 import { VfioDevice } from './vfio-device';
 
 export const VFIO_API_VERSION = 0;
+/** The VFIO IOMMU type set on a container: type1 version 2. */
 export const VFIO_TYPE1v2_IOMMU = 3;
 export const VFIO_GROUP_FLAGS_VIABLE = 1;
 
+/**
+ * A VFIO type1 container (/dev/vfio/vfio) with its groups: the type1 DMA back end. Owns its fd
+ * and its groups'.
+ */
 export class VfioContainer extends FdOwner implements DmaMapper {
   readonly backend = 'type1' as const;
   private iommuSet = false;
+  private readonly batches = new DmaBatches({
+    map: (extents, granule) => native().vfioMapDmaRuns(this.fd, extents, granule),
+    unmap: (extents, granule) => native().vfioUnmapDmaRuns(this.fd, extents, granule),
+  }, 'DMA');
 
   private constructor(fd: number) {
     super(fd, 'VFIO container');
   }
 
+  /** Opens a container (/dev/vfio/vfio, or `path`) and checks its VFIO API version. */
   static open(path = '/dev/vfio/vfio'): VfioContainer {
     const container = new VfioContainer(fs.openSync(path, 'r+'));
     const version = container.apiVersion;
@@ -35,6 +45,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     return native().vfioGetApiVersion(this.fd);
   }
 
+  /** VFIO_CHECK_EXTENSION: whether the container supports an IOMMU type or feature. */
   checkExtension(extension: number): boolean {
     return native().vfioCheckExtension(this.fd, extension) > 0;
   }
@@ -58,27 +69,24 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     return this.iommuInfo().dmaAvailable ?? null;
   }
 
+  /** Maps [iova, iova + size) to the host range at vaddr, as one mapping (one dma entry). */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
-    const run = checkedRun(vaddr, iova, size, 'DMA map');
-    native().vfioMapDmaRuns(this.fd, packRuns([run]), run.size);
+    this.batches.map(vaddr, iova, size);
   }
 
-  mapChunks(vaddr: Bytes, iova: Bytes, size: Bytes, granule: number): number {
-    return native().vfioMapDmaRuns(this.fd, packRuns([checkedRun(vaddr, iova, size, 'DMA map')]), checkGranule(granule));
+  /** Maps each extent as size / granule mappings in one native call, all or nothing. */
+  mapRuns(extents: DmaExtent[], granule: number): number {
+    return this.batches.mapRuns(extents, granule);
   }
 
-  mapRuns(runs: DmaRun[], granule: number): number {
-    return native().vfioMapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
-  }
-
+  /** Unmaps every whole mapping inside [iova, iova + size); returns the bytes unmapped. */
   unmap(iova: Bytes, size: Bytes): bigint {
-    const run = checkedRun(0, iova, size, 'DMA unmap');
-    return native().vfioUnmapDmaRuns(this.fd, packRuns([run]), run.size);
+    return this.batches.unmap(iova, size);
   }
 
-  /** type1 answers 0 bytes for a run with nothing mapped, so absentOk changes nothing. */
-  unmapRuns(runs: DmaRun[], granule: number): bigint {
-    return native().vfioUnmapDmaRuns(this.fd, packRuns(runs), checkGranule(granule));
+  /** type1 answers 0 bytes for an extent with nothing mapped, so absentOk changes nothing. */
+  unmapRuns(extents: DmaExtent[], granule: number): bigint {
+    return this.batches.unmapRuns(extents, granule);
   }
 
   /** Opens the IOMMU group of a device and puts it in this container. */
@@ -87,6 +95,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
   }
 }
 
+/** A VFIO group (/dev/vfio/N) in a container; opens its devices. Closed with its container. */
 export class VfioGroup extends FdOwner {
   readonly group: number;
 

@@ -14,6 +14,7 @@ export const STACK_SIZE = 16 * 1024;
 
 /** The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. */
 export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave'] as const;
+/** The names of the guest programs built from guest/*.s. */
 export type GuestProgramName = (typeof GUEST_PROGRAMS)[number];
 
 const GUEST_DIRECTORY = path.resolve(__dirname, '..', '..', 'guest');

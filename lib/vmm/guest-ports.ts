@@ -11,6 +11,7 @@ export const PORT_VALUE = 0xed;
 
 const CHECK_FAILED = 0x8000_0000;
 
+/** One check a guest program reports on port 0xea: its number and whether it held. */
 export interface GuestCheck {
   vcpu: number;
   id: number;
@@ -37,6 +38,10 @@ function word(exit: IoExit): number {
   return exit.data.readUInt32LE(0);
 }
 
+/**
+ * The port protocol the guest programs speak: console (0xe9), checks (0xea), exit status
+ * (0xeb), sync (0xec) and values (0xed).
+ */
 export class GuestProtocol {
   console = '';
   readonly checks: GuestCheck[] = [];
@@ -49,6 +54,7 @@ export class GuestProtocol {
     return this.checks.filter((check) => !check.ok);
   }
 
+  /** The port handlers for the VMM loop: console, checks, exit status, sync and values. */
   ports(): Map<number, PortHandler> {
     return new Map<number, PortHandler>([
       [PORT_CONSOLE, (exit, { vcpu }) => {

@@ -16,6 +16,10 @@ import type { ConversionEvent, VmmReport } from './vmm-loop';
 
 const PAGE = 4096;
 
+/**
+ * What {@link runGuestSession} runs: the program, its vCPUs and iterations, and the host's
+ * observers.
+ */
 export interface GuestSessionOptions {
   kvm: Kvm;
   memory: GuestMemory;
@@ -34,11 +38,15 @@ export interface GuestSessionOptions {
   listener?: VfioDmaListener;
   /** Stop the guest (and fail) after this many milliseconds. */
   timeoutMs?: number;
+  /** Told of each piece of console text (port 0xe9), with the vCPU that wrote it. */
   onConsole?(text: string, vcpu: number): void;
+  /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
+  /** Told of each check the host made (memfd, device reach, model). */
   onCheck?(check: HostCheck): void;
 }
 
+/** How a guest session went: the loop's report, the guest's checks, the host's own checks. */
 export interface GuestSessionReport {
   program: GuestProgramName;
   ok: boolean;
@@ -52,6 +60,10 @@ export interface GuestSessionReport {
   elapsedMs: number;
 }
 
+/**
+ * Runs a guest program on vCPUs of the memory's VM, its hypercalls converting through
+ * `memory`, with the host's checks after each step; resolves with the report.
+ */
 export async function runGuestSession(options: GuestSessionOptions): Promise<GuestSessionReport> {
   const host = PROGRAM_HOSTS[options.program];
   const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));

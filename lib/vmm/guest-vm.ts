@@ -16,6 +16,7 @@ import { writeShared } from './shared-bytes';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
 
+/** How a {@link GuestVm} is made: the program, its vCPUs, port and MMIO handlers, and observers. */
 export interface GuestVmOptions {
   kvm: Kvm;
   memory: GuestMemory;
@@ -27,6 +28,7 @@ export interface GuestVmOptions {
   vcpus?: number;
   ports?: Map<number, PortHandler>;
   mmio?: MmioHandler;
+  /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
 }
 
@@ -43,6 +45,10 @@ export function loopMemory(memory: GuestMemory): LoopMemory {
   };
 }
 
+/**
+ * A VM's vCPUs set up in long mode over its RAM blocks, running a guest image through the VMM
+ * loop.
+ */
 export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;
@@ -108,6 +114,7 @@ export class GuestVm implements Disposable {
     return this.loop.run();
   }
 
+  /** Stops every vCPU; the run resolves with each one stopped. */
   stop(): void {
     this.loop?.stop();
     for (const vcpu of this.vcpus) vcpu.stop();
@@ -118,6 +125,7 @@ export class GuestVm implements Disposable {
     for (const vcpu of this.vcpus.splice(0)) vcpu.close();
   }
 
+  /** Closes its vCPUs: `using` calls this at the end of its scope. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -6,8 +6,10 @@
 
 import type { PageState } from '../tracker/state-change-channel';
 
+/** The hypercall number a guest converts its memory with (KVM_HC_MAP_GPA_RANGE). */
 export const KVM_HC_MAP_GPA_RANGE = 12n;
 export const KVM_CAP_EXIT_HYPERCALL = 201;
+/** The MAP_GPA_RANGE attribute bit that asks for private (encrypted) memory. */
 export const KVM_MAP_GPA_RANGE_ENCRYPTED = 1n << 4n;
 const PAGE_SIZE_HINT = 3n;
 const KNOWN_ATTRIBUTES = KVM_MAP_GPA_RANGE_ENCRYPTED | PAGE_SIZE_HINT;
@@ -29,6 +31,10 @@ export interface ConversionRequest {
 
 export type DecodedRequest = ConversionRequest | { rejected: string };
 
+/**
+ * A MAP_GPA_RANGE hypercall's arguments as a conversion request, or why it is refused (-EINVAL
+ * to the guest).
+ */
 export function decodeMapGpaRange(args: readonly bigint[]): DecodedRequest {
   const [gpa = 0n, pages = 0n, attributes = 0n] = args;
   if ((attributes & ~KNOWN_ATTRIBUTES) !== 0n) return { rejected: `unknown attribute bits 0x${(attributes & ~KNOWN_ATTRIBUTES).toString(16)}` };

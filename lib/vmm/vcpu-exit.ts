@@ -5,6 +5,7 @@ interface ExitBase {
   exitReason: number;
 }
 
+/** KVM_EXIT_IO: port I/O, handed to the port handlers. */
 export interface IoExit extends ExitBase {
   reason: 'io';
   direction: 'in' | 'out';
@@ -17,6 +18,7 @@ export interface IoExit extends ExitBase {
   data?: Buffer;
 }
 
+/** KVM_EXIT_MMIO: an access to guest memory no memslot backs. */
 export interface MmioExit extends ExitBase {
   reason: 'mmio';
   address: bigint;
@@ -25,6 +27,7 @@ export interface MmioExit extends ExitBase {
   data?: Buffer;
 }
 
+/** KVM_EXIT_HYPERCALL: the guest made a hypercall the VMM handles (MAP_GPA_RANGE). */
 export interface HypercallExit extends ExitBase {
   reason: 'hypercall';
   nr: bigint;
@@ -34,6 +37,7 @@ export interface HypercallExit extends ExitBase {
   longMode: boolean;
 }
 
+/** KVM_EXIT_MEMORY_FAULT: an access that disagrees with the page's state (SNP, TDX). */
 export interface MemoryFaultExit extends ExitBase {
   reason: 'memory-fault';
   /** KVM_MEMORY_EXIT_FLAG_PRIVATE (bit 3): the guest accessed the range as private. */
@@ -69,6 +73,7 @@ export interface OtherExit extends ExitBase {
   [detail: string]: unknown;
 }
 
+/** Every vCPU exit the VMM loop handles, as a plain object per kind. */
 export type VcpuExit =
   | IoExit
   | MmioExit

@@ -1,27 +1,47 @@
 // One vCPU: its fd (owned here, closed with its VM), its registers, and its runner: a
 // thread of its own that makes KVM_RUN, so Node's event loop stays live while the guest
-// runs. Created with KVM_CREATE_VCPU; exits come back as promises of plain objects.
+// runs. Created with KVM_CREATE_VCPU; exits come back as promises of plain objects,
+// decoded from the exit view the runner fills (exit-decoder.ts).
 
 import fs from 'node:fs';
 import { invalidArgType, outOfRange } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
 import type { Kvm, Vm } from '../kvm/kvm';
 import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from '../common/native';
+import { ExitDecoder } from './exit-decoder';
 import type { VcpuExit } from './vcpu-exit';
 
+/** The general-purpose registers, rip and rflags, as bigints. */
 export type Registers = NativeRegs;
+/** The segment, descriptor-table and control registers (KVM_GET_SREGS). */
 export type SpecialRegisters = NativeSregs;
 
 const mmapSizes = new WeakMap<Kvm, number>();
 
+interface PendingRun {
+  resolve(exit: VcpuExit): void;
+  reject(error: Error): void;
+}
+
+/**
+ * A vCPU: KVM_CREATE_VCPU, its registers and CPUID, and KVM_RUN on a thread of its own whose
+ * exits come back as promises.
+ */
 export class Vcpu extends FdOwner {
   readonly id: number;
   readonly #runner: NativeVcpuRunner;
+  readonly #decoder: ExitDecoder;
+  #pending: PendingRun | null = null;
+  #lastExit: VcpuExit | null = null;
+  /** completeHypercall's value, written by the next run() in the same crossing. */
+  #hypercallReturn: number | bigint | undefined = undefined;
 
-  private constructor(fd: number, id: number, runner: NativeVcpuRunner) {
+  private constructor(fd: number, id: number, mmapSize: number) {
     super(fd, `vCPU ${id}`);
     this.id = id;
-    this.#runner = runner;
+    const view = new Uint8Array(native().vcpuExitViewBytes);
+    this.#decoder = new ExitDecoder(view, native().kvmRunLayout);
+    this.#runner = new (native().VcpuRunner)(fd, mmapSize, view, (error) => this.#finish(error));
   }
 
   /** KVM_CREATE_VCPU; the vCPU closes with `vm` if not before. */
@@ -34,14 +54,14 @@ export class Vcpu extends FdOwner {
       mmapSizes.set(kvm, mmapSize);
     }
     const fd = native().kvmCreateVcpu(vm.fd, id);
-    let runner: NativeVcpuRunner;
+    let vcpu: Vcpu;
     try {
-      runner = new (native().VcpuRunner)(fd, mmapSize);
+      vcpu = new Vcpu(fd, id, mmapSize);
     } catch (error) {
       fs.closeSync(fd);
       throw error;
     }
-    return vm.own(new Vcpu(fd, id, runner));
+    return vm.own(vcpu);
   }
 
   /**
@@ -50,7 +70,32 @@ export class Vcpu extends FdOwner {
    */
   run(): Promise<VcpuExit> {
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
-    return this.#runner.run() as Promise<VcpuExit>;
+    if (this.#pending) return Promise.reject(new Error('a KVM_RUN of this vCPU is already in flight'));
+    const promise = new Promise<VcpuExit>((resolve, reject) => {
+      this.#pending = { resolve, reject };
+    });
+    const hypercallReturn = this.#hypercallReturn;
+    this.#hypercallReturn = undefined;
+    this.#lastExit = null;
+    try {
+      this.#runner.run(hypercallReturn);
+    } catch (error) {
+      this.#pending = null;
+      return Promise.reject(error);
+    }
+    return promise;
+  }
+
+  #finish(error: Error | undefined): void {
+    const pending = this.#pending!;
+    this.#pending = null;
+    if (error) {
+      pending.reject(error);
+      return;
+    }
+    const exit = this.#decoder.decode();
+    this.#lastExit = exit;
+    pending.resolve(exit);
   }
 
   /** Kicks the vCPU out of KVM_RUN (an 'intr' exit); every later run() returns at once. */
@@ -58,9 +103,17 @@ export class Vcpu extends FdOwner {
     if (!this.closed) this.#runner.stop();
   }
 
-  /** The value the guest finds in rax after its hypercall (negative: an error). */
+  /**
+   * The value the guest finds in rax after its hypercall (negative: an error). Since KVM's
+   * 2024 rework the VMM must always give one; it is written by the next run().
+   */
   completeHypercall(ret: number | bigint): void {
-    this.#runner.completeHypercall(ret);
+    this.fd; // throws ERR_GUESTMEM_CLOSED after close()
+    if (this.#lastExit?.reason !== 'hypercall') throw new Error('the last exit was not a hypercall');
+    if (typeof ret !== 'number' && typeof ret !== 'bigint') throw invalidArgType(`a hypercall's return value must be a number or a bigint, got ${typeof ret}`);
+    if (typeof ret === 'number' && !Number.isSafeInteger(ret)) throw outOfRange(`a hypercall's return value must be a safe integer, got ${ret}`);
+    if (typeof ret === 'bigint' && (ret < -(1n << 63n) || ret >= 1n << 64n)) throw outOfRange(`a hypercall's return value must fit in 64 bits, got ${ret}`);
+    this.#hypercallReturn = ret;
   }
 
   /** The bytes the guest's IN instruction reads (size * count). */
@@ -68,6 +121,7 @@ export class Vcpu extends FdOwner {
     this.#runner.completeIo(data);
   }
 
+  /** Answers an MMIO read exit with `data` before the vCPU re-enters. */
   completeMmio(data: Uint8Array): void {
     this.#runner.completeMmio(data);
   }

@@ -11,6 +11,8 @@ project=$(cd "$here/../.." && pwd)
 
 memory=2G
 edu=1
+smp=1
+clock=real
 timeout=${GUESTMEM_VM_TIMEOUT:-1200}
 kernel_log=
 
@@ -23,6 +25,9 @@ usage: run-in-vm.sh [--kernel 6.12|7.2] [--memory SIZE] [--edu N] [--timeout SEC
   --edu         number of edu DMA devices (default 1)
   --timeout     give up after this many seconds (default \$GUESTMEM_VM_TIMEOUT or 1200)
   --kernel-log  keep the kernel's console and QEMU's messages in FILE
+  --smp         emulated CPUs (default 1; the host's cores are what MTTCG can use)
+  --clock       real (default) or instructions: guest time counts emulated instructions
+                (QEMU -icount), so timings inside do not depend on the host's load
 USAGE
   exit 2
 }
@@ -34,6 +39,8 @@ while [ $# -gt 0 ]; do
     --edu) edu=${2:?}; shift 2 ;;
     --timeout) timeout=${2:?}; shift 2 ;;
     --kernel-log) kernel_log=${2:?}; shift 2 ;;
+    --smp) smp=${2:?}; shift 2 ;;
+    --clock) clock=${2:?}; shift 2 ;;
     --) shift; break ;;
     -h|--help) usage ;;
     *) break ;;
@@ -42,6 +49,13 @@ done
 [ $# -gt 0 ] || usage
 [[ "$edu" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --edu takes a number, got '$edu'" >&2; exit 2; }
 [[ "$timeout" =~ ^[0-9]+$ ]] || { echo "run-in-vm: --timeout takes seconds, got '$timeout'" >&2; exit 2; }
+[[ "$smp" =~ ^[1-8]$ ]] || { echo "run-in-vm: --smp takes 1 to 8, got '$smp'" >&2; exit 2; }
+case "$clock" in
+  real) clock_args=() ;;
+  # One emulated instruction = 2^0 ns of guest time; sleep=off keeps idle time from counting.
+  instructions) clock_args=(-icount shift=0,sleep=off) ;;
+  *) echo "run-in-vm: --clock takes real or instructions, got '$clock'" >&2; exit 2 ;;
+esac
 
 need() {
   echo "run-in-vm: $1 is missing; install the harness's packages: apt-get install $(tr '\n' ' ' <"$here/run-packages.txt")" >&2
@@ -105,7 +119,7 @@ cat "$run/stderr.fifo" >&2 &
 stderr_copier=$!
 set +e
 timeout --kill-after=10 "$timeout" qemu-system-x86_64 \
-  -accel tcg -cpu EPYC -smp 1 -m "$memory" \
+  -accel tcg -cpu EPYC -smp "$smp" "${clock_args[@]}" -m "$memory" \
   -machine q35,kernel-irqchip=split \
   -device intel-iommu,intremap=on,caching-mode=on \
   "${devices[@]}" \

@@ -75,7 +75,7 @@ describe('an 8 GiB block at gpa 4 GiB on a real kernel', function () {
     const offsets = [0, 4 * GiB, 8 * GiB - PAGE];
     for (const [i, offset] of offsets.entries()) {
       const result = await block.convert(BigInt(block.gpa) + BigInt(offset), BigInt(PAGE), 'shared');
-      assert.deepEqual(result, { from: 'private', to: 'shared', changed: 1, runs: 1 });
+      assert.deepEqual(result, { from: 'private', to: 'shared', changed: 1, changedRuns: 1 });
       assert.equal(listener.mappings, i + 1, `the listener mapped page 0x${offset.toString(16)} at iova 0x${(block.gpa + offset).toString(16)}`);
       block.shared.write(offset, Buffer.from(`page ${i} of the big block`));
       assert.equal(Buffer.from(block.shared.view(offset, PAGE).subarray(0, 6)).toString(), `page ${i}`);

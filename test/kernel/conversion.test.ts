@@ -141,13 +141,13 @@ describe('conversions end to end: KVM + tracker + VFIO', function () {
         for (let page = 0; page < 64; page += 2) await block!.convert(block!.gpa + page * PAGE, PAGE, 'shared');
         let calls = nativeCalls.count;
         const toShared = await block!.convert(block!.gpa, 64 * PAGE, 'shared');
-        assert.deepEqual([toShared.from, toShared.runs, toShared.changed], ['mixture', 32, 32]);
+        assert.deepEqual([toShared.from, toShared.changedRuns, toShared.changed], ['mixture', 32, 32]);
         assert.ok(nativeCalls.count - calls <= 4, `${nativeCalls.count - calls} native calls for 32 runs`);
         assert.equal(listener.mappings, 64);
         for (let page = 1; page < 64; page += 4) await block!.convert(block!.gpa + page * PAGE, PAGE, 'private');
         calls = nativeCalls.count;
         const toPrivate = await block!.convert(block!.gpa, 64 * PAGE, 'private');
-        assert.deepEqual([toPrivate.from, toPrivate.runs], ['mixture', 17]);
+        assert.deepEqual([toPrivate.from, toPrivate.changedRuns], ['mixture', 17]);
         assert.ok(nativeCalls.count - calls <= 3, `${nativeCalls.count - calls} native calls for 17 runs`);
         assert.equal(listener.mappings, 0);
         assert.equal(await f.probe.canRead(block!, 6 * PAGE, 0x21), false);

@@ -13,6 +13,12 @@ import { VFIO_PCI_BAR0_REGION_INDEX } from '../../lib/vfio/vfio-device';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
 import { isCloexec } from '../support/cloexec';
+import type { DmaExtent } from '../../lib/vfio/dma-mapper';
+
+/** One (vaddr, iova, size) extent, mapped as size / PAGE mappings by mapRuns. */
+function extent(vaddr: bigint, iova: number, size: number): DmaExtent {
+  return { vaddr, iova: BigInt(iova), size: BigInt(size) };
+}
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -49,7 +55,7 @@ function describeBackend(backend: DmaBackend): void {
 
     it('maps 64 MiB at 4K granularity in one native call and unmaps it in one', () => {
       const before = available();
-      assert.equal(assigned.dma.mapChunks(memory.address, IOVA, LARGE, PAGE), LARGE / PAGE);
+      assert.equal(assigned.dma.mapRuns([extent(memory.address, IOVA, LARGE)], PAGE), LARGE / PAGE);
       if (backend === 'type1') assert.equal(available(), before! - LARGE / PAGE);
       else assert.equal(before, null);
       // Each chunk is its own mapping: one page in the middle unmaps alone.
@@ -73,7 +79,7 @@ function describeBackend(backend: DmaBackend): void {
     it('undoes a batch that fails part-way, leaving nothing half-mapped', () => {
       const before = available();
       assigned.dma.map(memory.address + BigInt(8 * PAGE), IOVA + 8 * PAGE, PAGE);
-      assert.throws(() => assigned.dma.mapChunks(memory.address, IOVA, 16 * PAGE, PAGE), (error: Error & Record<string, unknown>) => {
+      assert.throws(() => assigned.dma.mapRuns([extent(memory.address, IOVA, 16 * PAGE)], PAGE), (error: Error & Record<string, unknown>) => {
         assert.equal(error.code, 'EEXIST');
         assert.equal(error.chunk, 8);
         assert.equal(error.iova, BigInt(IOVA + 8 * PAGE));
@@ -124,7 +130,7 @@ function describeBackend(backend: DmaBackend): void {
       const bytes = memory.view(0, 2 * PAGE);
       const pageA = 0;
       const pageB = PAGE;
-      assigned.dma.mapChunks(memory.address, IOVA, 2 * PAGE, PAGE);
+      assigned.dma.mapRuns([extent(memory.address, IOVA, 2 * PAGE)], PAGE);
       bytes.fill(0x11, pageA, pageA + PAGE);
       await edu.copy(IOVA + pageA, IOVA + pageB, EDU_MAX_DMA);
       assert.ok(bytes.subarray(pageB, pageB + EDU_MAX_DMA).every((b) => b === 0x11), 'page B received page A through the device');

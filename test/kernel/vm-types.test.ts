@@ -76,12 +76,14 @@ describe('VM types: --vm-type on every command, on a kernel with SW-protected VM
   });
 
   for (const type of ['snp', 'tdx'] as const) {
-    it(`every command with --vm-type ${type}: one line with the fix, exit 1, nothing on stdout`, () => {
+    it(`every command with --vm-type ${type}: one line with the fix, exit 1 (and the coded error in JSON)`, () => {
       const fix = type === 'snp' ? /fix: an AMD EPYC host with SEV-SNP enabled .*sev_snp=1/ : /fix: an Intel Xeon host with TDX enabled .*kvm_intel\.tdx=1/;
       for (const [name, args] of commands(dir, edu)) {
         const result = guestmem([...args, '--vm-type', type]);
         assert.equal(result.status, 1, `${name}: ${result.stderr}`);
-        assert.equal(result.stdout, '', name);
+        // --json: the error as JSON on stdout as well (the CLI's contract), the same line on stderr.
+        const json = JSON.parse(result.stdout) as { error: { code: string; message: string } };
+        assert.equal(json.error.code, 'ERR_GUESTMEM_UNSUPPORTED', name);
         const lines = result.stderr.trimEnd().split('\n');
         assert.equal(lines.length, 1, `${name}: one line, got\n${result.stderr}`);
         assert.match(lines[0]!, new RegExp(`^guestmem ${name}: this host cannot create a ${type} VM \\(KVM_X86 type ${type === 'snp' ? 4 : 5}\\): KVM_CAP_VM_TYPES is 0x3 \\(default, sw-protected\\); `));

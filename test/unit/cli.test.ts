@@ -20,24 +20,15 @@ convert 0x1000 0x1000 shared
 `;
 
 describe('guestmem CLI', () => {
-  it('prints help and exits 2 without a command, 0 with --help, 2 for an unknown command', () => {
+  it('prints help and exits 0 without a command or with --help, 2 for an unknown command', () => {
     const bare = guestmem([]);
-    assert.equal(bare.status, 2);
+    assert.equal(bare.status, 0);
     assert.match(bare.stdout, /usage: guestmem <command>/);
     assert.equal(guestmem(['--help']).status, 0);
     const unknown = guestmem(['frobnicate']);
     assert.equal(unknown.status, 2);
     assert.match(unknown.stderr, /unknown command 'frobnicate'/);
   });
-
-  for (const command of ['probe', 'convert', 'simulate', 'run', 'replay', 'guest', 'bench', 'demo']) {
-    it(`has --help with examples for ${command}`, () => {
-      const result = guestmem([command, '--help']);
-      assert.equal(result.status, 0);
-      assert.match(result.stdout, new RegExp(`usage: guestmem ${command}`));
-      assert.match(result.stdout, /examples?:\n {2}guestmem /);
-    });
-  }
 
   describe('guest', () => {
     for (const [args, message] of [
@@ -90,7 +81,8 @@ describe('guestmem CLI', () => {
       assert.match(result.stdout, /\[██····/);
       const picture = fs.readFileSync(svg, 'utf8');
       assert.match(picture, /^<svg /);
-      assert.equal((picture.match(/fill="#aaaaaa"/g) ?? []).length, 2, 'the two rejected conversions are grey');
+      // Each conversion its own row here; grey marks the two rejected ones, and the legend's swatch.
+      assert.equal((picture.match(/fill="#b0b0b0"/g) ?? []).length, 3, 'the two rejected conversions are grey');
       fs.rmSync(dir, { recursive: true });
     });
 

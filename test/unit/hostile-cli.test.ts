@@ -59,7 +59,7 @@ const CASES: CliCase[] = [
   { name: 'a directory as the script', args: ['simulate', dir], status: [2], stderr: /cannot read script .*EISDIR/ },
   { name: 'an empty file name', args: ['simulate', ''], status: [2], stderr: /file name is empty/ },
   { name: '--max-input 0', args: ['simulate', file('small.txt', SCRIPT_SMALL), '--max-input', '0'], status: [2], stderr: /--max-input must be between/ },
-  { name: 'two script files', args: ['simulate', file('small.txt', SCRIPT_SMALL), file('small.txt', SCRIPT_SMALL)], status: [2], stderr: /give one script file/ },
+  { name: 'two script files', args: ['simulate', file('small.txt', SCRIPT_SMALL), file('small.txt', SCRIPT_SMALL)], status: [2], stderr: /takes at most 1 argument \(\[FILE\|-\]\), got 2/ },
   { name: 'an empty script', args: ['simulate', '-'], input: '', status: [2], stderr: /no 'block' line/ },
   { name: 'invalid UTF-8 as a keyword', args: ['simulate', '-'], input: Buffer.from([...Buffer.from('block 1M\n'), 0xff, 0xfe, 0x0a]), status: [2], stderr: /line 2: unknown keyword/ },
   { name: 'CRLF line ends', args: ['simulate', '-', '--json'], input: SCRIPT_SMALL.replace(/\n/g, '\r\n'), status: [0] },

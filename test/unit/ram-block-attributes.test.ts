@@ -76,7 +76,7 @@ describe('RamBlockAttributes', () => {
       const listener = new LogListener('l');
       await attrs.register(listener, { offset: 0, size: 256 * PAGE });
       const result = await attrs.stateChange(0, 16 * PAGE, 'private');
-      assert.deepEqual(result, { from: 'private', to: 'private', changed: 0, runs: 0 });
+      assert.deepEqual(result, { from: 'private', to: 'private', changed: 0, changedRuns: 0 });
       assert.deepEqual(listener.log, []);
     });
 
@@ -89,7 +89,7 @@ describe('RamBlockAttributes', () => {
       await attrs.register(low, { offset: 0, size: 8 * PAGE });
       await attrs.register(far, { offset: 200 * PAGE, size: 56 * PAGE });
       const result = await attrs.stateChange(4 * PAGE, 16 * PAGE, 'shared');
-      assert.deepEqual(result, { from: 'private', to: 'shared', changed: 16, runs: 1 });
+      assert.deepEqual(result, { from: 'private', to: 'shared', changed: 16, changedRuns: 1 });
       assert.deepEqual(whole.log, [['populate', 4, 16]]);
       assert.deepEqual(low.log, [['populate', 4, 4]]);
       assert.deepEqual(far.log, []);
@@ -115,12 +115,12 @@ describe('RamBlockAttributes', () => {
       await attrs.stateChange(8 * PAGE, 3 * PAGE, 'shared');
       listener.log.length = 0;
       const toShared = await attrs.stateChange(0, 16 * PAGE, 'shared');
-      assert.deepEqual(toShared, { from: 'mixture', to: 'shared', changed: 11, runs: 3 });
+      assert.deepEqual(toShared, { from: 'mixture', to: 'shared', changed: 11, changedRuns: 3 });
       assert.deepEqual(listener.log, [['populate', 0, 2], ['populate', 4, 4], ['populate', 11, 5]]);
       await attrs.stateChange(5 * PAGE, 1 * PAGE, 'private');
       listener.log.length = 0;
       const toPrivate = await attrs.stateChange(4 * PAGE, 4 * PAGE, 'private');
-      assert.deepEqual(toPrivate, { from: 'mixture', to: 'private', changed: 3, runs: 2 });
+      assert.deepEqual(toPrivate, { from: 'mixture', to: 'private', changed: 3, changedRuns: 2 });
       assert.deepEqual(listener.log, [['discard', 4, 1], ['discard', 6, 2]]);
     });
 

@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { GranuleRange } from '../../lib/common/byte-range';
-import type { DmaMapper, DmaRun } from '../../lib/vfio/dma-mapper';
+import type { DmaExtent, DmaMapper } from '../../lib/vfio/dma-mapper';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 
 const PAGE = 4096;
@@ -23,15 +23,11 @@ class FakeMapper implements DmaMapper {
     throw new Error('unused');
   }
 
-  mapChunks(): number {
-    throw new Error('unused');
-  }
-
   unmap(): bigint {
     throw new Error('unused');
   }
 
-  mapRuns(runs: DmaRun[], granule: number): number {
+  mapRuns(runs: DmaExtent[], granule: number): number {
     this.fail();
     let made = 0;
     for (const run of runs) {
@@ -44,7 +40,7 @@ class FakeMapper implements DmaMapper {
     return made;
   }
 
-  unmapRuns(runs: DmaRun[]): bigint {
+  unmapRuns(runs: DmaExtent[]): bigint {
     this.fail();
     let total = 0n;
     for (const run of runs) {

@@ -88,7 +88,7 @@ class RecordingMemory implements LoopMemory {
     const gpa = BigInt(at);
     const size = BigInt(length);
     this.conversions.push(`0x${gpa.toString(16)}+${size / PAGE} ${to}`);
-    return { from: to === 'shared' ? 'private' : 'shared', to, changed: Number(size / PAGE), runs: 1 };
+    return { from: to === 'shared' ? 'private' : 'shared', to, changed: Number(size / PAGE), changedRuns: 1 };
   }
 }
 
