@@ -15,7 +15,7 @@ export const VM_TYPE_OPTION = {
   'vm-type': {
     type: 'string',
     value: 'TYPE',
-    help: 'the VM type: sw-protected, snp, tdx or a KVM_CREATE_VM number (default: the best this host\nhas for private memory: snp, tdx, then sw-protected); a host without it: one line with the fix, exit 1',
+    help: 'sw-protected, snp, tdx or a KVM_CREATE_VM number (default: the best this host has\nfor private memory: snp, tdx, then sw-protected); one without it: one line with the fix, exit 1',
   },
 } as const;
 

@@ -79,11 +79,10 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    * once this returns, as QEMU starts a confidential guest's RAM. With `shared`, `guestMemfd`
    * and `memslot` it adopts what an embedding VMM made instead (see RamBlockOptions).
    *
-   * @param options.gpa the guest physical address, a multiple of the page size
-   * @param options.size the size in bytes, a multiple of the granularity
-   * @param options.granularity bytes per tracked granule, a power of two (default 4096)
-   * @param options.name the block's name in errors and on the state-change channel
-   * @param options.slot this memslot number rather than the next free one
+   * @param options `gpa` (a multiple of the page size), `size` (a multiple of the
+   *   granularity), `granularity` (bytes per tracked granule, a power of two, default 4096),
+   *   `name` (in errors and on the state-change channel), `slot` (this memslot number rather
+   *   than the next free one), and for an embedding VMM `shared`, `guestMemfd`, `memslot`
    * @returns the block, owned by this memory (closed with it)
    * @throws RangeError (`ERR_OUT_OF_RANGE`) for a range that is unaligned, empty or overlaps
    *   another block, or no memslot number left, before any syscall; a Node-style system
