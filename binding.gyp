@@ -12,6 +12,7 @@
       "sources": [
         "native/addon.cc",
         "native/kvm.cc",
+        "native/confidential_vm.cc",
         "native/memory.cc",
         "native/mapping.cc",
         "native/vfio_type1.cc",

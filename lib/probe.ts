@@ -15,6 +15,7 @@ import {
   type VmType,
 } from './kvm/kvm-constants';
 import { Kvm, type Vm } from './kvm/kvm';
+import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, vmTypeFix, vmTypeName, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES } from './kvm/vm-types';
 import { native, nativeAvailable } from './common/native';
 import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
 import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
@@ -31,8 +32,17 @@ export interface Feature {
 /** What {@link probe} found: each piece guestmem uses, present or why not. */
 export interface ProbeReport {
   nativeAddon: Feature;
-  kvm: Feature & { apiVersion?: number; vmTypes?: VmType[] };
+  kvm: Feature & { apiVersion?: number; vmTypes?: VmType[]; vmTypesMask?: number };
+  /**
+   * The VM types with private memory this host can create (KVM_CAP_VM_TYPES), and the one
+   * commands use by default: the best of SNP, TDX, SW-protected that is there.
+   */
+  privateMemoryVm: Feature & { types: VmType[]; best?: VmType };
   swProtectedVm: Feature;
+  /** AMD SEV-SNP: the VM-types bit, kvm_amd's sev_snp parameter, /dev/sev. */
+  snpVm: Feature & { vmTypeBit: boolean; moduleParameter: string | null; sevDevice: 'present' | 'absent' | 'no-permission' | 'unusable' };
+  /** Intel TDX: the VM-types bit, kvm_intel's tdx parameter. */
+  tdxVm: Feature & { vmTypeBit: boolean; moduleParameter: string | null };
   guestMemfd: Feature;
   userMemory2: Feature;
   memoryAttributes: Feature & { private?: boolean };
@@ -83,27 +93,39 @@ function probeKvm(report: ProbeReport): void {
   } catch (error) {
     const feature = openFailure('/dev/kvm', error);
     report.kvm = feature;
+    report.privateMemoryVm = { ...missing('no usable /dev/kvm', feature.fix), types: [] };
+    report.snpVm = { ...missing('no usable /dev/kvm', feature.fix), vmTypeBit: false, moduleParameter: moduleParameter('kvm_amd', 'sev_snp'), sevDevice: sevDevice() };
+    report.tdxVm = { ...missing('no usable /dev/kvm', feature.fix), vmTypeBit: false, moduleParameter: moduleParameter('kvm_intel', 'tdx') };
     for (const key of ['swProtectedVm', 'guestMemfd', 'userMemory2', 'memoryAttributes', 'guestMemfdFlags', 'preFaultMemory'] as const) {
       report[key] = missing('no usable /dev/kvm', feature.fix);
     }
     return;
   }
   try {
-    const vmTypes = kvm.supportedVmTypes();
-    report.kvm = { ok: true, apiVersion: kvm.apiVersion, vmTypes };
+    const mask = kvm.vmTypesMask;
+    const vmTypes = vmTypesInMask(mask);
+    report.kvm = { ok: true, apiVersion: kvm.apiVersion, vmTypes, vmTypesMask: mask };
+    const best = bestPrivateMemoryVmType(mask);
+    const privateTypes = PRIVATE_MEMORY_VM_TYPES.filter((t) => maskHasVmType(mask, t));
+    report.privateMemoryVm = best
+      ? { ok: true, types: privateTypes, best }
+      : { ...missing(`${describeVmTypesMask(mask)}: no VM type with private memory (snp, tdx, sw-protected)`, vmTypeFix('sw-protected')), types: [] };
+    report.snpVm = probeSnp(mask);
+    report.tdxVm = probeTdx(mask);
     const swProtected = vmTypes.includes('sw-protected');
     report.swProtectedVm = swProtected
       ? { ok: true }
       : missing('KVM_CAP_VM_TYPES lacks KVM_X86_SW_PROTECTED_VM', 'use a kernel built with CONFIG_KVM_SW_PROTECTED_VM (guestmem vm does)');
     let vm: Vm | null = null;
     try {
-      vm = kvm.createVm(swProtected ? 'sw-protected' : 'default');
+      // The bare VM (no SNP/TDX initialisation) answers KVM_CHECK_EXTENSION for its type.
+      vm = kvm.createVm(best ?? 'default', { initialize: false });
     } catch (error) {
       const failure = missing(`KVM_CREATE_VM failed: ${errorWhy(error)}`);
       report.guestMemfd = report.userMemory2 = report.memoryAttributes = report.guestMemfdFlags = report.preFaultMemory = failure;
       return;
     }
-    const vmName = swProtected ? 'a SW-protected VM' : 'a default VM';
+    const vmName = best ? `a ${best} VM` : 'a default VM';
     report.guestMemfd = vm.checkExtension(KVM_CAP_GUEST_MEMFD) > 0 ? { ok: true } : missing(`KVM_CAP_GUEST_MEMFD is 0 for ${vmName}`, 'a 6.8+ kernel with CONFIG_KVM_PRIVATE_MEM');
     report.userMemory2 = vm.checkExtension(KVM_CAP_USER_MEMORY2) > 0 ? { ok: true } : missing(`KVM_CAP_USER_MEMORY2 is 0 for ${vmName}`, 'a 6.8+ kernel');
     const attributes = BigInt(vm.checkExtension(KVM_CAP_MEMORY_ATTRIBUTES));
@@ -111,13 +133,58 @@ function probeKvm(report: ProbeReport): void {
     report.memoryAttributes = hasPrivate
       ? { ok: true, private: true }
       : { ...missing(`KVM_CAP_MEMORY_ATTRIBUTES is 0x${attributes.toString(16)} for ${vmName}: no KVM_MEMORY_ATTRIBUTE_PRIVATE`, 'a SW-protected, SNP or TDX VM type (guestmem vm has SW-protected)'), private: false };
-    report.guestMemfdFlags = probeGuestMemfdFlags(kvm, vm, swProtected);
+    report.guestMemfdFlags = probeGuestMemfdFlags(kvm, vm, best !== null);
     report.preFaultMemory = vm.checkExtension(KVM_CAP_PRE_FAULT_MEMORY) > 0
       ? { ok: true }
       : missing(`KVM_CAP_PRE_FAULT_MEMORY is 0 for ${vmName}`, 'a 6.10+ kernel on a CPU with two-dimensional paging (EPT or NPT)');
   } finally {
     kvm.close();
   }
+}
+
+/** A module parameter's value (Y, N, 1, …), or null when the module or parameter is absent. */
+function moduleParameter(module: string, parameter: string): string | null {
+  try {
+    return fs.readFileSync(`/sys/module/${module}/parameters/${parameter}`, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+function sevDevice(): ProbeReport['snpVm']['sevDevice'] {
+  try {
+    fs.closeSync(fs.openSync('/dev/sev', 'r+'));
+    return 'present';
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return code === 'ENOENT' ? 'absent' : code === 'EACCES' || code === 'EPERM' ? 'no-permission' : 'unusable';
+  }
+}
+
+const enabled = (value: string | null) => value === 'Y' || value === '1';
+
+/** SEV-SNP as the host shows it: all three must hold for guestmem to make an SNP VM. */
+function probeSnp(mask: number): ProbeReport['snpVm'] {
+  const vmTypeBit = maskHasVmType(mask, 'snp');
+  const parameter = moduleParameter('kvm_amd', 'sev_snp');
+  const device = sevDevice();
+  const why: string[] = [];
+  if (!vmTypeBit) why.push(`${describeVmTypesMask(mask)}: no KVM_X86_SNP_VM`);
+  if (!enabled(parameter)) why.push(parameter === null ? 'no /sys/module/kvm_amd/parameters/sev_snp (kvm_amd not loaded, or built without SEV)' : `kvm_amd sev_snp=${parameter}`);
+  if (device !== 'present') why.push(device === 'absent' ? 'no /dev/sev' : device === 'no-permission' ? 'no permission to open /dev/sev' : '/dev/sev cannot be opened');
+  const facts = { vmTypeBit, moduleParameter: parameter, sevDevice: device };
+  return why.length === 0 ? { ok: true, ...facts } : { ...missing(why.join('; '), vmTypeFix('snp')), ...facts };
+}
+
+/** TDX as the host shows it: the VM-types bit and kvm_intel's tdx parameter. */
+function probeTdx(mask: number): ProbeReport['tdxVm'] {
+  const vmTypeBit = maskHasVmType(mask, 'tdx');
+  const parameter = moduleParameter('kvm_intel', 'tdx');
+  const why: string[] = [];
+  if (!vmTypeBit) why.push(`${describeVmTypesMask(mask)}: no KVM_X86_TDX_VM`);
+  if (!enabled(parameter)) why.push(parameter === null ? 'no /sys/module/kvm_intel/parameters/tdx (kvm_intel not loaded, or older than 6.16)' : `kvm_intel tdx=${parameter}`);
+  const facts = { vmTypeBit, moduleParameter: parameter };
+  return why.length === 0 ? { ok: true, ...facts } : { ...missing(why.join('; '), vmTypeFix('tdx')), ...facts };
 }
 
 /**
@@ -198,7 +265,8 @@ export function probe(): ProbeReport {
     }
     const feature = missing(why, 'install a C++ compiler, python3 and make, then `npm rebuild guestmem` (in a checkout: `npm run build:native`)');
     return {
-      nativeAddon: feature, kvm: feature, swProtectedVm: feature, guestMemfd: feature, userMemory2: feature,
+      nativeAddon: feature, kvm: feature, privateMemoryVm: { ...feature, types: [] }, swProtectedVm: feature,
+      snpVm: { ...feature, vmTypeBit: false, moduleParameter: null, sevDevice: 'unusable' }, tdxVm: { ...feature, vmTypeBit: false, moduleParameter: null }, guestMemfd: feature, userMemory2: feature,
       memoryAttributes: feature, guestMemfdFlags: feature, preFaultMemory: feature, iommuGroups: { ...feature, count: 0 }, vfioDevices: { ...feature, devices: [] },
       type1: feature, iommufd: feature,
     };
@@ -210,12 +278,33 @@ export function probe(): ProbeReport {
 }
 
 /** The capabilities a test or command can require by name. */
-export type Capability = 'kvm' | 'sw-protected-vm' | 'guest-memfd' | 'memory-attributes' | 'vfio-type1' | 'iommufd' | 'vfio-device';
+export type Capability =
+  | 'kvm' | 'private-memory-vm' | 'sw-protected-vm' | 'snp-vm' | 'tdx-vm' | 'guest-memfd' | 'memory-attributes' | 'pre-fault'
+  | 'iommu' | 'vfio' | 'vfio-type1' | 'iommufd' | 'vfio-device';
+
+export const CAPABILITIES: readonly Capability[] = [
+  'kvm', 'private-memory-vm', 'sw-protected-vm', 'snp-vm', 'tdx-vm', 'guest-memfd', 'memory-attributes', 'pre-fault',
+  'iommu', 'vfio', 'vfio-type1', 'iommufd', 'vfio-device',
+];
+
+/** Whether the host can create a VM of this type (KVM_CAP_VM_TYPES), with why-not and the fix. */
+export function vmTypeFeature(report: ProbeReport, type: VmType | number): Feature {
+  if (!report.kvm.ok) return report.kvm;
+  const mask = report.kvm.vmTypesMask ?? 0;
+  if (maskHasVmType(mask, type)) return { ok: true };
+  return missing(`${describeVmTypesMask(mask)}: no ${vmTypeName(type)} VMs`, vmTypeFix(type));
+}
 
 export function capabilityFeature(report: ProbeReport, capability: Capability): Feature {
   switch (capability) {
     case 'kvm': return report.kvm;
+    case 'private-memory-vm': return report.privateMemoryVm;
     case 'sw-protected-vm': return report.swProtectedVm;
+    case 'snp-vm': return report.snpVm;
+    case 'tdx-vm': return report.tdxVm;
+    case 'pre-fault': return report.preFaultMemory;
+    case 'iommu': return report.iommuGroups;
+    case 'vfio': return !report.vfioDevices.ok ? report.vfioDevices : report.iommufd.ok || report.type1.ok ? { ok: true } : report.type1;
     case 'guest-memfd': return report.guestMemfd;
     case 'memory-attributes': return report.memoryAttributes;
     case 'vfio-type1': return report.type1.ok ? report.vfioDevices : report.type1;

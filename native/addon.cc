@@ -2,6 +2,7 @@
 #include <napi.h>
 
 void InitKvm(Napi::Env env, Napi::Object exports);
+void InitConfidentialVm(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitMapping(Napi::Env env, Napi::Object exports);
 void InitVfioType1(Napi::Env env, Napi::Object exports);
@@ -15,6 +16,7 @@ namespace {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKvm(env, exports);
+  InitConfidentialVm(env, exports);
   InitMemory(env, exports);
   InitMapping(env, exports);
   InitVfioType1(env, exports);

@@ -33,6 +33,9 @@ struct Mapping {
   bool mapped = true;
   // True once the addresses are unmapped (no placeholder left to unmap at the end).
   bool released = false;
+  // Memory someone else mapped and will unmap (an embedding VMM's guest RAM): never
+  // munmapped nor replaced by a placeholder here; an unmap only empties the windows.
+  bool borrowed = false;
   // The owner's reference plus one per window not yet finalized.
   size_t references = 1;
   // Window id -> weak reference to its ArrayBuffer, to detach on an explicit unmap.
@@ -57,7 +60,7 @@ void Unreference(Mapping* mapping) {
     last = --mapping->references == 0;
   }
   if (!last) return;
-  if (!mapping->released) munmap(mapping->address, mapping->length);
+  if (!mapping->released && !mapping->borrowed) munmap(mapping->address, mapping->length);
   delete mapping;
 }
 
@@ -138,6 +141,35 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   return result;
 }
 
+/**
+ * A handle over memory this process already has mapped (an embedding VMM's guest RAM),
+ * so that windows can be made over it as over our own mappings. `owned`: munmap it when
+ * the handle goes (else it is borrowed and never unmapped here). The TS side checks first
+ * that the range is mapped read-write (lib/common/mapping-guard.ts).
+ */
+Napi::Value AdoptMapping(const Napi::CallbackInfo& info) {
+  Args args(info);
+  Napi::Env env = info.Env();
+  uint64_t address = args.U64(0, "address");
+  uint64_t length = args.U64(1, "length");
+  bool owned = info[2].ToBoolean();
+  if (length == 0) throw RangeErrorOf(env, "length must be greater than zero");
+  if (address == 0 || address % 4096 != 0 || length > UINT64_MAX - address)
+    throw RangeErrorOf(env, "address must be a non-zero page-aligned address, and address + length must not wrap");
+  auto* mapping = new Mapping(reinterpret_cast<uint8_t*>(address), static_cast<size_t>(length));
+  mapping->borrowed = !owned;
+  napi_value handle;
+  if (napi_create_external(env, mapping, FinalizeOwner, nullptr, &handle) != napi_ok) {
+    delete mapping;
+    throw Napi::Error::New(env);
+  }
+  if (napi_type_tag_object(env, handle, &kMappingTag) != napi_ok) throw Napi::Error::New(env);
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("handle", Napi::Value(env, handle));
+  result.Set("address", U64Value(env, address));
+  return result;
+}
+
 /** An ArrayBuffer over [offset, offset + length) of a mapping, holding it mapped. */
 Napi::Value MapWindow(const Napi::CallbackInfo& info) {
   Args args(info);
@@ -202,6 +234,12 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     if (napi_is_detached_arraybuffer(env, buffer, &detached) == napi_ok && !detached) napi_detach_arraybuffer(env, buffer);
   }
   std::lock_guard<std::mutex> guard(registry_lock);
+  if (mapping->borrowed) {
+    // Not ours: its owner unmaps it. The windows are detached, so JS can no longer reach it.
+    mapping->mapped = false;
+    mapping->released = true;
+    return env.Undefined();
+  }
   if (mapping->references == 1) {
     if (munmap(mapping->address, mapping->length) < 0) throw ErrnoError(env, errno, "munmap");
     mapping->released = true;
@@ -219,6 +257,7 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
 
 void InitMapping(Napi::Env env, Napi::Object exports) {
   exports.Set("mmap", Napi::Function::New(env, Mmap));
+  exports.Set("adoptMapping", Napi::Function::New(env, AdoptMapping));
   exports.Set("mapWindow", Napi::Function::New(env, MapWindow));
   exports.Set("munmap", Napi::Function::New(env, Munmap));
   exports.Set("maxWindow", Napi::Number::New(env, static_cast<double>(kMaxWindow)));

@@ -26,6 +26,11 @@ int FaultableFallocate(int fd, int mode, off_t offset, off_t length) {
   return result;
 }
 
+int FaultableMadvise(void* address, size_t length, int advice) {
+  GUESTMEM_INJECT_FAULT("madvise");
+  return madvise(address, length, advice);
+}
+
 Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   Args args(info);
   int fd = args.Fd(0);
@@ -53,6 +58,22 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// Gives back the pages of a range of memory known only by its address (a borrowed mapping):
+// MADV_REMOVE for shared memory (the file's pages go, as a punch-hole would), MADV_DONTNEED
+// for private anonymous memory. The TS side checks first that the range is a shared
+// read-write mapping of this process (never the heap).
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Args args(info);
+  uint64_t address = args.U64(0, "address");
+  uint64_t length = args.U64(1, "length");
+  uint32_t advice = args.U32(2, "advice");
+  if (advice != MADV_REMOVE && advice != MADV_DONTNEED) throw ArgumentError(info.Env(), "advice must be MADV_REMOVE or MADV_DONTNEED");
+  if (FaultableMadvise(reinterpret_cast<void*>(address), static_cast<size_t>(length), static_cast<int>(advice)) < 0) {
+    throw ErrnoError(info.Env(), errno, advice == MADV_REMOVE ? "madvise(MADV_REMOVE)" : "madvise(MADV_DONTNEED)");
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Value DupCloexec(const Napi::CallbackInfo& info) {
   Args args(info);
   int fd = fcntl(args.Fd(0), F_DUPFD_CLOEXEC, 3);
@@ -67,4 +88,5 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate));
   exports.Set("dupCloexec", Napi::Function::New(env, DupCloexec));
+  exports.Set("madvise", Napi::Function::New(env, Madvise));
 }

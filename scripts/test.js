@@ -51,7 +51,7 @@ const kernels = (process.env.GUESTMEM_KERNEL || process.env.GUESTMEM_TEST_KERNEL
 if (process.env.GUESTMEM_SKIP_VM === '1') {
   console.log('\n== kernel suites: not run (GUESTMEM_SKIP_VM=1)');
 } else if (process.env.GUESTMEM_TEST_ON_HOST === '1') {
-  phase('kernel suites (this host)', process.execPath, [mocha, '--config', '.mocharc.kernel.json'], { GUESTMEM_REQUIRE_KERNEL: '1' });
+  phase('kernel and hardware suites (this host)', process.execPath, [mocha, '--config', '.mocharc.host.json'], { GUESTMEM_REQUIRE_KERNEL: '1' });
   phase('guestmem demo (this host)', process.execPath, [mocha, '--config', '.mocharc.vm-path.json']);
 } else {
   for (const kernel of kernels) {

@@ -16,7 +16,8 @@ import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard', 'prefault'];
@@ -46,6 +47,7 @@ const BENCH_OPTIONS = {
   'no-far-end': { type: 'boolean', help: 'skip the 8 GiB far-end comparison (it makes KVM mark 9 GiB private)' },
   'no-prefault': { type: 'boolean', help: 'skip the runs with KVM_PRE_FAULT_MEMORY' },
   'no-vm': { type: 'boolean', help: 'fail on a host without SW-protected VMs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
 } as const;
 
 export const BENCH: CommandSpec<typeof BENCH_OPTIONS> = {
@@ -69,7 +71,8 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
   const guestIterations = Number(values['guest-iterations'] ?? 1000);
   if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes']);
+  const vmType = parseVmTypeOption(values['vm-type']);
+  const missing = harnessReason(vmType, ['memory-attributes']);
   if (missing && !values['no-vm']) {
     console.error(`guestmem bench: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['bench', ...args]);
@@ -82,7 +85,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   let farEnd: FarEndResult | null = null;
   for (const prefault of [false, true]) {
     if (prefault && (values['no-prefault'] || !prefaultAvailable)) break;
-    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault });
+    const host = new VmHost({ gpa: 16 * 1024 * 1024, vfio: edu?.bdf, prefault, vmType, commandLine: ['bench', ...args] });
     try {
       prefaultAvailable = host.memory.vm.supportsPreFault;
       backend = host.assigned?.backend ?? null;
@@ -92,7 +95,7 @@ export async function benchCommand(args: string[]): Promise<number> {
       await host.shutdown();
     }
   }
-  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf) : null;
+  const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf, vmType) : null;
   const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
   if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
   else {

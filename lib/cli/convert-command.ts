@@ -12,6 +12,7 @@ import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
 import { UsageError } from './usage-error';
+import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 
@@ -45,13 +46,14 @@ const CONVERT_OPTIONS = {
   vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device (bound to vfio-pci)' },
   backend: { type: 'string', value: 'auto|type1|iommufd', help: 'the DMA back end for --vfio (default auto: iommufd where present, else type1)' },
   json: { type: 'boolean', help: 'print the results as one JSON object' },
+  ...VM_TYPE_OPTION,
 } as const;
 
 export const CONVERT: CommandSpec<typeof CONVERT_OPTIONS> = {
   name: 'convert',
   summary: 'make a VM with one RAM block and convert ranges of it',
   options: CONVERT_OPTIONS,
-  description: `Makes a SW-protected VM with one RAM block of S bytes at guest address A (all private, as
+  description: `Makes a VM with private memory (--vm-type) with one RAM block of S bytes at guest address A (all private, as
 KVM starts it), optionally attaches the device's VFIO DMA listener, converts each range
 (offsets within the block) in order, and prints each result with its timing.
 Sizes: 4096, 0x1000, 64K, 16M, 2G. Every option is checked before the kernel is touched.
@@ -73,10 +75,11 @@ export async function convertCommand(args: string[]): Promise<number> {
   const size = parseSize(values.size, '--size');
   const gpa = parseSize(values.gpa, '--gpa');
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   vfioOption(values.vfio);
   checkBlockOptions(size, gpa, ranges);
 
-  const host = new VmHost({ gpa, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['convert', ...args] });
   const results: Array<Record<string, unknown>> = [];
   let failed = false;
   try {
@@ -97,6 +100,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     }
     const { strip, pagesPerCell } = mapStrip(attributes);
     const summary = {
+      vmType: host.vmType,
       block: { gpa, size, sharedPages: attributes.sharedGranules, privatePages: attributes.privateGranules },
       vfio: host.assigned ? { bdf: host.assigned.bdf, backend: host.assigned.backend, mappings: listener?.mappings ?? 0 } : null,
       conversions: results,
@@ -105,7 +109,7 @@ export async function convertCommand(args: string[]): Promise<number> {
     };
     if (values.json) printJson(summary);
     else {
-      console.log(`block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
+      console.log(`${host.vmType} VM, block at 0x${gpa.toString(16)}, ${formatBytes(size)}${host.assigned ? `, VFIO ${host.assigned.bdf} via ${host.assigned.backend}` : ''}`);
       for (const r of results) {
         console.log(r.ok
           ? `  ${r.to} [0x${(r.offset as Bytes).toString(16)}, +${formatBytes(r.size as Bytes)}): from ${r.from}, ${r.changed} pages changed in ${((r.ns as number) / 1000).toFixed(1)} µs, ${r.nativeCalls} native calls`

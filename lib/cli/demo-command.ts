@@ -17,7 +17,9 @@ import type { ConversionEvent } from '../vmm/vmm-loop';
 import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, resolveVmType, VM_TYPE_OPTION } from './vm-type-option';
+import { vmTypeName } from '../kvm/vm-types';
 import { parseCommand, type CommandSpec } from './command-spec';
 
 const KiB = 1024;
@@ -43,6 +45,7 @@ const CHECK_STEPS: Record<string, string> = {
 const DEMO_OPTIONS = {
   json: { type: 'boolean', help: 'print the steps and the final map as one JSON object' },
   'no-vm': { type: 'boolean', help: 'fail on a host that lacks what the demo needs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
 } as const;
 
 export const DEMO: CommandSpec<typeof DEMO_OPTIONS> = {
@@ -60,7 +63,8 @@ host lacks what it needs. Exits 1 if a proof fails.`,
 
 export async function demoCommand(args: string[]): Promise<number> {
   const { values } = parseCommand(DEMO, args);
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes', 'vfio-device']);
+  const vmType = parseVmTypeOption(values['vm-type']);
+  const missing = harnessReason(vmType, ['memory-attributes', 'vfio-device']);
   if (missing && !values['no-vm']) {
     console.error(`guestmem demo: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['demo', ...args]);
@@ -78,14 +82,23 @@ export async function demoCommand(args: string[]): Promise<number> {
   };
 
   const kvm = Kvm.open();
-  const memory = new GuestMemory(kvm.createVm('sw-protected'));
+  let memory: GuestMemory;
+  let typeName: string;
+  try {
+    const type = resolveVmType(kvm, vmType, ['demo', ...args]);
+    typeName = vmTypeName(type);
+    memory = new GuestMemory(kvm.createVm(type));
+  } catch (error) {
+    kvm.close();
+    throw error;
+  }
   const parts: { block?: RamBlock; assigned?: AssignedDevice; listener?: VfioDmaListener; probe?: DmaProbe } = {};
   const page = `[0x${PAGE_GPA.toString(16)}, +4 KiB)`;
   let guestConsole = '';
   try {
     parts.block = memory.addBlock({ gpa: BLOCK_GPA, size: BLOCK_SIZE, name: 'guest-ram' });
     parts.block.stats.timing = true;
-    if (record('add-block', parts.block.privatePages === BLOCK_SIZE / 4096, `SW-protected VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`)) {
+    if (record('add-block', parts.block.privatePages === BLOCK_SIZE / 4096, `${typeName} VM, ${formatBytes(BLOCK_SIZE)} at 0x${BLOCK_GPA.toString(16)}: guest_memfd memslot, all private`)) {
       const edu = findEduDevice();
       if (!edu) record('attach-vfio', false, 'no edu device bound to vfio-pci');
       else {

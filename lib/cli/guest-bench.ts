@@ -13,6 +13,7 @@ import type { PortHandler } from '../vmm/guest-ports';
 import { runGuestSession } from '../vmm/guest-session';
 import { GuestVm } from '../vmm/guest-vm';
 import { VmHost, DEFAULT_GPA } from './hosts';
+import type { VmTypeChoice } from '../kvm/vm-types';
 import { PACKAGE_ROOT } from './vm-command';
 
 const MiB = 1 << 20;
@@ -30,8 +31,8 @@ export interface GuestLoopBench {
   note?: string;
 }
 
-async function timeGuestmem(iterations: number, vfio: string | undefined): Promise<number> {
-  const host = new VmHost({ gpa: DEFAULT_GPA, vfio });
+async function timeGuestmem(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio, vmType });
   try {
     host.openBlock(16 * MiB, 4096);
     // A VMM's loop times nothing per step: the round trip is measured as it would run.
@@ -50,8 +51,8 @@ async function timeGuestmem(iterations: number, vfio: string | undefined): Promi
 }
 
 /** Bare exits: the misbehave guest's stray-port mode, each OUT counted and resumed. */
-async function timeGuestmemExits(exits: number): Promise<number> {
-  const host = new VmHost({ gpa: DEFAULT_GPA });
+async function timeGuestmemExits(exits: number, vmType?: VmTypeChoice): Promise<number> {
+  const host = new VmHost({ gpa: DEFAULT_GPA, vmType });
   try {
     host.openBlock(16 * MiB, 4096);
     let seen = 0;
@@ -104,17 +105,17 @@ async function steadyState(measure: () => Promise<number>): Promise<number> {
   return previous;
 }
 
-export async function benchGuestLoop(iterations: number, vfio: string | undefined): Promise<GuestLoopBench> {
+export async function benchGuestLoop(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<GuestLoopBench> {
   const yardstick = buildYardstick();
   // Steady state, as a VMM that runs for hours sees it: under emulation V8's optimized code
   // settles only after a few thousand round trips (the first two thousand cost four times
   // the rest, and its compiler thread shares the one emulated CPU), so sessions repeat
   // until one is within 10% of the one before.
   if ('binary' in yardstick) timeC(yardstick.binary, Math.min(100, iterations));
-  const guestmemNs = await steadyState(() => timeGuestmem(iterations, undefined));
+  const guestmemNs = await steadyState(() => timeGuestmem(iterations, undefined, vmType));
   const cNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations) : null;
-  const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio) : null;
-  const exitNs = await steadyState(() => timeGuestmemExits(iterations * 2));
+  const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio, vmType) : null;
+  const exitNs = await steadyState(() => timeGuestmemExits(iterations * 2, vmType));
   const cExitNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations * 2, true) : null;
   if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
   return {

@@ -16,7 +16,8 @@ import { printJson } from './output';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
 import { UsageError } from './usage-error';
-import { needsVm, runInVm } from './vm-command';
+import { runInVm } from './vm-command';
+import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -43,6 +44,7 @@ const GUEST_OPTIONS = {
   json: { type: 'boolean', help: 'print the report as one JSON object' },
   svg: { type: 'string', value: 'FILE', help: 'draw the map and the conversions over time' },
   'no-vm': { type: 'boolean', help: 'fail on a host that lacks what it needs, instead of running in the harness VM' },
+  ...VM_TYPE_OPTION,
 } as const;
 
 export const GUEST: CommandSpec<typeof GUEST_OPTIONS> = {
@@ -50,7 +52,8 @@ export const GUEST: CommandSpec<typeof GUEST_OPTIONS> = {
   summary: 'run a guest program whose own hypercalls convert its memory (vCPUs, VMM loop)',
   positionals: 'PROGRAM',
   options: GUEST_OPTIONS,
-  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a SW-protected VM. Its
+  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; SNP and TDX
+need a launch flow guestmem does not do yet, so in practice SW-protected). Its
 KVM_HC_MAP_GPA_RANGE hypercalls convert its memory through the tracker, KVM's attributes,
 the device's VFIO DMA listener (--vfio) and the punch-hole; the guest is answered 0, or
 -22 (bad request) / -14 (failed and rolled back) and goes on. The host checks the memfd
@@ -78,17 +81,18 @@ export async function guestCommand(args: string[]): Promise<number> {
   if (values.seed !== undefined && !/^(0x[0-9a-f]+|\d+)$/i.test(values.seed)) throw new UsageError(`--seed takes a number, got '${values.seed}'`);
   const seed = BigInt(values.seed ?? 1) & ((1n << 64n) - 1n);
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   vfioOption(values.vfio);
   if (values.svg === '') throw new UsageError('--svg needs a file name');
 
-  const missing = needsVm(['sw-protected-vm', 'memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
+  const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
   if (missing) {
     if (values['no-vm']) throw new Error(`not possible on this host: ${missing}`);
     console.error(`guestmem guest: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['guest', ...args]);
   }
 
-  const host = new VmHost({ gpa: DEFAULT_GPA, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa: DEFAULT_GPA, vfio: values.vfio, backend, vmType, commandLine: ['guest', ...args] });
   const events: ConversionEvent[] = [];
   let probe: DmaProbe | undefined;
   let report: GuestSessionReport;

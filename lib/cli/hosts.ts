@@ -15,6 +15,8 @@ import { Vcpu } from '../vmm/vcpu';
 import type { ScriptHost } from './script-runner';
 import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
+import { resolveVmType } from './vm-type-option';
+import { vmTypeFix, vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
 import { messageOf } from '../common/errors';
 import { normalizeBdf } from '../vfio/vfio-sysfs';
 
@@ -51,6 +53,10 @@ export interface VmHostOptions {
   backend?: DmaBackend | 'auto';
   /** Pre-fault each conversion's range on a vCPU of the VM (never run; where KVM has it). */
   prefault?: boolean;
+  /** --vm-type; undefined: the best type this host has for private memory. */
+  vmType?: VmTypeChoice;
+  /** The command as typed, for the fix a host without the VM type is given. */
+  commandLine?: string[];
 }
 
 /** The --backend option: auto (iommufd where the device has a cdev), type1 or iommufd. */
@@ -74,18 +80,22 @@ export function vfioOption(value: string | undefined): string | undefined {
 export const DEFAULT_GPA = 16 * 1024 * 1024;
 
 /**
- * Opening KVM or creating a SW-protected VM fails on most hosts, with an errno that alone
- * says little (EINVAL from KVM_CREATE_VM): keep the kernel's error (code, errno, syscall)
- * and say what to do.
+ * Opening KVM fails on hosts without it, with an errno that alone says little: keep the
+ * kernel's error (code, errno, syscall) and say what to do.
  */
-function withVmHint<T>(make: () => T): T {
+function withKvmHint<T>(make: () => T, options: VmHostOptions): T {
   try {
     return make();
   } catch (error) {
     const e = error as NodeJS.ErrnoException;
     if (typeof e?.syscall !== 'string') throw error;
+    const again = options.commandLine ? options.commandLine.join(' ') : '<command>';
+    // The harness VM has SW-protected VMs only: for another type, the fix is the host's.
+    const fix = options.vmType === undefined || vmTypeName(options.vmType) === 'sw-protected'
+      ? `run the command inside the harness VM: guestmem vm -- ${again}`
+      : vmTypeFix(options.vmType);
     throw Object.assign(
-      new Error(`${e.message}: this host cannot make a SW-protected VM ('guestmem probe' says why); run the command inside the harness VM: guestmem vm -- <command>`, { cause: error }),
+      new Error(`${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: ${fix}`, { cause: error }),
       { code: e.code, errno: e.errno, syscall: e.syscall },
     );
   }
@@ -95,13 +105,17 @@ export class VmHost implements ScriptHost {
   readonly kvm: Kvm;
   readonly memory: GuestMemory;
   readonly assigned: AssignedDevice | null;
+  /** The VM type this host made: --vm-type, or the best for private memory. */
+  readonly vmType: string;
   private readonly vcpu: Vcpu | null = null;
   block: RamBlock | null = null;
 
   constructor(private readonly options: VmHostOptions) {
-    this.kvm = withVmHint(() => Kvm.open());
+    this.kvm = withKvmHint(() => Kvm.open(), options);
     try {
-      const vm = withVmHint(() => this.kvm.createVm('sw-protected'));
+      const type = resolveVmType(this.kvm, options.vmType, options.commandLine);
+      this.vmType = vmTypeName(type);
+      const vm = this.kvm.createVm(type);
       const vcpu = options.prefault ? Vcpu.create(this.kvm, vm, 0) : null;
       this.vcpu = vcpu;
       this.memory = new GuestMemory(vm, vcpu ? { prefault: () => vcpu.fd } : {});

@@ -1,7 +1,9 @@
 // `guestmem probe`: what this host supports for confidential-VM memory work, and for each
 // missing piece why and what to do.
 
-import { probe, type Feature, type ProbeReport } from '../probe';
+import { VM_TYPES, type VmType } from '../kvm/kvm-constants';
+import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability, type Feature, type ProbeReport } from '../probe';
+import { UsageError } from './usage-error';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
 import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
@@ -18,7 +20,7 @@ function flagsDetail(report: ProbeReport): string {
   if (!flags.ok) return '';
   const list = (f: string[] | undefined) => (f === undefined ? 'not probed' : f.length > 0 ? f.join(' + ') : 'none');
   const parts = [];
-  if (flags.privateVm !== undefined) parts.push(`SW-protected VM: ${list(flags.privateVm)}`);
+  if (flags.privateVm !== undefined) parts.push(`${report.privateMemoryVm.best ?? 'private-memory'} VM: ${list(flags.privateVm)}`);
   parts.push(`default VM: ${list(flags.defaultVm)}`);
   const inPlace = flags.privateVm === undefined
     ? 'in-place conversion: unknown here (no private-memory VM type to ask)'
@@ -43,7 +45,10 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
     'guestmem probe',
     line('native addon', report.nativeAddon),
     line('/dev/kvm', report.kvm, report.kvm.ok ? `API ${report.kvm.apiVersion}, VM types ${report.kvm.vmTypes?.join(', ')}` : ''),
+    line('VM type with private memory', report.privateMemoryVm, report.privateMemoryVm.ok ? `${report.privateMemoryVm.types.join(', ')}; commands use ${report.privateMemoryVm.best} unless --vm-type says otherwise` : ''),
     line('KVM_X86_SW_PROTECTED_VM', report.swProtectedVm),
+    line('AMD SEV-SNP (KVM_X86_SNP_VM)', report.snpVm, report.snpVm.ok ? 'VM-types bit, kvm_amd sev_snp=Y, /dev/sev' : ''),
+    line('Intel TDX (KVM_X86_TDX_VM)', report.tdxVm, report.tdxVm.ok ? 'VM-types bit, kvm_intel tdx=Y' : ''),
     line('guest_memfd (KVM_CAP_GUEST_MEMFD)', report.guestMemfd),
     line('KVM_SET_USER_MEMORY_REGION2', report.userMemory2),
     line('memory attributes (PRIVATE)', report.memoryAttributes),
@@ -60,26 +65,71 @@ export function formatProbe(report: ProbeReport, reach?: Type1Reach): string {
 const PROBE_OPTIONS = {
   json: { type: 'boolean', help: 'print the report as one JSON object' },
   'guest-size': { type: 'string', value: 'S', help: 'the guest size for the type1 reach line (default 8G)' },
+  require: {
+    type: 'string', multiple: true, value: 'LIST',
+    help: `exit 1 naming each of these the host lacks (0 when all are present): a gate for a hardware job;\ncomma-separated: vm-type=<name|number>, ${CAPABILITIES.join(', ')}`,
+  },
 } as const;
 
 export const PROBE: CommandSpec<typeof PROBE_OPTIONS> = {
   name: 'probe',
   summary: 'what this host supports, and for each missing piece why and what to do',
   options: PROBE_OPTIONS,
-  description: `Reports the native addon, /dev/kvm, VM types, guest_memfd, memory attributes, IOMMU groups,
+  description: `Reports the native addon, /dev/kvm, VM types (and for SEV-SNP and TDX what the host shows:
+the VM-types bit, kvm_amd sev_snp / kvm_intel tdx, /dev/sev), guest_memfd, memory attributes, IOMMU groups,
 vfio-pci devices, VFIO type1 (with its dma_entry_limit) and iommufd; for each missing piece,
 why and the fix. For type1 it says how much of a guest of size S can be shared at once at
 4 KiB granules (one DMA entry each), and what dma_entry_limit all of it would need.`,
-  examples: ['guestmem probe', 'guestmem probe --json | jq .memoryAttributes'],
+  examples: ['guestmem probe', 'guestmem probe --json | jq .memoryAttributes', 'guestmem probe --require vm-type=snp,vfio,iommufd'],
 };
+
+/** One --require item: a capability by name, or vm-type=T (a type name or number). */
+export type Requirement = { name: string } & ({ capability: Capability } | { vmType: VmType | number });
+
+/** --require values: comma-separated, each option may repeat; a name not known is a usage error. */
+export function parseRequirements(values: string[]): Requirement[] {
+  const requirements: Requirement[] = [];
+  for (const name of values.flatMap((v) => v.split(',')).map((v) => v.trim())) {
+    if (name === '') throw new UsageError('--require has an empty item (write them comma-separated: vm-type=snp,vfio,iommufd)');
+    const type = /^vm-type=(.*)$/.exec(name);
+    if (type) {
+      const value = type[1]!;
+      if (Object.hasOwn(VM_TYPES, value)) requirements.push({ name, vmType: value as VmType });
+      else if (/^(?:0|[1-9]\d{0,9})$/.test(value) && Number(value) <= 0xffffffff) requirements.push({ name, vmType: Number(value) });
+      else throw new UsageError(`--require vm-type= takes ${Object.keys(VM_TYPES).join(', ')} or a type number, got '${value}'`);
+    } else if ((CAPABILITIES as readonly string[]).includes(name)) {
+      requirements.push({ name, capability: name as Capability });
+    } else {
+      throw new UsageError(`--require: unknown requirement '${name}'; known: vm-type=<type>, ${CAPABILITIES.join(', ')}`);
+    }
+  }
+  return requirements;
+}
+
+/** The requirements this host lacks, each with why and the fix. */
+export function missingRequirements(report: ProbeReport, requirements: Requirement[]): Array<{ name: string; why?: string; fix?: string }> {
+  return requirements
+    .map((r) => ({ name: r.name, feature: 'capability' in r ? capabilityFeature(report, r.capability) : vmTypeFeature(report, r.vmType) }))
+    .filter(({ feature }) => !feature.ok)
+    .map(({ name, feature }) => ({ name, why: feature.why, fix: feature.fix }));
+}
 
 export function probeCommand(args: string[]): number {
   const { values } = parseCommand(PROBE, args);
   const guestSize = parseSize(values['guest-size'] ?? '8G', '--guest-size');
+  const requirements = values.require ? parseRequirements(values.require) : null;
   const report = probe();
   const limit = report.type1.dmaAvailableDefault;
   const reach = limit !== undefined ? type1Reach(limit, guestSize) : undefined;
-  if (values.json) printJson(reach ? { ...report, type1Reach: reach } : report);
+  const lacking = requirements ? missingRequirements(report, requirements) : [];
+  const required = requirements ? { required: { ok: lacking.length === 0, requirements: requirements.map((r) => r.name), missing: lacking } } : {};
+  if (values.json) printJson({ ...report, ...(reach ? { type1Reach: reach } : {}), ...required });
   else console.log(formatProbe(report, reach));
-  return 0;
+  if (!requirements) return 0;
+  if (lacking.length === 0) {
+    if (!values.json) console.log(`required: all present (${requirements.map((r) => r.name).join(', ')})`);
+    return 0;
+  }
+  console.error(`guestmem probe: missing ${lacking.map((m) => m.name).join(', ')}: ${lacking.map((m) => `${m.name}: ${m.why}${m.fix ? ` (fix: ${m.fix})` : ''}`).join('; ')}`);
+  return 1;
 }

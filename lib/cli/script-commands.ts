@@ -17,6 +17,7 @@ import type { Bytes } from '../common/byte-range';
 import { bytesOf } from '../common/byte-range';
 import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
+import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 /** A file option: a name that is not empty, in a place this process can write. */
 function checkOutputFile(file: string | undefined, option: string): string | undefined {
@@ -113,6 +114,7 @@ const VM_OPTIONS = {
   vfio: { type: 'string', value: 'BDF', help: 'attach the VFIO DMA listener of this device on each listened section' },
   backend: { type: 'string', value: 'auto|type1|iommufd', help: 'the DMA back end for --vfio (default auto: iommufd where present, else type1)' },
   gpa: { type: 'string', value: 'A', help: 'the block\'s guest physical address (default 16M)' },
+  ...VM_TYPE_OPTION,
 } as const;
 
 const SCRIPT_LINES = `Script lines:
@@ -147,7 +149,7 @@ export const RUN: CommandSpec<typeof RUN_OPTIONS> = {
   summary: 'run a conversion script against a real VM',
   positionals: 'SCRIPT',
   options: RUN_OPTIONS,
-  description: `Executes a simulate script against a real SW-protected VM: the block becomes a guest_memfd
+  description: `Executes a simulate script against a real VM with private memory (--vm-type): the block becomes a guest_memfd
 memslot at --gpa; 'listen' attaches the VFIO DMA listener of the device named by --vfio on
 its section (a recording listener without --vfio). Exits 1 if a conversion fails in the
 kernel. A progress bar shows on long scripts when stdout is a terminal.
@@ -225,11 +227,12 @@ export async function runCommand(args: string[]): Promise<number> {
   // Every usage error is found before the kernel is touched: options, the script, its block.
   const gpa = values.gpa !== undefined ? parseGpa(values.gpa) : DEFAULT_GPA;
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   vfioOption(values.vfio);
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
-  const host = new VmHost({ gpa, vfio: values.vfio, backend });
+  const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['run', ...args] });
   const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
   if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values) });
@@ -294,9 +297,11 @@ export async function replayCommand(args: string[]): Promise<number> {
   const { values, positionals } = parseCommand(REPLAY, args);
   // Every usage error is found before the kernel is touched (or the dry run starts).
   const backend = backendOption(values.backend);
+  const vmType = parseVmTypeOption(values['vm-type']);
   vfioOption(values.vfio);
-  if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined)) {
-    throw new UsageError(`--${values.vfio !== undefined ? 'vfio' : 'backend'} needs a real VM; --dry-run touches no device (drop one of them)`);
+  if (values['dry-run'] && (values.vfio !== undefined || values.backend !== undefined || vmType !== undefined)) {
+    const option = values.vfio !== undefined ? 'vfio' : values.backend !== undefined ? 'backend' : 'vm-type';
+    throw new UsageError(`--${option} needs a real VM; --dry-run touches no kernel (drop one of them)`);
   }
   const svg = checkOutputFile(values.svg, '--svg');
   const trace = parseTrace(await readInputText(positionals[0], 'trace', maxInput(values['max-input'])));
@@ -322,7 +327,7 @@ export async function replayCommand(args: string[]): Promise<number> {
   const results: Array<{ from: string; to: string } | null> = [];
   const host: ScriptHost = values['dry-run']
     ? new TrackerHost()
-    : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend });
+    : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend, vmType, commandLine: ['replay', ...args] });
   const recordingHost: ScriptHost = {
     openBlock: (size, granule) => host.openBlock(size, granule),
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),

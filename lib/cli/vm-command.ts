@@ -5,7 +5,6 @@
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { capabilityFeature, probe, type Capability } from '../probe';
 import { parseCommand, type CommandSpec } from './command-spec';
 import { UsageError } from './usage-error';
 
@@ -75,15 +74,4 @@ export function vmCommand(args: string[]): number {
   }
   if (values.edu !== undefined && !/^(?:[0-9]|1[0-6])$/.test(values.edu)) throw new UsageError(`--edu takes a count of edu devices, 0 to 16, got '${values.edu}'`);
   return runInVm(command, { kernel: values.kernel, memory: values.memory, edu: values.edu, kernelLog: values['kernel-log'], timeout: values.timeout });
-}
-
-/**
- * For commands that need a real kernel: null where this host has every capability (run
- * here), else the reason (run in the VM). Inside the VM nothing is re-routed.
- */
-export function needsVm(capabilities: Capability[]): string | null {
-  if (process.env.GUESTMEM_IN_VM === '1') return null;
-  const report = probe();
-  const lacking = capabilities.map((c) => capabilityFeature(report, c)).filter((f) => !f.ok);
-  return lacking.length === 0 ? null : [...new Set(lacking.map((f) => f.why))].join('; ');
 }

@@ -37,6 +37,16 @@ export class HostMapping {
     return new HostMapping(mapping.handle, mapping.address, size, what);
   }
 
+  /**
+   * Memory this process already has mapped (checked in /proc/self/maps), reached through
+   * windows like our own. `owned`: munmap it on unmap(); otherwise unmap() only empties the
+   * windows and the memory stays its owner's.
+   */
+  static adopt(address: bigint, size: bigint, what: string, owned: boolean): HostMapping {
+    const mapping = native().adoptMapping(address, size, owned);
+    return new HostMapping(mapping.handle, mapping.address, size, what);
+  }
+
   get unmapped(): boolean {
     return this.#handle === null;
   }

@@ -36,3 +36,62 @@ export function guardedMmap(mmap: Mmap): Mmap {
     return mmap(fd, length, offset, writable);
   };
 }
+
+/**
+ * True when [address, address + length) lies in shared, readable and writable mappings of
+ * this process, end to end (/proc/self/maps "rw-s": a memfd, shmem, a file): memory
+ * JavaScript may be given windows over, or told to discard, without SIGSEGV. Private
+ * mappings are refused: they include V8's heap and malloc's, which a write or a discard
+ * through a window would corrupt. Guest RAM shared with KVM and a device is a shared mapping.
+ */
+export function isMappedSharedReadWrite(address: bigint, length: bigint): boolean {
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/self/maps', 'utf8');
+  } catch {
+    return false;
+  }
+  const end = address + length;
+  let covered = address;
+  const areas = text.split('\n').filter(Boolean).map((line) => {
+    const [range = '', perms = ''] = line.split(' ');
+    const [start = '0', stop = '0'] = range.split('-');
+    return { start: BigInt(`0x${start}`), stop: BigInt(`0x${stop}`), rw: perms.startsWith('rw') && perms[3] === 's' };
+  }).sort((a, b) => (a.start < b.start ? -1 : a.start > b.start ? 1 : 0));
+  for (const area of areas) {
+    if (area.stop <= covered) continue;
+    if (area.start > covered || !area.rw) return false;
+    covered = area.stop;
+    if (covered >= end) return true;
+  }
+  return covered >= end;
+}
+
+function checkOurMemory(address: unknown, length: unknown, what: string): void {
+  if (!isByteCount(address) || !isByteCount(length)) return; // the addon's own checks name it
+  if (BigInt(length) > 0n && !isMappedSharedReadWrite(BigInt(address), BigInt(length))) {
+    throw invalidArgValue(
+      `${what}: [0x${BigInt(address).toString(16)}, +0x${BigInt(length).toString(16)}) is not a shared read-write mapping of this process (/proc/self/maps "rw-s"); ` +
+        'only such memory (a memfd, shmem) can be adopted: anything else could be unmapped (SIGSEGV) or be the heap',
+    );
+  }
+}
+
+type AdoptMapping = (address: number | bigint, length: number | bigint, owned: boolean) => unknown;
+type Madvise = (address: number | bigint, length: number | bigint, advice: number) => void;
+
+/** Refuses an address range that is not this process's read-write memory. */
+export function guardedAdoptMapping(adopt: AdoptMapping): AdoptMapping {
+  return (address, length, owned) => {
+    checkOurMemory(address, length, 'adoptMapping');
+    return adopt(address, length, owned);
+  };
+}
+
+/** The same for madvise: MADV_REMOVE on someone else's (or no) memory is refused first. */
+export function guardedMadvise(madvise: Madvise): Madvise {
+  return (address, length, advice) => {
+    checkOurMemory(address, length, 'madvise');
+    madvise(address, length, advice);
+  };
+}

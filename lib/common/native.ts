@@ -8,7 +8,7 @@
 
 import path from 'node:path';
 import { GuestmemError, messageOf } from './errors';
-import { guardedMmap } from './mapping-guard';
+import { guardedAdoptMapping, guardedMadvise, guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
 
@@ -76,6 +76,11 @@ export interface NativeAddon {
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
   /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
+  // Confidential-VM initialisation (KVM_MEMORY_ENCRYPT_OP); a failure carries the
+  // firmware's status (firmwareError) or the TDX module's (hwError) when there is one.
+  kvmSevInit2(vmFd: number, sevFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
+  kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };
+  kvmTdxInitVm(vmFd: number, attributes: U64, xfam: U64, cpuid: Uint8Array): void;
   // vCPUs
   kvmGetVcpuMmapSize(kvmFd: number): number;
   kvmCreateVcpu(vmFd: number, id: number): number;
@@ -97,6 +102,10 @@ export interface NativeAddon {
   fallocate(fd: number, mode: number, offset: U64, length: U64): void;
   ftruncate(fd: number, length: U64): void;
   mmap(fd: number, length: U64, offset: U64, writable: boolean): NativeMapping;
+  /** A handle over memory already mapped here; owned: munmap it when the handle goes. */
+  adoptMapping(address: U64, length: U64, owned: boolean): NativeMapping;
+  /** MADV_REMOVE or MADV_DONTNEED over a range of this process's memory. */
+  madvise(address: U64, length: U64, advice: number): void;
   /** An ArrayBuffer over part of a mapping (1..maxWindow bytes) that keeps it mapped. */
   mapWindow(mapping: NativeMappingHandle, offset: U64, length: U64): ArrayBuffer;
   /** Unmaps now, emptying (detaching) every window still alive; idempotent. */
@@ -175,6 +184,8 @@ export function native(): NativeAddon {
     try {
       const addon = counted(load());
       addon.mmap = guardedMmap(addon.mmap) as NativeAddon['mmap'];
+      addon.adoptMapping = guardedAdoptMapping(addon.adoptMapping) as NativeAddon['adoptMapping'];
+      addon.madvise = guardedMadvise(addon.madvise) as NativeAddon['madvise'];
       loaded = addon;
       return loaded;
     } catch (error) {

@@ -19,6 +19,9 @@ import {
   type VmType,
 } from './kvm-constants';
 import { native } from '../common/native';
+import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from './vm-init';
+import { maskHasVmType, missingVmTypeLine, vmTypesInMask } from './vm-types';
+import { takeFd } from './shared-memory';
 
 function checkU32(value: unknown, name: string): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${typeof value}`);
@@ -52,16 +55,42 @@ export class Kvm extends FdOwner {
 
   /** The VM types this host can create, from KVM_CAP_VM_TYPES (just 'default' before it existed). */
   supportedVmTypes(): VmType[] {
-    const mask = this.checkExtension(KVM_CAP_VM_TYPES);
-    if (mask === 0) return ['default'];
-    return (Object.keys(VM_TYPES) as VmType[]).filter((name) => (mask & (1 << VM_TYPES[name])) !== 0);
+    return vmTypesInMask(this.vmTypesMask);
   }
 
-  /** Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). */
-  createVm(type: VmType | number = 'default'): Vm {
-    const number = typeof type === 'number' ? checkU32(type, 'VM type') : VM_TYPES[type];
+  /** KVM_CAP_VM_TYPES: bit N set when KVM_CREATE_VM accepts type N (0 before the capability existed). */
+  get vmTypesMask(): number {
+    return this.checkExtension(KVM_CAP_VM_TYPES);
+  }
+
+  /**
+   * Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). An
+   * SNP or TDX VM is initialised as its type requires (KVM_SEV_INIT2; KVM_TDX_CAPABILITIES
+   * and KVM_TDX_INIT_VM: see vm-init.ts) unless `initialize` is false (to ask the bare VM
+   * its capabilities, as the probe does). A type this host lacks is ERR_GUESTMEM_UNSUPPORTED
+   * in one line with the fix, keeping the kernel's errno, code and syscall.
+   */
+  createVm(type: VmType | number = 'default', options: { initialize?: boolean; initCalls?: ConfidentialInitCalls } = {}): Vm {
+    const number = typeof type === 'number' ? checkU32(type, 'VM type') : Object.hasOwn(VM_TYPES, type) ? VM_TYPES[type] : undefined;
     if (number === undefined) throw outOfRange(`unknown VM type '${String(type)}'; known: ${Object.keys(VM_TYPES).join(', ')}`);
-    return this.adopt(new Vm(native().kvmCreateVm(this.fd, number), number));
+    let fd: number;
+    try {
+      fd = native().kvmCreateVm(this.fd, number);
+    } catch (error) {
+      const mask = this.vmTypesMask;
+      if ((error as NodeJS.ErrnoException).code !== 'EINVAL' || maskHasVmType(mask, number)) throw error;
+      const e = error as NodeJS.ErrnoException;
+      throw Object.assign(new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error }), { errno: e.errno, syscall: e.syscall });
+    }
+    const vm = this.adopt(new Vm(fd, number));
+    if (options.initialize === false) return vm;
+    try {
+      vm.initialisation = initializeVm(number, { kvm: this.fd, vm: fd }, options.initCalls);
+    } catch (error) {
+      vm.close();
+      throw error;
+    }
+    return vm;
   }
 }
 
@@ -89,6 +118,8 @@ export interface MemoryRegion {
 export class Vm extends FdOwner {
   /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
   readonly type: number;
+  /** What createVm did after KVM_CREATE_VM (SNP: KVM_SEV_INIT2; TDX: KVM_TDX_INIT_VM). */
+  initialisation: VmInitialisation = { kind: 'none' };
 
   /** @internal */
   constructor(fd: number, type: number) {
@@ -193,29 +224,61 @@ export class Vm extends FdOwner {
 }
 
 /**
+ * A guest_memfd made by another program (an embedding VMM): its fd, and where in it the
+ * block's private memory starts (the memslot's guest_memfd_offset). Duplicated unless
+ * `close` is true (then guestmem takes that fd and closes it).
+ */
+export interface GuestMemfdSource {
+  fd: number;
+  offset?: Bytes;
+  close?: boolean;
+}
+
+/**
  * A guest_memfd: the private backing of guest memory. The host cannot map it (6.12: mmap →
  * ENODEV; 6.18+ only with GUEST_MEMFD_FLAG_MMAP, see KVM_CAP_GUEST_MEMFD_FLAGS); it can only
  * give pages back (punch-hole) or preallocate them. guest_memfd
- * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it.
+ * refuses fallocate without KEEP_SIZE (EOPNOTSUPP), so both calls pass it. Offsets given
+ * to it are within its window: [offset, offset + size) of the file.
  */
 export class GuestMemfd extends FdOwner {
   readonly size: bigint;
+  /** Where the window starts in the file: 0 for one guestmem created. */
+  readonly offset: bigint;
 
   /** @internal */
-  constructor(fd: number, size: bigint) {
+  constructor(fd: number, size: bigint, offset = 0n) {
     super(fd, 'guest_memfd');
     this.size = size;
+    this.offset = offset;
+  }
+
+  /** A VMM's guest_memfd, `size` bytes of it from `source.offset` (checked against the file's size). */
+  static adopt(source: GuestMemfdSource, size: Bytes): GuestMemfd {
+    if (source === null || typeof source !== 'object') throw invalidArgType(`guest_memfd source must be { fd, offset? }, got ${source === null ? 'null' : typeof source}`);
+    const length = checkBytes(size, 'guest_memfd size');
+    const offset = checkBytes(source.offset ?? 0, 'guest_memfd offset');
+    if (offset % 4096n !== 0n) throw outOfRange(`guest_memfd offset must be a multiple of 4096, got ${offset}`);
+    const fd = takeFd(source.fd, source.close, 'guest_memfd');
+    try {
+      const fileSize = fs.fstatSync(fd, { bigint: true }).size;
+      if (offset + length > fileSize) throw outOfRange(`guest_memfd [0x${offset.toString(16)}, +0x${length.toString(16)}) is past the end of the 0x${fileSize.toString(16)}-byte guest_memfd`);
+    } catch (error) {
+      fs.closeSync(fd);
+      throw error;
+    }
+    return new GuestMemfd(fd, length, offset);
   }
 
   /** Frees the range's private pages (fallocate PUNCH_HOLE | KEEP_SIZE). */
   punchHole(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'punch-hole', 'guest_memfd');
-    native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, start, length);
+    native().fallocate(this.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, this.offset + start, length);
   }
 
   /** Allocates the range's private pages ahead of use (fallocate KEEP_SIZE). */
   allocate(offset: Bytes, size: Bytes): void {
     const [start, length] = checkExtent(offset, size, this.size, 'allocate', 'guest_memfd');
-    native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, start, length);
+    native().fallocate(this.fd, FALLOC_FL_KEEP_SIZE, this.offset + start, length);
   }
 }

@@ -6,24 +6,56 @@ import { checkSpan, type Bytes } from '../common/byte-range';
 import { GuestmemError, outOfRange, shutdownIncomplete } from '../common/errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
 import type { Vm } from '../kvm/kvm';
-import { RamBlock, type VcpuFdProvider } from './ram-block';
+import type { MemoryVm } from '../kvm/memory-vm';
+import { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './ram-block';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
+
+export interface GuestMemoryOptions {
+  /** Every block pre-faults what it converts on that vCPU (see RamBlockOptions). */
+  prefault?: VcpuFdProvider;
+  /**
+   * The memslot numbers blocks may take, in order (an embedding VMM keeps the others for
+   * itself); a block past the list is refused. Default: from `firstSlot` up.
+   */
+  slots?: readonly number[];
+  /** The first memslot number to use, counting up (default 0); not with `slots`. */
+  firstSlot?: number;
+}
+
+/** A block of GuestMemory.addBlock: where, how big, and for an embedding VMM what it already has. */
+export type AddBlockOptions = Omit<RamBlockOptions, 'slot' | 'prefault'> & {
+  /** This memslot number rather than the next free one (an adopted memslot's number). */
+  slot?: number;
+};
+
+function checkSlot(value: unknown, what: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0 || value > 0xffff) {
+    throw outOfRange(`${what} must be a memslot number in 0..65535, got ${String(value)}`);
+  }
+  return value;
+}
 
 /**
  * The guest memory of one VM: its RAM blocks, each with a memslot of its own, and conversions
  * by guest physical address. Dispose of it (or `close()`) before the VM and devices.
  */
-export class GuestMemory implements Disposable {
+export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
   readonly blocks: RamBlock[] = [];
-  private nextSlot = 0;
+  /** Slot numbers given out, even by blocks that failed (KVM may still hold the number). */
+  private readonly usedSlots = new Set<number>();
+  private readonly slotList: readonly number[] | null;
+  private nextSlot: number;
 
   /**
    * Checks first that the VM can have private memory: guest_memfd and the PRIVATE memory
    * attribute, which KVM gives SW-protected, SNP and TDX VMs but not default ones.
-   * `prefault`: every block pre-faults what it converts on that vCPU (see RamBlockOptions).
    */
-  constructor(readonly vm: Vm, private readonly options: { prefault?: VcpuFdProvider } = {}) {
+  constructor(readonly vm: V, private readonly options: GuestMemoryOptions = {}) {
+    if (options.slots !== undefined && options.firstSlot !== undefined) throw outOfRange('give slots or firstSlot, not both');
+    this.slotList = options.slots === undefined ? null : [...options.slots].map((slot, i) => checkSlot(slot, `slots[${i}]`));
+    if (this.slotList && new Set(this.slotList).size !== this.slotList.length) throw outOfRange(`slots must not repeat a number: ${this.slotList.join(', ')}`);
+    this.nextSlot = options.firstSlot === undefined ? 0 : checkSlot(options.firstSlot, 'firstSlot');
     if (!vm.supportsGuestMemfd || (vm.memoryAttributes & KVM_MEMORY_ATTRIBUTE_PRIVATE) === 0n) {
       throw new GuestmemError(
         'ERR_GUESTMEM_UNSUPPORTED',
@@ -33,20 +65,30 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /** The memslot number the next block takes, without taking it; null when none is left. */
+  get nextFreeSlot(): number | null {
+    if (this.slotList) return this.slotList.find((slot) => !this.usedSlots.has(slot)) ?? null;
+    let slot = this.nextSlot;
+    while (this.usedSlots.has(slot)) slot++;
+    return slot <= 0xffff ? slot : null;
+  }
+
   /**
    * Adds a RAM block: a memslot at `gpa` of `size` bytes (numbers or bigints) backed by a new
    * guest_memfd (private pages) and a shared memfd, all private in the tracker and in KVM
-   * once this returns, as QEMU starts a confidential guest's RAM.
+   * once this returns, as QEMU starts a confidential guest's RAM. With `shared`, `guestMemfd`
+   * and `memslot` it adopts what an embedding VMM made instead (see RamBlockOptions).
    *
-   * @param options.gpa the guest physical address, a multiple of the page size
-   * @param options.size the size in bytes, a multiple of the granularity
-   * @param options.granularity bytes per tracked granule, a power of two (default 4096)
-   * @param options.name the block's name in errors and on the state-change channel
+   * @param options `gpa` (a multiple of the page size), `size` (a multiple of the
+   *   granularity), `granularity` (bytes per tracked granule, a power of two, default 4096),
+   *   `name` (in errors and on the state-change channel), `slot` (this memslot number rather
+   *   than the next free one), and for an embedding VMM `shared`, `guestMemfd`, `memslot`
    * @returns the block, owned by this memory (closed with it)
    * @throws RangeError (`ERR_OUT_OF_RANGE`) for a range that is unaligned, empty or overlaps
-   *   another block, before any syscall; a Node-style system error if KVM refuses
+   *   another block, or no memslot number left, before any syscall; a Node-style system
+   *   error if KVM refuses
    */
-  addBlock(options: { gpa: Bytes; size: Bytes; granularity?: number; name?: string }): RamBlock {
+  addBlock(options: AddBlockOptions): RamBlock {
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
     const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
     if (overlapping) {
@@ -54,7 +96,18 @@ export class GuestMemory implements Disposable {
     }
     // A slot number is used once, even when the block failed: if deleting its memslot
     // failed too, KVM still holds that number.
-    const slot = this.nextSlot++;
+    let slot: number;
+    if (options.slot !== undefined) {
+      slot = checkSlot(options.slot, 'slot');
+      if (this.slotList && !this.slotList.includes(slot)) throw outOfRange(`slot ${slot} is not among this memory's slots (${this.slotList.join(', ')})`);
+      if (this.usedSlots.has(slot)) throw outOfRange(`memslot ${slot} is taken already`);
+    } else {
+      const next = this.nextFreeSlot;
+      if (next === null) throw outOfRange(`no memslot number left: all of ${this.slotList ? this.slotList.join(', ') : '0..65535'} are taken`);
+      slot = next;
+      if (!this.slotList) this.nextSlot = slot + 1;
+    }
+    this.usedSlots.add(slot);
     const block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
     this.blocks.push(block);
     return block;

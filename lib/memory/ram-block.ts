@@ -24,13 +24,14 @@ import { GranuleRange, checkSafeBytes, checkSpan, type Bytes } from '../common/b
 import { ConversionStats, type ConversionStep } from './conversion-stats';
 import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
 import { messageOf as describe } from '../common/errors';
-import type { GuestMemfd, Vm } from '../kvm/kvm';
+import { GuestMemfd, type GuestMemfdSource } from '../kvm/kvm';
+import type { MemoryVm } from '../kvm/memory-vm';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
 import { RamBlockAttributes, type SectionInput, type StateChangeResult } from '../tracker/ram-block-attributes';
 import { Serializer } from '../common/serializer';
 import { runAsync, runSync, type Steps } from '../common/steps';
-import { SharedMemory } from '../kvm/shared-memory';
+import { SharedMemory, type SharedMemorySource } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
@@ -50,6 +51,18 @@ export interface RamBlockOptions {
    * and a failure is ignored (counted in stats.prefaultFailed), as QEMU does.
    */
   prefault?: VcpuFdProvider;
+  /**
+   * Embedding: use this shared memory (a memfd at an offset, or memory mapped here by
+   * address) instead of creating a memfd. Not closed or unmapped unless `close: true`.
+   */
+  shared?: SharedMemorySource;
+  /** Embedding: use this guest_memfd from `offset` instead of creating one. Not closed unless `close: true`. */
+  guestMemfd?: GuestMemfdSource;
+  /**
+   * Embedding: the memslot `slot` already joins these backings at `gpa` (the VMM made it):
+   * it is not created, and not deleted on close unless `close: true`.
+   */
+  memslot?: { adopt: true; close?: boolean };
 }
 
 export type { Disagreement } from '../tracker/block-agreement';
@@ -125,6 +138,8 @@ export class RamBlock implements Disposable {
    */
   private readonly doubts = new Map<string, Run[]>();
   private readonly prefaultVcpu: VcpuFdProvider | null;
+  /** Whether close deletes the memslot: one this block made, or one it was told to. */
+  private readonly ownsSlot: boolean;
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -133,7 +148,7 @@ export class RamBlock implements Disposable {
    * run the guest on the block in that window. If that call fails, the memslot is deleted
    * again: a guest_memfd slot cannot be changed, and one left behind would hold its number.
    */
-  constructor(readonly vm: Vm, options: RamBlockOptions) {
+  constructor(readonly vm: MemoryVm, options: RamBlockOptions) {
     this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.slot = options.slot;
@@ -149,15 +164,25 @@ export class RamBlock implements Disposable {
     }
     this.kvmShared = new PageBitmap(this.attributes.granules);
     this.unsettled = new PageBitmap(this.attributes.granules);
-    this.shared = SharedMemory.create(options.size, this.name);
+    const memslot = options.memslot;
+    if (memslot !== undefined && (memslot === null || typeof memslot !== 'object' || memslot.adopt !== true || (memslot.close !== undefined && typeof memslot.close !== 'boolean'))) {
+      throw invalidArgType('memslot must be { adopt: true, close?: boolean }');
+    }
+    this.ownsSlot = memslot === undefined || memslot.close === true;
+    this.shared = options.shared !== undefined ? SharedMemory.adopt(options.shared, options.size, this.name) : SharedMemory.create(options.size, this.name);
     try {
-      this.guestMemfd = vm.createGuestMemfd(options.size);
+      this.guestMemfd = options.guestMemfd !== undefined ? GuestMemfd.adopt(options.guestMemfd, options.size) : vm.createGuestMemfd(options.size);
       try {
-        vm.setUserMemoryRegion({ slot: this.slot, gpa: this.gpa, size: this.size, userspaceAddress: this.shared.address, guestMemfd: this.guestMemfd });
+        if (memslot === undefined) {
+          vm.setUserMemoryRegion({
+            slot: this.slot, gpa: this.gpa, size: this.size, userspaceAddress: this.shared.address,
+            guestMemfd: this.guestMemfd, guestMemfdOffset: this.guestMemfd.offset,
+          });
+        }
         try {
           vm.setMemoryAttributes(this.gpa, this.size, 'private');
         } catch (error) {
-          this.deleteSlotAfter(error);
+          if (memslot === undefined) this.deleteSlotAfter(error);
           throw error;
         }
       } catch (error) {
@@ -756,7 +781,7 @@ export class RamBlock implements Disposable {
     const errors: unknown[] = [];
     for (const step of [
       () => {
-        if (!this.vm.closed) this.vm.deleteMemorySlot(this.slot);
+        if (this.ownsSlot && !this.vm.closed) this.vm.deleteMemorySlot(this.slot);
       },
       () => this.guestMemfd.close(),
       () => this.shared.close(),

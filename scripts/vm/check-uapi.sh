@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checks that native/uapi.h and native/uapi_vcpu.h (structs, their field offsets and sizes,
+# Checks that native/uapi.h, native/uapi_vcpu.h and native/uapi_coco.h (structs, their field offsets and sizes,
 # ioctl numbers) and the numbers in lib/kvm/kvm-constants.ts equal a kernel's own uAPI, by compiling
 # scripts/vm/uapi-check.cc against that kernel's installed headers (`make headers_install`
 # of its source tree, cached by build-kernel.sh --headers). A difference is a compile error
@@ -54,4 +54,4 @@ if ! out=$(g++ "${flags[@]}" "$here/uapi-check.cc" 2>&1); then
   exit 1
 fi
 absent=$(echo "$out" | sed -nE 's/.*not in this kernel.s headers \(newer\): ([A-Z0-9_]+).*/\1/p' | sort -u | tr '\n' ' ' | sed 's/ $//')
-echo "check-uapi: native/uapi.h, native/uapi_vcpu.h and lib/kvm/kvm-constants.ts match Linux $kernel's uAPI headers${absent:+ (newer than $kernel: $absent)}"
+echo "check-uapi: native/uapi.h, native/uapi_vcpu.h, native/uapi_coco.h and lib/kvm/kvm-constants.ts match Linux $kernel's uAPI headers${absent:+ (newer than $kernel: $absent)}"

@@ -116,8 +116,14 @@ describe('KVM: SW-protected VM, guest_memfd and memory attributes', () => {
     });
   });
 
-  it('gives the kernel\'s answer for a VM type this kernel does not have', () => {
-    assertSystemError(() => kvm.createVm('tdx'), 'EINVAL', 'ioctl(KVM_CREATE_VM)');
+  it('refuses a VM type this kernel does not have: what is missing and the fix, with the kernel\'s answer kept', () => {
+    assert.throws(() => kvm.createVm('tdx'), (error: NodeJS.ErrnoException) => {
+      assert.equal(error.code, 'ERR_GUESTMEM_UNSUPPORTED');
+      assert.equal(error.errno, -22);
+      assert.equal(error.syscall, 'ioctl(KVM_CREATE_VM)');
+      assert.match(error.message, /^this host cannot create a tdx VM \(KVM_X86 type 5\): KVM_CAP_VM_TYPES is 0x3 .*; fix: .* \(EINVAL: Invalid argument, ioctl\(KVM_CREATE_VM\)\)$/);
+      return true;
+    });
   });
 
   it('adopts a VM fd made elsewhere, and refuses one that is not a VM', () => {

@@ -647,8 +647,83 @@ async function rawMmap(): Promise<void> {
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Adopting memory by address (an embedding VMM's guest RAM): any address and length either
+// gives windows that are readable and writable to the last byte, or a coded error. The raw
+// addon's adoptMapping and madvise are guarded the same way. An address that is not this
+// process's read-write memory would be SIGSEGV.
+
+async function adoptedMemory(): Promise<void> {
+  const owner = SharedMemory.create(8 * PAGE, 'hostile-owner');
+  const base = owner.address;
+  const addresses = fc.oneof(
+    fc.integer({ min: -2, max: 10 }).map((n) => base + BigInt(n * PAGE)),
+    fc.constantFrom(0n, 1n, 0x1000n, base + 1n, 2n ** 47n, 2n ** 64n - 4096n, Number(base)),
+  );
+  const lengths = fc.oneof(fc.integer({ min: 0, max: 10 }).map((n) => n * PAGE), fc.constantFrom(1, 2 ** 53, 2n ** 64n - 1n));
+  const raw = native() as unknown as { adoptMapping(...a: unknown[]): { handle: unknown }; madvise(...a: unknown[]): void; munmap(h: unknown): void; mapWindow(h: unknown, o: bigint, l: number): ArrayBuffer };
+  // Accepted only over shared read-write mappings (the owner, or another memfd mapping of
+  // this process next to it), as /proc/self/maps lists them.
+  const inOwner = (address: unknown, length: unknown) => {
+    if (!isBytes(address) || !isBytes(length) || BigInt(length) === 0n) return false;
+    const start = BigInt(address);
+    const end = start + BigInt(length);
+    let covered = start;
+    for (const line of fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter(Boolean)) {
+      const [range = '', perms = ''] = line.split(' ');
+      const [a = '0', b = '0'] = range.split('-').map((x) => `0x${x}`);
+      if (BigInt(a) <= covered && BigInt(b) > covered) {
+        if (perms !== 'rw-s') return false;
+        covered = BigInt(b);
+        if (covered >= end) return true;
+      }
+    }
+    return false;
+  };
+  try {
+    await fc.assert(
+      // close: true would unmap the owner's memory from under it; only a non-boolean is tried.
+      fc.asyncProperty(sometimes(addresses), sometimes(lengths), fc.oneof(fc.constant(undefined), fc.constant(false), hostileValue.filter((v) => v !== true)), async (address, length, close) => {
+        const outcome = await bounded('SharedMemory.adopt', [address, length, close], () => {
+          const memory = SharedMemory.adopt({ address: address as bigint, close: close as boolean }, length as number, 'hostile');
+          try {
+            const bytes = memory.view(0, Number(memory.size));
+            bytes.fill(0x3c);
+            return bytes.reduce((sum, b) => sum + b, 0) === 0x3c * bytes.length;
+          } finally {
+            memory.close();
+          }
+        });
+        if (outcome.ok) {
+          assert.ok(inOwner(address, length), `adopted ${fc.stringify([address, length])}, which is not the owner's memory`);
+          assert.equal(outcome.value, true);
+        } else {
+          assertCoded(outcome.error, ARGUMENT_CODES, `SharedMemory.adopt(${fc.stringify([address, length, close])})`);
+        }
+        // The raw addon: refused before the syscall unless the range is this process's memory.
+        const advice = await bounded('native().madvise', [address, length], () => raw.madvise(address, length, 9));
+        if (!advice.ok) assertCoded(advice.error, [...ARGUMENT_CODES, 'EINVAL'], `madvise(${fc.stringify([address, length])})`);
+        else assert.ok(inOwner(address, length) || BigInt(length as number) === 0n, `madvise accepted ${fc.stringify([address, length])}`);
+        const adopted = await bounded('native().adoptMapping', [address, length], () => raw.adoptMapping(address, length, false));
+        if (adopted.ok) {
+          assert.ok(inOwner(address, length), `adoptMapping accepted ${fc.stringify([address, length])}`);
+          new Uint8Array(raw.mapWindow(adopted.value.handle, 0n, Number(length))).fill(1);
+          raw.munmap(adopted.value.handle);
+        } else {
+          assertCoded(adopted.error, ARGUMENT_CODES, `adoptMapping(${fc.stringify([address, length])})`);
+        }
+      }),
+      { numRuns: RUNS },
+    );
+    assert.equal(owner.read(0, 1).length, 1, 'the owner\'s memory is still mapped');
+  } finally {
+    owner.close();
+  }
+}
+
 export const GROUPS: Record<string, () => Promise<void>> = {
   'raw-mmap': rawMmap,
+  'adopted-memory': adoptedMemory,
   'page-bitmap': pageBitmap,
   'byte-ranges': byteRanges,
   'tracker-construction': trackerConstruction,

@@ -1,0 +1,81 @@
+// A VM that belongs to another process: an existing VMM created it and keeps it. KVM binds
+// a VM to the memory map of the process that created it and answers every VM ioctl from
+// any other process with EIO (virt/kvm/kvm_main.c, kvm_vm_ioctl), so a separate guestmem
+// process cannot set the VM's memory attributes itself: it asks the VMM, through the
+// functions given here (a pipe, a socket, whatever the VMM speaks). Everything else a
+// conversion does (the tracker, VFIO mappings, punch-holes on the memfd and the
+// guest_memfd) works from any process that holds the fds.
+//
+// Such a VM has its memslots already: blocks adopt them (RamBlockOptions.memslot), so
+// creating a guest_memfd or a memslot here is refused.
+
+import { checkExtent, type Bytes } from '../common/byte-range';
+import { GuestmemError, invalidArgType } from '../common/errors';
+import type { GuestMemfd, MemoryRegion } from './kvm';
+import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
+import type { MemoryVm } from './memory-vm';
+
+export interface VmDelegate {
+  /** The VM's type number, if the VMM says (-1 otherwise). */
+  type?: number;
+  /** The KVM_MEMORY_ATTRIBUTE_* bits the VM supports (default: PRIVATE). */
+  memoryAttributes?: bigint;
+  /** KVM_SET_MEMORY_ATTRIBUTES done by the VMM; must throw if it failed (nothing changed then). */
+  setMemoryAttributes(gpa: bigint, size: bigint, attributes: bigint): void;
+  /** Deletes a memslot in the VMM, for a block told to delete the memslot it adopted. */
+  deleteMemorySlot?(slot: number): void;
+}
+
+function notHere(what: string): GuestmemError {
+  return new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${what}: the VM belongs to another process (KVM answers its ioctls only there); adopt what that VMM made (RamBlockOptions shared, guestMemfd, memslot)`);
+}
+
+export class DelegatedVm implements MemoryVm {
+  readonly type: number;
+  readonly memoryAttributes: bigint;
+  readonly supportsGuestMemfd = true;
+  readonly supportsPreFault = false;
+  #closed = false;
+
+  constructor(private readonly delegate: VmDelegate) {
+    if (delegate === null || typeof delegate !== 'object' || typeof delegate.setMemoryAttributes !== 'function') {
+      throw invalidArgType('a DelegatedVm needs { setMemoryAttributes(gpa, size, attributes) }');
+    }
+    this.type = delegate.type ?? -1;
+    this.memoryAttributes = delegate.memoryAttributes ?? KVM_MEMORY_ATTRIBUTE_PRIVATE;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Stops asking the VMM (blocks stop deleting memslots through it); the VM is the VMM's. */
+  close(): void {
+    this.#closed = true;
+  }
+
+  setMemoryAttributes(gpa: Bytes, size: Bytes, to: 'private' | 'shared' | bigint): void {
+    const [start, length] = checkExtent(gpa, size, 1n << 64n, 'attribute range');
+    const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
+    if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
+    if (this.#closed) throw new GuestmemError('ERR_GUESTMEM_CLOSED', 'the delegated VM is closed');
+    this.delegate.setMemoryAttributes(start, length, attributes);
+  }
+
+  deleteMemorySlot(slot: number): void {
+    if (!this.delegate.deleteMemorySlot) throw notHere(`deleting memslot ${slot}`);
+    this.delegate.deleteMemorySlot(slot);
+  }
+
+  createGuestMemfd(): GuestMemfd {
+    throw notHere('creating a guest_memfd');
+  }
+
+  setUserMemoryRegion(region: MemoryRegion): void {
+    throw notHere(`creating memslot ${region.slot}`);
+  }
+
+  preFaultMemory(): void {
+    throw notHere('KVM_PRE_FAULT_MEMORY');
+  }
+}
