@@ -15,6 +15,7 @@ import type { GuestMemfd, MemoryRegion } from './kvm';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { MemoryVm } from './memory-vm';
 
+/** What the VMM that owns the VM does for a {@link DelegatedVm}: its KVM calls, made there. */
 export interface VmDelegate {
   /** The VM's type number, if the VMM says (-1 otherwise). */
   type?: number;
@@ -30,6 +31,10 @@ function notHere(what: string): GuestmemError {
   return new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${what}: the VM belongs to another process (KVM answers its ioctls only there); adopt what that VMM made (RamBlockOptions shared, guestMemfd, memslot)`);
 }
 
+/**
+ * A VM owned by another process, for guest memory whose blocks adopt that VMM's memfd,
+ * guest_memfd and memslots: memory attributes are set by the VMM through the delegate.
+ */
 export class DelegatedVm implements MemoryVm {
   readonly type: number;
   readonly memoryAttributes: bigint;
@@ -54,6 +59,7 @@ export class DelegatedVm implements MemoryVm {
     this.#closed = true;
   }
 
+  /** KVM_SET_MEMORY_ATTRIBUTES, asked of the VMM (it throws if the VMM failed). */
   setMemoryAttributes(gpa: Bytes, size: Bytes, to: 'private' | 'shared' | bigint): void {
     const [start, length] = checkExtent(gpa, size, 1n << 64n, 'attribute range');
     const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
@@ -62,19 +68,23 @@ export class DelegatedVm implements MemoryVm {
     this.delegate.setMemoryAttributes(start, length, attributes);
   }
 
+  /** Asks the VMM to delete a memslot; refused when the delegate cannot. */
   deleteMemorySlot(slot: number): void {
     if (!this.delegate.deleteMemorySlot) throw notHere(`deleting memslot ${slot}`);
     this.delegate.deleteMemorySlot(slot);
   }
 
+  /** Refused: the VMM made the guest_memfd; blocks adopt it. */
   createGuestMemfd(): GuestMemfd {
     throw notHere('creating a guest_memfd');
   }
 
+  /** Refused: the VMM made the memslots; blocks adopt them. */
   setUserMemoryRegion(region: MemoryRegion): void {
     throw notHere(`creating memslot ${region.slot}`);
   }
 
+  /** Refused: pre-faulting is a vCPU ioctl of the VMM's. */
   preFaultMemory(): void {
     throw notHere('KVM_PRE_FAULT_MEMORY');
   }

@@ -50,6 +50,11 @@ export function takeFd(fd: unknown, close: unknown, what: string): number {
   return close === true ? fd : native().dupCloexec(fd);
 }
 
+/**
+ * The shared backing of a RAM block: a memfd mapped once (or a VMM's memory adopted by fd or
+ * address), whose address KVM and VFIO get; punch-hole gives back what a conversion to
+ * private leaves.
+ */
 export class SharedMemory implements Disposable {
   /** Bytes, as a bigint: blocks may pass 2^53 with a large granule. */
   readonly size: bigint;
@@ -167,6 +172,7 @@ export class SharedMemory implements Disposable {
     }
   }
 
+  /** close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

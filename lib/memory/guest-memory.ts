@@ -11,6 +11,7 @@ import { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './ram-block
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
 
+/** How a GuestMemory numbers its memslots and pre-faults conversions. */
 export interface GuestMemoryOptions {
   /** Every block pre-faults what it converts on that vCPU (see RamBlockOptions). */
   prefault?: VcpuFdProvider;

@@ -50,6 +50,10 @@ export function loopMemory(memory: GuestMemory): LoopMemory {
   };
 }
 
+/**
+ * A VM's vCPUs set up in long mode over its RAM blocks, running a guest image through the VMM
+ * loop.
+ */
 export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;
