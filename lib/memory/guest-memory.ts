@@ -3,7 +3,7 @@
 // block too, and a range that spans two would need two transactions.
 
 import { checkSpan, type Bytes } from '../common/byte-range';
-import { GuestmemError, outOfRange, shutdownIncomplete } from '../common/errors';
+import { GuestmemError, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
 import type { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
@@ -98,6 +98,12 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     // A slot number is used once, even when the block failed: if deleting its memslot
     // failed too, KVM still holds that number.
     let slot: number;
+    // An adopted memslot is the VMM's number: given as `slot`, or as this memory's list of
+    // slots. A number picked from firstSlot would be another memslot, deleted on close in
+    // its place.
+    if (options.memslot !== undefined && options.slot === undefined && !this.slotList) {
+      throw invalidArgValue('an adopted memslot needs its number: give slot (or the memory\'s slots)');
+    }
     if (options.slot !== undefined) {
       slot = checkSlot(options.slot, 'slot');
       if (this.slotList && !this.slotList.includes(slot)) throw outOfRange(`slot ${slot} is not among this memory's slots (${this.slotList.join(', ')})`);

@@ -168,6 +168,11 @@ export class RamBlock implements Disposable {
     if (memslot !== undefined && (memslot === null || typeof memslot !== 'object' || memslot.adopt !== true || (memslot.close !== undefined && typeof memslot.close !== 'boolean'))) {
       throw invalidArgType('memslot must be { adopt: true, close?: boolean }');
     }
+    // The memslot a VMM made joins its own backings: new ones here would take this block's
+    // punch-holes and DMA mappings while the guest used the VMM's memory.
+    if (memslot !== undefined && (options.shared === undefined || options.guestMemfd === undefined)) {
+      throw invalidArgValue('an adopted memslot needs the backings it joins: give shared and guestMemfd too');
+    }
     this.ownsSlot = memslot === undefined || memslot.close === true;
     this.shared = options.shared !== undefined ? SharedMemory.adopt(options.shared, options.size, this.name) : SharedMemory.create(options.size, this.name);
     try {
@@ -356,8 +361,23 @@ export class RamBlock implements Disposable {
     return `[0x${(this.gpa + range.first * g).toString(16)}, +0x${(range.count * g).toString(16)})`;
   }
 
-  /** The steps of a conversion whose listeners are all synchronous, start to end. */
+  /**
+   * The steps of a conversion whose listeners are all synchronous, start to end. It counts
+   * as in flight while it runs: code it calls out to (a diagnostics subscriber, a delegated
+   * VM's VMM, the pre-fault's vCPU provider) that converts or closes this block is queued
+   * behind it, never run in the middle of it (which could leave a device mapping a page the
+   * outer conversion then makes private).
+   */
   private convertRange(range: GranuleRange, to: PageState): StateChangeResult {
+    this.pending++;
+    try {
+      return this.convertRangeNow(range, to);
+    } finally {
+      this.pending--;
+    }
+  }
+
+  private convertRangeNow(range: GranuleRange, to: PageState): StateChangeResult {
     const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
     const stats = this.stats;
     stats.conversions++;

@@ -188,6 +188,11 @@ export class RamBlockAttributes {
    * It is refused at once instead, and the notification fails.
    */
   private notifying = false;
+  /**
+   * True while changeSync runs: a change asked for from code it calls out to (a diagnostics
+   * subscriber) is queued behind it, so it cannot reuse `changes` under it.
+   */
+  private changing = false;
   private reentry: GuestmemError | null = null;
   /** Registered listeners that did not declare themselves synchronous. */
   private asyncListeners = 0;
@@ -237,7 +242,7 @@ export class RamBlockAttributes {
    * synchronous, no operation is queued or running, and no listener is being notified.
    */
   get canChangeSync(): boolean {
-    return this.asyncListeners === 0 && this.queue.idle && !this.notifying;
+    return this.asyncListeners === 0 && this.queue.idle && !this.notifying && !this.changing;
   }
 
   /**
@@ -416,6 +421,15 @@ export class RamBlockAttributes {
    * The caller has checked canChangeSync.
    */
   changeSync(range: GranuleRange, toShared: boolean): StateChangeResult {
+    this.changing = true;
+    try {
+      return this.changeNow(range, toShared);
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  private changeNow(range: GranuleRange, toShared: boolean): StateChangeResult {
     const from = this.collectChanges(range, toShared);
     const changes = this.changes;
     let changed = 0;
@@ -456,10 +470,12 @@ export class RamBlockAttributes {
 
   private finish(range: GranuleRange, from: StateChangeResult['from'], toShared: boolean, changed: number): StateChangeResult {
     const to: PageState = toShared ? 'shared' : 'private';
+    // Read before publishing: a subscriber may start another change.
+    const result = { from, to, changed, changedRuns: this.changes.length };
     if (stateChangeChannel.hasSubscribers) {
       stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
     }
-    return { from, to, changed, changedRuns: this.changes.length };
+    return result;
   }
 
   /** The asynchronous form of changeSync, for listeners that may return promises. */
@@ -637,12 +653,41 @@ export class RamBlockAttributes {
     try {
       const result = this.call(registration.listener, method, arg);
       if (isThenable(result)) {
-        abandon(result);
+        // The change is rolled back now, but what the listener started may land later: a
+        // populate landing after the rollback would map granules the tracker calls private.
+        if (kind === 'populate') this.retractWhenSettled(registration, Array.isArray(arg) ? arg : [arg as GranuleRange], result);
+        else abandon(result);
         throw notSynchronous(registration.name);
       }
     } catch (cause) {
       throw this.listenerFailed(registration, kind, Array.isArray(arg) ? arg : [arg as GranuleRange], cause);
     }
+  }
+
+  /**
+   * When a populate that broke its promise to be synchronous settles, tells the listener to
+   * discard whatever of its ranges the tracker calls private by then (when in doubt, unmap).
+   * Its failures are left to the block's agreement check: nothing is waiting for them.
+   */
+  private retractWhenSettled(registration: Registration, ranges: GranuleRange[], late: PromiseLike<unknown>): void {
+    const retract = (): void => {
+      let registered = false;
+      for (let r = this.newest; r; r = r.older) if (r === registration) registered = true;
+      if (!registered) return;
+      for (const range of ranges) {
+        const end = range.first + range.count;
+        for (let first = this.bitmap.scan(range.first, end, false); first < end; ) {
+          const stop = this.bitmap.scan(first, end, true);
+          try {
+            abandon(this.call(registration.listener, registration.discard, granuleRangeOf(first, stop - first, this.granularity)));
+          } catch {
+            // The agreement check (disagreements(), repair()) sees what is still mapped.
+          }
+          first = stop < end ? this.bitmap.scan(stop, end, false) : end;
+        }
+      }
+    };
+    Promise.resolve(late).then(retract, retract);
   }
 
   /**

@@ -155,6 +155,23 @@ describe('embedding: a RamBlock adopts what a VMM made', () => {
     assert.ok(!isOpen(ramFd) && !isOpen(gmemFd), 'both fds closed');
   });
 
+  it('an adopted memslot needs its number and both backings it joins, refused before any call', () => {
+    const vm = new FakeVm();
+    const ramFd = memfd(MiB);
+    const gmemFd = memfd(MiB);
+    const memory = new GuestMemory(vm as unknown as Vm, { firstSlot: 10 });
+    // Without `slot`, a free number (10) would be taken, and deleted on close in place of the VMM's.
+    assert.throws(() => memory.addBlock({ gpa: GPA, size: MiB, shared: { fd: ramFd }, guestMemfd: { fd: gmemFd }, memslot: { adopt: true, close: true } }), { code: 'ERR_INVALID_ARG_VALUE', message: /give slot/ });
+    // Without its backings, new ones would take the punch-holes and DMA while the guest used the VMM's.
+    assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 3, gpa: GPA, size: MiB, shared: { fd: ramFd }, memslot: { adopt: true } }), { code: 'ERR_INVALID_ARG_VALUE', message: /shared and guestMemfd/ });
+    assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 3, gpa: GPA, size: MiB, guestMemfd: { fd: gmemFd }, memslot: { adopt: true } }), { code: 'ERR_INVALID_ARG_VALUE', message: /shared and guestMemfd/ });
+    assert.deepEqual(vm.log, []);
+    assert.ok(isOpen(ramFd) && isOpen(gmemFd));
+    memory.close();
+    fs.closeSync(ramFd);
+    fs.closeSync(gmemFd);
+  });
+
   it('makes the memslot with the adopted guest_memfd offset when it is not adopted', () => {
     const vm = new FakeVm();
     const gmemFd = memfd(2 * MiB);
@@ -196,15 +213,17 @@ describe('embedding: a RamBlock adopts what a VMM made', () => {
       [{}, { code: 'ERR_INVALID_ARG_TYPE' }],
       [null, { code: 'ERR_INVALID_ARG_TYPE' }],
     ];
+    const gmem = memfd(MiB);
     for (const [shared, expected] of bad) {
-      assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: shared as never, memslot: { adopt: true } }), expected as RegExp, JSON.stringify(shared, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v)));
+      assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: shared as never, guestMemfd: { fd: gmem }, memslot: { adopt: true } }), expected as RegExp, JSON.stringify(shared, (_k, v: unknown) => (typeof v === "bigint" ? `0x${v.toString(16)}` : v)));
     }
     const small = memfd(PAGE);
     assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, shared: { fd: small } }), /runs past the end/);
     assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, guestMemfd: { fd: small } }), /past the end of the 0x1000-byte guest_memfd/);
     assert.throws(() => new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: MiB, memslot: { adopt: 'yes' } as never }), /memslot must be \{ adopt: true/);
-    assert.ok(isOpen(small), 'a refused adoption leaves the caller\'s fd alone');
+    assert.ok(isOpen(small) && isOpen(gmem), 'a refused adoption leaves the caller\'s fds alone');
     fs.closeSync(small);
+    fs.closeSync(gmem);
     assert.deepEqual(vm.log, []);
   });
 });
@@ -234,7 +253,7 @@ describe('embedding: a VM in another process (DelegatedVm)', () => {
       if (refuse) throw Object.assign(new Error('EIO: refused by the VMM'), { code: 'EIO', errno: -5, syscall: 'ioctl(KVM_SET_MEMORY_ATTRIBUTES)' });
     } });
     const memory = new GuestMemory(vm);
-    const block = memory.addBlock({ gpa: GPA, size: MiB, shared: { fd: memfd(MiB), close: true }, guestMemfd: { fd: memfd(MiB), close: true }, memslot: { adopt: true } });
+    const block = memory.addBlock({ gpa: GPA, size: MiB, slot: 0, shared: { fd: memfd(MiB), close: true }, guestMemfd: { fd: memfd(MiB), close: true }, memslot: { adopt: true } });
     refuse = true;
     await assert.rejects(memory.convert(GPA, PAGE, 'shared'), { code: 'ERR_GUESTMEM_CONVERSION_FAILED' });
     assert.equal(block.sharedPages, 0);

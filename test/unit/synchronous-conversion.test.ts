@@ -150,4 +150,77 @@ describe('synchronous conversions', () => {
     assert.deepEqual(log, ['async populate 0+4', 'async populate 4+4', 'async discard 0+2']);
     assert.deepEqual(recording.mappedRuns(), [[2, 6]]);
   });
+
+  // Code a synchronous conversion calls out to (here a diagnostics subscriber; a delegated
+  // VM's VMM and the pre-fault's vCPU provider likewise) must not run a conversion or a close
+  // of the same block in the middle of it: a nested conversion to shared between the unmap
+  // and KVM's private attribute would leave the device mapping a page KVM calls private.
+  it('a conversion or close asked for from inside a synchronous conversion waits until it has finished', async () => {
+    const { vm, block: b } = block();
+    const dma = new RecordingListener('dma', PAGES);
+    await b.register(dma);
+    await b.convert(GPA, PAGE, 'shared');
+    vm.log.length = 0;
+    // Set from inside the subscriber (a holder, so the type checker does not narrow it away).
+    const inner: { nested?: Promise<unknown>; sawSync?: boolean } = {};
+    const onMessage = (message: unknown) => {
+      if ((message as StateChangeMessage).to !== 'private' || inner.nested) return;
+      inner.sawSync = b.canConvertSync;
+      inner.nested = b.convert(GPA, PAGE, 'shared');
+    };
+    diagnosticsChannel.subscribe(STATE_CHANGE_CHANNEL, onMessage);
+    try {
+      assert.deepEqual(b.convertSync(GPA, PAGE, 'private'), { from: 'shared', to: 'private', changed: 1, changedRuns: 1 });
+      // The outer conversion ran whole (unmap, KVM private, discard) before the nested one began.
+      assert.deepEqual(vm.log, ['attributes 0+1 private']);
+      assert.equal(inner.sawSync, false);
+      await inner.nested;
+    } finally {
+      diagnosticsChannel.unsubscribe(STATE_CHANGE_CHANNEL, onMessage);
+    }
+    assert.deepEqual(vm.log, ['attributes 0+1 private', 'attributes 0+1 shared', 'punch 0+1']);
+    assert.deepEqual(dma.mappedRuns(), [[0, 1]]);
+    assert.deepEqual(b.disagreements(), []);
+
+    const closeFrom = (message: unknown) => {
+      if ((message as StateChangeMessage).to === 'private') b.close();
+    };
+    vm.deleteMemorySlot = () => void vm.log.push('delete memslot');
+    vm.log.length = 0;
+    diagnosticsChannel.subscribe(STATE_CHANGE_CHANNEL, closeFrom);
+    try {
+      await b.convert(GPA, PAGE, 'private');
+    } finally {
+      diagnosticsChannel.unsubscribe(STATE_CHANGE_CHANNEL, closeFrom);
+    }
+    await new Promise((resolve) => setImmediate(resolve));
+    // KVM's attribute was set before the memslot went: close waited for the conversion.
+    assert.deepEqual(vm.log, ['attributes 0+1 private', 'delete memslot']);
+  });
+
+  it('a populate that breaks its promise to be synchronous and lands after the rollback is discarded again', async () => {
+    const { block: b } = block();
+    const held = new Set<number>();
+    const late: { landed?: Promise<void> } = {};
+    const liar: RamDiscardListener = {
+      name: 'liar',
+      synchronous: true,
+      populate: (r: GranuleRange) => {
+        late.landed = new Promise<void>((resolve) => setTimeout(resolve, 5)).then(() => {
+          for (let g = r.first; g < r.first + r.count; g++) held.add(g);
+        });
+        return late.landed;
+      },
+      discard: (r: GranuleRange) => {
+        for (let g = r.first; g < r.first + r.count; g++) held.delete(g);
+      },
+    };
+    await b.register(liar);
+    await assert.rejects(b.convert(GPA, 2 * PAGE, 'shared'), { code: 'ERR_GUESTMEM_CONVERSION_FAILED' });
+    await late.landed;
+    await new Promise((resolve) => setImmediate(resolve));
+    // The late populate mapped two granules the tracker and KVM call private: retracted.
+    assert.deepEqual([...held], []);
+    assert.equal(b.sharedPages, 0);
+  });
 });
