@@ -241,18 +241,9 @@ export class PageBitmap {
   runs(start: number, count: number, value: boolean): Run[] {
     this.checkRange(start, count);
     if (typeof value !== 'boolean') throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
-    const end = start + count;
-    const result: Run[] = [];
-    const inRun = value ? 0 : ALL;
-    let cursor = start;
-    while (cursor < end) {
-      const runStart = this.findNext(cursor, end, inRun);
-      if (runStart >= end) break;
-      const runEnd = this.findNext(runStart, end, ~inRun >>> 0);
-      result.push([runStart, runEnd - runStart]);
-      cursor = runEnd;
-    }
-    return result;
+    const runs = new RunList();
+    this.collectRuns(start, start + count, value, runs);
+    return runs.toRuns();
   }
 
   /** [start, start + count) must lie inside the bitmap, in whole bits. */
