@@ -129,11 +129,16 @@ describe('guestmem command-line contract', () => {
     assert.match(report.nativeAddon.fix, /npm rebuild guestmem/);
   });
 
-  it('simulate with no script file on a terminal says what it expects instead of waiting', function () {
-    // A pseudo-terminal on stdin, from util-linux's script(1); skipped (pending) where absent.
-    if (spawnSync('script', ['--version']).status !== 0) this.skip();
-    const result = spawnSync('script', ['-qec', `${process.execPath} ${GUESTMEM} simulate`, '/dev/null'], { encoding: 'utf8', timeout: 20_000, input: '' });
-    assert.equal(result.status, 2, result.stdout);
-    assert.match(result.stdout, /give a script FILE, or - to type one on the terminal \(end it with Ctrl-D\)/);
+  describe('on a terminal', () => {
+    // A pseudo-terminal on stdin, from util-linux's script(1); pending where it is absent.
+    before(function () {
+      if (spawnSync('script', ['--version']).status !== 0) this.skip();
+    });
+
+    it('simulate with no script file on a terminal says what it expects instead of waiting', () => {
+      const result = spawnSync('script', ['-qec', `${process.execPath} ${GUESTMEM} simulate`, '/dev/null'], { encoding: 'utf8', timeout: 20_000, input: '' });
+      assert.equal(result.status, 2, result.stdout);
+      assert.match(result.stdout, /give a script FILE, or - to type one on the terminal \(end it with Ctrl-D\)/);
+    });
   });
 });

@@ -84,35 +84,38 @@ describe('--vm-type', () => {
     });
   }
 
-  // On this host (no SNP, no TDX: with or without /dev/kvm), before any VM is made: one line
-  // with the fix, exit 1. The harness VM is not offered: it has neither type.
-  const script = path.join(os.tmpdir(), `guestmem-vm-type-${process.pid}.txt`);
-  const trace = path.join(os.tmpdir(), `guestmem-vm-type-${process.pid}.log`);
-  before(() => {
-    fs.writeFileSync(script, 'block 1M\nconvert 0 4K shared\n');
-    fs.writeFileSync(trace, '1@1.000001:kvm_convert_memory start 0x1000000 size 0x1000 private_to_shared\n');
-  });
-  after(() => {
-    fs.rmSync(script, { force: true });
-    fs.rmSync(trace, { force: true });
-  });
-  for (const command of commands) {
-    it(`guestmem ${command[0]} --vm-type snp / tdx on a host without them: one line with the fix, exit 1`, function () {
+  describe('on a host without SNP or TDX', () => {
+    // On this host (no SNP, no TDX: with or without /dev/kvm), before any VM is made: one line
+    // with the fix, exit 1. The harness VM is not offered: it has neither type.
+    const script = path.join(os.tmpdir(), `guestmem-vm-type-${process.pid}.txt`);
+    const trace = path.join(os.tmpdir(), `guestmem-vm-type-${process.pid}.log`);
+    before(function () {
+      // Pending on a host that has SNP or TDX: there these commands make the VM.
       const report = hostReport();
       if (report.snpVm.ok || report.tdxVm.ok) this.skip();
-      const args = command[0] === 'run' ? ['run', script] : command[0] === 'replay' ? ['replay', trace, '--gpa', '16M', '--size', '1M'] : command;
-      for (const [type, fix] of [['snp', /sev_snp=1/], ['tdx', /kvm_intel\.tdx=1/]] as const) {
-        const result = guestmem([...args, '--vm-type', type]);
-        assert.equal(result.status, 1, result.stderr);
-        assert.equal(result.stdout, '');
-        const lines = result.stderr.trimEnd().split('\n');
-        assert.equal(lines.length, 1, result.stderr);
-        assert.match(lines[0]!, new RegExp(`^guestmem ${args[0]}: `));
-        assert.match(lines[0]!, fix);
-        assert.doesNotMatch(lines[0]!, /guestmem vm --/, 'the harness VM has no SNP or TDX: not offered');
-      }
+      fs.writeFileSync(script, 'block 1M\nconvert 0 4K shared\n');
+      fs.writeFileSync(trace, '1@1.000001:kvm_convert_memory start 0x1000000 size 0x1000 private_to_shared\n');
     });
-  }
+    after(() => {
+      fs.rmSync(script, { force: true });
+      fs.rmSync(trace, { force: true });
+    });
+    for (const command of commands) {
+      it(`guestmem ${command[0]} --vm-type snp / tdx on a host without them: one line with the fix, exit 1`, () => {
+        const args = command[0] === 'run' ? ['run', script] : command[0] === 'replay' ? ['replay', trace, '--gpa', '16M', '--size', '1M'] : command;
+        for (const [type, fix] of [['snp', /sev_snp=1/], ['tdx', /kvm_intel\.tdx=1/]] as const) {
+          const result = guestmem([...args, '--vm-type', type]);
+          assert.equal(result.status, 1, result.stderr);
+          assert.equal(result.stdout, '');
+          const lines = result.stderr.trimEnd().split('\n');
+          assert.equal(lines.length, 1, result.stderr);
+          assert.match(lines[0]!, new RegExp(`^guestmem ${args[0]}: `));
+          assert.match(lines[0]!, fix);
+          assert.doesNotMatch(lines[0]!, /guestmem vm --/, 'the harness VM has no SNP or TDX: not offered');
+        }
+      });
+    }
+  });
 
   it('replay --dry-run refuses --vm-type: a dry run touches no kernel', () => {
     const result = guestmem(['replay', '/dev/null', '--dry-run', '--vm-type', 'snp']);
