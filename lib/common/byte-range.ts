@@ -31,8 +31,19 @@ export function checkGranularity(value: unknown, name = 'granularity'): number {
   return value;
 }
 
-/** Set only while granuleRangeOf builds a range from values its caller has checked. */
-let checked = false;
+/** The GranuleRange constructor's rules; see there. */
+function checkGranuleRange(first: number, count: number, granularity: number): void {
+  checkInteger(first, 'first', 0, Number.MAX_SAFE_INTEGER);
+  checkInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER - first);
+  checkGranularity(granularity);
+  // Exact in floating point: a safe integer times a power of two only moves the exponent.
+  if ((first + count) * granularity > 2 ** 64) {
+    throw outOfRange(`granule range [${first}, +${count}) of ${granularity} bytes ends past 2^64`);
+  }
+}
+
+/** Passed by granuleRangeOf, and only there: the values were checked by its caller. */
+const TRUSTED: unique symbol = Symbol('checked by the caller');
 
 /** A range of granules [first, first + count), with its byte view. */
 export class GranuleRange {
@@ -47,20 +58,10 @@ export class GranuleRange {
    * space: `first` and `count` are non-negative safe integers, `granularity` a power of two,
    * and the range ends at or below 2^64 bytes.
    */
-  constructor(first: number, count: number, granularity: number) {
-    if (checked) {
-      this.first = first;
-      this.count = count;
-      this.granularity = granularity;
-      return;
-    }
-    checkInteger(first, 'first', 0, Number.MAX_SAFE_INTEGER);
-    checkInteger(count, 'count', 0, Number.MAX_SAFE_INTEGER - first);
-    checkGranularity(granularity);
-    // Exact in floating point: a safe integer times a power of two only moves the exponent.
-    if ((first + count) * granularity > 2 ** 64) {
-      throw outOfRange(`granule range [${first}, +${count}) of ${granularity} bytes ends past 2^64`);
-    }
+  constructor(first: number, count: number, granularity: number);
+  constructor(first: number, count: number, granularity: number, trusted?: typeof TRUSTED) {
+    // Small, so that the conversion path's `new` is inlined: the checks live apart.
+    if (trusted !== TRUSTED) checkGranuleRange(first, count, granularity);
     this.first = first;
     this.count = count;
     this.granularity = granularity;
@@ -104,11 +105,7 @@ export class GranuleRange {
  * one per run and should not check the same numbers again.
  */
 export function granuleRangeOf(first: number, count: number, granularity: number): GranuleRange {
-  checked = true;
-  // With `checked` set the constructor only assigns: it cannot throw and leave it set.
-  const range = new GranuleRange(first, count, granularity);
-  checked = false;
-  return range;
+  return new (GranuleRange as new (first: number, count: number, granularity: number, trusted: typeof TRUSTED) => GranuleRange)(first, count, granularity, TRUSTED);
 }
 
 function exactNumber(value: number, big: () => bigint): number {

@@ -8,6 +8,8 @@
 import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
 
 const ALL = 0xffffffff;
+/** Word spans up to this long are filled by a loop, longer ones by TypedArray.fill. */
+const SHORT_SPAN = 64;
 
 /** Bits [lo, hi) of a word, 0 <= lo < hi <= 32. */
 function mask(lo: number, hi: number): number {
@@ -34,6 +36,13 @@ function popcount(word: number): number {
   return (((word + (word >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
+/** What a range held before {@link PageBitmap.convert}: every bit clear, every bit set, or both. */
+export const enum Held {
+  Clear = 0,
+  Set = 1,
+  Mixed = 2,
+}
+
 /** A maximal run of equal bits: [first, count]. */
 export type Run = [first: number, count: number];
 
@@ -47,9 +56,12 @@ export class RunList {
   private readonly data: number[] = [];
   /** Number of runs. */
   length = 0;
+  /** The runs' counts added up. */
+  total = 0;
 
   clear(): void {
     this.length = 0;
+    this.total = 0;
   }
 
   push(first: number, count: number): void {
@@ -61,6 +73,7 @@ export class RunList {
       this.data.push(first, count);
     }
     this.length++;
+    this.total += count;
   }
 
   first(i: number): number {
@@ -151,8 +164,76 @@ export class PageBitmap {
     const head = mask(bitOf(start, firstWord), 32);
     const tail = mask(0, bitOf(end - 1, lastWord) + 1);
     words[firstWord] = value ? words[firstWord]! | head : words[firstWord]! & ~head;
-    words.fill(value ? ALL : 0, firstWord + 1, lastWord);
+    const filler = value ? ALL : 0;
+    // TypedArray.fill is a call into C++ that costs more than a short loop.
+    if (lastWord - firstWord > SHORT_SPAN) words.fill(filler, firstWord + 1, lastWord);
+    else for (let i = firstWord + 1; i < lastWord; i++) words[i] = filler;
     words[lastWord] = value ? words[lastWord]! | tail : words[lastWord]! & ~tail;
+  }
+
+  /**
+   * A state change's whole bitmap step in one pass over the range's words (unchecked, see
+   * fill): sets (`value` true) or clears bits [start, start + count), lists in `out`
+   * (cleared first) the maximal runs of bits that changed, and says what the range held
+   * before. One loop, no scans before it: the cost follows the range, a word at a time.
+   */
+  convert(start: number, count: number, value: boolean, out: RunList): Held {
+    out.clear();
+    const words = this.words;
+    if (count === 1) {
+      // One granule (the commonest conversion): one bit.
+      const index = Math.floor(start / 32);
+      const bit = 1 << bitOf(start, index);
+      const was = (words[index]! & bit) !== 0;
+      if (was !== value) {
+        words[index] = words[index]! ^ bit;
+        out.push(start, 1);
+      }
+      return was ? Held.Set : Held.Clear;
+    }
+    const end = start + count;
+    const firstWord = Math.floor(start / 32);
+    const lastWord = Math.floor((end - 1) / 32);
+    // Bits to flip are those not yet at `value`: a word XORed with `away` has them set.
+    const away = value ? ALL : 0;
+    let kept = 0;
+    let open = -1;
+    for (let index = firstWord; index <= lastWord; index++) {
+      let inside = ALL;
+      if (index === firstWord) inside = mask(bitOf(start, index), 32);
+      if (index === lastWord) inside &= mask(0, bitOf(end - 1, index) + 1);
+      const word = words[index]!;
+      const flip = ((word ^ away) & inside) >>> 0;
+      kept |= ~(word ^ away) & inside;
+      if (flip === 0) {
+        if (open >= 0) {
+          out.push(open, index * 32 - open);
+          open = -1;
+        }
+        continue;
+      }
+      words[index] = word ^ flip;
+      if (flip === ALL && open >= 0) continue;
+      // The runs inside this word: edges between flipped and kept bits.
+      const base = index * 32;
+      let at = 0;
+      while (at < 32) {
+        if (open < 0) {
+          const ones = (flip & (ALL << at)) >>> 0;
+          if (ones === 0) break;
+          at = lowestSetBit(ones);
+          open = base + at;
+        }
+        const zeros = (~flip & (ALL << at)) >>> 0;
+        if (zeros === 0) break;
+        at = lowestSetBit(zeros);
+        out.push(open, base + at - open);
+        open = -1;
+      }
+    }
+    if (open >= 0) out.push(open, end - open);
+    if (out.length === 0) return value ? Held.Set : Held.Clear;
+    return kept === 0 ? (value ? Held.Clear : Held.Set) : Held.Mixed;
   }
 
   /** First set bit in [from, end), or `end` if there is none. */

@@ -77,6 +77,9 @@ interface Registration {
 
 const DEFAULT_GRANULARITY = 4096;
 
+/** What a range was, by what its bits held before a change. */
+const FROM: ReadonlyArray<StateChangeResult['from']> = ['private', 'shared', 'mixture'];
+
 function isThenable(value: unknown): value is PromiseLike<unknown> {
   return value != null && typeof (value as PromiseLike<unknown>).then === 'function';
 }
@@ -410,8 +413,10 @@ export class RamBlockAttributes {
    * nothing. A failing listener rolls the change back and it throws, as stateChange rejects.
    */
   stateChangeSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
-    const refusal = this.canChangeSync ? null : this.syncRefusal('stateChangeSync');
-    if (refusal) throw refusal;
+    if (!this.canChangeSync) {
+      const refusal = this.syncRefusal('stateChangeSync');
+      if (refusal) throw refusal;
+    }
     return this.changeSync(this.range(offset, size), checkState(to, 'target state'));
   }
 
@@ -423,24 +428,15 @@ export class RamBlockAttributes {
   changeSync(range: GranuleRange, toShared: boolean): StateChangeResult {
     this.changing = true;
     try {
-      return this.changeNow(range, toShared);
+      const changes = this.changes;
+      const held = this.bitmap.convert(range.first, range.count, toShared, changes);
+      const changed = changes.total;
+      this.shared += toShared ? changed : -changed;
+      if (changed > 0 && this.newest !== null) this.notifySync(range, toShared);
+      return this.finish(range, FROM[held], toShared, changed);
     } finally {
       this.changing = false;
     }
-  }
-
-  private changeNow(range: GranuleRange, toShared: boolean): StateChangeResult {
-    const from = this.collectChanges(range, toShared);
-    const changes = this.changes;
-    let changed = 0;
-    if (changes.length > 0) {
-      for (let i = 0; i < changes.length; i++) {
-        this.flip(changes.first(i), changes.count(i), toShared);
-        changed += changes.count(i);
-      }
-      this.notifySync(range, toShared);
-    }
-    return this.finish(range, from, toShared, changed);
   }
 
   /** The runs the last change flipped (valid until the next change), as Run tuples. */
@@ -448,44 +444,27 @@ export class RamBlockAttributes {
     return this.changes.toRuns();
   }
 
-  /** Classifies the range and puts the runs that must flip into this.changes. */
-  private collectChanges(range: GranuleRange, toShared: boolean): StateChangeResult['from'] {
-    const { first, count } = range;
-    const end = first + count;
-    const bitmap = this.bitmap;
-    this.changes.clear();
-    if (count === 1) {
-      // One granule (the commonest conversion): one bit, no scans.
-      const shared = bitmap.get(first);
-      if (shared !== toShared) this.changes.push(first, 1);
-      return shared ? 'shared' : 'private';
-    }
-    const firstPrivate = bitmap.scan(first, end, false);
-    const firstShared = firstPrivate >= end ? first : bitmap.scan(first, end, true);
-    const from = firstPrivate >= end ? 'shared' : firstShared >= end ? 'private' : 'mixture';
-    if (from === 'mixture') bitmap.collectRuns(toShared ? firstPrivate : firstShared, end, !toShared, this.changes);
-    else if ((from === 'shared') !== toShared) this.changes.push(first, count);
-    return from;
-  }
-
   private finish(range: GranuleRange, from: StateChangeResult['from'], toShared: boolean, changed: number): StateChangeResult {
     const to: PageState = toShared ? 'shared' : 'private';
     // Read before publishing: a subscriber may start another change.
     const result = { from, to, changed, changedRuns: this.changes.length };
-    if (stateChangeChannel.hasSubscribers) {
-      stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
-    }
+    if (stateChangeChannel.hasSubscribers) this.publish(range, from, to);
     return result;
+  }
+
+  /** QEMU's ram_block_attributes_state_change tracepoint; apart from finish so that finish stays small enough to inline. */
+  private publish(range: GranuleRange, from: StateChangeResult['from'], to: PageState): void {
+    stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
   }
 
   /** The asynchronous form of changeSync, for listeners that may return promises. */
   private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
-    const from = this.collectChanges(range, toShared);
+    const held = this.bitmap.convert(range.first, range.count, toShared, this.changes);
+    const changed = this.changes.total;
+    this.shared += toShared ? changed : -changed;
     const runs = this.changes.toRuns();
     await this.applyRuns(range, runs, toShared);
-    let changed = 0;
-    for (const [, n] of runs) changed += n;
-    return this.finish(range, from, toShared, changed);
+    return this.finish(range, FROM[held], toShared, changed);
   }
 
   private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
@@ -581,14 +560,13 @@ export class RamBlockAttributes {
   }
 
   /**
-   * Flips the runs, then notifies every listener whose section they meet, newest first,
+   * Notifies, on runs convert() has flipped already, every listener whose section they meet, newest first,
    * each with all of its clipped runs (in one call where it takes batches). On a failure,
-   * undoes in reverse order what was done for this change, restores the bitmap, rethrows.
+   * undoes in reverse order what was done for this change, flips the runs back, rethrows.
    */
   private async applyRuns(range: GranuleRange, runs: Run[], toShared: boolean): Promise<void> {
     if (runs.length === 0) return;
     const kind: Notify = toShared ? 'populate' : 'discard';
-    for (const [first, count] of runs) this.flip(first, count, toShared);
     const done: Delivery[] = [];
     try {
       for (let registration = this.newest; registration; registration = registration.older) {
@@ -615,9 +593,10 @@ export class RamBlockAttributes {
 
   /**
    * applyRuns for synchronous listeners, on the runs already flipped in this.changes: every
-   * listener whose section they meet, newest first. A change of one run (the common case)
-   * hands each listener one clipped range without building a list. On a failure it undoes,
-   * last first, what was delivered, restores the bitmap and throws.
+   * listener whose section they meet, newest first, each called straight from here (one run
+   * or one batch at a time) under one re-entry guard for the whole fan-out. A change of one
+   * run (the common case) hands each listener the conversion's own range object. On a
+   * failure it undoes, last first, what was delivered, restores the bitmap and throws.
    */
   private notifySync(range: GranuleRange, toShared: boolean): void {
     const kind: Notify = toShared ? 'populate' : 'discard';
@@ -625,43 +604,80 @@ export class RamBlockAttributes {
     let registration = this.newest;
     // For a listener told run by run: the runs of this.changes it has been told of.
     let told = 0;
+    // What the listener being called was handed, and the failure its answer amounts to.
+    let arg: GranuleRange | GranuleRange[] = range;
+    let broken: GuestmemError | null = null;
+    this.notifying = true;
     try {
-      for (; registration; registration = registration.older) {
+      for (; registration !== null; registration = registration.older) {
         told = 0;
         const batch = toShared ? registration.populateRuns : registration.discardRuns;
-        if (batch) {
+        if (batch !== undefined) {
           const ranges = this.clipped(registration, range, changes.length);
-          if (ranges.length > 0) this.deliverOne(registration, batch, kind, ranges);
+          if (ranges.length === 0) continue;
+          arg = ranges;
+          const result = batch.call(registration.listener, ranges);
+          if (result !== undefined || this.reentry !== null) broken = this.brokenDelivery(registration, kind, ranges, result);
+          if (broken !== null) throw broken;
           continue;
         }
         // Run by run, straight from the run list: no list of ranges is built.
         const single = toShared ? registration.populate : registration.discard;
         for (; told < changes.length; told++) {
           const part = clip(registration.section, range, changes.first(told), changes.count(told));
-          if (part) this.deliverOne(registration, single, kind, part);
+          if (part === null) continue;
+          arg = part;
+          const result = single.call(registration.listener, part);
+          if (result !== undefined || this.reentry !== null) broken = this.brokenDelivery(registration, kind, part, result);
+          if (broken !== null) throw broken;
         }
       }
-    } catch (failure) {
+      this.notifying = false;
+    } catch (cause) {
+      this.notifying = false;
+      let failure: unknown = cause;
+      if (cause !== broken) {
+        // The listener threw (the re-entry error, or its own): its notification failed.
+        this.reentry = null;
+        failure = this.listenerFailed(registration!, kind, Array.isArray(arg) ? arg : [arg], cause);
+      }
       const errors = this.undoSync(range, registration!, told, kind);
       for (let i = changes.length - 1; i >= 0; i--) this.flip(changes.first(i), changes.count(i), !toShared);
       throw this.withRollbackErrors(failure, errors);
     }
   }
 
-  /** One call of a synchronous listener: a promise breaks its contract and fails the call. */
+  /**
+   * What a synchronous listener's normal return amounts to: null when it kept its promises;
+   * else the failure, when it swallowed the re-entry error of a call back into this tracker,
+   * or returned a promise (a populate's late result is retracted when it settles).
+   */
+  private brokenDelivery(registration: Registration, kind: Notify, arg: GranuleRange | GranuleRange[], result: unknown): GuestmemError | null {
+    const ranges = Array.isArray(arg) ? arg : [arg];
+    const reentry = this.reentry;
+    if (reentry !== null) {
+      this.reentry = null;
+      abandon(result);
+      return this.listenerFailed(registration, kind, ranges, reentry);
+    }
+    if (!isThenable(result)) return null;
+    // The change is rolled back now, but what the listener started may land later: a
+    // populate landing after the rollback would map granules the tracker calls private.
+    if (kind === 'populate') this.retractWhenSettled(registration, ranges, result);
+    else abandon(result);
+    return this.listenerFailed(registration, kind, ranges, notSynchronous(registration.name));
+  }
+
+  /** One call of a synchronous listener (the undo path): a promise breaks its contract and fails the call. */
   private deliverOne<A extends GranuleRange | GranuleRange[]>(registration: Registration, method: (arg: A) => unknown, kind: Notify, arg: A): void {
+    let result: unknown;
     try {
-      const result = this.call(registration.listener, method, arg);
-      if (isThenable(result)) {
-        // The change is rolled back now, but what the listener started may land later: a
-        // populate landing after the rollback would map granules the tracker calls private.
-        if (kind === 'populate') this.retractWhenSettled(registration, Array.isArray(arg) ? arg : [arg as GranuleRange], result);
-        else abandon(result);
-        throw notSynchronous(registration.name);
-      }
+      result = this.call(registration.listener, method, arg);
     } catch (cause) {
       throw this.listenerFailed(registration, kind, Array.isArray(arg) ? arg : [arg as GranuleRange], cause);
     }
+    const broken = this.brokenDelivery(registration, kind, arg, result);
+    if (broken !== null) throw broken;
   }
 
   /**

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { PageBitmap, type Run } from '../../lib/tracker/page-bitmap';
+import { Held, PageBitmap, RunList, type Run } from '../../lib/tracker/page-bitmap';
 
 /** The oracle: one boolean per bit, every operation a plain loop. */
 class NaiveBitmap {
@@ -88,5 +88,44 @@ describe('PageBitmap', () => {
       }),
       { numRuns: 500 },
     );
+  });
+
+  it('convert flips a range in one pass: the runs that changed, what it held, the bits after (against the model)', () => {
+    // Sizes past SHORT_SPAN words, so that both fills (loop and TypedArray.fill) are reached.
+    const size = 32 * 80 + 7;
+    const op = fc.record({ start: fc.nat(size - 1), count: fc.integer({ min: 1, max: size }), value: fc.boolean() });
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 30 }), (ops) => {
+        const bitmap = new PageBitmap(size);
+        const naive = new NaiveBitmap(size);
+        const out = new RunList();
+        for (const { start, count, value } of ops) {
+          const n = Math.min(count, size - start);
+          const changing = naive.runs(start, n, !value);
+          const held = changing.length === 0 ? (value ? Held.Set : Held.Clear) : changing.length === 1 && changing[0]![1] === n ? (value ? Held.Clear : Held.Set) : Held.Mixed;
+          assert.equal(bitmap.convert(start, n, value, out), held);
+          assert.deepEqual(out.toRuns(), changing);
+          assert.equal(out.total, changing.reduce((sum, [, c]) => sum + c, 0));
+          naive.fill(start, n, value);
+          if (ops.length % 3 === 0) bitmap.fillRange(start, n, !value), naive.fill(start, n, !value);
+        }
+        assert.deepEqual(bitmap.runs(0, size, true), naive.runs(0, size, true));
+      }),
+      { numRuns: 400 },
+    );
+  });
+
+  it('convert finds runs that cross word edges and end at the range end, past 2^32', () => {
+    const base = 2 ** 32;
+    const bitmap = new PageBitmap(base + 256);
+    const out = new RunList();
+    bitmap.fillRange(base + 30, 5, true); // across the edge of two words
+    bitmap.fillRange(base + 100, 60, true);
+    assert.equal(bitmap.convert(base + 20, 200, true, out), Held.Mixed);
+    assert.deepEqual(out.toRuns(), [[base + 20, 10], [base + 35, 65], [base + 160, 60]]);
+    assert.equal(bitmap.convert(base + 20, 200, false, out), Held.Set);
+    assert.deepEqual(out.toRuns(), [[base + 20, 200]]);
+    assert.equal(bitmap.convert(base + 64, 1, false, out), Held.Clear);
+    assert.equal(out.length, 0);
   });
 });
