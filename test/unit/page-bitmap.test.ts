@@ -107,7 +107,10 @@ describe('PageBitmap', () => {
           assert.deepEqual(out.toRuns(), changing);
           assert.equal(out.total, changing.reduce((sum, [, c]) => sum + c, 0));
           naive.fill(start, n, value);
-          if (ops.length % 3 === 0) bitmap.fillRange(start, n, !value), naive.fill(start, n, !value);
+          if (ops.length % 3 === 0) {
+            bitmap.fillRange(start, n, !value);
+            naive.fill(start, n, !value);
+          }
         }
         assert.deepEqual(bitmap.runs(0, size, true), naive.runs(0, size, true));
       }),
