@@ -1,11 +1,14 @@
-// The tracker against its yardstick, in one run: the same workloads (same generator, same
-// seeds) through the TypeScript tracker's synchronous state change and through
-// bench/tracker-yardstick.c, a plain C implementation of the same semantics built here with
-// gcc -O2 (it is the yardstick, not part of the package). Each figure is the steady state:
-// the time of the second million conversions (the first million's start-up and JIT warm-up
-// drop out), the best of three rounds on each side. Both sides print a checksum of every result, which must match: the same work.
-// Targets: at most 1.5× C on each workload; a one-page flip in a 1 TiB block within 10% of
-// one in a 1 GiB block (same working set); whole-range conversions O(range / 32).
+// The tracker against its yardsticks, in one run: the same conversions (same generator, same
+// seeds, generated before the clock starts) through the library's synchronous state change,
+// through bench/tracker-yardstick.c (a plain C implementation of the same semantics, built
+// here with gcc -O2) and through bench/tracker-floor.ts (that C transliterated into plain
+// TypeScript, none of the library's duties: what the language itself costs). Each figure
+// is the steady state: the time of the second million conversions (start-up and JIT
+// warm-up drop out), the best of ROUNDS rounds on each side. All three print a checksum of
+// every result, which must match: the same work.
+// Targets: at most 1.5× C on the boot-like workload and random mixtures; a one-page flip in
+// a 1 TiB block within 10% of one in a 1 GiB block (same working set); whole-range
+// conversions O(range / 32).
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -14,15 +17,19 @@ import path from 'node:path';
 import type { GranuleRange } from '../lib/common/byte-range';
 import { RamBlockAttributes } from '../lib/tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../lib/tracker/ram-discard-listener';
-import type { PageState } from '../lib/tracker/state-change-channel';
+import { FloorListener, FloorTracker } from './tracker-floor';
 
 const PAGE = 4096;
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 const TiB = 2 ** 40;
 const MILLION = Number(process.env.GUESTMEM_BENCH_MILLION ?? 1_000_000);
-/** Each figure is the best of this many rounds, on both sides: the round least disturbed by other work. */
-const ROUNDS = Number(process.env.GUESTMEM_BENCH_ROUNDS ?? 3);
+/**
+ * Each figure is the best of this many rounds: the round least disturbed by other work. The
+ * rounds of every workload and both TypeScript sides take turns, so that a slow spell of the
+ * machine falls on all of them alike.
+ */
+const ROUNDS = Number(process.env.GUESTMEM_BENCH_ROUNDS ?? 5);
 
 /** A listener that costs almost nothing, so the numbers are the tracker's (the C one counts too). */
 class CountingListener implements RamDiscardListener {
@@ -58,8 +65,7 @@ const POOL_PAGES = (64 * MiB) / PAGE;
 const WINDOW = (256 * MiB) / PAGE;
 
 /**
- * The workloads, generated in the measuring loop itself (a switch, so the loop stays one
- * shape for V8, as the C side's is one loop calling one generator):
+ * The workloads:
  * boot: 1..512-page flips (powers of two: mostly small) inside a 64 MiB bounce pool;
  * mixture: 1..512 pages anywhere in 256 MiB, either way;
  * top flip: one page in the top 256 MiB of a block, the same working set whatever its size.
@@ -70,48 +76,84 @@ const enum Kind {
   TopFlip,
 }
 
-/** The best round's ns per conversion, and the checksum (the same every round). */
-async function measure(block: number, sharedAtBoot: number, kind: Kind, seed: number): Promise<{ ns: number; checksum: number }> {
-  let best = { ns: Infinity, checksum: 0 };
-  for (let round = 0; round < ROUNDS; round++) {
-    const result = await measureRound(block, sharedAtBoot, kind, seed);
-    if (result.ns < best.ns) best = result;
-  }
-  return best;
+/**
+ * The conversions of one round, generated before the clock starts (the C yardstick does
+ * the same): what is timed is the tracker, not the generator, whose JavaScript `%` and
+ * typed-array state cost more than C's and would be charged to the TypeScript side.
+ */
+interface Operations {
+  firstPage: Uint32Array;
+  pages: Uint32Array;
+  toShared: Uint8Array;
 }
 
-/** ns per conversion over the second million, and the checksum the C side prints too. */
-async function measureRound(block: number, sharedAtBoot: number, kind: Kind, seed: number): Promise<{ ns: number; checksum: number }> {
-  const attributes = new RamBlockAttributes(block);
-  const listener = new CountingListener();
-  await attributes.register(listener, { offset: 0, size: block });
-  if (sharedAtBoot > 0) attributes.stateChangeSync(0, sharedAtBoot, 'shared');
-  const blockPages = block / PAGE;
+function generate(blockPages: number, kind: Kind, seed: number): Operations {
+  const n = 2 * MILLION;
+  const ops: Operations = { firstPage: new Uint32Array(n), pages: new Uint32Array(n), toShared: new Uint8Array(n) };
   rng[0] = seed;
+  for (let i = 0; i < n; i++) {
+    if (kind === Kind.Boot) {
+      const pages = 1 << next() % 10;
+      ops.pages[i] = pages;
+      ops.firstPage[i] = next() % (POOL_PAGES - pages + 1);
+      ops.toShared[i] = next() & 1;
+    } else if (kind === Kind.Mixture) {
+      const pages = 1 + (next() % 512);
+      ops.pages[i] = pages;
+      ops.firstPage[i] = next() % (WINDOW - pages);
+      ops.toShared[i] = next() & 1;
+    } else {
+      ops.pages[i] = 1;
+      ops.firstPage[i] = blockPages - WINDOW + (next() % WINDOW);
+      ops.toShared[i] = i & 1;
+    }
+  }
+  return ops;
+}
+
+interface Workload {
+  name: string;
+  label: string;
+  block: number;
+  sharedAtBoot: number;
+  ops: Operations;
+}
+
+/** A fresh tracker with its listener, through the library's public calls, ready for a round. */
+async function libraryTracker(w: Workload): Promise<{ attributes: RamBlockAttributes; listener: CountingListener }> {
+  const attributes = new RamBlockAttributes(w.block);
+  const listener = new CountingListener();
+  await attributes.register(listener, { offset: 0, size: w.block });
+  if (w.sharedAtBoot > 0) attributes.stateChangeSync(0, w.sharedAtBoot, 'shared');
+  return { attributes, listener };
+}
+
+/** ns per conversion over the second million through the library, and the checksum the C side prints too. */
+function libraryRound(attributes: RamBlockAttributes, listener: CountingListener, ops: Operations): { ns: number; checksum: number } {
   let checksum = 0;
   let middle = 0n;
   for (let i = 0; i < 2 * MILLION; i++) {
     if (i === MILLION) middle = process.hrtime.bigint();
-    let offset: number;
-    let size: number;
-    let to: PageState;
-    if (kind === Kind.Boot) {
-      const pages = 1 << next() % 10;
-      offset = (next() % (POOL_PAGES - pages + 1)) * PAGE;
-      size = pages * PAGE;
-      to = (next() & 1) === 1 ? 'shared' : 'private';
-    } else if (kind === Kind.Mixture) {
-      const pages = 1 + (next() % 512);
-      offset = (next() % (WINDOW - pages)) * PAGE;
-      size = pages * PAGE;
-      to = (next() & 1) === 1 ? 'shared' : 'private';
-    } else {
-      offset = (blockPages - WINDOW + (next() % WINDOW)) * PAGE;
-      size = PAGE;
-      to = (i & 1) === 1 ? 'shared' : 'private';
-    }
-    const result = attributes.stateChangeSync(offset, size, to);
+    const result = attributes.stateChangeSync(ops.firstPage[i]! * PAGE, ops.pages[i]! * PAGE, ops.toShared[i] === 1 ? 'shared' : 'private');
     checksum += result.changed + (result.from === 'private' ? 0 : result.from === 'shared' ? 1 : 2);
+  }
+  const ns = Number(process.hrtime.bigint() - middle) / MILLION;
+  return { ns, checksum: checksum + listener.populated - listener.discarded };
+}
+
+/** The same through the plain TypeScript transliteration of the C (bench/tracker-floor.ts). */
+function floorRound(w: Workload): { ns: number; checksum: number } {
+  const tracker = new FloorTracker(w.block, PAGE);
+  const listener = new FloorListener(0, w.block / PAGE);
+  tracker.addListener(listener);
+  if (w.sharedAtBoot > 0) tracker.stateChange(0, w.sharedAtBoot, true);
+  const { ops } = w;
+  let checksum = 0;
+  let middle = 0n;
+  for (let i = 0; i < 2 * MILLION; i++) {
+    if (i === MILLION) middle = process.hrtime.bigint();
+    const result = tracker.stateChange(ops.firstPage[i]! * PAGE, ops.pages[i]! * PAGE, ops.toShared[i] === 1);
+    checksum += result.changed + result.from;
   }
   const ns = Number(process.hrtime.bigint() - middle) / MILLION;
   return { ns, checksum: checksum + listener.populated - listener.discarded };
@@ -136,26 +178,43 @@ function yardstick(): Map<string, [number, number]> | string {
 }
 
 async function main(): Promise<void> {
-  console.log(`guestmem tracker benchmark: ns per conversion at steady state (the second of 2 × ${MILLION} conversions, best of ${ROUNDS} rounds), one listener on the whole block`);
+  console.log(`guestmem tracker benchmark: ns per conversion at steady state (the second of 2 × ${MILLION} conversions, generated beforehand, best of ${ROUNDS} rounds), one listener on the whole block`);
   const c = yardstick();
-  const workloads: Array<[string, string, number, number, Kind, number]> = [
+  const specs: Array<[string, string, number, number, Kind, number]> = [
     ['boot', '16 GiB block, 64 MiB bounce pool shared at boot, 1..512-page flips', 16 * GiB, 64 * MiB, Kind.Boot, 1],
     ['mixture', '16 GiB block, random 1..512-page mixtures in 256 MiB', 16 * GiB, 0, Kind.Mixture, 2],
     ['flip-1GiB', '1 GiB block, one-page flips in its top 256 MiB', GiB, 0, Kind.TopFlip, 3],
     ['flip-1TiB', '1 TiB block, one-page flips in its top 256 MiB', TiB, 0, Kind.TopFlip, 3],
   ];
-  console.log(`${'workload'.padEnd(70)} ${'TS ns'.padStart(8)} ${'C ns'.padStart(8)} ${'TS / C'.padStart(7)}`);
+  console.log(`${'workload'.padEnd(70)} ${'TS ns'.padStart(8)} ${'C ns'.padStart(8)} ${'TS / C'.padStart(7)} ${'plain TS'.padStart(9)} ${'/ C'.padStart(6)}`);
   const ts: Record<string, number> = {};
   let withinC = true;
   let sameWork = true;
-  for (const [name, label, block, shared, workload, seed] of workloads) {
-    const { ns, checksum } = await measure(block, shared, workload, seed);
-    ts[name] = ns;
-    const yard = typeof c === 'string' ? undefined : c.get(name);
+  const workloads = specs.map(([name, label, block, sharedAtBoot, kind, seed]) => ({
+    w: { name, label, block, sharedAtBoot, ops: generate(block / PAGE, kind, seed) } as Workload,
+    kind,
+    library: { ns: Infinity, checksum: 0 },
+    floor: { ns: Infinity, checksum: 0 },
+  }));
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const entry of workloads) {
+      const { attributes, listener } = await libraryTracker(entry.w);
+      const library = libraryRound(attributes, listener, entry.w.ops);
+      if (library.ns < entry.library.ns) entry.library = library;
+      const floor = floorRound(entry.w);
+      if (floor.ns < entry.floor.ns) entry.floor = floor;
+    }
+  }
+  for (const { w, kind, library, floor } of workloads) {
+    const { ns, checksum } = library;
+    ts[w.name] = ns;
+    const yard = typeof c === 'string' ? undefined : c.get(w.name);
     const ratio = yard ? ns / yard[0] : NaN;
-    if (yard && yard[1] !== checksum) sameWork = false;
-    if (yard && ratio > 1.5) withinC = false;
-    console.log(`${label.padEnd(70)} ${ns.toFixed(1).padStart(8)} ${yard ? yard[0].toFixed(1).padStart(8) : 'n/a'.padStart(8)} ${yard ? ratio.toFixed(2).padStart(7) : ''}`);
+    if ((yard && yard[1] !== checksum) || floor.checksum !== checksum) sameWork = false;
+    // The 1.5× target is the issue's, on the boot-like workload and random mixtures.
+    if (yard && ratio > 1.5 && kind !== Kind.TopFlip) withinC = false;
+    const cells = yard ? [yard[0].toFixed(1).padStart(8), ratio.toFixed(2).padStart(7), floor.ns.toFixed(1).padStart(9), (floor.ns / yard[0]).toFixed(2).padStart(6)] : ['n/a'.padStart(8), ''.padStart(7), floor.ns.toFixed(1).padStart(9), ''];
+    console.log(`${w.label.padEnd(70)} ${ns.toFixed(1).padStart(8)} ${cells.join(' ')}`);
   }
   const flat = ts['flip-1TiB']! / ts['flip-1GiB']!;
   console.log('whole-range conversions in a 16 GiB block (private -> shared -> private):');
@@ -173,8 +232,8 @@ async function main(): Promise<void> {
   }
   const linear = perPage[perPage.length - 1]! < perPage[2]! && perPage[perPage.length - 1]! < 1;
   if (typeof c === 'string') console.log(c);
-  else console.log(`same work as C (checksums of every result): ${sameWork ? 'yes' : 'NO'}`);
-  console.log(`target: at most 1.5× C on every workload: ${typeof c === 'string' ? 'not measured' : withinC ? 'PASS' : 'FAIL'}`);
+  else console.log(`same work in all three (checksums of every result): ${sameWork ? 'yes' : 'NO'}`);
+  console.log(`target: at most 1.5× C on the boot-like workload and random mixtures: ${typeof c === 'string' ? 'not measured' : withinC ? 'PASS' : 'FAIL'}`);
   console.log(`target: one-page flip, 1 TiB vs 1 GiB block within 10%: ratio ${flat.toFixed(3)} ${Math.abs(flat - 1) <= 0.1 ? 'PASS' : 'FAIL'}`);
   console.log(`target: whole-range cost O(range/32): ${perPage[perPage.length - 1]!.toFixed(3)} ns/page at 2^20 pages (under 1 ns/page) ${linear ? 'PASS' : 'FAIL'}`);
   if (!sameWork || !withinC || Math.abs(flat - 1) > 0.1 || !linear) process.exitCode = 1;

@@ -194,17 +194,28 @@ export class PageBitmap {
     const end = start + count;
     const firstWord = Math.floor(start / 32);
     const lastWord = Math.floor((end - 1) / 32);
-    // Bits to flip are those not yet at `value`: a word XORed with `away` has them set.
-    const away = value ? ALL : 0;
+    // A word XORed with `target` has its bits that are not yet at `value` set: those flip.
+    const target = value ? ALL : 0;
     let kept = 0;
     let open = -1;
+    // A middle word wholly in the other state flips whole; so does every such word after it.
+    const opposite = value ? 0 : ALL;
     for (let index = firstWord; index <= lastWord; index++) {
+      if (index > firstWord && index < lastWord && words[index] === opposite) {
+        let stop = index + 1;
+        while (stop < lastWord && words[stop] === opposite) stop++;
+        if (open < 0) open = index * 32;
+        if (stop - index > SHORT_SPAN) words.fill(target, index, stop);
+        else for (let i = index; i < stop; i++) words[i] = target;
+        index = stop - 1;
+        continue;
+      }
       let inside = ALL;
       if (index === firstWord) inside = mask(bitOf(start, index), 32);
       if (index === lastWord) inside &= mask(0, bitOf(end - 1, index) + 1);
       const word = words[index]!;
-      const flip = ((word ^ away) & inside) >>> 0;
-      kept |= ~(word ^ away) & inside;
+      const flip = ((word ^ target) & inside) >>> 0;
+      kept |= ~(word ^ target) & inside;
       if (flip === 0) {
         if (open >= 0) {
           out.push(open, index * 32 - open);
