@@ -385,7 +385,7 @@ export class RamBlock implements Disposable {
     let i = 0;
     try {
       // One clock reading per step boundary, each ending one step and starting the next.
-      let started = stats.timing ? process.hrtime.bigint() : 0n;
+      let started = stats.timing ? ConversionStats.now() : 0;
       for (; i < steps.length; i++) {
         if (steps[i] === 'listeners') result = this.attributes.changeSync(range, to === 'shared');
         else this.runKernelStep(steps[i]!, range, to);
@@ -414,7 +414,7 @@ export class RamBlock implements Disposable {
     let i = 0;
     try {
       // One clock reading per step boundary, each ending one step and starting the next.
-      let started = stats.timing ? process.hrtime.bigint() : 0n;
+      let started = stats.timing ? ConversionStats.now() : 0;
       for (; i < steps.length; i++) {
         if (steps[i] === 'listeners') result = await this.attributes.stateChange(range.first * g, range.count * g, to);
         else this.runKernelStep(steps[i]!, range, to);
@@ -447,7 +447,7 @@ export class RamBlock implements Disposable {
   private prefault(range: GranuleRange): void {
     if (!this.prefaultVcpu) return;
     const g = this.attributes.granularity;
-    const started = process.hrtime.bigint();
+    const started = ConversionStats.now();
     try {
       this.vm.preFaultMemory(this.prefaultVcpu(), this.gpa + range.first * g, range.count * g);
     } catch {
