@@ -23,14 +23,23 @@ export type SnpPageType = keyof typeof SNP_PAGE_TYPES;
 
 /** The system calls of a launch; the addon's by default ({@link nativeLaunchCalls}), a stand-in in tests. */
 export interface LaunchCalls {
+  /** Opens /dev/sev, which authorises each SNP firmware command. */
   openSevDevice(): number;
+  /** Closes an fd the launch opened. */
   closeFd(fd: number): void;
+  /** KVM_SEV_SNP_LAUNCH_START with the guest policy. */
   snpLaunchStart(vmFd: number, sevFd: number, policy: bigint): void;
+  /** KVM_SEV_SNP_LAUNCH_UPDATE of [gpa, gpa + size) from host address `source`, until all is done. */
   snpLaunchUpdate(vmFd: number, sevFd: number, gpa: bigint, source: bigint, size: bigint, type: number): void;
+  /** KVM_SEV_SNP_LAUNCH_FINISH without an ID block. */
   snpLaunchFinish(vmFd: number, sevFd: number): void;
+  /** KVM_SET_CPUID2 on a vCPU (raw kvm_cpuid_entry2 records). */
   setCpuid(vcpuFd: number, entries: Uint8Array): void;
+  /** KVM_TDX_INIT_VCPU with the vCPU's initial RCX. */
   tdxInitVcpu(vcpuFd: number, rcx: bigint): void;
+  /** KVM_TDX_INIT_MEM_REGION of `pages` pages at `gpa` from host address `source`, until all is done. */
   tdxInitMemRegion(vcpuFd: number, source: bigint, gpa: bigint, pages: bigint, measure: boolean): void;
+  /** KVM_TDX_FINALIZE_VM. */
   tdxFinalizeVm(vmFd: number): void;
 }
 
