@@ -1,6 +1,8 @@
-// Confidential-VM initialisation uAPI: AMD SEV-SNP (KVM_SEV_INIT2, Linux 6.10+) and Intel
-// TDX (KVM_TDX_CAPABILITIES, KVM_TDX_INIT_VM, Linux 6.16+), both sub-commands of
-// KVM_MEMORY_ENCRYPT_OP on the VM fd. From arch/x86/include/uapi/asm/kvm.h and
+// Confidential-VM initialisation and launch uAPI: AMD SEV-SNP (KVM_SEV_INIT2, Linux 6.10+;
+// SNP_LAUNCH_START/UPDATE/FINISH, 6.11+) and Intel TDX (KVM_TDX_CAPABILITIES, INIT_VM,
+// INIT_VCPU, INIT_MEM_REGION, FINALIZE_VM, Linux 6.16+), all sub-commands of
+// KVM_MEMORY_ENCRYPT_OP on the VM fd (TDX's INIT_VCPU and INIT_MEM_REGION on a vCPU fd).
+// From arch/x86/include/uapi/asm/kvm.h and
 // Documentation/virt/kvm/x86/{amd-memory-encryption,intel-tdx}.rst; pinned by static_assert
 // like uapi.h, and compared with each harness kernel's headers by scripts/vm/check-uapi.sh
 // (the TDX part only where the kernel has it: 7.2, not 6.12).
