@@ -6,7 +6,7 @@
 // open /dev/sev, and KVM keeps the one LAUNCH_START was given for the firmware commands the
 // running guest causes, so the launch keeps /dev/sev open until its VM closes.
 
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange } from '../common/errors';
 import { checkRegion, ConfidentialLaunch, launchFailure, launchOrderError, nativeLaunchCalls, SNP_PAGE_TYPES, type LaunchCalls, type LaunchRegion, type PrivateMemoryCheck } from './vm-launch';
 
 /** Guest policy bit 17: reserved, must be one. */
@@ -38,8 +38,9 @@ export class SnpLaunch extends ConfidentialLaunch {
   /** A launch of the SNP VM `vmFd` (after KVM_SEV_INIT2), not started yet. */
   constructor(vmFd: number, calls: LaunchCalls = nativeLaunchCalls(), policy: bigint = SNP_DEFAULT_POLICY) {
     super(vmFd, calls);
-    if (typeof policy !== 'bigint' || policy < 0n || policy >= 1n << 64n) throw Object.assign(new RangeError(`policy must be a uint64 bigint, got ${String(policy)}`), { code: 'ERR_OUT_OF_RANGE' });
-    if ((policy & SNP_POLICY_RESERVED_ONE) === 0n) throw Object.assign(new RangeError('policy bit 17 must be set (the firmware requires it)'), { code: 'ERR_OUT_OF_RANGE' });
+    if (typeof policy !== 'bigint') throw invalidArgType(`policy must be a bigint, got ${typeof policy}`);
+    if (policy < 0n || policy >= 1n << 64n) throw outOfRange(`policy must fit in 64 bits unsigned, got ${policy}`);
+    if ((policy & SNP_POLICY_RESERVED_ONE) === 0n) throw outOfRange('policy bit 17 must be set (the firmware requires it)');
     this.policy = policy;
   }
 

@@ -30,7 +30,8 @@ export class TdxLaunch extends ConfidentialLaunch {
     this.requireCreated('KVM_TDX_INIT_VCPU', vcpuFd);
     if (!(cpuid instanceof Uint8Array)) throw invalidArgType(`cpuid must be a Uint8Array of kvm_cpuid_entry2 records, got ${typeof cpuid}`);
     if (cpuid.length % CPUID_ENTRY_BYTES !== 0) throw outOfRange(`cpuid must hold whole ${CPUID_ENTRY_BYTES}-byte records, got ${cpuid.length} bytes`);
-    if (typeof rcx !== 'bigint' || rcx < 0n || rcx >= 1n << 64n) throw outOfRange(`rcx must be a uint64 bigint, got ${String(rcx)}`);
+    if (typeof rcx !== 'bigint') throw invalidArgType(`rcx must be a bigint, got ${typeof rcx}`);
+    if (rcx < 0n || rcx >= 1n << 64n) throw outOfRange(`rcx must fit in 64 bits unsigned, got ${rcx}`);
     try {
       this.calls.setCpuid(vcpuFd, cpuid);
     } catch (error) {

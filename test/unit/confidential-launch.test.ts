@@ -108,6 +108,7 @@ describe('SNP launch (stand-in system calls)', () => {
     const calls = new StandIn();
     assert.throws(() => new SnpLaunch(VM_FD, calls, 0x10000n), { code: 'ERR_OUT_OF_RANGE' });
     assert.throws(() => new SnpLaunch(VM_FD, calls, 1n << 64n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => new SnpLaunch(VM_FD, calls, 0x30000 as never), { code: 'ERR_INVALID_ARG_TYPE' });
     assert.deepEqual(calls.log, []);
   });
 
@@ -243,7 +244,8 @@ describe('TDX launch (stand-in system calls)', () => {
     assert.throws(() => launch.initVcpu(50, new Uint8Array(41)), { code: 'ERR_OUT_OF_RANGE' });
     assert.throws(() => launch.initVcpu(50, 'cpuid' as never), { code: 'ERR_INVALID_ARG_TYPE' });
     assert.throws(() => launch.initVcpu(50, CPUID, -1n), { code: 'ERR_OUT_OF_RANGE' });
-    assert.throws(() => launch.initVcpu(50, CPUID, 1 as never), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => launch.initVcpu(50, CPUID, 1n << 64n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => launch.initVcpu(50, CPUID, 1 as never), { code: 'ERR_INVALID_ARG_TYPE' });
     assert.deepEqual(calls.log, []);
     calls.fail.set('TDX_INIT_VCPU', kernelError('EIO', 5, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_INIT_VCPU)', { hwError: 0x8000020000000000n }));
     assert.throws(() => launch.initVcpu(50, CPUID), (e: Error & { code?: string; hwError?: bigint }) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && /^KVM_TDX_INIT_VCPU failed: EIO: .*, TDX module status 0x8000020000000000; check the TDX module/.test(e.message) && e.hwError === 0x8000020000000000n);
