@@ -13,8 +13,16 @@ export function privateMemoryCheck(memory: GuestMemory): PrivateMemoryCheck {
   return (gpa, size) => {
     const block = memory.blocks.find((b) => b.contains(gpa, size));
     if (!block) return 'it is not inside one RAM block (no guest_memfd of this memory backs it)';
-    const shared = block.attributes.countShared({ offset: Number(gpa) - block.gpa, size: Number(size) });
-    if (shared > 0) return `${shared} granule(s) of it are shared in KVM's attributes`;
+    const offset = Number(gpa) - block.gpa;
+    const shared = block.attributes.countShared({ offset, size: Number(size) });
+    if (shared > 0) return `${shared} granule(s) of it are shared`;
+    // KVM's attributes as the block last set them, and pages held back until repair().
+    const granule = block.attributes.granularity;
+    const first = Math.floor(offset / granule);
+    const end = Math.ceil((offset + Number(size)) / granule);
+    const overlaps = ([start, count]: [number, number]): boolean => start < end && start + count > first;
+    if (block.kvmRuns('shared').some(overlaps)) return "part of it is shared in KVM's attributes";
+    if (block.unsettledRuns.some(overlaps)) return 'part of it awaits repair() (the tracker and the kernel disagree)';
     return null;
   };
 }
