@@ -13,6 +13,7 @@
         "native/addon.cc",
         "native/kvm.cc",
         "native/confidential_vm.cc",
+        "native/confidential_launch.cc",
         "native/memory.cc",
         "native/mapping.cc",
         "native/vfio_type1.cc",

@@ -3,6 +3,7 @@
 
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitConfidentialVm(Napi::Env env, Napi::Object exports);
+void InitConfidentialLaunch(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitMapping(Napi::Env env, Napi::Object exports);
 void InitVfioType1(Napi::Env env, Napi::Object exports);
@@ -17,6 +18,7 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitKvm(env, exports);
   InitConfidentialVm(env, exports);
+  InitConfidentialLaunch(env, exports);
   InitMemory(env, exports);
   InitMapping(env, exports);
   InitVfioType1(env, exports);

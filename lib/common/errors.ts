@@ -19,7 +19,9 @@ export type GuestmemErrorCode =
   | 'ERR_GUESTMEM_NATIVE_UNAVAILABLE'
   | 'ERR_GUESTMEM_VCPU_FAILED'
   | 'ERR_GUESTMEM_ASYNC_LISTENER'
-  | 'ERR_GUESTMEM_BUSY';
+  | 'ERR_GUESTMEM_BUSY'
+  | 'ERR_GUESTMEM_LAUNCH_ORDER'
+  | 'ERR_GUESTMEM_LAUNCH_FAILED';
 
 /**
  * An error guestmem found itself (not a failed syscall), with a `code` a program can switch

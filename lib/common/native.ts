@@ -81,6 +81,14 @@ export interface NativeAddon {
   kvmSevInit2(vmFd: number, sevFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
   kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };
   kvmTdxInitVm(vmFd: number, attributes: U64, xfam: U64, cpuid: Uint8Array): void;
+  // Their launch (confidential_launch.cc): byte addresses and sizes, page-aligned; the
+  // partial-progress loops are inside.
+  kvmSevSnpLaunchStart(vmFd: number, sevFd: number, policy: U64, gosvw: Uint8Array | undefined, flags: number): void;
+  kvmSevSnpLaunchUpdate(vmFd: number, sevFd: number, gpa: U64, uaddr: U64, length: U64, type: number): void;
+  kvmSevSnpLaunchFinish(vmFd: number, sevFd: number, hostData: Uint8Array | undefined): void;
+  kvmTdxInitVcpu(vcpuFd: number, rcx: U64): void;
+  kvmTdxInitMemRegion(vcpuFd: number, sourceAddress: U64, gpa: U64, pages: U64, measure: boolean): void;
+  kvmTdxFinalizeVm(vmFd: number): void;
   // vCPUs
   kvmGetVcpuMmapSize(kvmFd: number): number;
   kvmCreateVcpu(vmFd: number, id: number): number;

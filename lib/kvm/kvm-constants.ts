@@ -51,3 +51,8 @@ export const FALLOC_FL_KEEP_SIZE = 0x01;
  * backing it leaves.
  */
 export const FALLOC_FL_PUNCH_HOLE = 0x02;
+
+/** kvm_run.system_event.type: an SEV-ES/SNP guest's termination request (data[0]: the GHCB MSR). */
+export const KVM_SYSTEM_EVENT_SEV_TERM = 6;
+/** kvm_run.system_event.type: a TD's fatal-error report (data[0]: its error code; Linux 6.16+). */
+export const KVM_SYSTEM_EVENT_TDX_FATAL = 7;

@@ -20,6 +20,9 @@ import {
 } from './kvm-constants';
 import { native } from '../common/native';
 import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from './vm-init';
+import type { ConfidentialLaunch, LaunchCalls } from './vm-launch';
+import { SnpLaunch } from './snp-launch';
+import { TdxLaunch } from './tdx-launch';
 import { maskHasVmType, missingVmTypeLine, vmTypesInMask } from './vm-types';
 import { takeFd } from './shared-memory';
 
@@ -67,10 +70,11 @@ export class Kvm extends FdOwner {
    * Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). An
    * SNP or TDX VM is initialised as its type requires (KVM_SEV_INIT2; KVM_TDX_CAPABILITIES
    * and KVM_TDX_INIT_VM: see vm-init.ts) unless `initialize` is false (to ask the bare VM
-   * its capabilities, as the probe does). A type this host lacks is ERR_GUESTMEM_UNSUPPORTED
+   * its capabilities, as the probe does). Their launch begins too (`vm.launch`: SNP's
+   * LAUNCH_START here; see vm-launch.ts). A type this host lacks is ERR_GUESTMEM_UNSUPPORTED
    * in one line with the fix, keeping the kernel's errno, code and syscall.
    */
-  createVm(type: VmType | number = 'default', options: { initialize?: boolean; initCalls?: ConfidentialInitCalls } = {}): Vm {
+  createVm(type: VmType | number = 'default', options: { initialize?: boolean; initCalls?: ConfidentialInitCalls; launchCalls?: LaunchCalls } = {}): Vm {
     const number = typeof type === 'number' ? checkU32(type, 'VM type') : Object.hasOwn(VM_TYPES, type) ? VM_TYPES[type] : undefined;
     if (number === undefined) throw outOfRange(`unknown VM type '${String(type)}'; known: ${Object.keys(VM_TYPES).join(', ')}`);
     let fd: number;
@@ -86,12 +90,24 @@ export class Kvm extends FdOwner {
     if (options.initialize === false) return vm;
     try {
       vm.initialisation = initializeVm(number, { kvm: this.fd, vm: fd }, options.initCalls);
+      vm.launch = beginLaunch(vm.initialisation, fd, options.launchCalls);
     } catch (error) {
       vm.close();
       throw error;
     }
     return vm;
   }
+}
+
+/** The launch an initialised SNP or TDX VM needs before its vCPUs run; none for other types. */
+function beginLaunch(initialisation: VmInitialisation, vmFd: number, calls?: LaunchCalls): ConfidentialLaunch | null {
+  if (initialisation.kind === 'snp') {
+    const launch = new SnpLaunch(vmFd, calls);
+    launch.start();
+    return launch;
+  }
+  if (initialisation.kind === 'tdx') return new TdxLaunch(vmFd, calls);
+  return null;
 }
 
 /**
@@ -120,6 +136,11 @@ export class Vm extends FdOwner {
   readonly type: number;
   /** What createVm did after KVM_CREATE_VM (SNP: KVM_SEV_INIT2; TDX: KVM_TDX_INIT_VM). */
   initialisation: VmInitialisation = { kind: 'none' };
+  /**
+   * An SNP or TDX VM's launch: what puts measured pages into private memory and ends the
+   * launch before the first KVM_RUN (see vm-launch.ts). Null for other types.
+   */
+  launch: ConfidentialLaunch | null = null;
 
   /** @internal */
   constructor(fd: number, type: number) {
@@ -150,6 +171,11 @@ export class Vm extends FdOwner {
       throw error;
     }
     return vm;
+  }
+
+  /** Closes the launch's /dev/sev (SNP) with the VM. */
+  protected override beforeClose(): void {
+    if (this.launch instanceof SnpLaunch) this.launch.close();
   }
 
   /** KVM_CHECK_EXTENSION on the VM (what this VM's type supports): 0 where absent, else its value. */

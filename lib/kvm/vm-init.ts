@@ -11,9 +11,9 @@
 //   tdx_filter_cpuid does); TD attributes SEPT_VE_DISABLE where supported (QEMU's default),
 //   XFAM x87|SSE (the bits the TDX module fixes to 1).
 //
-// Launch measurement (SNP_LAUNCH_*, TDX_INIT_MEM_REGION, TDX_FINALIZE_VM) and attestation
-// are out of scope: the VM's memory can be converted; running vCPUs needs the launch flow.
-// The calls go through ConfidentialInitCalls so that their order is tested with a stand-in.
+// The launch that follows (SNP_LAUNCH_*, TDX_INIT_VCPU, TDX_INIT_MEM_REGION,
+// TDX_FINALIZE_VM) is vm-launch.ts's; attestation is out of scope. The calls go through
+// ConfidentialInitCalls so that their order is tested with a stand-in.
 
 import fs from 'node:fs';
 import { GuestmemError } from '../common/errors';

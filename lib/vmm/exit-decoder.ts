@@ -5,6 +5,7 @@
 // offsets come from the addon (offsetof on the struct uapi_vcpu.h pins), so the two cannot
 // drift apart.
 
+import { describeTermination } from './system-event';
 import type { NativeKvmRunLayout } from '../common/native';
 import type { VcpuExit } from './vcpu-exit';
 
@@ -80,8 +81,13 @@ export class ExitDecoder {
         };
       case KVM_EXIT_INTERNAL_ERROR:
         return { exitReason, reason: 'internal-error', suberror: data.getUint32(at.internalSuberror, true), data: this.internalData() };
-      case KVM_EXIT_SYSTEM_EVENT:
-        return { exitReason, reason: 'system-event', type: data.getUint32(at.internalSuberror, true), data: this.internalData() };
+      case KVM_EXIT_SYSTEM_EVENT: {
+        // kvm_run.system_event has internal's layout: a u32 type, a u32 ndata, u64 data[16].
+        const type = data.getUint32(at.internalSuberror, true);
+        const values = this.internalData();
+        const termination = describeTermination(type, values);
+        return termination === null ? { exitReason, reason: 'system-event', type, data: values } : { exitReason, reason: 'system-event', type, data: values, termination };
+      }
       case KVM_EXIT_EXCEPTION:
         return {
           exitReason, reason: 'exception',

@@ -122,7 +122,8 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     const problems: string[] = [];
     if (timedOut) problems.push(`the guest did not finish within ${options.timeoutMs} ms and was stopped`);
     for (const outcome of run.vcpus) {
-      if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
+      if ('terminated' in outcome) problems.push(`vCPU ${outcome.vcpu}: the guest terminated itself (${outcome.terminated})`);
+      else if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
       else if (outcome.status !== 0) problems.push(`vCPU ${outcome.vcpu} exited with status ${outcome.status}`);
     }
     const failedGuest = protocol.failedChecks;

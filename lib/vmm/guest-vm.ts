@@ -1,7 +1,8 @@
 // A guest on real KVM: vCPUs in 64-bit mode running a guest program loaded into shared
 // guest memory, with KVM routing KVM_HC_MAP_GPA_RANGE to us, and the VMM loop converting
 // what the guest asks through GuestMemory (tracker, KVM attributes, VFIO listener,
-// punch-hole).
+// punch-hole). On an SNP or TDX VM the program goes into private memory through the VM's
+// launch instead (launch-boot.ts), which ends before the first KVM_RUN.
 
 import { GuestmemError } from '../common/errors';
 import type { GuestMemory } from '../memory/guest-memory';
@@ -13,6 +14,10 @@ import type { PortHandler } from './guest-ports';
 import { identityMap, longModeRegisters } from './long-mode';
 import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
+import { measureIntoPrivate } from './launch-boot';
+import { launchOrderError } from '../kvm/vm-launch';
+import { SnpLaunch } from '../kvm/snp-launch';
+import { TdxLaunch } from '../kvm/tdx-launch';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
 
@@ -74,6 +79,8 @@ export class GuestVm implements Disposable {
     const count = options.vcpus ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });
     if (memory.blocks.length === 0) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'the guest memory has no RAM block to load the program into');
+    const launch = memory.vm.launch;
+    if (launch?.finished) throw launchOrderError(`this ${launch.kind} VM's launch has ended: a confidential VM runs the one guest loaded before its launch ended`);
     const supported = BigInt(memory.vm.checkExtension(KVM_CAP_EXIT_HYPERCALL));
     if ((supported & HYPERCALL_BIT) === 0n) {
       throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `KVM_CAP_EXIT_HYPERCALL does not offer KVM_HC_MAP_GPA_RANGE on this host (0x${supported.toString(16)}): guest-driven conversions need Linux 6.8 or later`);
@@ -87,11 +94,18 @@ export class GuestVm implements Disposable {
     const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
     if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
 
-    await memory.convert(Number(bootGpa), Number(regionSize), 'shared');
-    const write = (gpa: bigint, bytes: Uint8Array) => writeShared(block, gpa, bytes);
-    write(layout.bootInfo, encodeBootInfo(options.boot));
-    write(layout.pageTables, identityMap(mapEnd, layout.pageTables).bytes);
-    write(layout.image, options.image);
+    const parts = [
+      [layout.bootInfo, encodeBootInfo(options.boot)],
+      [layout.pageTables, identityMap(mapEnd, layout.pageTables).bytes],
+      [layout.image, options.image],
+    ] as const;
+    if (!launch) {
+      await memory.convert(Number(bootGpa), Number(regionSize), 'shared');
+      for (const [gpa, bytes] of parts) writeShared(block, gpa, bytes);
+    } else if (launch instanceof SnpLaunch) {
+      // SNP: the pages are measured before the vCPUs are made (the documented order).
+      await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
+    }
 
     const guest = new GuestVm(options, layout, block);
     try {
@@ -101,10 +115,21 @@ export class GuestVm implements Disposable {
       for (let id = 0; id < count; id++) {
         const vcpu = Vcpu.create(kvm, memory.vm, firstId + id);
         guest.vcpus.push(vcpu);
+        if (launch instanceof TdxLaunch) {
+          // A TD's registers are the TDX module's (it starts at the reset vector); the boot
+          // info's address reaches the guest in RCX.
+          launch.initVcpu(vcpu.fd, cpuid, layout.bootInfo);
+          continue;
+        }
         vcpu.setCpuid(cpuid);
         vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);
         vcpu.registers = entryRegisters(layout, id, count);
+        if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.fd);
       }
+      // TDX measures through an initialised vCPU; either way the launch ends before the
+      // first KVM_RUN, and nothing is measured after it.
+      if (launch instanceof TdxLaunch) await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
+      launch?.finish();
     } catch (error) {
       guest.close();
       throw error;

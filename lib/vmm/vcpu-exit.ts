@@ -66,6 +66,8 @@ export interface SystemEventExit extends ExitBase {
   reason: 'system-event';
   type: number;
   data: bigint[];
+  /** A confidential guest ended itself (SEV termination request, TDX fatal error): why, in one clause. */
+  termination?: string;
 }
 
 export interface OtherExit extends ExitBase {

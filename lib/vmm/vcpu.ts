@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { invalidArgType, outOfRange } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
 import type { Kvm, Vm } from '../kvm/kvm';
+import type { ConfidentialLaunch } from '../kvm/vm-launch';
 import { native, type NativeRegs, type NativeSregs, type NativeVcpuRunner } from '../common/native';
 import { ExitDecoder } from './exit-decoder';
 import type { VcpuExit } from './vcpu-exit';
@@ -35,6 +36,8 @@ export class Vcpu extends FdOwner {
   #lastExit: VcpuExit | null = null;
   /** completeHypercall's value, written by the next run() in the same crossing. */
   #hypercallReturn: number | bigint | undefined = undefined;
+  /** An SNP or TDX VM's launch: KVM_RUN waits for its end (and for this vCPU to be in it). */
+  #launch: ConfidentialLaunch | null = null;
 
   private constructor(fd: number, id: number, mmapSize: number) {
     super(fd, `vCPU ${id}`);
@@ -61,7 +64,17 @@ export class Vcpu extends FdOwner {
       fs.closeSync(fd);
       throw error;
     }
-    return vm.own(vcpu);
+    vm.own(vcpu);
+    if (vm.launch) {
+      try {
+        vm.launch.vcpuCreated(fd);
+      } catch (error) {
+        vcpu.close();
+        throw error;
+      }
+      vcpu.#launch = vm.launch;
+    }
+    return vcpu;
   }
 
   /**
@@ -72,6 +85,8 @@ export class Vcpu extends FdOwner {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
     if (this.#pending) return Promise.reject(new Error('a KVM_RUN of this vCPU is already in flight'));
+    const refusal = this.#launch?.runRefusal(this.fd);
+    if (refusal) return Promise.reject(refusal);
     const promise = new Promise<VcpuExit>((resolve, reject) => {
       this.#pending = { resolve, reject };
     });

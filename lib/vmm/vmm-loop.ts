@@ -71,7 +71,12 @@ export interface VmmLoopOptions {
 }
 
 /** How a vCPU ended: its exit status, a halt, or a stop. */
-export type VcpuOutcome = { vcpu: number; status: number } | { vcpu: number; halted: true } | { vcpu: number; stopped: true };
+export type VcpuOutcome =
+  | { vcpu: number; status: number }
+  | { vcpu: number; halted: true }
+  | { vcpu: number; stopped: true }
+  /** A confidential guest ended itself (SEV termination request, TDX fatal error): why. */
+  | { vcpu: number; terminated: string };
 
 /** What a run of the VMM loop did: each vCPU's outcome and the conversions by result. */
 export interface VmmReport {
@@ -160,6 +165,13 @@ export class VmmLoop {
       case 'intr':
         // A kick: stop() (the loop ends) or a stray signal (run again).
         if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
+        return;
+      case 'system-event':
+        // An SNP guest's termination request or a TD's fatal error ends the whole guest:
+        // no vCPU of it may run again.
+        if (exit.termination === undefined) throw this.unexpected(vcpu, id, exit, 'a system event the VMM does not handle');
+        this.outcomes.set(id, { vcpu: id, terminated: exit.termination });
+        this.stop();
         return;
       default:
         throw this.unexpected(vcpu, id, exit, 'an exit the VMM does not handle');

@@ -72,6 +72,19 @@ OURS(KVM_MEMORY_ENCRYPT_OP)
 OURS(KVM_SEV_INIT2)
 OURS(KVM_TDX_CAPABILITIES)
 OURS(KVM_TDX_INIT_VM)
+OURS(KVM_SEV_SNP_LAUNCH_START)
+OURS(KVM_SEV_SNP_LAUNCH_UPDATE)
+OURS(KVM_SEV_SNP_LAUNCH_FINISH)
+OURS(KVM_SEV_SNP_PAGE_TYPE_NORMAL)
+OURS(KVM_SEV_SNP_PAGE_TYPE_ZERO)
+OURS(KVM_SEV_SNP_PAGE_TYPE_UNMEASURED)
+OURS(KVM_SEV_SNP_PAGE_TYPE_SECRETS)
+OURS(KVM_SEV_SNP_PAGE_TYPE_CPUID)
+OURS(KVM_SEV_SNP_FINISH_DATA_SIZE)
+OURS(KVM_TDX_INIT_VCPU)
+OURS(KVM_TDX_INIT_MEM_REGION)
+OURS(KVM_TDX_FINALIZE_VM)
+OURS(KVM_TDX_MEASURE_MEMORY_REGION)
 #undef OURS
 
 #include <linux/falloc.h>
@@ -280,10 +293,58 @@ SAME_FIELD(kvm_sev_init, flags);
 SAME_FIELD(kvm_sev_init, ghcb_version);
 SAME_FIELD(kvm_sev_init, pad2);
 
+// SEV-SNP's launch (6.11+: both harness kernels have it).
+SAME_NUMBER(KVM_SEV_SNP_LAUNCH_START);
+SAME_NUMBER(KVM_SEV_SNP_LAUNCH_UPDATE);
+SAME_NUMBER(KVM_SEV_SNP_LAUNCH_FINISH);
+SAME_NUMBER(KVM_SEV_SNP_PAGE_TYPE_NORMAL);
+SAME_NUMBER(KVM_SEV_SNP_PAGE_TYPE_ZERO);
+SAME_NUMBER(KVM_SEV_SNP_PAGE_TYPE_UNMEASURED);
+SAME_NUMBER(KVM_SEV_SNP_PAGE_TYPE_SECRETS);
+SAME_NUMBER(KVM_SEV_SNP_PAGE_TYPE_CPUID);
+SAME_NUMBER(KVM_SEV_SNP_FINISH_DATA_SIZE);
+
+SAME_SIZE(kvm_sev_snp_launch_start);
+SAME_FIELD(kvm_sev_snp_launch_start, policy);
+SAME_FIELD(kvm_sev_snp_launch_start, gosvw);
+SAME_FIELD(kvm_sev_snp_launch_start, flags);
+SAME_FIELD(kvm_sev_snp_launch_start, pad0);
+SAME_FIELD(kvm_sev_snp_launch_start, pad1);
+
+SAME_SIZE(kvm_sev_snp_launch_update);
+SAME_FIELD(kvm_sev_snp_launch_update, gfn_start);
+SAME_FIELD(kvm_sev_snp_launch_update, uaddr);
+SAME_FIELD(kvm_sev_snp_launch_update, len);
+SAME_FIELD(kvm_sev_snp_launch_update, type);
+SAME_FIELD(kvm_sev_snp_launch_update, pad0);
+SAME_FIELD(kvm_sev_snp_launch_update, flags);
+SAME_FIELD(kvm_sev_snp_launch_update, pad1);
+SAME_FIELD(kvm_sev_snp_launch_update, pad2);
+
+SAME_SIZE(kvm_sev_snp_launch_finish);
+SAME_FIELD(kvm_sev_snp_launch_finish, id_block_uaddr);
+SAME_FIELD(kvm_sev_snp_launch_finish, id_auth_uaddr);
+SAME_FIELD(kvm_sev_snp_launch_finish, id_block_en);
+SAME_FIELD(kvm_sev_snp_launch_finish, auth_key_en);
+SAME_FIELD(kvm_sev_snp_launch_finish, vcek_disabled);
+SAME_FIELD(kvm_sev_snp_launch_finish, host_data);
+SAME_FIELD(kvm_sev_snp_launch_finish, pad0);
+SAME_FIELD(kvm_sev_snp_launch_finish, flags);
+SAME_FIELD(kvm_sev_snp_launch_finish, pad1);
+
 // TDX (6.16+): 6.12's headers have none of it; 7.2's must.
 #ifdef KVM_X86_TDX_VM
 SAME_NUMBER(KVM_TDX_CAPABILITIES);
 SAME_NUMBER(KVM_TDX_INIT_VM);
+SAME_NUMBER(KVM_TDX_INIT_VCPU);
+SAME_NUMBER(KVM_TDX_INIT_MEM_REGION);
+SAME_NUMBER(KVM_TDX_FINALIZE_VM);
+SAME_NUMBER(KVM_TDX_MEASURE_MEMORY_REGION);
+
+SAME_SIZE(kvm_tdx_init_mem_region);
+SAME_FIELD(kvm_tdx_init_mem_region, source_addr);
+SAME_FIELD(kvm_tdx_init_mem_region, gpa);
+SAME_FIELD(kvm_tdx_init_mem_region, nr_pages);
 
 SAME_SIZE(kvm_tdx_cmd);
 SAME_FIELD(kvm_tdx_cmd, id);

@@ -14,6 +14,7 @@ import { GuestMemory } from '../../lib/memory/guest-memory';
 import { vmTypeFeature, type ProbeReport } from '../../lib/probe';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
+import { GuestVm } from '../../lib/vmm/guest-vm';
 import { hostReport } from '../support/requires';
 
 const MiB = 1 << 20;
@@ -92,6 +93,50 @@ describe('a confidential VM on this host (SNP or TDX hardware)', function () {
       assert.equal(listener.mappings, 15);
     } finally {
       await memory.shutdown();
+    }
+  });
+});
+
+// The launch (vm-launch.ts) on real hardware: every call succeeding. A guest program running
+// on SNP or TDX needs guest code that speaks the GHCB protocol (SNP) or TDG.VP.VMCALL (TDX),
+// which guest/ does not have yet: this checks the launch, not a run.
+describe('the launch of an SNP or TDX VM on this host', function () {
+  this.timeout(120_000);
+  let type: 'snp' | 'tdx';
+  let kvm: Kvm;
+
+  before(function () {
+    const report = hostReport();
+    const found = hardwareType(report);
+    if (found !== 'snp' && found !== 'tdx') {
+      const reason = found === 'sw-protected' ? 'GUESTMEM_HOST_VM_TYPE=sw-protected has no launch' : `neither SEV-SNP nor TDX is usable here (fix: ${vmTypeFix('snp')}; or ${vmTypeFix('tdx')})`;
+      if (process.env.GUESTMEM_REQUIRE_HARDWARE === '1' && found === null) throw new Error(`GUESTMEM_REQUIRE_HARDWARE=1, but: ${reason}`);
+      console.log(`      (skipped: ${reason})`);
+      this.skip();
+    }
+    type = found;
+    kvm = Kvm.open();
+  });
+
+  after(() => kvm?.close());
+
+  it('measures a guest\'s boot region into private memory and ends the launch, every call succeeding', async () => {
+    const vm = kvm.createVm(type);
+    const memory = new GuestMemory(vm);
+    try {
+      assert.equal(vm.launch?.kind, type);
+      memory.addBlock({ gpa: GPA, size: 4 * MiB });
+      const guest = await GuestVm.create({ kvm, memory, image: new Uint8Array(PAGE).fill(0xf4), boot: { dataGpa: BigInt(GPA + MiB), dataPages: 4 }, vcpus: 2 });
+      try {
+        assert.equal(vm.launch!.finished, true);
+        assert.equal(vm.launch!.measuredBytes, guest.layout.end - guest.layout.bootInfo);
+        assert.equal(memory.blocks[0]!.attributes.countShared({ offset: 0, size: Number(guest.layout.end - guest.layout.bootInfo) }), 0);
+      } finally {
+        guest.close();
+      }
+    } finally {
+      await memory.shutdown();
+      vm.close();
     }
   });
 });

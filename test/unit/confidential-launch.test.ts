@@ -1,0 +1,271 @@
+// The launch of an SNP or a TDX VM against a stand-in for the system calls (neither type
+// exists on any machine we test on): every step in the kernel documentation's order, every
+// step out of order refused with ERR_GUESTMEM_LAUNCH_ORDER and no call made, regions checked
+// (alignment, private memory) before any call, the kernel's refusals as one line that keeps
+// errno, syscall and the firmware's or TDX module's status, and /dev/sev kept for the VM's
+// life. The partial-progress loops are the kernel's business and live in the addon; the
+// structs are pinned by static_assert (native/uapi_coco.h) and scripts/vm/check-uapi.sh.
+
+import assert from 'node:assert/strict';
+import { SNP_DEFAULT_POLICY, SnpLaunch } from '../../lib/kvm/snp-launch';
+import { TdxLaunch } from '../../lib/kvm/tdx-launch';
+import { SNP_PAGE_TYPES, type LaunchCalls, type PrivateMemoryCheck } from '../../lib/kvm/vm-launch';
+
+const VM_FD = 20;
+const SEV_FD = 30;
+const PAGE = 4096n;
+
+class StandIn implements LaunchCalls {
+  log: string[] = [];
+  fail = new Map<string, unknown>();
+
+  private step(line: string): void {
+    this.log.push(line);
+    const key = line.split(' ')[0]!;
+    if (this.fail.has(key)) throw this.fail.get(key);
+  }
+
+  openSevDevice(): number {
+    this.step('open');
+    return SEV_FD;
+  }
+  closeFd(fd: number): void {
+    this.step(`close ${fd}`);
+  }
+  snpLaunchStart(vmFd: number, sevFd: number, policy: bigint): void {
+    this.step(`SNP_LAUNCH_START vm=${vmFd} sev=${sevFd} policy=0x${policy.toString(16)}`);
+  }
+  snpLaunchUpdate(vmFd: number, sevFd: number, gpa: bigint, source: bigint, size: bigint, type: number): void {
+    this.step(`SNP_LAUNCH_UPDATE vm=${vmFd} sev=${sevFd} gpa=0x${gpa.toString(16)} source=0x${source.toString(16)} size=0x${size.toString(16)} type=${type}`);
+  }
+  snpLaunchFinish(vmFd: number, sevFd: number): void {
+    this.step(`SNP_LAUNCH_FINISH vm=${vmFd} sev=${sevFd}`);
+  }
+  setCpuid(vcpuFd: number, entries: Uint8Array): void {
+    this.step(`SET_CPUID2 vcpu=${vcpuFd} entries=${entries.length / 40}`);
+  }
+  tdxInitVcpu(vcpuFd: number, rcx: bigint): void {
+    this.step(`TDX_INIT_VCPU vcpu=${vcpuFd} rcx=0x${rcx.toString(16)}`);
+  }
+  tdxInitMemRegion(vcpuFd: number, source: bigint, gpa: bigint, pages: bigint, measure: boolean): void {
+    this.step(`TDX_INIT_MEM_REGION vcpu=${vcpuFd} source=0x${source.toString(16)} gpa=0x${gpa.toString(16)} pages=${pages} measure=${measure}`);
+  }
+  tdxFinalizeVm(vmFd: number): void {
+    this.step(`TDX_FINALIZE_VM vm=${vmFd}`);
+  }
+}
+
+const allPrivate: PrivateMemoryCheck = () => null;
+const region = { gpa: 0x100000n, size: 3n * PAGE, source: 0x7f0000000000n };
+const CPUID = new Uint8Array(2 * 40);
+
+function refusedInOrder(fn: () => unknown, message: RegExp): void {
+  assert.throws(fn, (e: Error & { code?: string }) => {
+    assert.equal(e.code, 'ERR_GUESTMEM_LAUNCH_ORDER');
+    assert.match(e.message, message);
+    return true;
+  });
+}
+
+const kernelError = (code: string, errno: number, syscall: string, extra: object = {}) =>
+  Object.assign(new Error(`${code}: failed, ${syscall}`), { code, errno: -errno, syscall, ...extra });
+
+describe('SNP launch (stand-in system calls)', () => {
+  function started(calls = new StandIn()): SnpLaunch {
+    const launch = new SnpLaunch(VM_FD, calls);
+    launch.start();
+    return launch;
+  }
+
+  it('start → update → vCPUs ready → finish, each once, with /dev/sev named in every command', () => {
+    const calls = new StandIn();
+    const launch = started(calls);
+    launch.measure(region, allPrivate);
+    launch.measure({ gpa: 0x200000, size: 4096, source: 0, snpType: 'zero' }, allPrivate);
+    launch.vcpuCreated(40);
+    launch.vcpuCreated(41);
+    launch.vcpuReady(40);
+    launch.vcpuReady(41);
+    assert.equal(launch.finished, false);
+    launch.finish();
+    assert.equal(launch.finished, true);
+    assert.deepEqual(calls.log, [
+      'open',
+      `SNP_LAUNCH_START vm=${VM_FD} sev=${SEV_FD} policy=0x30000`,
+      `SNP_LAUNCH_UPDATE vm=${VM_FD} sev=${SEV_FD} gpa=0x100000 source=0x7f0000000000 size=0x3000 type=${SNP_PAGE_TYPES.normal}`,
+      `SNP_LAUNCH_UPDATE vm=${VM_FD} sev=${SEV_FD} gpa=0x200000 source=0x0 size=0x1000 type=${SNP_PAGE_TYPES.zero}`,
+      `SNP_LAUNCH_FINISH vm=${VM_FD} sev=${SEV_FD}`,
+    ]);
+    assert.equal(launch.measuredBytes, 4n * PAGE);
+    assert.equal(launch.runRefusal(40), null);
+    launch.close();
+    launch.close();
+    assert.deepEqual(calls.log.slice(-1), [`close ${SEV_FD}`], '/dev/sev stays open until the VM closes, and closes once');
+  });
+
+  it('the default policy has the must-be-one bit 17 and SMT; a policy without bit 17 is refused before anything', () => {
+    assert.equal(SNP_DEFAULT_POLICY, 0x30000n);
+    const calls = new StandIn();
+    assert.throws(() => new SnpLaunch(VM_FD, calls, 0x10000n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => new SnpLaunch(VM_FD, calls, 1n << 64n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => new SnpLaunch(VM_FD, calls, 0x30000 as never), { code: 'ERR_INVALID_ARG_TYPE' });
+    assert.deepEqual(calls.log, []);
+  });
+
+  it('refuses every step out of order, with no call', () => {
+    const calls = new StandIn();
+    const fresh = new SnpLaunch(VM_FD, calls);
+    refusedInOrder(() => fresh.measure(region, allPrivate), /KVM_SEV_SNP_LAUNCH_UPDATE before the launch started/);
+    refusedInOrder(() => fresh.finish(), /before the launch started/);
+    assert.deepEqual(calls.log, []);
+
+    const launch = started(calls);
+    calls.log = [];
+    refusedInOrder(() => launch.start(), /twice/);
+    refusedInOrder(() => launch.finish(), /with no vCPU/);
+    refusedInOrder(() => launch.vcpuReady(40), /fd 40 is no vCPU this launch knows/);
+    launch.vcpuCreated(40);
+    launch.vcpuCreated(41);
+    launch.vcpuReady(40);
+    refusedInOrder(() => launch.vcpuReady(40), /ready already/);
+    refusedInOrder(() => launch.finish(), /while 1 vCPU\(s\) are not ready \(fds 41\)/);
+    assert.match(launch.runRefusal(40)?.message ?? '', /has not ended/);
+    assert.equal(launch.runRefusal(40)?.code, 'ERR_GUESTMEM_LAUNCH_ORDER');
+    launch.vcpuReady(41);
+    launch.finish();
+    refusedInOrder(() => launch.finish(), /after KVM_SEV_SNP_LAUNCH_FINISH/);
+    refusedInOrder(() => launch.measure(region, allPrivate), /KVM_SEV_SNP_LAUNCH_UPDATE after KVM_SEV_SNP_LAUNCH_FINISH/);
+    refusedInOrder(() => launch.vcpuCreated(42), /can never run/);
+    assert.deepEqual(calls.log, [`SNP_LAUNCH_FINISH vm=${VM_FD} sev=${SEV_FD}`]);
+    assert.equal(launch.runRefusal(99)?.code, 'ERR_GUESTMEM_LAUNCH_ORDER', 'a vCPU outside the launch may not run');
+  });
+
+  it('checks a region before any call: types, page alignment, 64-bit bounds, private memory', () => {
+    const calls = new StandIn();
+    const launch = started(calls);
+    calls.log = [];
+    const bad: Array<[object, string]> = [
+      [{ ...region, gpa: 0x100800n }, 'ERR_INVALID_ARG_VALUE'],
+      [{ ...region, size: 100n }, 'ERR_INVALID_ARG_VALUE'],
+      [{ ...region, source: 0x7f0000000010n }, 'ERR_INVALID_ARG_VALUE'],
+      [{ ...region, size: 0n }, 'ERR_OUT_OF_RANGE'],
+      [{ ...region, gpa: (1n << 64n) - PAGE }, 'ERR_OUT_OF_RANGE'],
+      [{ ...region, gpa: -4096 }, 'ERR_OUT_OF_RANGE'],
+      [{ ...region, gpa: '0x1000' }, 'ERR_INVALID_ARG_TYPE'],
+      [{ ...region, snpType: 'vmsa' }, 'ERR_INVALID_ARG_VALUE'],
+      [{ ...region, measure: 1 }, 'ERR_INVALID_ARG_TYPE'],
+    ];
+    for (const [r, code] of bad) assert.throws(() => launch.measure(r as never, allPrivate), (e: { code?: string }) => e.code === code, JSON.stringify(r, (_k, v) => (typeof v === 'bigint' ? `${v}n` : v)));
+    assert.throws(() => launch.measure(null as never, allPrivate), { code: 'ERR_INVALID_ARG_TYPE' });
+    refusedInOrder(() => launch.measure(region, () => '2 granule(s) of it are shared'), /\[0x100000, \+0x3000\) cannot be measured into private memory: 2 granule\(s\) of it are shared; convert it to private first/);
+    assert.deepEqual(calls.log, []);
+  });
+
+  it('the kernel refusing a step is one line with the firmware status and errno; a failed start closes /dev/sev', () => {
+    const calls = new StandIn();
+    calls.fail.set('SNP_LAUNCH_START', kernelError('EIO', 5, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_SEV_SNP_LAUNCH_START)', { firmwareError: 7n }));
+    const launch = new SnpLaunch(VM_FD, calls);
+    assert.throws(() => launch.start(), (e: Error & { code?: string; errno?: number; syscall?: string; firmwareError?: bigint }) => {
+      assert.equal(e.code, 'ERR_GUESTMEM_LAUNCH_FAILED');
+      assert.match(e.message, /^KVM_SEV_SNP_LAUNCH_START failed: EIO: .*, SEV firmware error 7; check the SEV firmware .*policy 0x30000/);
+      assert.ok(!e.message.includes('\n'));
+      assert.deepEqual([e.errno, e.syscall, e.firmwareError], [-5, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_SEV_SNP_LAUNCH_START)', 7n]);
+      return true;
+    });
+    assert.deepEqual(calls.log.slice(-1), [`close ${SEV_FD}`]);
+    refusedInOrder(() => launch.measure(region, allPrivate), /before the launch started/);
+
+    const ok = started();
+    const updates = ok as unknown as { calls: StandIn };
+    updates.calls.fail.set('SNP_LAUNCH_UPDATE', kernelError('EINVAL', 22, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_SEV_SNP_LAUNCH_UPDATE)'));
+    assert.throws(() => ok.measure(region, allPrivate), /^GuestmemError: KVM_SEV_SNP_LAUNCH_UPDATE failed: EINVAL: .*; .*the pages must be private/);
+    assert.equal(ok.measuredBytes, 0n);
+  });
+
+  it('without /dev/sev the start says so, with the fix', () => {
+    const calls = new StandIn();
+    calls.fail.set('open', kernelError('ENOENT', 2, 'open'));
+    assert.throws(() => new SnpLaunch(VM_FD, calls).start(), (e: Error & { code?: string }) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && /needs \/dev\/sev .*fix: load ccp/.test(e.message));
+    assert.deepEqual(calls.log, ['open']);
+  });
+});
+
+describe('TDX launch (stand-in system calls)', () => {
+  it('each vCPU: SET_CPUID2 then INIT_VCPU; memory through an initialised vCPU; finalize once, after all', () => {
+    const calls = new StandIn();
+    const launch = new TdxLaunch(VM_FD, calls);
+    launch.vcpuCreated(50);
+    launch.vcpuCreated(51);
+    launch.initVcpu(50, CPUID, 0x100000n);
+    launch.measure(region, allPrivate);
+    launch.measure({ gpa: 0x300000n, size: PAGE, source: 0x7f0000100000n, measure: false }, allPrivate);
+    launch.initVcpu(51, CPUID);
+    launch.finish();
+    assert.deepEqual(calls.log, [
+      'SET_CPUID2 vcpu=50 entries=2',
+      'TDX_INIT_VCPU vcpu=50 rcx=0x100000',
+      'TDX_INIT_MEM_REGION vcpu=50 source=0x7f0000000000 gpa=0x100000 pages=3 measure=true',
+      'TDX_INIT_MEM_REGION vcpu=50 source=0x7f0000100000 gpa=0x300000 pages=1 measure=false',
+      'SET_CPUID2 vcpu=51 entries=2',
+      'TDX_INIT_VCPU vcpu=51 rcx=0x0',
+      `TDX_FINALIZE_VM vm=${VM_FD}`,
+    ]);
+    assert.equal(launch.finished, true);
+    assert.equal(launch.runRefusal(51), null);
+  });
+
+  it('refuses every step out of order, with no call', () => {
+    const calls = new StandIn();
+    const launch = new TdxLaunch(VM_FD, calls);
+    refusedInOrder(() => launch.finish(), /KVM_TDX_FINALIZE_VM with no vCPU/);
+    refusedInOrder(() => launch.initVcpu(50, CPUID), /fd 50 is no vCPU this launch knows/);
+    launch.vcpuCreated(50);
+    refusedInOrder(() => launch.measure(region, allPrivate), /before any vCPU is initialised/);
+    refusedInOrder(() => launch.finish(), /while 1 vCPU\(s\) are not ready \(fds 50\)/);
+    assert.equal(launch.runRefusal(50)?.code, 'ERR_GUESTMEM_LAUNCH_ORDER');
+    launch.initVcpu(50, CPUID);
+    refusedInOrder(() => launch.initVcpu(50, CPUID), /ready already/);
+    launch.vcpuCreated(51);
+    refusedInOrder(() => launch.finish(), /fds 51/);
+    assert.equal(calls.log.length, 2);
+    launch.initVcpu(51, CPUID);
+    launch.finish();
+    calls.log = [];
+    refusedInOrder(() => launch.finish(), /after KVM_TDX_FINALIZE_VM/);
+    refusedInOrder(() => launch.measure(region, allPrivate), /KVM_TDX_INIT_MEM_REGION after KVM_TDX_FINALIZE_VM/);
+    refusedInOrder(() => launch.vcpuCreated(52), /can never run/);
+    assert.deepEqual(calls.log, []);
+  });
+
+  it('checks CPUID and RCX before any call; a failed SET_CPUID2 or INIT_VCPU leaves the vCPU unready (no finalize)', () => {
+    const calls = new StandIn();
+    const launch = new TdxLaunch(VM_FD, calls);
+    launch.vcpuCreated(50);
+    assert.throws(() => launch.initVcpu(50, new Uint8Array(41)), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => launch.initVcpu(50, 'cpuid' as never), { code: 'ERR_INVALID_ARG_TYPE' });
+    assert.throws(() => launch.initVcpu(50, CPUID, -1n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => launch.initVcpu(50, CPUID, 1n << 64n), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => launch.initVcpu(50, CPUID, 1 as never), { code: 'ERR_INVALID_ARG_TYPE' });
+    assert.deepEqual(calls.log, []);
+    calls.fail.set('TDX_INIT_VCPU', kernelError('EIO', 5, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_INIT_VCPU)', { hwError: 0x8000020000000000n }));
+    assert.throws(() => launch.initVcpu(50, CPUID), (e: Error & { code?: string; hwError?: bigint }) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && /^KVM_TDX_INIT_VCPU failed: EIO: .*, TDX module status 0x8000020000000000; check the TDX module/.test(e.message) && e.hwError === 0x8000020000000000n);
+    refusedInOrder(() => launch.finish(), /not ready/);
+    calls.fail.clear();
+    calls.fail.set('SET_CPUID2', kernelError('EINVAL', 22, 'ioctl(KVM_SET_CPUID2)'));
+    assert.throws(() => launch.initVcpu(50, CPUID), /^GuestmemError: KVM_SET_CPUID2 on a TD vCPU failed: EINVAL/);
+    assert.deepEqual(calls.log.slice(-1), ['SET_CPUID2 vcpu=50 entries=2'], 'INIT_VCPU is not tried after SET_CPUID2 failed');
+  });
+
+  it('refuses memory that is not private before any call; the kernel refusing finalize is one line', () => {
+    const calls = new StandIn();
+    const launch = new TdxLaunch(VM_FD, calls);
+    launch.vcpuCreated(50);
+    launch.initVcpu(50, CPUID);
+    calls.log = [];
+    refusedInOrder(() => launch.measure(region, () => 'it is not inside one RAM block (no guest_memfd of this memory backs it)'), /no guest_memfd/);
+    assert.deepEqual(calls.log, []);
+    calls.fail.set('TDX_FINALIZE_VM', kernelError('EINVAL', 22, 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_FINALIZE_VM)'));
+    assert.throws(() => launch.finish(), (e: Error & { code?: string; errno?: number }) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && e.errno === -22 && /^KVM_TDX_FINALIZE_VM failed: EINVAL/.test(e.message));
+    assert.equal(launch.finished, false);
+  });
+});
