@@ -31,7 +31,10 @@ class FakeVm {
   }
   setUserMemoryRegion(): void {}
   deleteMemorySlot(): void {}
+  /** Set to make a call to private attributes fail (an undo that cannot be done). */
+  refusePrivate = false;
   setMemoryAttributes(gpa: number, size: number, to: string): void {
+    if (this.refusePrivate && to === 'private') throw Object.assign(new Error('EIO: stand-in refusal'), { code: 'EIO', errno: -5, syscall: 'ioctl' });
     this.log.push(`attributes 0x${gpa.toString(16)}+0x${size.toString(16)} ${to}`);
   }
 }
@@ -109,6 +112,35 @@ describe('a confidential guest\'s boot region, measured into private memory (sta
     assert.equal(check(BigInt(GPA + 3 * PAGE), BigInt(PAGE)), null);
     assert.match(check(BigInt(GPA - PAGE), BigInt(2 * PAGE)) ?? '', /not inside one RAM block/);
     assert.match(check(BigInt(64 * MiB), BigInt(PAGE)) ?? '', /no guest_memfd of this memory backs it/);
+  });
+
+  it("says so when KVM's attributes still call part of it shared, or part of it awaits repair()", async () => {
+    const block = memory.blocks[0]!;
+    const check = privateMemoryCheck(memory);
+    // A populate that fails, with its undo (KVM back to private) failing too: KVM keeps the
+    // page shared while the tracker calls it private.
+    const failing = { name: 'failing', synchronous: true, populate(): void { throw new Error('no'); }, discard(): void {} };
+    await block.attributes.register(failing, { offset: 0, size: 4 * MiB });
+    vm.refusePrivate = true;
+    await assert.rejects(memory.convert(GPA + PAGE, PAGE, 'shared'), { code: 'ERR_GUESTMEM_ROLLBACK_FAILED' });
+    vm.refusePrivate = false;
+    assert.equal(block.attributes.countShared({ offset: 0, size: 4 * MiB }), 0, 'the tracker calls it private');
+    assert.equal(check(BigInt(GPA), BigInt(4 * PAGE)), "part of it is shared in KVM's attributes");
+    assert.equal(check(BigInt(GPA + 2 * PAGE), BigInt(PAGE)), null, 'the pages beside it are private');
+    await block.attributes.unregister(failing);
+
+    // Pages held back for repair() with KVM agreeing: the check's last reason, on a block
+    // that says exactly that (a real one gets there only with KVM shared as well, above).
+    const held = {
+      gpa: GPA,
+      contains: (gpa: number, size: number) => gpa >= GPA && gpa + size <= GPA + 4 * MiB,
+      attributes: { granularity: PAGE, countShared: () => 0 },
+      kvmRuns: () => [],
+      unsettledRuns: [[8, 1]],
+    };
+    const heldCheck = privateMemoryCheck({ blocks: [held] } as unknown as GuestMemory);
+    assert.equal(heldCheck(BigInt(GPA + 8 * PAGE), BigInt(PAGE)), 'part of it awaits repair() (the tracker and the kernel disagree)');
+    assert.equal(heldCheck(BigInt(GPA + 9 * PAGE), BigInt(PAGE)), null);
   });
 
   it('a region that is not private is refused before the launch call', async () => {
