@@ -164,11 +164,14 @@ export class PageBitmap {
     const head = mask(bitOf(start, firstWord), 32);
     const tail = mask(0, bitOf(end - 1, lastWord) + 1);
     words[firstWord] = value ? words[firstWord]! | head : words[firstWord]! & ~head;
-    const filler = value ? ALL : 0;
-    // TypedArray.fill is a call into C++ that costs more than a short loop.
-    if (lastWord - firstWord > SHORT_SPAN) words.fill(filler, firstWord + 1, lastWord);
-    else for (let i = firstWord + 1; i < lastWord; i++) words[i] = filler;
+    this.fillWords(firstWord + 1, lastWord, value ? ALL : 0);
     words[lastWord] = value ? words[lastWord]! | tail : words[lastWord]! & ~tail;
+  }
+
+  /** Whole words [from, to) set to `filler`: TypedArray.fill is a call into C++ that costs more than a short loop. */
+  private fillWords(from: number, to: number, filler: number): void {
+    if (to - from > SHORT_SPAN) this.words.fill(filler, from, to);
+    else for (let i = from; i < to; i++) this.words[i] = filler;
   }
 
   /**
@@ -205,8 +208,7 @@ export class PageBitmap {
         let stop = index + 1;
         while (stop < lastWord && words[stop] === opposite) stop++;
         if (open < 0) open = index * 32;
-        if (stop - index > SHORT_SPAN) words.fill(target, index, stop);
-        else for (let i = index; i < stop; i++) words[i] = target;
+        this.fillWords(index, stop, target);
         index = stop - 1;
         continue;
       }
@@ -257,12 +259,6 @@ export class PageBitmap {
   findNextClear(from: number, end: number = this.bits): number {
     this.checkWindow(from, end);
     return this.findNext(from, end, ALL);
-  }
-
-  /** Bit `bit`; unchecked (see fill). */
-  get(bit: number): boolean {
-    const word = Math.floor(bit / 32);
-    return (this.words[word]! & (1 << bitOf(bit, word))) !== 0;
   }
 
   /** First bit equal to `value` in [from, end), or `end`; unchecked (see fill). */

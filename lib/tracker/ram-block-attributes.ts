@@ -6,7 +6,7 @@
 import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
 import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
 import { messageOf as message } from '../common/errors';
-import { PageBitmap, RunList, type Run } from './page-bitmap';
+import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { stateChangeChannel, type PageState } from './state-change-channel';
@@ -428,10 +428,8 @@ export class RamBlockAttributes {
   changeSync(range: GranuleRange, toShared: boolean): StateChangeResult {
     this.changing = true;
     try {
-      const changes = this.changes;
-      const held = this.bitmap.convert(range.first, range.count, toShared, changes);
-      const changed = changes.total;
-      this.shared += toShared ? changed : -changed;
+      const held = this.convertBitmap(range, toShared);
+      const changed = this.changes.total;
       if (changed > 0 && this.newest !== null) this.notifySync(range, toShared);
       return this.finish(range, FROM[held], toShared, changed);
     } finally {
@@ -459,9 +457,8 @@ export class RamBlockAttributes {
 
   /** The asynchronous form of changeSync, for listeners that may return promises. */
   private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
-    const held = this.bitmap.convert(range.first, range.count, toShared, this.changes);
+    const held = this.convertBitmap(range, toShared);
     const changed = this.changes.total;
-    this.shared += toShared ? changed : -changed;
     const runs = this.changes.toRuns();
     await this.applyRuns(range, runs, toShared);
     return this.finish(range, FROM[held], toShared, changed);
@@ -547,6 +544,13 @@ export class RamBlockAttributes {
         },
       );
     });
+  }
+
+  /** A change's bitmap step: flips the range, puts the runs that changed in this.changes, counts them. */
+  private convertBitmap(range: GranuleRange, toShared: boolean): Held {
+    const held = this.bitmap.convert(range.first, range.count, toShared, this.changes);
+    this.shared += toShared ? this.changes.total : -this.changes.total;
+    return held;
   }
 
   /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
