@@ -26,8 +26,8 @@ const TiB = 2 ** 40;
 const MILLION = Number(process.env.GUESTMEM_BENCH_MILLION ?? 1_000_000);
 /**
  * Each figure is the best of this many rounds: the round least disturbed by other work. The
- * rounds of every workload and both TypeScript sides take turns, so that a slow spell of the
- * machine falls on all of them alike.
+ * rounds of every workload and of all three sides (C, library, plain TypeScript) take turns,
+ * so that a slow spell of the machine falls on all of them alike.
  */
 const ROUNDS = Number(process.env.GUESTMEM_BENCH_ROUNDS ?? 5);
 
@@ -46,10 +46,9 @@ class CountingListener implements RamDiscardListener {
 }
 
 /**
- * xorshift32, as the C yardstick's next(), shifted down to 31 bits: V8 keeps a value of
- * 2^31 or more as a double, whose `%` is a call into C, which would charge the generator's
- * cost to the TypeScript side only. The state lives in a typed array, not a module-level
- * variable, whose int32 values past 2^30 V8 would box on every store.
+ * xorshift32, as the C yardstick's next(), shifted down to 31 bits as it is there, so that
+ * both sides generate the same conversions (the checksums compare them). It runs before the
+ * clock starts, so its own cost (a JavaScript `%` costs more than C's) is never measured.
  */
 const rng = new Int32Array(1);
 function next(): number {
