@@ -1,7 +1,9 @@
 // `npm run soak`: random conversions on a real kernel with failures injected at random and
 // the device's reach sampled by DMA, checking after every step that KVM (as the blocks set
 // it), the trackers and the DMA listeners agree, and that the trackers follow a model of
-// what each conversion promised. GUESTMEM_SOAK_STEPS steps (default 1000), half through
+// what each conversion promised; after a conversion that failed and agreed, its report
+// (`applied`) is checked page by page against KVM, the tracker, the listener and the
+// device's reach. GUESTMEM_SOAK_STEPS steps (default 1000), half through
 // iommufd and half through type1, from the seed GUESTMEM_SEED; a DMA probe pair every
 // GUESTMEM_SOAK_PROBE_EVERY steps (default 20). Prints steps, faults, probes and
 // disagreements; exits 1 on any disagreement. Started by scripts/soak.js, which boots the
@@ -79,6 +81,44 @@ async function soak(backend: DmaBackend, steps: number, random: (n: number) => n
     parties.push({ block, listener, model: new PageBitmap(block.size / PAGE) });
   }
   const sites = faultSites(backend);
+  /**
+   * A failed, agreed conversion's report against what every party shows over the pages it
+   * set out to convert (`pending`): those in `applied` are in the target state in KVM (as
+   * the block set it), the tracker and the listener, and the device reaches one of them iff
+   * the target is shared; every other pending page is in the state it started in, everywhere.
+   */
+  const checkReport = async ({ block, listener }: Party, step: number, applied: Run[], pending: Run[], to: PageState) => {
+    const stayed = new PageBitmap(block.size / PAGE);
+    for (const [f, c] of applied) stayed.setRange(f, c);
+    const views: Array<[string, Run[]]> = [
+      ['KVM', block.kvmRuns('shared')],
+      ['the tracker', block.attributes.runs('shared')],
+      ['the listener', listener.heldRuns(0, block.size / PAGE)],
+    ];
+    for (const [who, runs] of views) {
+      const shared = new PageBitmap(block.size / PAGE);
+      for (const [a, n] of runs) shared.setRange(a, n);
+      for (const [f, c] of pending) {
+        for (let page = f; page < f + c; page++) {
+          const converted = shared.isAllSet(page, 1) === (to === 'shared');
+          if (converted !== stayed.isAllSet(page, 1)) {
+            disagree(step, `${block.name}: page ${page} is ${converted ? '' : 'not '}${to} in ${who}, but the report's applied ${JSON.stringify(applied)} says ${converted ? 'not' : 'so'}`);
+            return;
+          }
+        }
+      }
+    }
+    const sample = async (runs: Run[], converted: boolean) => {
+      if (runs.length === 0) return;
+      const [f, c] = runs[random(runs.length)]!;
+      const page = f + random(c);
+      totals.probes++;
+      const reached = await probe.canRead(block, page * PAGE, 1 + (step % 250));
+      if (reached !== (converted === (to === 'shared'))) disagree(step, `the device ${reached ? 'reached' : 'did not reach'} page ${page} of ${block.name}, which the report calls ${converted ? to : 'unchanged'}`);
+    };
+    await sample(applied, true);
+    await sample(pending.flatMap(([f, c]) => stayed.runs(f, c, false)), false);
+  };
   const disagree = (step: number, what: string) => {
     totals.disagreements.push(`${backend} step ${step}: ${what}`);
     console.log(`DISAGREEMENT ${backend} step ${step}: ${what}`);
@@ -98,6 +138,7 @@ async function soak(backend: DmaBackend, steps: number, random: (n: number) => n
         rules = Array.from({ length: n }, () => `${sites[random(sites.length)]}:${1 + random(4)}${random(4) === 0 ? '+' : ''}:EIO`).join(',');
         totals.armed++;
       }
+      const pending = block.attributes.runs(to === 'shared' ? 'private' : 'shared', { offset: first * PAGE, size: length * PAGE });
       injectFaults(rules);
       let outcome: 'ok' | 'failed' | 'rollback';
       try {
@@ -109,6 +150,8 @@ async function soak(backend: DmaBackend, steps: number, random: (n: number) => n
         if (e.code === 'ERR_GUESTMEM_CONVERSION_FAILED') {
           outcome = 'failed';
           for (const [f, c] of e.applied ?? []) model.fillRange(f, c, to === 'shared');
+          injectFaults('');
+          await checkReport(party, step, e.applied ?? [], pending, to);
         } else if (e.code === 'ERR_GUESTMEM_ROLLBACK_FAILED') {
           outcome = 'rollback';
         } else {

@@ -43,6 +43,9 @@ export class Kvm extends FdOwner {
 
   /** Opens /dev/kvm (or `path`) and checks KVM's API version. */
   static open(path = '/dev/kvm'): Kvm {
+    // Without the addon nothing past the open works, on any host: say that first
+    // (ERR_GUESTMEM_NATIVE_UNAVAILABLE), not that this host also lacks /dev/kvm.
+    native();
     // libuv opens every fd with O_CLOEXEC.
     return new Kvm(fs.openSync(path, 'r+'));
   }

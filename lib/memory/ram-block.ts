@@ -86,6 +86,11 @@ function opposite(state: PageState): PageState {
   return state === 'shared' ? 'private' : 'shared';
 }
 
+/** Runs as the messages give them: `first+count`, comma separated. */
+function formatRuns(runs: Run[]): string {
+  return runs.map(([first, count]) => `${first}+${count}`).join(', ');
+}
+
 /** Runs of `runs` that lie inside [first, first + count), clipped. */
 function clipRuns(runs: Run[], first: number, count: number): Run[] {
   const end = first + count;
@@ -348,7 +353,7 @@ export class RamBlock implements Disposable {
         new GuestmemError(
           'ERR_GUESTMEM_CONVERSION_REJECTED',
           `${this.describeRange(range)} of ${this.name} holds granules that disagree since a failed rollback ` +
-            `(${runs.map(([f, c]) => `${f}+${c}`).join(', ')}): call repair() first`,
+            `(${formatRuns(runs)}): call repair() first`,
         ),
         { unsettled: runs },
       );
@@ -380,6 +385,7 @@ export class RamBlock implements Disposable {
   private convertRangeNow(range: GranuleRange, to: PageState): StateChangeResult {
     const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
     const stats = this.stats;
+    const before = this.runsToConvert(range, to);
     stats.conversions++;
     let result: StateChangeResult | null = null;
     let i = 0;
@@ -393,8 +399,6 @@ export class RamBlock implements Disposable {
       }
     } catch (error) {
       stats.failed++;
-      // What the tracker flipped, if it did: its last change, untouched by the later steps.
-      const before = steps.indexOf('listeners') < i ? this.attributes.lastChanges() : [];
       throw runSync(this.undo(steps[i]!, range, before, to, error), () => this.notSynchronous());
     }
     this.prefault(range);
@@ -406,9 +410,7 @@ export class RamBlock implements Disposable {
     const g = this.attributes.granularity;
     const steps = to === 'private' ? TO_PRIVATE : TO_SHARED;
     const stats = this.stats;
-    // The runs not yet in the target state: what an undo must put back (other callers of
-    // the tracker may change it while a listener's promise is pending).
-    const before = this.attributes.runs(opposite(to), { offset: range.first * g, size: range.count * g });
+    const before = this.runsToConvert(range, to);
     stats.conversions++;
     let result: StateChangeResult | null = null;
     let i = 0;
@@ -426,6 +428,18 @@ export class RamBlock implements Disposable {
     }
     this.prefault(range);
     return result!;
+  }
+
+  /**
+   * The runs of the range not yet in the target state, read before any step: what an undo
+   * puts back, and the baseline its report of what stayed converted is measured against.
+   * Both paths read it here, before the first step, so that the report cannot depend on
+   * which step failed (the tracker's own record of its last change is gone or rolled back
+   * by then), nor on another caller of the tracker while a listener's promise is pending.
+   */
+  private runsToConvert(range: GranuleRange, to: PageState): Run[] {
+    const g = this.attributes.granularity;
+    return this.attributes.runs(opposite(to), { offset: range.first * g, size: range.count * g });
   }
 
   /** KVM's attributes, or the discard of the backing the range no longer uses. */
@@ -488,25 +502,41 @@ export class RamBlock implements Disposable {
     for (const error of [cause, ...errors]) this.noteDoubts(error);
     const disagreements = findDisagreements(range.first, range.count, this.kvmShared, this.attributes, this.doubts);
     const facts = { step, cause, errors, ...kernelFacts(cause) };
+    // Whatever the outcome, the caller is told every run that stayed converted: a guest
+    // told "failed, nothing changed" of a page that stayed shared would put secrets in it.
+    const applied = this.stayedConverted(before, to, disagreements);
+    const stayed = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${formatRuns(applied)}` : '';
     if (disagreements.length > 0) {
       this.markUnsettled(disagreements);
       return Object.assign(
         new GuestmemError(
           'ERR_GUESTMEM_ROLLBACK_FAILED',
           `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
-            describeDisagreements(disagreements, g),
+            `${describeDisagreements(disagreements, g)}${stayed}`,
           { cause },
         ),
-        { ...facts, disagreements },
+        { ...facts, disagreements, applied },
       );
     }
-    // Everything agrees; runs whose undo failed may have stayed converted, consistently.
-    const applied = before.flatMap(([first, count]) => this.attributes.runs(to, { offset: first * g, size: count * g }));
-    const partly = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${applied.map(([f, c]) => `${f}+${c}`).join(', ')}` : '';
     return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${partly}`, { cause }),
+      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`, { cause }),
       { ...facts, applied },
     );
+  }
+
+  /**
+   * The runs of `before` (what the conversion set out to change) that are in the target
+   * state now, after the undo and reconcile, leaving out granules named as disagreements:
+   * there the tracker does not speak for KVM and the listeners. Measured, not inferred from
+   * which steps failed, so that it holds whatever the undo and reconcile did (reconcile
+   * keeps a page shared when its mapping could not be removed).
+   */
+  private stayedConverted(before: Run[], to: PageState, disagreements: Disagreement[]): Run[] {
+    const g = this.attributes.granularity;
+    const converted = before.flatMap(([first, count]) => this.attributes.runs(to, { offset: first * g, size: count * g }));
+    if (disagreements.length === 0) return converted;
+    const doubtful = disagreements.map((d) => [d.first, d.count] as Run).sort((a, b) => a[0] - b[0]);
+    return converted.flatMap(([first, count]) => this.gaps(clipRuns(doubtful, first, count), first, count));
   }
 
   /**
@@ -748,7 +778,7 @@ export class RamBlock implements Disposable {
               new GuestmemError(
                 'ERR_GUESTMEM_LISTENER_FAILED',
                 `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
-                  (left ? `; it still holds granules ${left.map(([f, c]) => `${f}+${c}`).join(', ')}` : ''),
+                  (left ? `; it still holds granules ${formatRuns(left)}` : ''),
                 { cause: error },
               ),
               { listener: listenerName(listener), held: left },

@@ -89,6 +89,11 @@ export interface VmmReport {
 
 const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
 
+/** True for a failed conversion's `applied` that names at least one run. */
+function hasRuns(applied: unknown): boolean {
+  return Array.isArray(applied) && applied.length > 0;
+}
+
 /**
  * The VMM loop: runs vCPUs, converts what the guest asks (MAP_GPA_RANGE, memory faults)
  * through the memory, hands port I/O and MMIO to handlers, and stops every vCPU on an
@@ -207,9 +212,14 @@ export class VmmLoop {
         return;
       }
       this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, started);
-      // Rolled back: the guest hears the error and goes on. Not rolled back: the host no
-      // longer knows what the device can reach, so nothing may run.
+      // Rolled back wholly: the guest hears the error and goes on. Not rolled back: the
+      // host no longer knows what the device can reach, so nothing may run. Rolled back
+      // but for runs whose undo failed: an error answer tells the guest "nothing changed",
+      // and a guest that keeps using a page it still thinks private, which stayed shared,
+      // would put secrets where the host and the device read them. The hypercall has no
+      // answer for "part of it", so the VM stops, as QEMU stops on any failed conversion.
       if (code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
+      if (code === 'ERR_GUESTMEM_CONVERSION_FAILED' && hasRuns((error as { applied?: unknown }).applied)) throw error;
       vcpu.completeHypercall(-KVM_EFAULT);
     };
     let result: unknown;
