@@ -7,6 +7,13 @@
 // each N-API call costs microseconds, and building the exit object here took twenty.
 // stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal the
 // thread, so KVM_RUN returns EINTR whether the thread is inside it or about to enter.
+//
+// runSync() is the other way to run: KVM_RUN on the calling thread (a vCPU's worker
+// thread, as QEMU's vCPU threads call it), the exit copied into the view before it
+// returns, no thread hop. Several runners (one per Node environment: the main thread's and
+// a worker's) may map one vCPU; kvm_run is one page for all of them, so immediate_exit set
+// through any mapping stops them all, and a process-wide registry of the threads now
+// inside KVM_RUN (by vCPU fd) lets stop() on any thread signal whichever thread runs it.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -15,6 +22,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <unordered_map>
 
 #include "args.h"
 #include "uapi_vcpu.h"
@@ -41,6 +49,43 @@ struct RunResult {
   int error;
 };
 
+// The threads inside KVM_RUN now, by vCPU fd: a kick from any thread signals them. A
+// thread enters and leaves under the lock, and the kick signals under it, so the signal
+// never reaches a thread that has left (nor one that has exited).
+std::mutex& RunningLock() {
+  static std::mutex lock;
+  return lock;
+}
+
+std::unordered_multimap<int, pthread_t>& RunningThreads() {
+  static std::unordered_multimap<int, pthread_t> threads;
+  return threads;
+}
+
+class RunningThread {
+ public:
+  explicit RunningThread(int fd) : fd_(fd) {
+    std::lock_guard<std::mutex> guard(RunningLock());
+    entry_ = RunningThreads().emplace(fd, pthread_self());
+  }
+  ~RunningThread() {
+    std::lock_guard<std::mutex> guard(RunningLock());
+    RunningThreads().erase(entry_);
+  }
+  RunningThread(const RunningThread&) = delete;
+  RunningThread& operator=(const RunningThread&) = delete;
+
+ private:
+  int fd_;
+  std::unordered_multimap<int, pthread_t>::iterator entry_;
+};
+
+void SignalRunningThreads(int fd) {
+  std::lock_guard<std::mutex> guard(RunningLock());
+  auto [first, last] = RunningThreads().equal_range(fd);
+  for (auto it = first; it != last; ++it) pthread_kill(it->second, KickSignal());
+}
+
 // The exit view: kvm_run up to the end of its exit union, then an OUT's data.
 constexpr size_t kExitHeaderBytes = offsetof(uapi::kvm_run, kvm_valid_regs);
 constexpr size_t kIoDataOffset = kExitHeaderBytes;
@@ -57,6 +102,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return DefineClass(env, "VcpuRunner",
                        {
                            InstanceMethod<&VcpuRunner::Run>("run"),
+                           InstanceMethod<&VcpuRunner::RunSync>("runSync"),
                            InstanceMethod<&VcpuRunner::Stop>("stop"),
                            InstanceMethod<&VcpuRunner::CompleteIo>("completeIo"),
                            InstanceMethod<&VcpuRunner::CompleteMmio>("completeMmio"),
@@ -100,15 +146,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void Finish(Napi::Env env, Napi::Function onExit, RunResult result) {
     running_ = false;
     if (!closed_) delivery_.Unref(env);
-    Napi::Value error = env.Undefined();
-    if (closed_) {
-      error = ClosedError(env).Value();
-    } else if (result.result < 0 && result.error != EINTR && !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
-      // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
-      error = ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
-    } else {
-      CopyExit(result.result < 0 && result.error == EINTR);
-    }
+    Napi::Value error = closed_ ? ClosedError(env).Value() : Outcome(env, result);
     // Unref last: the call may drop JS's last reference to this runner.
     onExit.Call({error});
     Unref();
@@ -120,12 +158,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   // write it): one crossing per exit instead of two.
   Napi::Value Run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed_) throw ClosedError(env);
-    if (running_) throw Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
-    if (info.Length() > 0 && !info[0].IsUndefined()) {
-      if (run_->exit_reason != uapi::KVM_EXIT_HYPERCALL) throw Napi::Error::New(env, "the last exit was not a hypercall");
-      run_->hypercall.ret = SignedU64(info[0], "hypercallReturn");
-    }
+    PrepareRun(info);
     if (!thread_.joinable()) thread_ = std::thread(&VcpuRunner::ThreadMain, this);
     running_ = true;
     // The runner must live until the result is delivered, whatever JS drops meanwhile.
@@ -136,6 +169,46 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       requested_ = true;
     }
     wake_.notify_one();
+    return env.Undefined();
+  }
+
+  // runSync([hypercallReturn]): KVM_RUN on the calling thread; the exit is in the view when
+  // it returns, or it throws the run's error. The thread is registered for kicks while it
+  // is inside KVM_RUN, so stop() from any thread (through any runner of this vCPU) ends it.
+  Napi::Value RunSync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    PrepareRun(info);
+    running_ = true;
+    RunResult result{0, 0};
+    {
+      RunningThread registered(fd_);
+      result.result = ioctl(fd_, uapi::KVM_RUN, 0);
+      result.error = result.result < 0 ? errno : 0;
+    }
+    running_ = false;
+    Napi::Value error = Outcome(env, result);
+    if (!error.IsUndefined()) throw Napi::Error(env, error);
+    return env.Undefined();
+  }
+
+  // Both ways to run: refuse a closed or busy runner, then write the hypercall's answer.
+  void PrepareRun(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) throw ClosedError(env);
+    if (running_) throw BusyError(env);
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (run_->exit_reason != uapi::KVM_EXIT_HYPERCALL) throw Napi::Error::New(env, "the last exit was not a hypercall");
+      run_->hypercall.ret = SignedU64(info[0], "hypercallReturn");
+    }
+  }
+
+  // A KVM_RUN's result: undefined with the exit copied into the view, or the error.
+  Napi::Value Outcome(Napi::Env env, RunResult result) {
+    // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
+    if (result.result < 0 && result.error != EINTR && !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
+      return ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
+    }
+    CopyExit(result.result < 0 && result.error == EINTR);
     return env.Undefined();
   }
 
@@ -172,6 +245,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (!closed_) {
       Shutdown();
       napi_remove_env_cleanup_hook(env_, &VcpuRunner::AtEnvExit, this);
+      // A run posted but never taken (the thread saw the quit first) delivers nothing:
+      // drop the reference it holds (JS settles its promise itself on close).
+      if (running_ && requested_) {
+        running_ = false;
+        Unref();
+      }
       Unref();
     }
     return info.Env().Undefined();
@@ -191,9 +270,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         if (quitting_) return;
         requested_ = false;
       }
-      int result = ioctl(fd_, uapi::KVM_RUN, 0);
-      // One run in flight at a time: the result needs no allocation.
-      outcome_ = RunResult{result, result < 0 ? errno : 0};
+      {
+        RunningThread registered(fd_);
+        int result = ioctl(fd_, uapi::KVM_RUN, 0);
+        // One run in flight at a time: the result needs no allocation.
+        outcome_ = RunResult{result, result < 0 ? errno : 0};
+      }
       if (delivery_.BlockingCall(&outcome_) != napi_ok) return;
     }
   }
@@ -201,8 +283,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void Kick() {
     if (run_ == nullptr) return;
     __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
-    std::lock_guard<std::mutex> guard(lock_);
-    if (thread_.joinable()) pthread_kill(thread_.native_handle(), KickSignal());
+    SignalRunningThreads(fd_);
   }
 
   void Shutdown() {
@@ -273,6 +354,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       throw ArgumentError(value.Env(), std::string(name) + " must be a safe integer");
     }
     return static_cast<uint64_t>(static_cast<int64_t>(number));
+  }
+
+  static Napi::Error BusyError(Napi::Env env) {
+    Napi::Error error = Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
+    error.Set("code", Napi::String::New(env, "ERR_GUESTMEM_BUSY"));
+    return error;
   }
 
   static Napi::Error ClosedError(Napi::Env env) {

@@ -42,6 +42,9 @@ export interface NativeKvmRunLayout {
 export interface NativeVcpuRunner {
   /** The next KVM_RUN; a hypercall's return value, when given, is written first. */
   run(hypercallReturn?: number | bigint): void;
+  /** KVM_RUN on the calling thread: the exit is in the view when it returns; throws the run's error. */
+  runSync(hypercallReturn?: number | bigint): void;
+  /** Kicks whichever thread runs this vCPU, through any runner of it; sticky. */
   stop(): void;
   completeIo(data: Uint8Array): void;
   completeMmio(data: Uint8Array): void;

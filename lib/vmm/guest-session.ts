@@ -36,6 +36,8 @@ export interface GuestSessionOptions {
   requests?: MapRequest[];
   probe?: DmaProbe;
   listener?: VfioDmaListener;
+  /** Each vCPU on a thread of its own that handles its exits (GuestVmOptions.threads). */
+  threads?: boolean;
   /** Stop the guest (and fail) after this many milliseconds. */
   timeoutMs?: number;
   /** Told of each piece of console text (port 0xe9), with the vCPU that wrote it. */
@@ -97,6 +99,7 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     bootGpa: options.bootGpa,
     vcpus: context.vcpus,
     ports: protocol.ports(),
+    threads: options.threads,
     onConversion: (event) => {
       host.onConversion?.(event, context);
       options.onConversion?.(event);

@@ -20,6 +20,8 @@ import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
+import { VcpuThreads } from './vcpu-threads';
+import type { PortModule } from './vcpu-worker-protocol';
 
 /** How a {@link GuestVm} is made: the program, its vCPUs, port and MMIO handlers, and observers. */
 export interface GuestVmOptions {
@@ -35,6 +37,16 @@ export interface GuestVmOptions {
   mmio?: MmioHandler;
   /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
+  /**
+   * Each vCPU on a thread of its own that handles its exits (vcpu-threads.ts): no trip
+   * through the event loop per exit. `ports` then run on the main thread, each exit to one
+   * a call there and back; give `portModules` for handlers that run on the vCPU's thread.
+   */
+  threads?: boolean;
+  /** With `threads`: port handlers loaded on each vCPU's thread. */
+  portModules?: PortModule[];
+  /** With `threads`: what those handlers post (context.post). */
+  onMessage?(message: unknown, vcpu: number): void;
 }
 
 const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
@@ -63,7 +75,7 @@ export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;
   readonly bootBlock: RamBlock;
-  private loop: VmmLoop | null = null;
+  private loop: VmmLoop | VcpuThreads | null = null;
 
   private constructor(private readonly options: GuestVmOptions, layout: GuestLayout, bootBlock: RamBlock) {
     this.layout = layout;
@@ -140,8 +152,16 @@ export class GuestVm implements Disposable {
   /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
-    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion });
-    return this.loop.run();
+    const { memory, ports, mmio, onConversion } = this.options;
+    if (this.options.threads) {
+      const blocks = memory.blocks.map(({ gpa, size }) => ({ gpa, size }));
+      const threads = new VcpuThreads(this.vcpus, loopMemory(memory), { ports, mmio, onConversion, blocks, portModules: this.options.portModules, onMessage: this.options.onMessage });
+      this.loop = threads;
+      return threads.run();
+    }
+    const loop = new VmmLoop(this.vcpus, loopMemory(memory), { ports, mmio, onConversion });
+    this.loop = loop;
+    return loop.run();
   }
 
   /** Stops every vCPU; the run resolves with each one stopped. */

@@ -23,6 +23,8 @@ import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type Io
 export interface LoopVcpu {
   /** Enters the guest; resolves with the next exit. */
   run(): Promise<VcpuExit>;
+  /** Enters the guest on this thread and returns the next exit (VmmLoopOptions.onThisThread). */
+  runSync?(): VcpuExit;
   /** Kicks the vCPU out of the guest (QEMU's kick). */
   stop(): void;
   /** Sets the hypercall's return value (rax) for the next entry. */
@@ -68,6 +70,21 @@ export interface VmmLoopOptions {
   /** Guest physical addresses outside RAM that a device model answers. */
   mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
+  /**
+   * Enter the guest on this thread (LoopVcpu.runSync): for a loop on a vCPU's own thread,
+   * where an exit then costs no promise and no thread hop. Never on Node's main thread: it
+   * would stop the event loop while the guest runs.
+   */
+  onThisThread?: boolean;
+  /** The number of each vCPU in events and outcomes (default: its index in the list). */
+  ids?: readonly number[];
+  /**
+   * Asked when a vCPU comes back interrupted: true when the VM is being stopped from
+   * elsewhere (a vCPU thread's loop, stopped by the main thread through shared memory).
+   */
+  stopRequested?(): boolean;
+  /** What port and MMIO handlers get as `context.post`: a message for the VMM's owner. */
+  post?(message: unknown): void;
 }
 
 /** How a vCPU ended: its exit status, a halt, or a stop. */
@@ -117,10 +134,11 @@ export class VmmLoop {
 
   /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
   async run(): Promise<VmmReport> {
-    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, index).catch((error: unknown) => this.fail(error))));
+    const ids = this.options.ids ?? this.vcpus.map((_, index) => index);
+    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, ids[index]!).catch((error: unknown) => this.fail(error))));
     if (this.failure) throw this.failure;
     return {
-      vcpus: this.vcpus.map((_, index) => this.outcomes.get(index) ?? { vcpu: index, stopped: true as const }),
+      vcpus: ids.map((id) => this.outcomes.get(id) ?? { vcpu: id, stopped: true as const }),
       stopped: this.stopping,
       exits: this.exits,
       conversions: { ...this.counts },
@@ -143,9 +161,12 @@ export class VmmLoop {
     const context: PortContext = {
       vcpu: id,
       exitVcpu: (status) => this.outcomes.set(id, { vcpu: id, status }),
+      post: (message) => this.options.post?.(message),
     };
+    const onThisThread = this.options.onThisThread === true;
+    if (onThisThread && typeof vcpu.runSync !== 'function') throw new TypeError(`vCPU ${id} has no runSync: it cannot run on this thread`);
     while (!this.stopping && !this.outcomes.has(id)) {
-      const exit = await vcpu.run();
+      const exit = onThisThread ? vcpu.runSync!() : await vcpu.run();
       this.exits++;
       // A handler that finished synchronously (a conversion whose listeners all answer at
       // once) returns nothing: the vCPU re-enters without another trip through a promise.
@@ -169,7 +190,7 @@ export class VmmLoop {
         return;
       case 'intr':
         // A kick: stop() (the loop ends) or a stray signal (run again).
-        if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
+        if (this.stopping || this.options.stopRequested?.()) this.outcomes.set(id, { vcpu: id, stopped: true });
         return;
       case 'system-event':
         // An SNP guest's termination request or a TD's fatal error ends the whole guest:

@@ -51,7 +51,7 @@ async function tearDown(f: Fixture | undefined): Promise<void> {
   f.kvm.close();
 }
 
-function session(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>): Promise<GuestSessionReport> {
+function sessionOf(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>): Promise<GuestSessionReport> {
   return runGuestSession({ kvm: f.kvm, memory: f.memory, dataGpa: DATA_GPA, dataPages: 64, probe: f.probe, listener: f.listener, timeoutMs: 240_000, ...options });
 }
 
@@ -71,8 +71,12 @@ function assertOk(report: GuestSessionReport): void {
   assert.equal(report.ok, true);
 }
 
-describe('guest-driven conversions on a real kernel', function () {
+// Every case twice: vCPUs whose exits come to the event loop, and vCPUs on threads of
+// their own that handle their exits there (port handlers and conversions called on the
+// main thread), as `threads` chooses.
+for (const threads of [false, true]) describe(`guest-driven conversions on a real kernel (${threads ? 'vCPU threads' : 'event loop'})`, function () {
   this.timeout(600_000);
+  const session = (f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>) => sessionOf(f, { threads, ...options });
   before(requires('sw-protected-vm', 'memory-attributes'));
 
   let f: Fixture | undefined;
