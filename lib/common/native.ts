@@ -78,7 +78,7 @@ export interface NativeAddon {
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
   // Confidential-VM initialisation (KVM_MEMORY_ENCRYPT_OP); a failure carries the
   // firmware's status (firmwareError) or the TDX module's (hwError) when there is one.
-  kvmSevInit2(vmFd: number, sevFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
+  kvmSevInit2(vmFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
   kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };
   kvmTdxInitVm(vmFd: number, attributes: U64, xfam: U64, cpuid: Uint8Array): void;
   // Their launch (confidential_launch.cc): byte addresses and sizes, page-aligned; the
