@@ -118,13 +118,13 @@ export class GuestVm implements Disposable {
         if (launch instanceof TdxLaunch) {
           // A TD's registers are the TDX module's (it starts at the reset vector); the boot
           // info's address reaches the guest in RCX.
-          launch.initVcpu(vcpu.fd, cpuid, layout.bootInfo);
+          launch.initVcpu(vcpu.id, cpuid, layout.bootInfo);
           continue;
         }
         vcpu.setCpuid(cpuid);
         vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);
         vcpu.registers = entryRegisters(layout, id, count);
-        if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.fd);
+        if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.id);
       }
       // TDX measures through an initialised vCPU; either way the launch ends before the
       // first KVM_RUN, and nothing is measured after it.

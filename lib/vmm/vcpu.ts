@@ -67,7 +67,7 @@ export class Vcpu extends FdOwner {
     vm.own(vcpu);
     if (vm.launch) {
       try {
-        vm.launch.vcpuCreated(fd);
+        vm.launch.vcpuCreated(id, fd);
       } catch (error) {
         vcpu.close();
         throw error;
@@ -85,7 +85,7 @@ export class Vcpu extends FdOwner {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
     if (this.#pending) return Promise.reject(new Error('a KVM_RUN of this vCPU is already in flight'));
-    const refusal = this.#launch?.runRefusal(this.fd);
+    const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) return Promise.reject(refusal);
     const promise = new Promise<VcpuExit>((resolve, reject) => {
       this.#pending = { resolve, reject };
@@ -164,8 +164,22 @@ export class Vcpu extends FdOwner {
     native().kvmSetCpuid2(this.fd, entries);
   }
 
-  /** The thread stops and kvm_run is unmapped before the fd closes. */
+  /**
+   * The TDVMCALL status a KVM_EXIT_TDX is answered with (tdvmcall.ts); the TD finds it in R10
+   * after the next run().
+   */
+  completeTdvmcall(status: bigint): void {
+    if (typeof status !== 'bigint') throw invalidArgType(`a TDVMCALL status must be a bigint, got ${typeof status}`);
+    if (status < 0n || status >= 1n << 64n) throw outOfRange(`a TDVMCALL status must fit in 64 bits unsigned, got ${status}`);
+    this.#runner.completeTdvmcall(status);
+  }
+
+  /**
+   * The thread stops and kvm_run is unmapped before the fd closes; the launch forgets the fd
+   * (KVM keeps the vCPU, the number goes back to the kernel).
+   */
   protected override beforeClose(): void {
+    this.#launch?.vcpuClosed(this.id);
     this.#runner.close();
   }
 }
