@@ -137,10 +137,16 @@ export class GuestVm implements Disposable {
     return guest;
   }
 
-  /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
+  /**
+   * Runs every vCPU until each exits (the exit port), halts, or stop() is called. A TD's vCPU
+   * never halts to userspace: its split irqchip puts the LAPIC in the kernel, so KVM keeps a
+   * halted TD vCPU inside KVM_RUN (waiting for an interrupt); a TD ends through the exit
+   * port, a fatal-error report or stop().
+   */
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
-    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion });
+    const { memory } = this.options;
+    this.loop = new VmmLoop(this.vcpus, loopMemory(memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion, vmType: memory.vm.type });
     return this.loop.run();
   }
 
