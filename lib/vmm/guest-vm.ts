@@ -15,6 +15,7 @@ import { identityMap, longModeRegisters } from './long-mode';
 import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
 import { measureIntoPrivate } from './launch-boot';
+import { MeasuredPages } from './measured-pages';
 import { launchOrderError } from '../kvm/vm-launch';
 import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
@@ -42,16 +43,27 @@ const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 /** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
 const nextVcpuIds = new WeakMap<object, number>();
 
-/** GuestMemory as the VMM loop sees it. */
-export function loopMemory(memory: GuestMemory): LoopMemory {
+/**
+ * GuestMemory as the VMM loop sees it; with `measured`, a memory fault may not turn a measured
+ * page shared, and a conversion to shared the guest asked for releases its pages.
+ */
+export function loopMemory(memory: GuestMemory, measured?: MeasuredPages): LoopMemory {
   return {
     covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
     // Synchronous while the block's listeners are (the VFIO listener is): the exit is
     // answered and the vCPU re-enters with no promise in between.
     convert: (gpa, size, to) => {
       const block = memory.blockFor(gpa, size);
-      return block.canConvertSync ? block.convertSync(gpa, size, to) : block.convert(gpa, size, to);
+      const result = block.canConvertSync ? block.convertSync(gpa, size, to) : block.convert(gpa, size, to);
+      // Only a request reaches here for measured pages: faultRefusal stops the faults first.
+      if (!measured || to !== 'shared') return result;
+      const release = <T>(done: T): T => {
+        measured.releasedByGuest(BigInt(gpa), BigInt(size));
+        return done;
+      };
+      return result instanceof Promise ? result.then(release) : release(result);
     },
+    faultRefusal: measured ? (gpa, size, to) => measured.faultRefusal(gpa, size, to) : undefined,
   };
 }
 
@@ -63,6 +75,8 @@ export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;
   readonly bootBlock: RamBlock;
+  /** What the launch measured (SNP, TDX): a memory fault may not turn it shared. */
+  readonly measured = new MeasuredPages();
   private loop: VmmLoop | null = null;
 
   private constructor(private readonly options: GuestVmOptions, layout: GuestLayout, bootBlock: RamBlock) {
@@ -108,6 +122,7 @@ export class GuestVm implements Disposable {
     }
 
     const guest = new GuestVm(options, layout, block);
+    if (launch) guest.measured.add(bootGpa, regionSize);
     try {
       const cpuid = supportedCpuid(kvm);
       const firstId = nextVcpuIds.get(memory.vm) ?? 0;
@@ -146,7 +161,7 @@ export class GuestVm implements Disposable {
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
     const { memory } = this.options;
-    this.loop = new VmmLoop(this.vcpus, loopMemory(memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion, vmType: memory.vm.type });
+    this.loop = new VmmLoop(this.vcpus, loopMemory(memory, this.measured), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion, vmType: memory.vm.type });
     return this.loop.run();
   }
 

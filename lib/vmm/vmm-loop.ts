@@ -50,6 +50,11 @@ export interface LoopMemory {
    * (every listener answers at once), else as a promise.
    */
   convert(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult | Promise<StateChangeResult>;
+  /**
+   * Why a memory fault may not convert [gpa, gpa + size) `to` (null: it may): a page the
+   * launch measured, which the guest never asked to share (measured-pages.ts).
+   */
+  faultRefusal?(gpa: bigint, size: bigint, to: PageState): string | null;
 }
 
 /** One conversion the guest asked for, and how it ended. */
@@ -256,6 +261,11 @@ export class VmmLoop {
     if (!this.memory.covers(exit.gpa, exit.size)) {
       this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
+    }
+    const refusal = this.memory.faultRefusal?.(exit.gpa, exit.size, to);
+    if (refusal) {
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', refusal, 0);
+      throw this.unexpected(vcpu, id, exit, `a memory fault refused: ${refusal}`);
     }
     const started = this.clock();
     const converted = (): void => this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, started);
