@@ -16,6 +16,7 @@ import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
 import { measureIntoPrivate } from './launch-boot';
 import { MeasuredPages } from './measured-pages';
+import { snpEncryptionBit } from './snp-encryption-bit';
 import { launchOrderError } from '../kvm/vm-launch';
 import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
@@ -36,6 +37,8 @@ export interface GuestVmOptions {
   mmio?: MmioHandler;
   /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
+  /** SNP: the C-bit position for the page tables (default: KVM's CPUID 0x8000001f). */
+  snpEncryptionBit?: number;
 }
 
 const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
@@ -108,9 +111,13 @@ export class GuestVm implements Disposable {
     const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
     if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
 
+    // SNP: the tables mark everything private (the C-bit), as the launch measures it. CR3
+    // stays untagged, as KVM's selftests leave it: KVM_SET_SREGS refuses a CR3 above the
+    // guest's MAXPHYADDR, which on an SEV host lies below the C-bit.
+    const encryptionBit = launch instanceof SnpLaunch ? (options.snpEncryptionBit ?? snpEncryptionBit(supportedCpuid(kvm))) : undefined;
     const parts = [
       [layout.bootInfo, encodeBootInfo(options.boot)],
-      [layout.pageTables, identityMap(mapEnd, layout.pageTables).bytes],
+      [layout.pageTables, identityMap(mapEnd, layout.pageTables, encryptionBit).bytes],
       [layout.image, options.image],
     ] as const;
     if (!launch) {
