@@ -106,6 +106,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
                            InstanceMethod<&VcpuRunner::Stop>("stop"),
                            InstanceMethod<&VcpuRunner::CompleteIo>("completeIo"),
                            InstanceMethod<&VcpuRunner::CompleteMmio>("completeMmio"),
+                           InstanceMethod<&VcpuRunner::CompleteTdvmcall>("completeTdvmcall"),
                            InstanceMethod<&VcpuRunner::Close>("close"),
                        });
   }
@@ -236,6 +237,19 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     if (run_->mmio.is_write) throw Napi::Error::New(env, "the last exit was an MMIO write: there is nothing to complete");
     Napi::Uint8Array data = BytesArg(info, 0, run_->mmio.len, "data");
     std::memcpy(run_->mmio.data, data.Data(), run_->mmio.len);
+    return env.Undefined();
+  }
+
+  // completeTdvmcall(status): the TDVMCALL status a KVM_EXIT_TDX is answered with (a u64
+  // bigint); KVM copies it to the TD's R10 on the next KVM_RUN.
+  Napi::Value CompleteTdvmcall(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLastExit(env, uapi::KVM_EXIT_TDX, "a TDVMCALL (KVM_EXIT_TDX)");
+    if (!info[0].IsBigInt()) throw ArgumentError(env, "status must be a bigint");
+    bool lossless = false;
+    uint64_t status = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw ArgumentError(env, "status must fit in 64 bits unsigned");
+    run_->tdx.unknown.ret = status;
     return env.Undefined();
   }
 
@@ -415,6 +429,10 @@ void InitVcpuThread(Napi::Env env, Napi::Object exports) {
   at("memoryFaultFlags", offsetof(uapi::kvm_run, memory_fault.flags));
   at("memoryFaultGpa", offsetof(uapi::kvm_run, memory_fault.gpa));
   at("memoryFaultSize", offsetof(uapi::kvm_run, memory_fault.size));
+  at("tdxFlags", offsetof(uapi::kvm_run, tdx.flags));
+  at("tdxNr", offsetof(uapi::kvm_run, tdx.nr));
+  at("tdxRet", offsetof(uapi::kvm_run, tdx.unknown.ret));
+  at("tdxData", offsetof(uapi::kvm_run, tdx.unknown.data));
   at("failEntryReason", offsetof(uapi::kvm_run, fail_entry.hardware_entry_failure_reason));
   at("failEntryCpu", offsetof(uapi::kvm_run, fail_entry.cpu));
   at("internalSuberror", offsetof(uapi::kvm_run, internal.suberror));

@@ -117,6 +117,13 @@ export class VcpuRun {
     this.#hypercallReturn = ret;
   }
 
+  /** The TDVMCALL status a KVM_EXIT_TDX is answered with: the TD finds it in R10 after the next entry. */
+  completeTdvmcall(status: bigint): void {
+    if (typeof status !== 'bigint') throw invalidArgType(`a TDVMCALL status must be a bigint, got ${typeof status}`);
+    if (status < 0n || status >= 1n << 64n) throw outOfRange(`a TDVMCALL status must fit in 64 bits unsigned, got ${status}`);
+    this.#runner.completeTdvmcall(status);
+  }
+
   /** The bytes the guest's IN instruction reads (size * count). */
   completeIo(data: Uint8Array): void {
     this.#runner.completeIo(data);

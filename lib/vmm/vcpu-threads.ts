@@ -35,6 +35,8 @@ export interface VcpuThreadsOptions {
   onMessage?(message: unknown, vcpu: number): void;
   /** The RAM blocks' ranges: a guest request outside every one is refused on its thread. */
   blocks: ReadonlyArray<{ gpa: number; size: number }>;
+  /** The VM's KVM_CREATE_VM type: what a refused MAP_GPA_RANGE is answered with depends on it. */
+  vmType?: number;
 }
 
 interface Thread {
@@ -96,6 +98,8 @@ export class VcpuThreads {
       mainPorts: [...(this.options.ports?.keys() ?? [])],
       mmio: this.options.mmio !== undefined,
       observe: this.options.onConversion !== undefined,
+      faultRefusal: this.memory.faultRefusal !== undefined,
+      vmType: this.options.vmType,
       blocks: this.options.blocks.map(({ gpa, size }) => ({ gpa, size })),
     };
     const worker = new Worker(WORKER, { workerData, transferList: [port2] });
@@ -150,6 +154,10 @@ export class VcpuThreads {
       case 'convert': {
         const { gpa, size, to } = argument as { gpa: bigint | number; size: bigint | number; to: 'shared' | 'private' };
         return this.memory.convert(gpa, size, to);
+      }
+      case 'faultRefusal': {
+        const { gpa, size, to } = argument as { gpa: bigint; size: bigint; to: 'shared' | 'private' };
+        return this.memory.faultRefusal!(gpa, size, to);
       }
       case 'io': {
         const exit = withBuffer(argument as IoExit);

@@ -43,6 +43,9 @@ export interface VcpuWorkerData {
   mmio: boolean;
   /** True when the main thread wants conversion events. */
   observe: boolean;
+  /** True when the main thread's memory may refuse a memory fault's conversion (LoopMemory.faultRefusal). */
+  faultRefusal: boolean;
+  vmType?: number;
   /** The RAM blocks, for the loop's check that a request lies inside one. */
   blocks: Array<{ gpa: number; size: number }>;
 }

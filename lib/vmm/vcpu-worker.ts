@@ -44,6 +44,7 @@ function vcpuOf(run: VcpuRun): LoopVcpu {
     completeHypercall: (ret) => run.completeHypercall(ret),
     completeIo: (bytes) => run.completeIo(bytes),
     completeMmio: (bytes) => run.completeMmio(bytes),
+    completeTdvmcall: (status) => run.completeTdvmcall(status),
     get registers() {
       return native().kvmGetRegs(data.fd);
     },
@@ -63,6 +64,7 @@ function memoryOf(): LoopMemory {
   return {
     covers: inside,
     convert: (gpa, size, to) => caller.call('convert', { gpa, size, to }) as ReturnType<LoopMemory['convert']>,
+    faultRefusal: data.faultRefusal ? (gpa, size, to) => caller.call('faultRefusal', { gpa, size, to }) as string | null : undefined,
   };
 }
 
@@ -77,6 +79,7 @@ async function main(): Promise<VmmReport> {
       ports,
       ids: [data.vcpu],
       onThisThread: true,
+      vmType: data.vmType,
       mmio: data.mmio
         ? (exit: MmioExit) => asBuffer(caller.call('mmio', exit) as Uint8Array | undefined)
         : undefined,

@@ -57,7 +57,7 @@ export class Vcpu extends FdOwner {
     vm.own(vcpu);
     if (vm.launch) {
       try {
-        vm.launch.vcpuCreated(fd);
+        vm.launch.vcpuCreated(id, fd);
       } catch (error) {
         vcpu.close();
         throw error;
@@ -75,7 +75,7 @@ export class Vcpu extends FdOwner {
   run(): Promise<VcpuExit> {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
-    const refusal = this.#launch?.runRefusal(this.fd);
+    const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) return Promise.reject(refusal);
     return this.#run.run();
   }
@@ -88,7 +88,7 @@ export class Vcpu extends FdOwner {
   runSync(): VcpuExit {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
-    const refusal = this.#launch?.runRefusal(this.fd);
+    const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) throw refusal;
     return this.#run.runSync();
   }
@@ -104,7 +104,7 @@ export class Vcpu extends FdOwner {
    * ended (ERR_GUESTMEM_LAUNCH_ORDER). For a caller that will run it on another thread.
    */
   checkRunnable(): void {
-    const refusal = this.#launch?.runRefusal(this.fd);
+    const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) throw refusal;
     if (this.#run.running) throw new GuestmemError('ERR_GUESTMEM_BUSY', `vCPU ${this.id} is running already`);
   }
@@ -155,8 +155,21 @@ export class Vcpu extends FdOwner {
     native().kvmSetCpuid2(this.fd, entries);
   }
 
-  /** The thread stops and kvm_run is unmapped before the fd closes; a run in flight rejects with ERR_GUESTMEM_CLOSED. */
+  /**
+   * The TDVMCALL status a KVM_EXIT_TDX is answered with (tdvmcall.ts); the TD finds it in R10
+   * after the next run.
+   */
+  completeTdvmcall(status: bigint): void {
+    this.#run.completeTdvmcall(status);
+  }
+
+  /**
+   * The thread stops and kvm_run is unmapped before the fd closes, a run in flight rejects
+   * with ERR_GUESTMEM_CLOSED; the launch forgets the vCPU (KVM keeps it, the fd number goes
+   * back to the kernel).
+   */
   protected override beforeClose(): void {
+    this.#launch?.vcpuClosed(this.id);
     this.#run.close();
   }
 }

@@ -12,7 +12,9 @@ import { GuestmemError } from '../common/errors';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
+import { hypercallErrorAnswer } from './hypercall-answer';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
+import { tdvmcallAnswer } from './tdvmcall';
 import type { Registers } from './vcpu';
 import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
@@ -33,6 +35,8 @@ export interface LoopVcpu {
   completeIo(data: Uint8Array): void;
   /** Answers an MMIO read with `data` for the next entry. */
   completeMmio(data: Uint8Array): void;
+  /** Answers a KVM_EXIT_TDX with a TDVMCALL status for the next entry (TD vCPUs). */
+  completeTdvmcall?(status: bigint): void;
   readonly registers: Registers;
 }
 
@@ -48,6 +52,11 @@ export interface LoopMemory {
    * (every listener answers at once), else as a promise.
    */
   convert(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult | Promise<StateChangeResult>;
+  /**
+   * Why a memory fault may not convert [gpa, gpa + size) `to` (null: it may): a page the
+   * launch measured, which the guest never asked to share (measured-pages.ts).
+   */
+  faultRefusal?(gpa: bigint, size: bigint, to: PageState): string | null;
 }
 
 /** One conversion the guest asked for, and how it ended. */
@@ -57,7 +66,7 @@ export interface ConversionEvent {
   gpa: bigint;
   size: bigint;
   to: PageState;
-  /** 0, or the negative value the guest was answered (hypercalls). */
+  /** 0, or the value the guest was answered (hypercalls): negative, or for SNP and TDX a positive EINVAL or EAGAIN (hypercall-answer.ts). */
   result: number;
   outcome: 'converted' | 'rejected' | 'failed';
   /** Why it was rejected or failed. */
@@ -85,6 +94,8 @@ export interface VmmLoopOptions {
   stopRequested?(): boolean;
   /** What port and MMIO handlers get as `context.post`: a message for the VMM's owner. */
   post?(message: unknown): void;
+  /** The VM's KVM_CREATE_VM type: what a refused MAP_GPA_RANGE is answered with depends on it. */
+  vmType?: number;
 }
 
 /** How a vCPU ended: its exit status, a halt, or a stop. */
@@ -185,6 +196,11 @@ export class VmmLoop {
         return this.io(vcpu, id, exit, context);
       case 'mmio':
         return this.mmio(vcpu, id, exit, context);
+      case 'tdx': {
+        if (!vcpu.completeTdvmcall) throw this.unexpected(vcpu, id, exit, 'a TDVMCALL, and this vCPU cannot answer one');
+        vcpu.completeTdvmcall(tdvmcallAnswer(exit).status);
+        return;
+      }
       case 'hlt':
         this.outcomes.set(id, { vcpu: id, halted: true });
         return;
@@ -207,16 +223,17 @@ export class VmmLoop {
   private hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): void | Promise<void> {
     if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
     const request = decodeMapGpaRange(exit.args);
+    const refused = hypercallErrorAnswer(this.options.vmType, 'rejected');
     if ('rejected' in request) {
       const [gpa = 0n, pages = 0n] = exit.args;
-      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', -KVM_EINVAL, 'rejected', request.rejected, 0);
-      vcpu.completeHypercall(-KVM_EINVAL);
+      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', refused, 'rejected', request.rejected, 0);
+      vcpu.completeHypercall(refused);
       return;
     }
     const { gpa, size, to } = request;
     if (!this.memory.covers(gpa, size)) {
-      this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
-      vcpu.completeHypercall(-KVM_EINVAL);
+      this.record(id, 'hypercall', gpa, size, to, refused, 'rejected', 'the range is not inside one RAM block', 0);
+      vcpu.completeHypercall(refused);
       return;
     }
     const started = this.clock();
@@ -228,11 +245,12 @@ export class VmmLoop {
       const code = (error as { code?: string }).code;
       // Refused before any step ran (pages held back until repair(), say): a rejection.
       if (code === 'ERR_GUESTMEM_CONVERSION_REJECTED') {
-        this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', (error as Error).message, started);
-        vcpu.completeHypercall(-KVM_EINVAL);
+        this.record(id, 'hypercall', gpa, size, to, refused, 'rejected', (error as Error).message, started);
+        vcpu.completeHypercall(refused);
         return;
       }
-      this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, started);
+      const rolledBack = hypercallErrorAnswer(this.options.vmType, 'failed');
+      this.record(id, 'hypercall', gpa, size, to, rolledBack, 'failed', (error as Error).message, started);
       // Rolled back wholly: the guest hears the error and goes on. Not rolled back: the
       // host no longer knows what the device can reach, so nothing may run. Rolled back
       // but for runs whose undo failed: an error answer tells the guest "nothing changed",
@@ -241,7 +259,7 @@ export class VmmLoop {
       // answer for "part of it", so the VM stops, as QEMU stops on any failed conversion.
       if (code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       if (code === 'ERR_GUESTMEM_CONVERSION_FAILED' && hasRuns((error as { applied?: unknown }).applied)) throw error;
-      vcpu.completeHypercall(-KVM_EFAULT);
+      vcpu.completeHypercall(rolledBack);
     };
     let result: unknown;
     try {
@@ -264,6 +282,11 @@ export class VmmLoop {
     if (!this.memory.covers(exit.gpa, exit.size)) {
       this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
+    }
+    const refusal = this.memory.faultRefusal?.(exit.gpa, exit.size, to);
+    if (refusal) {
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', refusal, 0);
+      throw this.unexpected(vcpu, id, exit, `a memory fault refused: ${refusal}`);
     }
     const started = this.clock();
     const converted = (): void => this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, started);
