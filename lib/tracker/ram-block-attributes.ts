@@ -330,7 +330,10 @@ export class RamBlockAttributes {
       const registration: Registration = { listener, section: range, ...checked, newer: null, older: null };
       if (checked.attach) {
         try {
-          this.call(listener, checked.attach, range);
+          // An async attach is awaited: its rejection refuses the registration like a throw
+          // would, instead of escaping as an unhandled rejection after register resolved.
+          const answer = this.call(listener, checked.attach, range);
+          if (isThenable(answer)) await this.settle(answer);
         } catch (cause) {
           throw this.listenerFailed(registration, 'attach', [range], cause);
         }
