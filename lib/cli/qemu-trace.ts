@@ -32,7 +32,10 @@ export interface ParsedTrace {
   orphanChecks: number;
 }
 
-const PREFIX = String.raw`^\s*(?:\d+@\d+\.\d+:)?\s*`;
+// One way to match each space: `\s*(?:…)?\s*` let the two runs split leading blanks in
+// n ways, quadratic in a line of spaces (a 65,000-space line took 2.8 s). Every pattern
+// applied to input must stay linear; test/support/hostile-patterns.ts times them.
+const PREFIX = String.raw`^\s*(?:\d+@\d+\.\d+:\s*)?`;
 const CONVERT = new RegExp(`${PREFIX}kvm_convert_memory start 0x([0-9a-f]+) size 0x([0-9a-f]+) (shared_to_private|private_to_shared)\\s*$`, 'i');
 const STATE_CHANGE = new RegExp(
   `${PREFIX}ram_block_attributes_state_change offset 0x([0-9a-f]+) size 0x([0-9a-f]+) from '(discarded|populated|mixture)' to '(discarded|populated)'\\s*$`,

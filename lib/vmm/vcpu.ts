@@ -4,7 +4,7 @@
 // decoded from the exit view the runner fills (exit-decoder.ts).
 
 import fs from 'node:fs';
-import { invalidArgType, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
 import type { Kvm, Vm } from '../kvm/kvm';
 import type { ConfidentialLaunch } from '../kvm/vm-launch';
@@ -84,7 +84,7 @@ export class Vcpu extends FdOwner {
   run(): Promise<VcpuExit> {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
-    if (this.#pending) return Promise.reject(new Error('a KVM_RUN of this vCPU is already in flight'));
+    if (this.#pending) return Promise.reject(this.#busy('run() again'));
     const refusal = this.#launch?.runRefusal(this.fd);
     if (refusal) return Promise.reject(refusal);
     const promise = new Promise<VcpuExit>((resolve, reject) => {
@@ -126,7 +126,7 @@ export class Vcpu extends FdOwner {
   completeHypercall(ret: number | bigint): void {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
-    if (this.#lastExit?.reason !== 'hypercall') throw new Error('the last exit was not a hypercall');
+    this.#expectExit('completeHypercall', (exit) => exit.reason === 'hypercall', 'a hypercall');
     if (typeof ret !== 'number' && typeof ret !== 'bigint') throw invalidArgType(`a hypercall's return value must be a number or a bigint, got ${typeof ret}`);
     if (typeof ret === 'number' && !Number.isSafeInteger(ret)) throw outOfRange(`a hypercall's return value must be a safe integer, got ${ret}`);
     if (typeof ret === 'bigint' && (ret < -(1n << 63n) || ret >= 1n << 64n)) throw outOfRange(`a hypercall's return value must fit in 64 bits, got ${ret}`);
@@ -135,33 +135,59 @@ export class Vcpu extends FdOwner {
 
   /** The bytes the guest's IN instruction reads (size * count). */
   completeIo(data: Uint8Array): void {
+    this.#expectExit('completeIo', (exit) => exit.reason === 'io' && exit.direction === 'in', 'a port read (IN)');
     this.#runner.completeIo(data);
   }
 
   /** Answers an MMIO read exit with `data` before the vCPU re-enters. */
   completeMmio(data: Uint8Array): void {
+    this.#expectExit('completeMmio', (exit) => exit.reason === 'mmio' && !exit.isWrite, 'an MMIO read');
     this.#runner.completeMmio(data);
   }
 
+  // Register and CPUID ioctls take KVM's vCPU mutex, which KVM_RUN holds until the guest
+  // exits: made while run() is in flight, they would block Node's thread inside the ioctl
+  // (no timer, no stop(), no SIGTERM) for as long as the guest runs. Refused instead.
+
   get registers(): Registers {
-    return native().kvmGetRegs(this.fd);
+    return native().kvmGetRegs(this.#idleFd('reading registers'));
   }
 
   set registers(regs: Registers) {
-    native().kvmSetRegs(this.fd, regs);
+    native().kvmSetRegs(this.#idleFd('setting registers'), regs);
   }
 
   get specialRegisters(): SpecialRegisters {
-    return native().kvmGetSregs(this.fd);
+    return native().kvmGetSregs(this.#idleFd('reading special registers'));
   }
 
   set specialRegisters(sregs: SpecialRegisters) {
-    native().kvmSetSregs(this.fd, sregs);
+    native().kvmSetSregs(this.#idleFd('setting special registers'), sregs);
   }
 
   /** KVM_SET_CPUID2 with raw kvm_cpuid_entry2 records (see supportedCpuid). */
   setCpuid(entries: Uint8Array): void {
-    native().kvmSetCpuid2(this.fd, entries);
+    native().kvmSetCpuid2(this.#idleFd('setting CPUID'), entries);
+  }
+
+  #busy(what: string): GuestmemError {
+    return new GuestmemError('ERR_GUESTMEM_BUSY', `${what} on vCPU ${this.id}: its run() is in flight; wait for the exit (or stop() it) first`);
+  }
+
+  /** The fd, for an ioctl KVM_RUN would make wait: ERR_GUESTMEM_CLOSED, or ERR_GUESTMEM_BUSY while running. */
+  #idleFd(what: string): number {
+    const fd = this.fd;
+    if (this.#pending) throw this.#busy(what);
+    return fd;
+  }
+
+  /** complete*() answers the exit the vCPU stopped at: refused while it runs, or after another exit. */
+  #expectExit(what: string, matches: (exit: VcpuExit) => boolean, wanted: string): void {
+    this.#idleFd(what);
+    const exit = this.#lastExit;
+    if (exit === null || !matches(exit)) {
+      throw new GuestmemError('ERR_GUESTMEM_EXIT_MISMATCH', `${what}: the vCPU's last exit was ${exit === null ? 'none (it has not run)' : `'${exit.reason}'`}, not ${wanted}: there is nothing to complete`);
+    }
   }
 
   /** The thread stops and kvm_run is unmapped before the fd closes. */
