@@ -15,6 +15,7 @@ import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson } from './output';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
+import { parseCount } from './counts';
 import { UsageError } from './usage-error';
 import { runInVm } from './vm-command';
 import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
@@ -27,10 +28,7 @@ const DATA_OFFSET = MiB;
 const SHOWN_CONVERSIONS = 16;
 
 function positiveInteger(text: string | undefined, fallback: number, what: string, max: number): number {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < 1 || value > max) throw new UsageError(`${what} takes an integer in 1..${max}, got '${text}'`);
-  return value;
+  return parseCount(text, fallback, what, 1, max);
 }
 
 const GUEST_OPTIONS = {

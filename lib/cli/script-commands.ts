@@ -9,7 +9,8 @@ import { parseScript, type ScriptOp } from './conversion-script';
 import { DEFAULT_GPA, TrackerHost, VmHost, backendOption, vfioOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
-import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { checkGuestBlock } from './guest-block';
+import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, isConvertible, type ParsedTrace } from './qemu-trace';
 import { parseCommand, type CommandSpec } from './command-spec';
 import { printJson, progressBar } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
@@ -232,6 +233,8 @@ export async function runCommand(args: string[]): Promise<number> {
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
+  const block = ops[0]!;
+  checkGuestBlock(gpa, block.op === 'block' ? block.size : 0, `line ${block.line}: block at --gpa 0x${gpa.toString(16)}`);
   const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['run', ...args] });
   const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
@@ -272,11 +275,13 @@ const HUGE_INFERRED_BLOCK = 2 ** 40;
  * of everything between them, and its bitmap costs memory and time for nothing): the user
  * knows the block the trace is from.
  */
-function checkInferredBlock(block: { gpa: number | bigint; size: number | bigint }, trace: ParsedTrace): void {
+function checkInferredBlock(block: { gpa: number | bigint; size: number | bigint }, trace: ParsedTrace, limit: bigint | undefined): void {
   const size = Number(block.size);
   if (size <= HUGE_INFERRED_BLOCK) return;
   let touched = 0;
-  for (const c of trace.conversions) touched += Number(c.size);
+  // A conversion the replay will reject touches nothing: one huge rejected size must not
+  // make a sparse trace look dense (it made an 8 TiB block pass).
+  for (const c of trace.conversions) if (isConvertible(c, limit)) touched += Number(c.size);
   if (touched * 16 >= size) return;
   throw new UsageError(
     `the trace's conversions lie across ${approximateBytes(block.size)} from gpa 0x${block.gpa.toString(16)} but touch at most ${approximateBytes(touched)} of it; ` +
@@ -312,10 +317,12 @@ export async function replayCommand(args: string[]): Promise<number> {
     if (values.size === undefined || values.gpa === undefined) throw new UsageError('give both --size and --gpa, or neither to infer the block from the trace');
     block = { gpa: parseGpa(values.gpa), size: parseSize(values.size, '--size') };
     checkReplayBlock(block, '--size');
+    if (!values['dry-run']) checkGuestBlock(block.gpa, block.size, '--gpa/--size');
   } else {
     // A real VM's block must lie below any guest's physical-address limit; a dry run's may be anywhere.
-    block = inferBlock(trace, values['dry-run'] ? undefined : GUEST_PHYS_LIMIT)!;
-    checkInferredBlock(block, trace);
+    const limit = values['dry-run'] ? undefined : GUEST_PHYS_LIMIT;
+    block = inferBlock(trace, limit)!;
+    checkInferredBlock(block, trace, limit);
     checkReplayBlock(block, 'the block inferred from the trace (give --gpa/--size)');
     notes.push(`block inferred from the trace's addresses: gpa 0x${block.gpa.toString(16)}, size ${formatBytes(block.size)} (give --gpa/--size to set it)`);
   }
