@@ -266,6 +266,11 @@ export class RamBlockAttributes {
     if (!this.queue.idle) {
       return new GuestmemError('ERR_GUESTMEM_BUSY', `${operation} on ${this.name}: an asynchronous operation (register, unregister, replay or a change) is still in flight; await it first`);
     }
+    if (this.changing) {
+      // A state-change subscriber runs inside the change it hears of: a change made there
+      // would run inside it, on the run list it is still reading.
+      return new GuestmemError('ERR_GUESTMEM_BUSY', `${operation} on ${this.name}: called from inside a change (a state-change subscriber); use stateChange, which queues behind it`);
+    }
     return null;
   }
 
