@@ -12,7 +12,7 @@ import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { checkGuestBlock } from './guest-block';
 import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, isConvertible, type ParsedTrace } from './qemu-trace';
 import { parseCommand, type CommandSpec } from './command-spec';
-import { printJson, progressBar } from './output';
+import { failureJson, printJson, progressBar, type JsonFailure } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
 import type { Bytes } from '../common/byte-range';
 import { bytesOf } from '../common/byte-range';
@@ -20,8 +20,8 @@ import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
-/** A file option: a name that is not empty, in a place this process can write. */
-function checkOutputFile(file: string | undefined, option: string): string | undefined {
+/** A file option: a name that is not empty, in a place this process can write (every command checks its --svg so, up front). */
+export function checkOutputFile(file: string | undefined, option: string): string | undefined {
   if (file === undefined) return undefined;
   if (file === '') throw new UsageError(`${option} needs a file name`);
   try {
@@ -38,18 +38,25 @@ function checkOutputFile(file: string | undefined, option: string): string | und
 }
 
 /**
- * Writes the SVG after the results are out, so that a failure here loses nothing: it is
- * reported, and the command exits 1.
+ * Writes the --svg picture (before the report is printed, so that a --json report can carry
+ * its failure); a failure is said on stderr too, and returned for the report's `error`.
  */
-function writeSvg(file: string | undefined, attributes: RamBlockAttributes, report: ScriptReport, title: string): number {
-  if (file === undefined) return 0;
+function writeSvg(file: string | undefined, attributes: RamBlockAttributes, report: ScriptReport, title: string): JsonFailure[] {
+  if (file === undefined) return [];
   try {
     fs.writeFileSync(file, mapSvg(attributes, report.history, title));
-    return 0;
+    return [];
   } catch (error) {
-    console.error(`guestmem: the results above stand, but writing the --svg picture failed: ${(error as Error).message}`);
-    return 1;
+    const message = `the results stand, but writing the --svg picture failed: ${(error as Error).message}`;
+    console.error(`guestmem: ${message}`);
+    const code = (error as { code?: unknown }).code;
+    return [{ code: typeof code === 'string' ? code : 'ERR_GUESTMEM_FAILED', message }];
   }
+}
+
+/** The report's failed conversions as a --json failure (exit 1). */
+function conversionFailures(report: ScriptReport): JsonFailure[] {
+  return report.failed > 0 ? [{ code: 'ERR_GUESTMEM_CONVERSION_FAILED', message: `${report.failed} conversion(s) failed: ${report.failures.slice(0, 3).join('; ')}` }] : [];
 }
 
 /** --max-input: the cap on a script or trace file. */
@@ -215,12 +222,13 @@ export async function simulateCommand(args: string[]): Promise<number> {
   const source = scriptSource(positionals[0]);
   const ops = parseScript(await readInputText(source, 'script', maxInput(values['max-input'])));
   const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate', wantsHistory(values));
-  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values) });
+  const failures = writeSvg(svg, attributes, report, 'guestmem simulate');
+  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values), ...failureJson(failures) });
   else {
     printHistory(report, values);
     console.log(summary(report, attributes));
   }
-  return writeSvg(svg, attributes, report, 'guestmem simulate');
+  return failures.length > 0 ? 1 : 0;
 }
 
 export async function runCommand(args: string[]): Promise<number> {
@@ -238,12 +246,14 @@ export async function runCommand(args: string[]): Promise<number> {
   const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['run', ...args] });
   const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
-  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values) });
-  else {
+  const failures = [...conversionFailures(report), ...writeSvg(svg, attributes, report, 'guestmem run')];
+  if (values.json) {
+    printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values), ...failureJson(failures) });
+  } else {
     printHistory(report, values);
     console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
   }
-  return Math.max(report.failed > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem run'));
+  return failures.length > 0 ? 1 : 0;
 }
 
 /** Compares QEMU's recorded state changes with ours, conversion by conversion. */
@@ -364,15 +374,20 @@ export async function replayCommand(args: string[]): Promise<number> {
   const { report, attributes } = await execute(ops, recordingHost, 'replay', wantsHistory(values));
   const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
   const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
+  const failures = [
+    ...conversionFailures(report),
+    ...(mismatches.length > 0 ? [{ code: 'ERR_GUESTMEM_TRACE_MISMATCH', message: `${mismatches.length} state change(s) differ from QEMU's: ${mismatches.slice(0, 3).join('; ')}` }] : []),
+    ...writeSvg(svg, attributes, report, 'guestmem replay'),
+  ];
   if (values.json) {
     printJson({
       ...reportJson(report), failed: report.failed, failures: report.failures, block, inferred: values.gpa === undefined,
-      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values),
+      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values), ...failureJson(failures),
     });
   } else {
     printHistory(report, values);
     notes.push(`${trace.skipped} other trace lines skipped; ${checked} state changes checked against QEMU's, ${mismatches.length} mismatches`);
     console.log(summary(report, attributes, [...notes, ...mismatches.slice(0, 20).map((m) => `mismatch: ${m}`)]));
   }
-  return Math.max(report.failed > 0 || mismatches.length > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem replay'));
+  return failures.length > 0 ? 1 : 0;
 }

@@ -114,7 +114,7 @@ const CASES: CliCase[] = [
     name: '--svg /dev/full keeps the results',
     args: ['simulate', file('small.txt', SCRIPT_SMALL), '--json', '--svg', '/dev/full'],
     status: [1],
-    stderr: /the results above stand, but writing the --svg picture failed: ENOSPC/,
+    stderr: /the results stand, but writing the --svg picture failed: ENOSPC/,
     check: (r) => assert.deepEqual(json(r).shared, [[0, 16]]),
   },
 
