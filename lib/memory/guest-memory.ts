@@ -57,7 +57,7 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
       throw invalidArgType(`the VM must be a Vm or a DelegatedVm, got ${describeValue(vm)}`);
     }
     if (options === null || typeof options !== 'object') throw invalidArgType(`GuestMemory options must be an object, got ${describeValue(options)}`);
-    if (options.slots !== undefined && !Array.isArray(options.slots)) throw invalidArgType(`slots must be an array of memslot numbers, got ${describeValue(options.slots)}`);
+    if (options.slots !== undefined && !Array.isArray(options.slots as unknown)) throw invalidArgType(`slots must be an array of memslot numbers, got ${describeValue(options.slots)}`);
     if (options.prefault !== undefined && typeof options.prefault !== 'function') throw invalidArgType(`prefault must be a function returning a vCPU fd, got ${describeValue(options.prefault)}`);
     if (options.slots !== undefined && options.firstSlot !== undefined) throw outOfRange('give slots or firstSlot, not both');
     this.slotList = options.slots === undefined ? null : [...options.slots].map((slot, i) => checkSlot(slot, `slots[${i}]`));

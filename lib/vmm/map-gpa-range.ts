@@ -38,9 +38,9 @@ export type DecodedRequest = ConversionRequest | { rejected: string };
  */
 export function decodeMapGpaRange(args: readonly bigint[]): DecodedRequest {
   // The exit decoder hands three u64 registers; a caller of this export may hand anything.
-  if (!Array.isArray(args)) throw invalidArgType(`the hypercall's arguments must be an array of bigints, got ${describeValue(args)}`);
+  if (!Array.isArray(args as unknown)) throw invalidArgType(`the hypercall's arguments must be an array of bigints, got ${describeValue(args)}`);
   for (let i = 0; i < 3; i++) {
-    const arg: unknown = args[i];
+    const arg: unknown = (args as readonly unknown[])[i];
     if (arg === undefined) continue;
     if (typeof arg !== 'bigint') throw invalidArgType(`args[${i}] must be a bigint (a 64-bit register), got ${describeValue(arg)}`);
     if (arg < 0n || arg >= U64_LIMIT) throw outOfRange(`args[${i}] must be within [0, 2^64) (a 64-bit register), got ${arg}`);
