@@ -16,6 +16,7 @@ import type { RamDiscardListener } from '../../lib/tracker/ram-discard-listener'
 import { RecordingListener } from '../../lib/tracker/recording-listener';
 import { SharedMemory } from '../../lib/kvm/shared-memory';
 import { SURFACE_GROUPS } from './hostile-api-surfaces';
+import { PATTERN_GROUPS } from './hostile-patterns';
 import {
   ARGUMENT_CODES, assertArgumentError, assertCoded, bounded, hostileValue, isBytes, isIndex, isPowerOfTwoExact, sometimes,
 } from './hostile-values';
@@ -734,4 +735,5 @@ export const GROUPS: Record<string, () => Promise<void>> = {
   'recording-listener': recordingListener,
   'syscall-ranges': syscallRanges,
   ...SURFACE_GROUPS,
+  ...PATTERN_GROUPS,
 };
