@@ -131,10 +131,12 @@ async function adoptionLifetime(): Promise<void> {
   }
   // Dropped and collected: the adopted memory keeps the owner alive.
   {
-    let owner: SharedMemory | null = SharedMemory.create(MiB, 'dropped');
-    owner.write(0, Buffer.from('world'));
-    const adopted = SharedMemory.adopt({ address: owner.address }, MiB);
-    owner = null;
+    // The owner lives in this function's scope only: nothing holds it once it returns.
+    const adopted = (() => {
+      const owner = SharedMemory.create(MiB, 'dropped');
+      owner.write(0, Buffer.from('world'));
+      return SharedMemory.adopt({ address: owner.address }, MiB);
+    })();
     // The child runs without --expose-gc: the flag is set here and gc taken from a new context.
     v8.setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;
