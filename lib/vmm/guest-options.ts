@@ -21,22 +21,23 @@ function checkGpa(value: unknown, what: string): void {
 export function checkGuestOptions(options: unknown, what: string): void {
   checkObject(options, what);
   const { kvm, memory, bootGpa, vcpus } = options as Record<string, unknown>;
-  if (!(kvm instanceof Kvm)) throw invalidArgType(`${what}.kvm must be a Kvm, got ${describeValue(kvm)}`);
+  checkGpa(bootGpa, `${what}.bootGpa`);
+  if (vcpus !== undefined && typeof vcpus !== 'number') throw invalidArgType(`${what}.vcpus must be a number, got ${describeValue(vcpus)}`);
   if (!(memory instanceof GuestMemory)) throw invalidArgType(`${what}.memory must be a GuestMemory, got ${describeValue(memory)}`);
   if (!(memory.vm instanceof Vm)) {
     throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${what}.memory belongs to a VM of another process (a DelegatedVm): a guest runs on vCPUs of a VM this process created`);
   }
-  checkGpa(bootGpa, `${what}.bootGpa`);
-  if (vcpus !== undefined && typeof vcpus !== 'number') throw invalidArgType(`${what}.vcpus must be a number, got ${describeValue(vcpus)}`);
+  if (!(kvm instanceof Kvm)) throw invalidArgType(`${what}.kvm must be a Kvm, got ${describeValue(kvm)}`);
 }
 
 /** What runGuestSession adds: a known program and its data area. */
 export function checkSessionOptions(options: unknown, programs: object): void {
-  checkGuestOptions(options, 'session options');
+  checkObject(options, 'session options');
   const { program, dataGpa, dataPages } = options as Record<string, unknown>;
   if (typeof program !== 'string' || !Object.hasOwn(programs, program)) {
     throw invalidArgValue(`program must be one of ${Object.keys(programs).join(', ')}, got ${describeValue(program)}`);
   }
+  checkGuestOptions(options, 'session options');
   if (dataGpa === undefined) throw invalidArgType('session options.dataGpa must be a bigint, got undefined');
   checkGpa(dataGpa, 'session options.dataGpa');
   if (typeof dataPages !== 'number' || !Number.isSafeInteger(dataPages) || dataPages < 1) {

@@ -6,12 +6,14 @@
 // unhandled rejection, a signal or a hang fails its test.
 
 import assert from 'node:assert/strict';
+import diagnostics from 'node:diagnostics_channel';
 import fs from 'node:fs';
 import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { GranuleRange, bytesOf } from '../../lib/common/byte-range';
 import { native } from '../../lib/common/native';
 import { DelegatedVm } from '../../lib/kvm/delegated-vm';
+import { SnpLaunch } from '../../lib/kvm/snp-launch';
 import { SharedMemory } from '../../lib/kvm/shared-memory';
 import { vmTypesInMask } from '../../lib/kvm/vm-types';
 import { GuestMemory } from '../../lib/memory/guest-memory';
@@ -19,6 +21,7 @@ import { PageBitmap, RunList } from '../../lib/tracker/page-bitmap';
 import { RamBlockAttributes } from '../../lib/tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../../lib/tracker/ram-discard-listener';
 import { RecordingListener } from '../../lib/tracker/recording-listener';
+import { STATE_CHANGE_CHANNEL } from '../../lib/tracker/state-change-channel';
 import { type1Reach } from '../../lib/vfio/type1-reach';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { GuestVm } from '../../lib/vmm/guest-vm';
@@ -240,6 +243,59 @@ async function wronglyAccepted(): Promise<void> {
     const outcome = await bounded(what, [], call);
     assert.ok(!outcome.ok, `${what} accepted`);
     assertCoded(outcome.error, ARGUMENT_CODES, what);
+  }
+  // Refusals that name the argument at fault, before anything is made.
+  const delegatedMemory = new GuestMemory(new DelegatedVm({ setMemoryAttributes() {} }));
+  const launch = new SnpLaunch(3, { openSevDevice: () => 4, closeFd() {}, snpLaunchStart() {} } as never);
+  launch.start();
+  const named: Array<[string, () => unknown, string[], RegExp]> = [
+    ['GuestVm.create(null)', () => GuestVm.create(null as never), ARGUMENT_CODES, /GuestVm options must be an object/],
+    ['GuestVm.create({ bootGpa: 4096 })', () => GuestVm.create({ bootGpa: 4096 } as never), ARGUMENT_CODES, /bootGpa must be a bigint/],
+    ['GuestVm.create with a DelegatedVm memory', () => GuestVm.create({ memory: delegatedMemory } as never), ['ERR_GUESTMEM_UNSUPPORTED'], /a VM of another process/],
+    ["runGuestSession({ program: 'nope' })", () => runGuestSession({ program: 'nope' } as never), ARGUMENT_CODES, /program must be one of/],
+    ['new VmmLoop(null, memory).run()', () => new VmmLoop(null as never, { convert() {} } as never).run(), ARGUMENT_CODES, /vCPUs must be an array/],
+    ['launch.measure(region, null)', () => launch.measure({ gpa: 0n, size: 4096n, source: 0x1000n }, null as never), ARGUMENT_CODES, /private-memory check must be a function/],
+  ];
+  for (const [what, call, codes, message] of named) {
+    const outcome = await bounded(what, [], call);
+    assert.ok(!outcome.ok, `${what} accepted`);
+    assertCoded(outcome.error, codes, what);
+    assert.match((outcome.error as Error).message, message, what);
+  }
+  // LAUNCH_START's failure survives a close of /dev/sev that fails too.
+  const failing = new SnpLaunch(3, {
+    openSevDevice: () => 4,
+    snpLaunchStart() {
+      throw Object.assign(new Error('EINVAL: invalid argument, ioctl(KVM_SEV_SNP_LAUNCH_START)'), { code: 'EINVAL', errno: -22, syscall: 'ioctl' });
+    },
+    closeFd() {
+      throw Object.assign(new Error('EIO: i/o error, close'), { code: 'EIO', errno: -5, syscall: 'close' });
+    },
+  } as never);
+  const start = await bounded('SnpLaunch.start() when the close fails too', [], () => failing.start());
+  assert.ok(!start.ok);
+  assertCoded(start.error, ['ERR_GUESTMEM_LAUNCH_FAILED'], 'start');
+  assert.match((start.error as Error).message, /KVM_SEV_SNP_LAUNCH_START/);
+  // stateChangeSync from a state-change subscriber: refused, never run inside the change.
+  {
+    const attributes = new RamBlockAttributes(16 * PAGE, { name: 'subscribed' });
+    let inner: unknown = 'not called';
+    const subscriber = (): void => {
+      if (inner !== 'not called') return;
+      try {
+        inner = attributes.stateChangeSync(8 * PAGE, PAGE, 'shared');
+      } catch (error) {
+        inner = error;
+      }
+    };
+    diagnostics.subscribe(STATE_CHANGE_CHANNEL, subscriber);
+    try {
+      attributes.stateChangeSync(0, PAGE, 'shared');
+    } finally {
+      diagnostics.unsubscribe(STATE_CHANGE_CHANNEL, subscriber);
+    }
+    assertCoded(inner, ['ERR_GUESTMEM_BUSY'], 'stateChangeSync from a subscriber');
+    assert.deepEqual(attributes.runs('shared'), [[0, 1]], 'only the outer change ran');
   }
   // PageBitmap's hot methods: refused whole, never half applied, never a loop forever.
   for (const [what, call] of [
