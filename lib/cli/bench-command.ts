@@ -16,9 +16,9 @@ import type { PageState } from '../tracker/page-state';
 import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { parseCommand, type CommandSpec } from './command-spec';
+import { parseCount, parseCountList } from './counts';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
-import { UsageError } from './usage-error';
 import { runInVm } from './vm-command';
 import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
@@ -70,14 +70,10 @@ yardstick. Runs inside the harness VM when this host lacks SW-protected VMs.`,
 
 export async function benchCommand(args: string[]): Promise<number> {
   const { values } = parseCommand(BENCH, args);
-  const iterations = Number(values.iterations ?? 20);
-  if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
-  const sizes = (values.pages ?? '1,16,512').split(',').map(Number);
-  if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
-  const guestIterations = Number(values['guest-iterations'] ?? 1000);
-  if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
-  const exits = Number(values.exits ?? 20000);
-  if (!Number.isSafeInteger(exits) || exits < 0 || exits > 1e9) throw new UsageError(`--exits must be an integer in 0..1e9, got '${values.exits}'`);
+  const iterations = parseCount(values.iterations, 20, '--iterations', 1, 1_000_000);
+  const sizes = parseCountList(values.pages, [1, 16, 512], '--pages', 'page counts', 1, 4096);
+  const guestIterations = parseCount(values['guest-iterations'], 1000, '--guest-iterations', 0, 1_000_000_000);
+  const exits = parseCount(values.exits, 20000, '--exits', 0, 1_000_000_000);
   if (values['exits-only']) return exitsOnly(exits, args, values.json === true);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes']);

@@ -209,9 +209,12 @@ export function native(): NativeAddon {
       loadError = error;
     }
   }
+  // Lines joined by splitting, not by /\s*\n\s*/g, which backtracks quadratically over a
+  // long run of blanks (every pattern applied to text from outside stays linear).
+  const reason = messageOf(loadError).split('\n').map((line) => line.trim()).filter(Boolean).join('; ');
   throw new GuestmemError(
     'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
-    `the guestmem native addon could not be loaded: ${messageOf(loadError).trim().replace(/\s*\n\s*/g, '; ')} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
+    `the guestmem native addon could not be loaded: ${reason} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
     { cause: loadError },
   );
 }

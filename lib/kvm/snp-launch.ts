@@ -71,7 +71,12 @@ export class SnpLaunch extends ConfidentialLaunch {
     try {
       this.calls.snpLaunchStart(this.vmFd, sevFd, this.policy);
     } catch (error) {
-      this.calls.closeFd(sevFd);
+      // The launch's failure is the news; a close that fails too must not replace it.
+      try {
+        this.calls.closeFd(sevFd);
+      } catch {
+        // The fd is gone or broken either way.
+      }
       throw launchFailure('KVM_SEV_SNP_LAUNCH_START', error, `${FIRMWARE_FIX} (policy 0x${this.policy.toString(16)})`);
     }
     this.#sevFd = sevFd;

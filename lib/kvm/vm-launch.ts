@@ -121,6 +121,7 @@ export function launchFailure(step: string, error: unknown, fix: string): Error 
 /** Checks a region's types, alignment and 64-bit bounds, then that it is private memory. */
 export function checkRegion(region: LaunchRegion, isPrivate: PrivateMemoryCheck): CheckedRegion {
   if (typeof region !== 'object' || region === null) throw invalidArgType(`a launch region must be an object, got ${region === null ? 'null' : typeof region}`);
+  if (typeof isPrivate !== 'function') throw invalidArgType(`the private-memory check must be a function (gpa, size) => reason | null, got ${isPrivate === null ? 'null' : typeof isPrivate}`);
   const [gpa, size] = checkSpan(region.gpa, region.size, 'launch region');
   const [source] = checkSpan(region.source, region.size, 'launch source');
   const snpType = region.snpType ?? 'normal';

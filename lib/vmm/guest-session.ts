@@ -9,6 +9,7 @@ import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { MapRequest } from './boot-info';
 import { guestProgram, type GuestProgramName } from './guest-image';
 import { GuestProtocol, type GuestCheck } from './guest-ports';
+import { checkSessionOptions } from './guest-options';
 import { GuestVm } from './guest-vm';
 import type { HostCheck, ProgramContext } from './program-host';
 import { PROGRAM_HOSTS } from './programs';
@@ -67,6 +68,7 @@ export interface GuestSessionReport {
  * `memory`, with the host's checks after each step; resolves with the report.
  */
 export async function runGuestSession(options: GuestSessionOptions): Promise<GuestSessionReport> {
+  checkSessionOptions(options, PROGRAM_HOSTS);
   const host = PROGRAM_HOSTS[options.program];
   const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));
   if (!dataBlock) throw Object.assign(new RangeError(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });

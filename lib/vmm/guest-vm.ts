@@ -5,6 +5,7 @@
 // launch instead (launch-boot.ts), which ends before the first KVM_RUN.
 
 import { GuestmemError } from '../common/errors';
+import { checkGuestOptions } from './guest-options';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
@@ -104,6 +105,7 @@ export class GuestVm implements Disposable {
    * the MAP_GPA_RANGE exit and creates the vCPUs in long mode at the program's entry.
    */
   static async create(options: GuestVmOptions): Promise<GuestVm> {
+    checkGuestOptions(options, 'GuestVm options');
     const { kvm, memory } = options;
     const count = options.vcpus ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });

@@ -109,8 +109,7 @@ export class VcpuRun {
    * 2024 rework the VMM must always give one; it is written by the next entry.
    */
   completeHypercall(ret: number | bigint): void {
-    if (this.#closed) throw closedRun(this.#what);
-    if (this.#lastExit?.reason !== 'hypercall') throw new Error('the last exit was not a hypercall');
+    this.#expectExit('completeHypercall', (exit) => exit.reason === 'hypercall', 'a hypercall');
     if (typeof ret !== 'number' && typeof ret !== 'bigint') throw invalidArgType(`a hypercall's return value must be a number or a bigint, got ${typeof ret}`);
     if (typeof ret === 'number' && !Number.isSafeInteger(ret)) throw outOfRange(`a hypercall's return value must be a safe integer, got ${ret}`);
     if (typeof ret === 'bigint' && (ret < -(1n << 63n) || ret >= 1n << 64n)) throw outOfRange(`a hypercall's return value must fit in 64 bits, got ${ret}`);
@@ -119,6 +118,7 @@ export class VcpuRun {
 
   /** The TDVMCALL status a KVM_EXIT_TDX is answered with: the TD finds it in R10 after the next entry. */
   completeTdvmcall(status: bigint): void {
+    this.#expectExit('completeTdvmcall', (exit) => exit.reason === 'tdx', 'a TDVMCALL');
     if (typeof status !== 'bigint') throw invalidArgType(`a TDVMCALL status must be a bigint, got ${typeof status}`);
     if (status < 0n || status >= 1n << 64n) throw outOfRange(`a TDVMCALL status must fit in 64 bits unsigned, got ${status}`);
     this.#runner.completeTdvmcall(status);
@@ -126,12 +126,24 @@ export class VcpuRun {
 
   /** The bytes the guest's IN instruction reads (size * count). */
   completeIo(data: Uint8Array): void {
+    this.#expectExit('completeIo', (exit) => exit.reason === 'io' && exit.direction === 'in', 'a port read (IN)');
     this.#runner.completeIo(data);
   }
 
   /** Answers an MMIO read exit with `data` before the vCPU re-enters. */
   completeMmio(data: Uint8Array): void {
+    this.#expectExit('completeMmio', (exit) => exit.reason === 'mmio' && !exit.isWrite, 'an MMIO read');
     this.#runner.completeMmio(data);
+  }
+
+  /** complete*() answers the exit the vCPU stopped at: refused when closed, while it runs, or after another exit. */
+  #expectExit(what: string, matches: (exit: VcpuExit) => boolean, wanted: string): void {
+    if (this.#closed) throw closedRun(this.#what);
+    if (this.#pending) throw new GuestmemError('ERR_GUESTMEM_BUSY', `${what} on ${this.#what}: its run() is in flight; wait for the exit (or stop() it) first`);
+    const exit = this.#lastExit;
+    if (exit === null || !matches(exit)) {
+      throw new GuestmemError('ERR_GUESTMEM_EXIT_MISMATCH', `${what}: the vCPU's last exit was ${exit === null ? 'none (it has not run)' : `'${exit.reason}'`}, not ${wanted}: there is nothing to complete`);
+    }
   }
 
   /**

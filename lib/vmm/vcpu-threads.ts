@@ -71,8 +71,15 @@ export class VcpuThreads {
     if (this.started) throw new GuestmemError('ERR_GUESTMEM_BUSY', 'these vCPU threads have run already');
     this.started = true;
     for (const vcpu of this.vcpus) vcpu.checkRunnable();
-    for (const vcpu of this.vcpus) this.threads.push(this.start(vcpu));
-    await Promise.all(this.threads.map((thread) => thread.exited));
+    // Each vCPU is the worker's until it ends: the main thread's runs and register ioctls
+    // (which KVM_RUN's vCPU mutex would block) are refused meanwhile.
+    const returns = this.vcpus.map((vcpu) => vcpu.lend());
+    try {
+      for (const vcpu of this.vcpus) this.threads.push(this.start(vcpu));
+      await Promise.all(this.threads.map((thread) => thread.exited));
+    } finally {
+      for (const giveBack of returns) giveBack();
+    }
     if (this.failure) throw this.failure;
     return this.report();
   }

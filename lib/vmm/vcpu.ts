@@ -27,6 +27,8 @@ export class Vcpu extends FdOwner {
   /** KVM_GET_VCPU_MMAP_SIZE: what a worker needs to map this vCPU's kvm_run too. */
   readonly mmapSize: number;
   readonly #run: VcpuRun;
+  /** True while a vCPU thread runs it (lend()). */
+  #lent = false;
   /** An SNP or TDX VM's launch: KVM_RUN waits for its end (and for this vCPU to be in it). */
   #launch: ConfidentialLaunch | null = null;
 
@@ -75,6 +77,7 @@ export class Vcpu extends FdOwner {
   run(): Promise<VcpuExit> {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
+    if (this.running) return Promise.reject(this.#busy('run() again'));
     const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) return Promise.reject(refusal);
     return this.#run.run();
@@ -88,14 +91,28 @@ export class Vcpu extends FdOwner {
   runSync(): VcpuExit {
     // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- the getter is the check
     this.fd; // throws ERR_GUESTMEM_CLOSED after close()
+    if (this.running) throw this.#busy('runSync()');
     const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) throw refusal;
     return this.#run.runSync();
   }
 
-  /** True while a run() is in flight. */
+  /** True while a run() is in flight, or while a vCPU thread runs it (VcpuThreads). */
   get running(): boolean {
-    return this.#run.running;
+    return this.#run.running || this.#lent;
+  }
+
+  /**
+   * Marks the vCPU as run elsewhere (a VcpuThreads worker enters the guest through its own
+   * mapping) until the returned function is called: meanwhile, run(), runSync() and the
+   * register and CPUID ioctls are refused, as they are during run().
+   */
+  lend(): () => void {
+    this.checkRunnable();
+    this.#lent = true;
+    return () => {
+      this.#lent = false;
+    };
   }
 
   /**
@@ -106,7 +123,7 @@ export class Vcpu extends FdOwner {
   checkRunnable(): void {
     const refusal = this.#launch?.runRefusal(this.id);
     if (refusal) throw refusal;
-    if (this.#run.running) throw new GuestmemError('ERR_GUESTMEM_BUSY', `vCPU ${this.id} is running already`);
+    if (this.running) throw this.#busy('running it');
   }
 
   /** Kicks the vCPU out of KVM_RUN (an 'intr' exit), on whichever thread runs it; every later run returns at once. */
@@ -134,25 +151,40 @@ export class Vcpu extends FdOwner {
     this.#run.completeMmio(data);
   }
 
+  // Register and CPUID ioctls take KVM's vCPU mutex, which KVM_RUN holds until the guest
+  // exits: made while run() is in flight, they would block Node's thread inside the ioctl
+  // (no timer, no stop(), no SIGTERM) for as long as the guest runs. Refused instead.
+
   get registers(): Registers {
-    return native().kvmGetRegs(this.fd);
+    return native().kvmGetRegs(this.#idleFd('reading registers'));
   }
 
   set registers(regs: Registers) {
-    native().kvmSetRegs(this.fd, regs);
+    native().kvmSetRegs(this.#idleFd('setting registers'), regs);
   }
 
   get specialRegisters(): SpecialRegisters {
-    return native().kvmGetSregs(this.fd);
+    return native().kvmGetSregs(this.#idleFd('reading special registers'));
   }
 
   set specialRegisters(sregs: SpecialRegisters) {
-    native().kvmSetSregs(this.fd, sregs);
+    native().kvmSetSregs(this.#idleFd('setting special registers'), sregs);
   }
 
   /** KVM_SET_CPUID2 with raw kvm_cpuid_entry2 records (see supportedCpuid). */
   setCpuid(entries: Uint8Array): void {
-    native().kvmSetCpuid2(this.fd, entries);
+    native().kvmSetCpuid2(this.#idleFd('setting CPUID'), entries);
+  }
+
+  #busy(what: string): GuestmemError {
+    return new GuestmemError('ERR_GUESTMEM_BUSY', `${what} on vCPU ${this.id}: its run() is in flight; wait for the exit (or stop() it) first`);
+  }
+
+  /** The fd, for an ioctl KVM_RUN would make wait: ERR_GUESTMEM_CLOSED, or ERR_GUESTMEM_BUSY while running. */
+  #idleFd(what: string): number {
+    const fd = this.fd;
+    if (this.running) throw this.#busy(what);
+    return fd;
   }
 
   /**

@@ -9,6 +9,7 @@
 
 import type { Bytes } from '../common/byte-range';
 import { GuestmemError } from '../common/errors';
+import { checkLoopArguments } from './guest-options';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
@@ -140,6 +141,7 @@ export class VmmLoop {
     private readonly memory: LoopMemory,
     private readonly options: VmmLoopOptions = {},
   ) {
+    checkLoopArguments(vcpus, memory);
     this.ports = options.ports ?? new Map<number, PortHandler>();
   }
 
