@@ -18,11 +18,13 @@
 #include <signal.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <thread>
-#include <unordered_map>
+#include <vector>
 
 #include "args.h"
 #include "uapi_vcpu.h"
@@ -49,41 +51,57 @@ struct RunResult {
   int error;
 };
 
-// The threads inside KVM_RUN now, by vCPU fd: a kick from any thread signals them. A
-// thread enters and leaves under the lock, and the kick signals under it, so the signal
-// never reaches a thread that has left (nor one that has exited).
-std::mutex& RunningLock() {
+// Where a runner's thread is while it runs the guest. Every runner of every vCPU has one,
+// listed by vCPU fd, so that a kick from any thread signals whichever thread is inside
+// KVM_RUN through any runner of that vCPU. Entering and leaving KVM_RUN costs two atomic
+// stores, no lock and no allocation (an exit's whole budget is a few microseconds). A slot
+// joins the list when its runner is made and leaves it at shutdown, both under the lock
+// the kick holds while it signals: a slot, and the thread that runs through it, cannot go
+// while a kick looks at it (a runner shuts down before its thread ends).
+struct RunSlot {
+  int fd;
+  pthread_t thread{};
+  std::atomic<bool> in_run{false};
+};
+
+std::mutex& SlotsLock() {
   static std::mutex lock;
   return lock;
 }
 
-std::unordered_multimap<int, pthread_t>& RunningThreads() {
-  static std::unordered_multimap<int, pthread_t> threads;
-  return threads;
+std::vector<RunSlot*>& Slots() {
+  static std::vector<RunSlot*> slots;
+  return slots;
 }
 
-class RunningThread {
- public:
-  explicit RunningThread(int fd) : fd_(fd) {
-    std::lock_guard<std::mutex> guard(RunningLock());
-    entry_ = RunningThreads().emplace(fd, pthread_self());
-  }
-  ~RunningThread() {
-    std::lock_guard<std::mutex> guard(RunningLock());
-    RunningThreads().erase(entry_);
-  }
-  RunningThread(const RunningThread&) = delete;
-  RunningThread& operator=(const RunningThread&) = delete;
+void JoinSlots(RunSlot* slot) {
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  Slots().push_back(slot);
+}
 
- private:
-  int fd_;
-  std::unordered_multimap<int, pthread_t>::iterator entry_;
-};
+void LeaveSlots(RunSlot* slot) {
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  auto& slots = Slots();
+  slots.erase(std::remove(slots.begin(), slots.end(), slot), slots.end());
+}
 
+// The caller has set immediate_exit: a thread that reads in_run false here has not entered
+// yet, and KVM_RUN will see immediate_exit when it does (both are sequentially consistent).
 void SignalRunningThreads(int fd) {
-  std::lock_guard<std::mutex> guard(RunningLock());
-  auto [first, last] = RunningThreads().equal_range(fd);
-  for (auto it = first; it != last; ++it) pthread_kill(it->second, KickSignal());
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  for (RunSlot* slot : Slots()) {
+    if (slot->fd == fd && slot->in_run.load()) pthread_kill(slot->thread, KickSignal());
+  }
+}
+
+// KVM_RUN on this thread through `slot`: the thread is kickable for exactly its duration.
+RunResult RunInSlot(RunSlot& slot) {
+  slot.thread = pthread_self();
+  slot.in_run.store(true);
+  int result = ioctl(slot.fd, uapi::KVM_RUN, 0);
+  int error = result < 0 ? errno : 0;
+  slot.in_run.store(false);
+  return RunResult{result, error};
 }
 
 // The exit view: kvm_run up to the end of its exit union, then an OUT's data.
@@ -127,6 +145,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     run_ = static_cast<uapi::kvm_run*>(address);
     mmap_size_ = size;
     InstallKickHandler();
+    slot_.fd = fd_;
+    JoinSlots(&slot_);
     delivery_ = RunDelivery::New(info.Env(), info[3].As<Napi::Function>(), "guestmem-vcpu", 0, 1, this);
     // An idle vCPU must not keep Node alive; a KVM_RUN in flight does (Run refs it).
     delivery_.Unref(info.Env());
@@ -180,12 +200,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     Napi::Env env = info.Env();
     PrepareRun(info);
     running_ = true;
-    RunResult result{0, 0};
-    {
-      RunningThread registered(fd_);
-      result.result = ioctl(fd_, uapi::KVM_RUN, 0);
-      result.error = result.result < 0 ? errno : 0;
-    }
+    RunResult result = RunInSlot(slot_);
     running_ = false;
     Napi::Value error = Outcome(env, result);
     if (!error.IsUndefined()) throw Napi::Error(env, error);
@@ -284,12 +299,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         if (quitting_) return;
         requested_ = false;
       }
-      {
-        RunningThread registered(fd_);
-        int result = ioctl(fd_, uapi::KVM_RUN, 0);
-        // One run in flight at a time: the result needs no allocation.
-        outcome_ = RunResult{result, result < 0 ? errno : 0};
-      }
+      // One run in flight at a time: the result needs no allocation.
+      outcome_ = RunInSlot(slot_);
       if (delivery_.BlockingCall(&outcome_) != napi_ok) return;
     }
   }
@@ -308,8 +319,14 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       quitting_ = true;
     }
     wake_.notify_one();
-    Kick();
-    if (thread_.joinable()) thread_.join();
+    // Only this runner's own thread is stopped: immediate_exit is the vCPU's, shared by
+    // every runner of it, and a worker's runner that closes after its last runSync must
+    // not stop the vCPU for the main thread's.
+    if (thread_.joinable()) {
+      Kick();
+      thread_.join();
+    }
+    LeaveSlots(&slot_);
     delivery_.Release();
     munmap(run_, mmap_size_);
     run_ = nullptr;
@@ -394,6 +411,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   bool closed_ = false;
   bool running_ = false;
   RunResult outcome_{0, 0};
+  RunSlot slot_;
   Napi::Reference<Napi::Uint8Array> view_;
   RunDelivery delivery_;
 };

@@ -154,6 +154,7 @@ function printBareExits(result: ExitBench): void {
   console.log(`
 bare exits (out 0x10 in real mode on a default-type VM, counted, re-entered), best of 3 rounds taking turns, ${result.exits} timed each:`);
   console.log(`  C VMM loop (yardstick)                 ${us(result.cNs)}${result.note ? ` (${result.note})` : ''}`);
+  console.log(`  JavaScript floor: KVM_RUN in a loop     ${us(result.floorNs)}${times(result.floorRatio)}`);
   console.log(`  guestmem, vCPU thread handles it       ${us(result.threadNs)}${times(result.threadRatio)} (target ≤ 1.2×)`);
   console.log(`  guestmem, exit handed to the event loop ${us(result.eventLoopNs)}${times(result.eventLoopRatio)}`);
   console.log(`  two vCPU threads / one, exits per second: ${result.twoVcpuScaling.toFixed(2)} (target ≥ 1.6 on 2 cores; ${os.cpus().length} CPU${os.cpus().length === 1 ? '' : 's'} here)`);
