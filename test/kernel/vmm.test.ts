@@ -197,6 +197,15 @@ for (const threads of [false, true]) describe(`guest-driven conversions on a rea
         assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
         assert.equal(vcpuThreads(), threadsBefore, 'both vCPU threads ended');
       });
+
+      it('random: four vCPUs converting overlapping ranges at once end as the model, with no stale mapping', async () => {
+        f = await setUp(backend);
+        const report = await session(f, { program: 'random', vcpus: 4, iterations: 15, dataPages: 32, seed: 1234n });
+        assertOk(report);
+        assert.equal(report.run.conversions.converted, 60);
+        assert.deepEqual(report.run.vcpus, [0, 1, 2, 3].map((vcpu) => ({ vcpu, status: 0 })));
+        assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
+      });
     });
   }
 
