@@ -232,6 +232,9 @@ export class Vm extends FdOwner {
     try {
       fd = native().kvmCreateGuestMemfd(this.fd, length, checkedFlags);
     } catch (error) {
+      // With flags asked for, EINVAL is the kernel refusing them (KVM_CAP_GUEST_MEMFD_FLAGS
+      // says which it takes), not a missing guest_memfd: its own error says so best.
+      if (checkedFlags !== 0n && (error as NodeJS.ErrnoException)?.code === 'EINVAL') throw error;
       throw this.unsupported(error, KVM_CAP_GUEST_MEMFD, 'KVM_CREATE_GUEST_MEMFD', 'guest_memfd');
     }
     return this.adopt(new GuestMemfd(fd, length));
