@@ -27,8 +27,8 @@ const COUNT = 4;
 export const LOCK_BYTES = 40;
 
 /** What the lock's owner is doing, as the intent records it. */
-export type IntentKind = 'convert' | 'repair' | 'register' | 'unregister' | 'close' | 'recover';
-const KINDS: ReadonlyArray<IntentKind | null> = [null, 'convert', 'repair', 'register', 'unregister', 'close', 'recover'];
+export type IntentKind = 'convert' | 'repair' | 'register' | 'unregister' | 'close' | 'recover' | 'share';
+const KINDS: ReadonlyArray<IntentKind | null> = [null, 'convert', 'repair', 'register', 'unregister', 'close', 'recover', 'share'];
 
 /** A step of a conversion as the intent records it; 'undo' once a step failed. */
 export type IntentStep = 'start' | 'kvmAttributes' | 'listeners' | 'discard' | 'undo';

@@ -382,7 +382,7 @@ export class RamBlockAttributes {
     this.refuseReentry('register');
     const checked = checkListener(listener);
     const range = this.sectionRange(section);
-    return this.queue.run(async () => {
+    return this.queue.run(() => this.guarded('register', range, async () => {
       if (this.byListener.has(listener)) {
         throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${checked.name}" is already registered on ${this.name}`);
       }
@@ -400,7 +400,7 @@ export class RamBlockAttributes {
       this.newest = registration;
       this.byListener.set(listener, registration);
       if (!registration.synchronous) this.asyncListeners++;
-    });
+    }));
   }
 
   /**
@@ -413,7 +413,7 @@ export class RamBlockAttributes {
     if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
       throw invalidArgType(`listener must be an object, got ${describeValue(listener)}`);
     }
-    return this.queue.run(async () => {
+    return this.queue.run(() => this.guarded('unregister', this.byListener.get(listener)?.section ?? null, async () => {
       const registration = this.byListener.get(listener);
       if (!registration) {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
@@ -426,7 +426,27 @@ export class RamBlockAttributes {
       if (registration.older) registration.older.newer = registration.newer;
       this.byListener.delete(listener);
       if (!registration.synchronous) this.asyncListeners--;
-    });
+    }));
+  }
+
+  /**
+   * @internal Called around each register and unregister while it runs: RamBlock takes its
+   * lock there (so that no thread converts while the registry changes) and, when the
+   * registry changed, tells the threads it is shared with before releasing it.
+   */
+  registryGuard: { enter(kind: 'register' | 'unregister', section: GranuleRange | null): void; exit(changed: boolean): void } | null = null;
+
+  private async guarded(kind: 'register' | 'unregister', section: GranuleRange | null, op: () => Promise<void>): Promise<void> {
+    const guard = this.registryGuard;
+    if (guard === null) return op();
+    guard.enter(kind, section);
+    let changed = false;
+    try {
+      await op();
+      changed = true;
+    } finally {
+      guard.exit(changed);
+    }
   }
 
   /** Calls `fn` for each maximal shared run in the section; stops at, and rethrows, the first error. */
@@ -535,7 +555,8 @@ export class RamBlockAttributes {
     });
   }
 
-  private sectionRange(section: SectionInput): GranuleRange {
+  /** A section of this block checked (an object, aligned, inside) and in granules; throws as register does. */
+  sectionRange(section: SectionInput): GranuleRange {
     const { offset, size } = checkSection(section, 'section');
     return this.range(offset, size, 'section');
   }
