@@ -317,7 +317,8 @@ export class RamBlock implements Disposable {
    * lock over if that thread still held it: the tracker's shared count is counted again,
    * and the granules it was converting are put in doubt (refused, ERR_GUESTMEM_CONVERSION_
    * REJECTED, until repair()). Returns what the thread was doing, or null (nothing done)
-   * when it did not hold the lock. Call it only for a thread that is gone.
+   * when it did not hold the lock. Call it only for a thread that is gone, with the id it
+   * had (a Worker's threadId reads -1 once it has exited: keep it from the start).
    */
   recoverFrom(threadId: number): Intent | null {
     const lock = this.state.lock;
