@@ -533,7 +533,9 @@ export class RamBlock implements Disposable {
    * are unregistered or their container closes, so prefer shutdown().
    */
   close(): void {
-    if (this.closed) return;
+    // Closed but not released: the wait for another thread's conversion ran out (that thread
+    // died holding the lock); after recoverFrom, close() releases at last.
+    if (this.closed && !(this.pending === 0 && !this.released && this.state.closed)) return;
     this.closed = true;
     if (this.pending === 0) {
       const errors = this.release();
@@ -548,7 +550,8 @@ export class RamBlock implements Disposable {
 
   /**
    * Marks the block closed for every thread, then waits (bounded) for a conversion another
-   * thread has in flight, so that no thread uses the fds once they are closed; then the
+   * thread has in flight, so that no thread uses the fds once they are closed (a wait that
+   * runs out throws ERR_GUESTMEM_LOCK_TIMEOUT, and nothing is closed yet); then the
    * memslot, then both fds: each is tried whatever happened to the one before.
    */
   private release(): unknown[] {

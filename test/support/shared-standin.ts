@@ -10,7 +10,6 @@
 
 import { isMainThread, threadId } from 'node:worker_threads';
 import type { GuestMemfd } from '../../lib/kvm/kvm';
-import type { SharedMemory } from '../../lib/kvm/shared-memory';
 import type { BlockKernel } from '../../lib/memory/block-kernel';
 import { defineThreadKind, type ThreadDescriptor } from '../../lib/memory/thread-kinds';
 import type { PageState } from '../../lib/tracker/state-change-channel';
@@ -151,7 +150,8 @@ export class StandinVm {
     this.kernel.setMemoryAttributes(gpa, size, to);
   }
 
-  describeForThreads(_shared: SharedMemory, _guestMemfd: GuestMemfd): ThreadDescriptor {
+  /** The stand-in's own kind: its memory is the whole of its kernel (no fds to pass). */
+  describeForThreads(): ThreadDescriptor {
     return { kind: 'standin', memory: this.state.memory, gpa: this.state.gpa, pages: this.state.pages };
   }
 }

@@ -365,9 +365,13 @@ describe('a RAM block converted from Workers and the main thread', function () {
         return true;
       });
       assert.ok(performance.now() - started < 2000);
+      // close() waits for the holder too, and closes nothing when it cannot: the fds stay
+      // open while a thread may still use them.
+      assert.throws(() => r.block.close(), { code: 'ERR_GUESTMEM_LOCK_TIMEOUT' });
+      assert.equal(r.block.shared.closed, false);
       r.block.recoverFrom(id);
-      await r.block.repair();
-      r.block.convertSync(GPA + 8 * PAGE, PAGE, 'shared');
+      r.block.close();
+      assert.equal(r.block.shared.closed, true);
     } finally {
       await closeRig(r);
     }
