@@ -221,6 +221,11 @@ export class RamBlock implements Disposable {
     return this.inDoubt.map(([f, c]) => [f, c] as Run);
   }
 
+  /** The threadId of the thread converting (or repairing, registering on) this block now, or null. */
+  get lockHolder(): number | null {
+    return this.state.lock.holder;
+  }
+
   /** KVM's attributes as this block last set them: runs of shared granules. */
   kvmRuns(state: PageState = 'shared'): Run[] {
     return this.state.kvmShared.runs(0, this.state.kvmShared.bits, state === 'shared');

@@ -74,7 +74,8 @@ if (parentPort) {
         }
       }
       case 'listeners':
-        port.postMessage({ listeners: block.listeners.map(listenerName) });
+        // Each replica's own count of double maps and unmaps (a RecordingListener's errors).
+        port.postMessage({ listeners: block.listeners.map(listenerName), errors: block.listeners.map((l) => (l as { errors?: number }).errors ?? 0) });
         return;
     }
   });

@@ -174,8 +174,9 @@ describe('a RAM block converted from Workers and the main thread', function () {
       // Every worker ends with the registry the main thread has.
       for (const worker of r.workers) {
         await ask(worker, { op: 'convert', gpa: GPA, size: PAGE, to: model[0] ? 'shared' : 'private' });
-        const { listeners } = await ask<{ listeners: string[] }>(worker, { op: 'listeners' });
+        const { listeners, errors } = await ask<{ listeners: string[]; errors: number[] }>(worker, { op: 'listeners' });
         assert.deepEqual(listeners, r.block.attributes.listeners.map((l) => l.name));
+        assert.deepEqual(errors, listeners.map(() => 0), 'no replica saw a double map or unmap');
       }
     } finally {
       await closeRig(r);
@@ -225,7 +226,7 @@ describe('a RAM block converted from Workers and the main thread', function () {
       assertAgreement(r, model, 'after the storm');
       if (r.block.attributes.listeners.includes(late)) assert.deepEqual(late.mappedRuns(), naiveRuns(model));
       assert.equal(late.errors, 0);
-      assert.equal(r.block['state' as keyof RamBlock] && (r.block as unknown as { state: { lock: { holder: number | null } } }).state.lock.holder, null);
+      assert.equal(r.block.lockHolder, null);
     } finally {
       await closeRig(r);
     }
@@ -267,6 +268,7 @@ describe('a RAM block converted from Workers and the main thread', function () {
       // The tracker had flipped the range before it died: shared everywhere now.
       model.fill(true, 10, 16);
       assert.deepEqual(r.block.doubtfulRuns, []);
+      assert.equal(r.block.lockHolder, null);
       assertAgreement(r, model, 'after repair');
       assert.deepEqual((await ask(r.workers[1]!, { op: 'convert', gpa: GPA + 8 * PAGE, size: 4 * PAGE, to: 'private' })).result?.changed, 2);
       model.fill(false, 8, 12);
