@@ -102,11 +102,11 @@ export class BlockConversion {
    */
   convertSync(gpa: Bytes, size: Bytes, to: PageState, prepare?: () => void): StateChangeResult {
     const lock = this.state.lock;
-    lock.acquire('convert', 0, 0, null);
+    lock.acquireForConversion();
     try {
       prepare?.();
       const range = this.range(gpa, size, to);
-      lock.intend('convert', range.first, range.count, to);
+      lock.intendConversion(range.first, range.count, to === 'shared');
       return runSync(this.steps(range, to, true), this.refusal);
     } finally {
       lock.release();

@@ -29,6 +29,10 @@ export const LOCK_BYTES = 40;
 /** What the lock's owner is doing, as the intent records it. */
 export type IntentKind = 'convert' | 'repair' | 'register' | 'unregister' | 'close' | 'recover' | 'share';
 const KINDS: ReadonlyArray<IntentKind | null> = [null, 'convert', 'repair', 'register', 'unregister', 'close', 'recover', 'share'];
+/** Each kind's number in the intent, looked up once per kind rather than once per conversion. */
+const KIND_CODE = new Map(KINDS.map((kind, code) => [kind, code]));
+/** A conversion's kind, by number: the hot path's. */
+const CONVERT = 1;
 
 /** A step of a conversion as the intent records it; 'undo' once a step failed. */
 export type IntentStep = 'start' | 'kvmAttributes' | 'listeners' | 'discard' | 'undo';
@@ -89,8 +93,31 @@ export class BlockLock {
    * the holder if the wait passes its bound.
    */
   acquire(kind: IntentKind, first: number, count: number, to: PageState | null): void {
-    if (Atomics.compareExchange(this.words, LOCK, 0, ME) !== 0) this.wait();
+    this.take();
     this.intend(kind, first, count, to);
+  }
+
+  /**
+   * Takes the lock for a conversion whose range is not checked yet: the intent says
+   * "convert, nothing yet" until intendConversion() names the range. The synchronous
+   * conversion's path: no lookups, no allocation.
+   */
+  acquireForConversion(): void {
+    this.take();
+    this.numbers[COUNT] = 0;
+    this.words[STEP] = STEP_START;
+    this.words[KIND] = CONVERT;
+  }
+
+  /** The conversion's range and target, once checked (the owner alone writes them). */
+  intendConversion(first: number, count: number, toShared: boolean): void {
+    this.numbers[FIRST] = first;
+    this.numbers[COUNT] = count;
+    this.words[TO] = toShared ? 1 : 0;
+  }
+
+  private take(): void {
+    if (Atomics.compareExchange(this.words, LOCK, 0, ME) !== 0) this.wait();
   }
 
   private wait(): void {
@@ -137,7 +164,7 @@ export class BlockLock {
     numbers[COUNT] = count;
     words[TO] = to === null ? -1 : to === 'shared' ? 1 : 0;
     words[STEP] = STEP_START;
-    words[KIND] = KINDS.indexOf(kind);
+    words[KIND] = KIND_CODE.get(kind) ?? 0;
   }
 
   /** Records the step the owner is about to take (STEP_* or 1 + a step's index). */
