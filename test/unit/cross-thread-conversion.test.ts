@@ -380,6 +380,22 @@ describe('a RAM block converted from Workers and the main thread', function () {
   });
 });
 
+describe('an attached block after close', function () {
+  this.timeout(30_000);
+
+  it('refuses every conversion in the Worker once the main thread closed the block (its fds are gone)', async () => {
+    const r = await rig(1);
+    try {
+      r.block.close();
+      const reply = await ask(r.workers[0]!, { op: 'convert', gpa: GPA, size: PAGE, to: 'shared' });
+      assert.equal(reply.error?.code, 'ERR_GUESTMEM_CLOSED');
+      assert.equal(r.kernel.plan[Slot.AttrCalls], 0, 'no kernel call was made');
+    } finally {
+      await closeRig(r);
+    }
+  });
+});
+
 describe('RamBlock.share refusals', () => {
   it('names a listener that can only run on the main thread, before sharing and at register after it', async () => {
     const kernel = StandinKernelState.create(GPA, PAGES);
