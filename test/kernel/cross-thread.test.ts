@@ -102,5 +102,49 @@ describe('a block converted from a Worker and the main thread on a real kernel',
         kvm.close();
       }
     });
+
+    it(`with ${backend}: a Worker terminated mid-conversion; recoverFrom, repair, and KVM, tracker, IOMMU and the device agree again`, async function () {
+      requires(backend === 'type1' ? 'vfio-type1' : 'iommufd').call(this);
+      const kvm = Kvm.open();
+      const memory = new GuestMemory(kvm.createVm('sw-protected'));
+      const assigned = AssignedDevice.open(findEdu()!, { backend });
+      try {
+        const block = memory.addBlock({ gpa: GPA, size: PAGES * PAGE });
+        const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(GPA) });
+        await block.register(listener);
+        using probe = new DmaProbe(assigned);
+        const intents: unknown[] = [];
+        for (let round = 0; round < 4; round++) {
+          const descriptor = block.share();
+          const worker = new Worker(WORKER, { workerData: { descriptor }, transferList: [descriptor.port] });
+          const id = worker.threadId;
+          const next = inbox(worker);
+          worker.postMessage({ op: 'forever', gpa: GPA, pages: PAGES, seed: round + 1 } satisfies Order);
+          await next();
+          await new Promise((resolve) => setTimeout(resolve, 30 + 40 * round));
+          await worker.terminate();
+          const intent = block.recoverFrom(id);
+          intents.push(intent);
+          if (intent && intent.count > 0) {
+            assert.deepEqual(block.doubtfulRuns, [[intent.first, intent.count]]);
+            await assert.rejects(block.convert(GPA + intent.first * PAGE, PAGE, 'private'), { code: 'ERR_GUESTMEM_CONVERSION_REJECTED' });
+          }
+          await block.repair();
+          assert.deepEqual(block.disagreements(), [], `round ${round}, intent ${JSON.stringify(intent)}`);
+          assert.deepEqual(block.kvmRuns(), block.attributes.runs('shared'));
+          assert.deepEqual(listener.heldRuns(0, PAGES), block.attributes.runs('shared'));
+          // The device reaches exactly what the tracker calls shared: one page of each kind.
+          const shared = block.attributes.runs('shared')[0];
+          const unshared = block.attributes.runs('private')[0];
+          if (shared) assert.equal(await probe.canRead(block, shared[0] * PAGE, 0x11 + round), true, `round ${round}: shared page ${shared[0]}`);
+          if (unshared) assert.equal(await probe.canRead(block, unshared[0] * PAGE, 0x21 + round), false, `round ${round}: private page ${unshared[0]}`);
+        }
+        console.log(`      (intents recovered: ${JSON.stringify(intents)})`);
+      } finally {
+        await memory.shutdown();
+        assigned.close();
+        kvm.close();
+      }
+    });
   }
 });

@@ -213,6 +213,8 @@ describe('a RAM block converted from Workers and the main thread', function () {
         // Turns of the event loop let a registration change run between conversions.
         if (random(50) === 0) await (r.block.attributes.listeners.includes(late) ? r.block.unregister(late) : r.block.register(late));
         if (random(10) === 0) await new Promise((resolve) => setImmediate(resolve));
+        // A repair takes the lock too (finding nothing to do), while the workers convert.
+        if (random(60) === 0) assert.deepEqual(await r.block.repair(), { repaired: 0 });
       }
       for (const { results } of await Promise.all(replies)) {
         for (const { result, error } of results) {
