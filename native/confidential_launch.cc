@@ -5,6 +5,7 @@
 // lib/kvm/vm-launch.ts. Every argument is checked before the first ioctl: a page address or
 // size the kernel would refuse never reaches it.
 #include <cstring>
+#include <vector>
 
 #include "args.h"
 #include "uapi_coco.h"
@@ -85,9 +86,13 @@ Napi::Value SevSnpLaunchStart(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// kvmSevSnpLaunchUpdate(vmFd, sevFd, gpa, uaddr, length, type): gpa, uaddr and length in bytes,
-// each page-aligned; length > 0. Calls again while the kernel reports partial progress (the
-// struct advanced) or EAGAIN/EINTR, until length is 0, as the documentation says.
+// kvmSevSnpLaunchUpdate(vmFd, sevFd, gpa, uaddr, length, type) -> { gpa, uaddr, length }:
+// one KVM_SEV_SNP_LAUNCH_UPDATE; gpa, uaddr and length in bytes, each page-aligned,
+// length > 0. Returns what is left as the kernel advanced the struct (length 0: all done);
+// the loop over partial progress, and which failures to retry, are lib/kvm/snp-launch.ts's.
+// The kernel reports any failure of kvm_gmem_populate, a pending signal's -EINTR included,
+// as EIO, and writes nothing back then (sev.c, snp_launch_update), so nothing here retries
+// on EINTR or EAGAIN: neither comes back.
 Napi::Value SevSnpLaunchUpdate(const Napi::CallbackInfo& info) {
   Args args(info);
   int vm_fd = args.Fd(0);
@@ -107,18 +112,13 @@ Napi::Value SevSnpLaunchUpdate(const Napi::CallbackInfo& info) {
   update.uaddr = uaddr;
   update.len = len;
   update.type = static_cast<uint8_t>(type);
-  while (update.len != 0) {
-    uint64_t before = update.len;
-    uapi::kvm_sev_cmd cmd = SevCommand(uapi::KVM_SEV_SNP_LAUNCH_UPDATE, &update, sev_fd);
-    if (ioctl(vm_fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
-      throw SevFailure(info.Env(), errno, "KVM_SEV_SNP_LAUNCH_UPDATE", cmd.error);
-    }
-    // A success that did nothing would loop forever: the kernel never does that, but if it
-    // did, say so instead of spinning.
-    if (update.len >= before) throw ErrnoError(info.Env(), EIO, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_SEV_SNP_LAUNCH_UPDATE) made no progress");
-  }
-  return info.Env().Undefined();
+  uapi::kvm_sev_cmd cmd = SevCommand(uapi::KVM_SEV_SNP_LAUNCH_UPDATE, &update, sev_fd);
+  if (ioctl(vm_fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) throw SevFailure(info.Env(), errno, "KVM_SEV_SNP_LAUNCH_UPDATE", cmd.error);
+  Napi::Object left = Napi::Object::New(info.Env());
+  left.Set("gpa", U64Value(info.Env(), update.gfn_start * kPageSize));
+  left.Set("uaddr", U64Value(info.Env(), update.uaddr));
+  left.Set("length", U64Value(info.Env(), update.len));
+  return left;
 }
 
 // kvmSevSnpLaunchFinish(vmFd, sevFd, hostData?): no ID block, no author key; host_data (32
@@ -134,19 +134,50 @@ Napi::Value SevSnpLaunchFinish(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// kvmTdxInitVcpu(vcpuFd, rcx): on the vCPU fd, after KVM_SET_CPUID2.
+// kvmTdxInitVcpu(vcpuFd, rcx): on the vCPU fd, after KVM_SET_CPUID2. The vCPU sub-commands
+// (INIT_VCPU, INIT_MEM_REGION) never return the TDX module's status: KVM does not copy the
+// command back (tdx_vcpu_unlocked_ioctl), so hw_error stays what we sent, and their errors
+// carry none (KVM logs a SEAMCALL failure to the kernel log instead).
 Napi::Value TdxInitVcpu(const Napi::CallbackInfo& info) {
   Args args(info);
   int fd = args.Fd(0);
   uapi::kvm_tdx_cmd cmd{};
   cmd.id = uapi::KVM_TDX_INIT_VCPU;
   cmd.data = args.U64(1, "rcx");
-  if (RetryIoctl(fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) throw TdxFailure(info.Env(), errno, "KVM_TDX_INIT_VCPU", cmd.hw_error);
+  if (RetryIoctl(fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) throw ErrnoError(info.Env(), errno, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_INIT_VCPU)");
   return info.Env().Undefined();
 }
 
+// kvmTdxGetCpuid(vcpuFd) -> Buffer: KVM_TDX_GET_CPUID, the CPUID the TDX module shows the
+// TD, as raw kvm_cpuid_entry2 records (a vCPU sub-command too: no hw_error). E2BIG means
+// the buffer was too small; the kernel then says in nent how many it needs.
+Napi::Value TdxGetCpuid(const Napi::CallbackInfo& info) {
+  Args args(info);
+  int fd = args.Fd(0);
+  uint32_t capacity = 256;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    std::vector<uint8_t> storage(sizeof(uapi::kvm_cpuid2) + capacity * sizeof(uapi::kvm_cpuid_entry2));
+    auto* cpuid = reinterpret_cast<uapi::kvm_cpuid2*>(storage.data());
+    cpuid->nent = capacity;
+    uapi::kvm_tdx_cmd cmd{};
+    cmd.id = uapi::KVM_TDX_GET_CPUID;
+    cmd.data = reinterpret_cast<uint64_t>(cpuid);
+    if (RetryIoctl(fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) {
+      if (errno == E2BIG && cpuid->nent > capacity && cpuid->nent <= 4096) {
+        capacity = cpuid->nent;
+        continue;
+      }
+      throw ErrnoError(info.Env(), errno, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_GET_CPUID)");
+    }
+    uint32_t nent = cpuid->nent <= capacity ? cpuid->nent : capacity;
+    return Napi::Buffer<uint8_t>::Copy(info.Env(), reinterpret_cast<uint8_t*>(cpuid->entries), nent * sizeof(uapi::kvm_cpuid_entry2));
+  }
+  throw ErrnoError(info.Env(), E2BIG, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_GET_CPUID)");
+}
+
 // kvmTdxInitMemRegion(vcpuFd, sourceAddress, gpa, pages, measure): page-aligned source and
-// gpa, pages > 0. Called again with the struct the kernel advanced after EAGAIN or EINTR.
+// gpa, pages > 0. Called again with the struct the kernel advanced after EAGAIN or EINTR,
+// as QEMU's tdx_init_fw_mem_region does. No hw_error: see kvmTdxInitVcpu.
 Napi::Value TdxInitMemRegion(const Napi::CallbackInfo& info) {
   Args args(info);
   int fd = args.Fd(0);
@@ -167,7 +198,7 @@ Napi::Value TdxInitMemRegion(const Napi::CallbackInfo& info) {
     cmd.data = reinterpret_cast<uint64_t>(&region);
     if (ioctl(fd, uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) {
       if (errno == EAGAIN || errno == EINTR) continue;
-      throw TdxFailure(info.Env(), errno, "KVM_TDX_INIT_MEM_REGION", cmd.hw_error);
+      throw ErrnoError(info.Env(), errno, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_INIT_MEM_REGION)");
     }
     // Success means every page was done (the kernel leaves nr_pages at 0).
     break;
@@ -175,7 +206,8 @@ Napi::Value TdxInitMemRegion(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// kvmTdxFinalizeVm(vmFd): ends the TD's build; nothing may be measured after it.
+// kvmTdxFinalizeVm(vmFd): ends the TD's build; nothing may be measured after it. EBUSY (the
+// TDX module's TD lock was taken) is for lib/kvm/tdx-launch.ts to retry.
 Napi::Value TdxFinalizeVm(const Napi::CallbackInfo& info) {
   Args args(info);
   uapi::kvm_tdx_cmd cmd{};
@@ -191,6 +223,7 @@ void InitConfidentialLaunch(Napi::Env env, Napi::Object exports) {
   exports.Set("kvmSevSnpLaunchUpdate", Napi::Function::New(env, SevSnpLaunchUpdate));
   exports.Set("kvmSevSnpLaunchFinish", Napi::Function::New(env, SevSnpLaunchFinish));
   exports.Set("kvmTdxInitVcpu", Napi::Function::New(env, TdxInitVcpu));
+  exports.Set("kvmTdxGetCpuid", Napi::Function::New(env, TdxGetCpuid));
   exports.Set("kvmTdxInitMemRegion", Napi::Function::New(env, TdxInitMemRegion));
   exports.Set("kvmTdxFinalizeVm", Napi::Function::New(env, TdxFinalizeVm));
 }

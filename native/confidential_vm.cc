@@ -15,19 +15,20 @@ Napi::Error EncryptOpError(Napi::Env env, int err, const char* syscall, const ch
   return error;
 }
 
-// KVM_SEV_INIT2 (struct kvm_sev_init): SNP (and SEV, SEV-ES) VMs of the new VM types. The
-// /dev/sev fd authorises the use of the PSP; the caller opens and closes it.
+// KVM_SEV_INIT2 (struct kvm_sev_init): SNP (and SEV, SEV-ES) VMs of the new VM types.
+// kvmSevInit2(vmFd, vmsaFeatures, ghcbVersion). INIT2 issues no firmware command through
+// /dev/sev (sev_guest_init2 never reads kvm_sev_cmd.sev_fd), so none is passed; the /dev/sev
+// fd matters from SNP_LAUNCH_START on, which KVM keeps for the VM's later commands.
 Napi::Value SevInit2(const Napi::CallbackInfo& info) {
   Args args(info);
   uapi::kvm_sev_init init{};
-  init.vmsa_features = args.U64(2, "vmsaFeatures");
-  uint32_t ghcb = args.U32(3, "ghcbVersion");
+  init.vmsa_features = args.U64(1, "vmsaFeatures");
+  uint32_t ghcb = args.U32(2, "ghcbVersion");
   if (ghcb > UINT16_MAX) throw ArgumentError(info.Env(), "ghcbVersion must be a uint16");
   init.ghcb_version = static_cast<uint16_t>(ghcb);
   uapi::kvm_sev_cmd cmd{};
   cmd.id = uapi::KVM_SEV_INIT2;
   cmd.data = reinterpret_cast<uint64_t>(&init);
-  cmd.sev_fd = static_cast<uint32_t>(args.Fd(1));
   if (RetryIoctl(args.Fd(0), uapi::KVM_MEMORY_ENCRYPT_OP, &cmd) < 0) {
     throw EncryptOpError(info.Env(), errno, "ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_SEV_INIT2)", "firmwareError", cmd.error);
   }

@@ -132,6 +132,7 @@ constexpr uint32_t KVM_TDX_INIT_VM = 1;
 constexpr uint32_t KVM_TDX_INIT_VCPU = 2;        // vCPU fd; data = the vCPU's initial RCX
 constexpr uint32_t KVM_TDX_INIT_MEM_REGION = 3;  // vCPU fd; data = kvm_tdx_init_mem_region
 constexpr uint32_t KVM_TDX_FINALIZE_VM = 4;      // VM fd; data = 0
+constexpr uint32_t KVM_TDX_GET_CPUID = 5;        // vCPU fd; data = struct kvm_cpuid2 (in/out)
 
 struct kvm_tdx_cmd {
   uint32_t id;

@@ -141,6 +141,18 @@ struct kvm_run {
       uint64_t gpa;
       uint64_t size;
     } memory_fault;
+    // KVM_EXIT_TDX (Linux 6.16+): a TDVMCALL KVM hands to userspace; the answer goes in
+    // unknown.ret (every member of the kernel's union starts with ret).
+    struct {
+      uint64_t flags;
+      uint64_t nr;
+      union {
+        struct {
+          uint64_t ret;
+          uint64_t data[5];
+        } unknown;
+      };
+    } tdx;
     char padding[256];
   };
   uint64_t kvm_valid_regs;
@@ -161,6 +173,9 @@ static_assert(offsetof(kvm_run, hypercall.flags) == 96);
 static_assert(offsetof(kvm_run, internal.data) == 40);
 static_assert(offsetof(kvm_run, memory_fault.gpa) == 40);
 static_assert(offsetof(kvm_run, memory_fault.size) == 48);
+static_assert(offsetof(kvm_run, tdx.nr) == 40);
+static_assert(offsetof(kvm_run, tdx.unknown.ret) == 48);
+static_assert(offsetof(kvm_run, tdx.unknown.data) == 56);
 static_assert(offsetof(kvm_run, kvm_valid_regs) == 288);
 
 constexpr uint32_t KVM_EXIT_UNKNOWN = 0;
@@ -176,6 +191,7 @@ constexpr uint32_t KVM_EXIT_INTR = 10;
 constexpr uint32_t KVM_EXIT_INTERNAL_ERROR = 17;
 constexpr uint32_t KVM_EXIT_SYSTEM_EVENT = 24;
 constexpr uint32_t KVM_EXIT_MEMORY_FAULT = 39;
+constexpr uint32_t KVM_EXIT_TDX = 40;  // Linux 6.16+
 constexpr uint8_t KVM_EXIT_IO_IN = 0;
 constexpr uint8_t KVM_EXIT_IO_OUT = 1;
 

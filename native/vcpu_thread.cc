@@ -7,14 +7,24 @@
 // each N-API call costs microseconds, and building the exit object here took twenty.
 // stop() is QEMU's and the selftests' kick: set kvm_run.immediate_exit, then signal the
 // thread, so KVM_RUN returns EINTR whether the thread is inside it or about to enter.
+//
+// runSync() is the other way to run: KVM_RUN on the calling thread (a vCPU's worker
+// thread, as QEMU's vCPU threads call it), the exit copied into the view before it
+// returns, no thread hop. Several runners (one per Node environment: the main thread's and
+// a worker's) may map one vCPU; kvm_run is one page for all of them, so immediate_exit set
+// through any mapping stops them all, and a process-wide registry of the threads now
+// inside KVM_RUN (by vCPU fd) lets stop() on any thread signal whichever thread runs it.
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "args.h"
 #include "uapi_vcpu.h"
@@ -41,6 +51,59 @@ struct RunResult {
   int error;
 };
 
+// Where a runner's thread is while it runs the guest. Every runner of every vCPU has one,
+// listed by vCPU fd, so that a kick from any thread signals whichever thread is inside
+// KVM_RUN through any runner of that vCPU. Entering and leaving KVM_RUN costs two atomic
+// stores, no lock and no allocation (an exit's whole budget is a few microseconds). A slot
+// joins the list when its runner is made and leaves it at shutdown, both under the lock
+// the kick holds while it signals: a slot, and the thread that runs through it, cannot go
+// while a kick looks at it (a runner shuts down before its thread ends).
+struct RunSlot {
+  int fd;
+  pthread_t thread{};
+  std::atomic<bool> in_run{false};
+};
+
+std::mutex& SlotsLock() {
+  static std::mutex lock;
+  return lock;
+}
+
+std::vector<RunSlot*>& Slots() {
+  static std::vector<RunSlot*> slots;
+  return slots;
+}
+
+void JoinSlots(RunSlot* slot) {
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  Slots().push_back(slot);
+}
+
+void LeaveSlots(RunSlot* slot) {
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  auto& slots = Slots();
+  slots.erase(std::remove(slots.begin(), slots.end(), slot), slots.end());
+}
+
+// The caller has set immediate_exit: a thread that reads in_run false here has not entered
+// yet, and KVM_RUN will see immediate_exit when it does (both are sequentially consistent).
+void SignalRunningThreads(int fd) {
+  std::lock_guard<std::mutex> guard(SlotsLock());
+  for (RunSlot* slot : Slots()) {
+    if (slot->fd == fd && slot->in_run.load()) pthread_kill(slot->thread, KickSignal());
+  }
+}
+
+// KVM_RUN on this thread through `slot`: the thread is kickable for exactly its duration.
+RunResult RunInSlot(RunSlot& slot) {
+  slot.thread = pthread_self();
+  slot.in_run.store(true);
+  int result = ioctl(slot.fd, uapi::KVM_RUN, 0);
+  int error = result < 0 ? errno : 0;
+  slot.in_run.store(false);
+  return RunResult{result, error};
+}
+
 // The exit view: kvm_run up to the end of its exit union, then an OUT's data.
 constexpr size_t kExitHeaderBytes = offsetof(uapi::kvm_run, kvm_valid_regs);
 constexpr size_t kIoDataOffset = kExitHeaderBytes;
@@ -57,9 +120,11 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return DefineClass(env, "VcpuRunner",
                        {
                            InstanceMethod<&VcpuRunner::Run>("run"),
+                           InstanceMethod<&VcpuRunner::RunSync>("runSync"),
                            InstanceMethod<&VcpuRunner::Stop>("stop"),
                            InstanceMethod<&VcpuRunner::CompleteIo>("completeIo"),
                            InstanceMethod<&VcpuRunner::CompleteMmio>("completeMmio"),
+                           InstanceMethod<&VcpuRunner::CompleteTdvmcall>("completeTdvmcall"),
                            InstanceMethod<&VcpuRunner::Close>("close"),
                        });
   }
@@ -80,6 +145,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     run_ = static_cast<uapi::kvm_run*>(address);
     mmap_size_ = size;
     InstallKickHandler();
+    slot_.fd = fd_;
+    JoinSlots(&slot_);
     delivery_ = RunDelivery::New(info.Env(), info[3].As<Napi::Function>(), "guestmem-vcpu", 0, 1, this);
     // An idle vCPU must not keep Node alive; a KVM_RUN in flight does (Run refs it).
     delivery_.Unref(info.Env());
@@ -100,15 +167,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void Finish(Napi::Env env, Napi::Function onExit, RunResult result) {
     running_ = false;
     if (!closed_) delivery_.Unref(env);
-    Napi::Value error = env.Undefined();
-    if (closed_) {
-      error = ClosedError(env).Value();
-    } else if (result.result < 0 && result.error != EINTR && !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
-      // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
-      error = ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
-    } else {
-      CopyExit(result.result < 0 && result.error == EINTR);
-    }
+    Napi::Value error = closed_ ? ClosedError(env).Value() : Outcome(env, result);
     // Unref last: the call may drop JS's last reference to this runner.
     onExit.Call({error});
     Unref();
@@ -120,12 +179,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   // write it): one crossing per exit instead of two.
   Napi::Value Run(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (closed_) throw ClosedError(env);
-    if (running_) throw Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
-    if (info.Length() > 0 && !info[0].IsUndefined()) {
-      if (run_->exit_reason != uapi::KVM_EXIT_HYPERCALL) throw Napi::Error::New(env, "the last exit was not a hypercall");
-      run_->hypercall.ret = SignedU64(info[0], "hypercallReturn");
-    }
+    PrepareRun(info);
     if (!thread_.joinable()) thread_ = std::thread(&VcpuRunner::ThreadMain, this);
     running_ = true;
     // The runner must live until the result is delivered, whatever JS drops meanwhile.
@@ -136,6 +190,41 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       requested_ = true;
     }
     wake_.notify_one();
+    return env.Undefined();
+  }
+
+  // runSync([hypercallReturn]): KVM_RUN on the calling thread; the exit is in the view when
+  // it returns, or it throws the run's error. The thread is registered for kicks while it
+  // is inside KVM_RUN, so stop() from any thread (through any runner of this vCPU) ends it.
+  Napi::Value RunSync(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    PrepareRun(info);
+    running_ = true;
+    RunResult result = RunInSlot(slot_);
+    running_ = false;
+    Napi::Value error = Outcome(env, result);
+    if (!error.IsUndefined()) throw Napi::Error(env, error);
+    return env.Undefined();
+  }
+
+  // Both ways to run: refuse a closed or busy runner, then write the hypercall's answer.
+  void PrepareRun(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closed_) throw ClosedError(env);
+    if (running_) throw BusyError(env);
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      if (run_->exit_reason != uapi::KVM_EXIT_HYPERCALL) throw Napi::Error::New(env, "the last exit was not a hypercall");
+      run_->hypercall.ret = SignedU64(info[0], "hypercallReturn");
+    }
+  }
+
+  // A KVM_RUN's result: undefined with the exit copied into the view, or the error.
+  Napi::Value Outcome(Napi::Env env, RunResult result) {
+    // KVM reports a memory fault as -EFAULT with the exit filled in: that is an exit.
+    if (result.result < 0 && result.error != EINTR && !(result.error == EFAULT && run_->exit_reason == uapi::KVM_EXIT_MEMORY_FAULT)) {
+      return ErrnoError(env, result.error, "ioctl(KVM_RUN)").Value();
+    }
+    CopyExit(result.result < 0 && result.error == EINTR);
     return env.Undefined();
   }
 
@@ -166,12 +255,31 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return env.Undefined();
   }
 
+  // completeTdvmcall(status): the TDVMCALL status a KVM_EXIT_TDX is answered with (a u64
+  // bigint); KVM copies it to the TD's R10 on the next KVM_RUN.
+  Napi::Value CompleteTdvmcall(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckLastExit(env, uapi::KVM_EXIT_TDX, "a TDVMCALL (KVM_EXIT_TDX)");
+    if (!info[0].IsBigInt()) throw ArgumentError(env, "status must be a bigint");
+    bool lossless = false;
+    uint64_t status = info[0].As<Napi::BigInt>().Uint64Value(&lossless);
+    if (!lossless) throw ArgumentError(env, "status must fit in 64 bits unsigned");
+    run_->tdx.unknown.ret = status;
+    return env.Undefined();
+  }
+
   // Stops the thread (kicking it out of KVM_RUN), joins it and unmaps kvm_run. A run in
   // flight ends with ERR_GUESTMEM_CLOSED when its result arrives.
   Napi::Value Close(const Napi::CallbackInfo& info) {
     if (!closed_) {
       Shutdown();
       napi_remove_env_cleanup_hook(env_, &VcpuRunner::AtEnvExit, this);
+      // A run posted but never taken (the thread saw the quit first) delivers nothing:
+      // drop the reference it holds (JS settles its promise itself on close).
+      if (running_ && requested_) {
+        running_ = false;
+        Unref();
+      }
       Unref();
     }
     return info.Env().Undefined();
@@ -191,9 +299,8 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
         if (quitting_) return;
         requested_ = false;
       }
-      int result = ioctl(fd_, uapi::KVM_RUN, 0);
       // One run in flight at a time: the result needs no allocation.
-      outcome_ = RunResult{result, result < 0 ? errno : 0};
+      outcome_ = RunInSlot(slot_);
       if (delivery_.BlockingCall(&outcome_) != napi_ok) return;
     }
   }
@@ -201,8 +308,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   void Kick() {
     if (run_ == nullptr) return;
     __atomic_store_n(&run_->immediate_exit, 1, __ATOMIC_SEQ_CST);
-    std::lock_guard<std::mutex> guard(lock_);
-    if (thread_.joinable()) pthread_kill(thread_.native_handle(), KickSignal());
+    SignalRunningThreads(fd_);
   }
 
   void Shutdown() {
@@ -213,8 +319,14 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
       quitting_ = true;
     }
     wake_.notify_one();
-    Kick();
-    if (thread_.joinable()) thread_.join();
+    // Only this runner's own thread is stopped: immediate_exit is the vCPU's, shared by
+    // every runner of it, and a worker's runner that closes after its last runSync must
+    // not stop the vCPU for the main thread's.
+    if (thread_.joinable()) {
+      Kick();
+      thread_.join();
+    }
+    LeaveSlots(&slot_);
     delivery_.Release();
     munmap(run_, mmap_size_);
     run_ = nullptr;
@@ -275,6 +387,12 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
     return static_cast<uint64_t>(static_cast<int64_t>(number));
   }
 
+  static Napi::Error BusyError(Napi::Env env) {
+    Napi::Error error = Napi::Error::New(env, "a KVM_RUN of this vCPU is already in flight");
+    error.Set("code", Napi::String::New(env, "ERR_GUESTMEM_BUSY"));
+    return error;
+  }
+
   static Napi::Error ClosedError(Napi::Env env) {
     Napi::Error error = Napi::Error::New(env, "vCPU is closed");
     error.Set("code", Napi::String::New(env, "ERR_GUESTMEM_CLOSED"));
@@ -293,6 +411,7 @@ class VcpuRunner : public Napi::ObjectWrap<VcpuRunner> {
   bool closed_ = false;
   bool running_ = false;
   RunResult outcome_{0, 0};
+  RunSlot slot_;
   Napi::Reference<Napi::Uint8Array> view_;
   RunDelivery delivery_;
 };
@@ -328,6 +447,10 @@ void InitVcpuThread(Napi::Env env, Napi::Object exports) {
   at("memoryFaultFlags", offsetof(uapi::kvm_run, memory_fault.flags));
   at("memoryFaultGpa", offsetof(uapi::kvm_run, memory_fault.gpa));
   at("memoryFaultSize", offsetof(uapi::kvm_run, memory_fault.size));
+  at("tdxFlags", offsetof(uapi::kvm_run, tdx.flags));
+  at("tdxNr", offsetof(uapi::kvm_run, tdx.nr));
+  at("tdxRet", offsetof(uapi::kvm_run, tdx.unknown.ret));
+  at("tdxData", offsetof(uapi::kvm_run, tdx.unknown.data));
   at("failEntryReason", offsetof(uapi::kvm_run, fail_entry.hardware_entry_failure_reason));
   at("failEntryCpu", offsetof(uapi::kvm_run, fail_entry.cpu));
   at("internalSuberror", offsetof(uapi::kvm_run, internal.suberror));

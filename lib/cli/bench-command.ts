@@ -6,16 +6,19 @@
 // with the optional pre-fault after each conversion (on a vCPU of the VM, never run).
 
 import { findEduDevice } from '../vfio/edu-device';
+import os from 'node:os';
 import { benchGuestLoop } from './guest-bench';
+import { benchBareExits, type ExitBench } from './exit-bench';
+import { capabilityFeature, probe } from '../probe';
 import { nativeCalls } from '../common/native';
 import { ConversionStats, type ConversionStep } from '../memory/conversion-stats';
 import type { PageState } from '../tracker/page-state';
 import { benchFarEnd, type FarEndResult } from './far-end-bench';
 import { VmHost } from './hosts';
 import { parseCommand, type CommandSpec } from './command-spec';
+import { parseCount, parseCountList } from './counts';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
-import { UsageError } from './usage-error';
 import { runInVm } from './vm-command';
 import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
@@ -46,6 +49,8 @@ const BENCH_OPTIONS = {
   'no-vfio': { type: 'boolean', help: 'leave the edu device\'s VFIO listener out' },
   'no-far-end': { type: 'boolean', help: 'skip the 8 GiB far-end comparison (it makes KVM mark 9 GiB private)' },
   'no-prefault': { type: 'boolean', help: 'skip the runs with KVM_PRE_FAULT_MEMORY' },
+  exits: { type: 'string', value: 'N', help: 'bare exits timed per round, C against guestmem\'s vCPU threads and event loop (default 20000; 0 skips)' },
+  'exits-only': { type: 'boolean', help: 'time only the bare exits: on this host where its KVM runs default-type VMs, no harness needed' },
   'no-vm': { type: 'boolean', help: 'fail on a host without SW-protected VMs, instead of running in the harness VM' },
   ...VM_TYPE_OPTION,
 } as const;
@@ -65,12 +70,11 @@ yardstick. Runs inside the harness VM when this host lacks SW-protected VMs.`,
 
 export async function benchCommand(args: string[]): Promise<number> {
   const { values } = parseCommand(BENCH, args);
-  const iterations = Number(values.iterations ?? 20);
-  if (!Number.isSafeInteger(iterations) || iterations <= 0) throw new UsageError(`--iterations must be a positive integer, got '${values.iterations}'`);
-  const sizes = (values.pages ?? '1,16,512').split(',').map(Number);
-  if (sizes.some((n) => !Number.isSafeInteger(n) || n <= 0 || n > 4096)) throw new UsageError(`--pages takes page counts 1..4096 separated by commas, got '${values.pages}'`);
-  const guestIterations = Number(values['guest-iterations'] ?? 1000);
-  if (!Number.isSafeInteger(guestIterations) || guestIterations < 0) throw new UsageError(`--guest-iterations must be a non-negative integer, got '${values['guest-iterations']}'`);
+  const iterations = parseCount(values.iterations, 20, '--iterations', 1, 1_000_000);
+  const sizes = parseCountList(values.pages, [1, 16, 512], '--pages', 'page counts', 1, 4096);
+  const guestIterations = parseCount(values['guest-iterations'], 1000, '--guest-iterations', 0, 1_000_000_000);
+  const exits = parseCount(values.exits, 20000, '--exits', 0, 1_000_000_000);
+  if (values['exits-only']) return exitsOnly(exits, args, values.json === true);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes']);
   if (missing && !values['no-vm']) {
@@ -96,8 +100,9 @@ export async function benchCommand(args: string[]): Promise<number> {
     }
   }
   const guestLoop = guestIterations > 0 ? await benchGuestLoop(guestIterations, edu?.bdf, vmType) : null;
+  const bareExits = exits > 0 ? await benchBareExits(exits) : null;
   const prefaultNote = values['no-prefault'] ? 'not measured (--no-prefault)' : prefaultAvailable ? 'measured without and with' : 'not available (KVM_CAP_PRE_FAULT_MEMORY is 0)';
-  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop });
+  if (values.json) printJson({ backend, iterations, prefault: prefaultAvailable && !values['no-prefault'], rows, farEnd, guestLoop, bareExits });
   else {
     console.log(`guestmem bench: ${iterations} conversions each way per size; VFIO listener: ${backend ? `${edu!.bdf} via ${backend}` : 'none'}; KVM_PRE_FAULT_MEMORY: ${prefaultNote}`);
     console.log('prefault  pages  to       mean µs   KVM attrs µs  listeners µs  discard µs   prefault µs  outside µs (%)  native calls');
@@ -125,8 +130,35 @@ export async function benchCommand(args: string[]): Promise<number> {
       if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
       console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
     }
+    if (bareExits) printBareExits(bareExits);
   }
   return 0;
+}
+
+/** `--exits-only`: the bare-exit comparison alone, here where KVM runs default-type VMs. */
+async function exitsOnly(exits: number, args: string[], json: boolean): Promise<number> {
+  const kvm = capabilityFeature(probe(), 'kvm');
+  if (!kvm.ok && process.env.GUESTMEM_IN_VM !== '1') {
+    console.error(`guestmem bench: no usable /dev/kvm here (${kvm.why}); running it inside the harness VM (guestmem vm)`);
+    return runInVm(['bench', ...args]);
+  }
+  const result = await benchBareExits(exits || 20000);
+  if (json) printJson({ bareExits: result });
+  else printBareExits(result);
+  return 0;
+}
+
+function printBareExits(result: ExitBench): void {
+  const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(2)} µs`);
+  const times = (r: number | null) => (r === null ? '' : ` (${r.toFixed(2)}× C)`);
+  console.log(`
+bare exits (out 0x10 in real mode on a default-type VM, counted, re-entered), best of 3 rounds taking turns, ${result.exits} timed each:`);
+  console.log(`  C VMM loop (yardstick)                 ${us(result.cNs)}${result.note ? ` (${result.note})` : ''}`);
+  console.log(`  JavaScript floor: KVM_RUN in a loop     ${us(result.floorNs)}${times(result.floorRatio)}`);
+  console.log(`  guestmem, vCPU thread handles it       ${us(result.threadNs)}${times(result.threadRatio)} (target ≤ 1.2×)`);
+  console.log(`  guestmem, exit handed to the event loop ${us(result.eventLoopNs)}${times(result.eventLoopRatio)}`);
+  console.log(`  two vCPU threads / one, exits per second: ${result.twoVcpuScaling.toFixed(2)} (target ≥ 1.6 on 2 cores; ${os.cpus().length} CPU${os.cpus().length === 1 ? '' : 's'} here)`);
+  console.log(`  main thread's worst timer lateness while vCPU threads ran: ${result.worstTimerLatenessMs} ms`);
 }
 
 /** Conversions of each size both ways on one block, after a warm-up. */

@@ -13,6 +13,7 @@ import { printJson } from './output';
 import { formatBytes, parseRange, parseSize } from './sizes';
 import { UsageError } from './usage-error';
 import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
+import { checkGuestBlock } from './guest-block';
 
 const PAGE = 4096;
 
@@ -29,6 +30,7 @@ function checkBlockOptions(size: number | bigint, gpa: number | bigint, ranges: 
     throw new UsageError(`--size: ${(error as Error).message}`);
   }
   if (BigInt(gpa) % BigInt(PAGE) !== 0n) throw new UsageError(`--gpa must be a multiple of ${PAGE} (a page), got 0x${gpa.toString(16)}`);
+  checkGuestBlock(gpa, size, '--gpa/--size');
   for (const range of ranges) {
     try {
       toGranuleRange(range.offset, range.size, PAGE, granules, '--range');

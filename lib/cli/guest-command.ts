@@ -12,9 +12,11 @@ import type { ConversionEvent } from '../vmm/vmm-loop';
 import { VmHost, backendOption, vfioOption, DEFAULT_GPA } from './hosts';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
 import { parseCommand, type CommandSpec } from './command-spec';
-import { printJson } from './output';
+import { failureJson, printJson } from './output';
+import { checkOutputFile } from './script-commands';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
+import { parseCount } from './counts';
 import { UsageError } from './usage-error';
 import { runInVm } from './vm-command';
 import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
@@ -27,10 +29,7 @@ const DATA_OFFSET = MiB;
 const SHOWN_CONVERSIONS = 16;
 
 function positiveInteger(text: string | undefined, fallback: number, what: string, max: number): number {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < 1 || value > max) throw new UsageError(`${what} takes an integer in 1..${max}, got '${text}'`);
-  return value;
+  return parseCount(text, fallback, what, 1, max);
 }
 
 const GUEST_OPTIONS = {
@@ -83,7 +82,7 @@ export async function guestCommand(args: string[]): Promise<number> {
   const backend = backendOption(values.backend);
   const vmType = parseVmTypeOption(values['vm-type']);
   vfioOption(values.vfio);
-  if (values.svg === '') throw new UsageError('--svg needs a file name');
+  checkOutputFile(values.svg, '--svg');
 
   const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
   if (missing) {
@@ -150,7 +149,7 @@ export async function guestCommand(args: string[]): Promise<number> {
       }));
       fs.writeFileSync(values.svg, mapSvg(attributes, history, `guest ${program}`));
     }
-    if (values.json) printJson(summary);
+    if (values.json) printJson({ ...summary, ...failureJson(report.ok ? [] : [{ code: 'ERR_GUESTMEM_GUEST_FAILED', message: report.problems.join('; ') }]) });
     else {
       const { converted, rejected, failed } = report.run.conversions;
       console.log(`  conversions: ${converted} done, ${rejected} rejected, ${failed} failed and rolled back; ${report.run.exits} exits in ${report.elapsedMs.toFixed(0)} ms`);

@@ -77,7 +77,22 @@ function fail(command: string, error: unknown, usage: boolean, json: boolean): n
   return usage ? 2 : 1;
 }
 
+/**
+ * A reader that stops reading (`guestmem … | head`) makes the next write EPIPE, which
+ * stdout emits as an 'error' event: unhandled, Node printed a stack trace and exited 1.
+ * Here, as a Unix tool dies quietly of SIGPIPE, the command ends at once, quietly: exit 0
+ * (or the status already set), since the reader chose to see no more.
+ */
+function endQuietlyOnClosedPipe(): void {
+  if (process.stdout.listenerCount('error') > 0) return;
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+    process.exit(process.exitCode ?? 0);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
+  endQuietlyOnClosedPipe();
   const [command, ...args] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     const topic = args[0];

@@ -6,7 +6,7 @@ import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability,
 import { UsageError } from './usage-error';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
 import { parseCommand, type CommandSpec } from './command-spec';
-import { printJson } from './output';
+import { failureJson, printJson } from './output';
 import { formatBytes, parseSize } from './sizes';
 
 function line(name: string, feature: Feature, detail = ''): string {
@@ -123,13 +123,15 @@ export function probeCommand(args: string[]): number {
   const reach = limit !== undefined ? type1Reach(limit, guestSize) : undefined;
   const lacking = requirements ? missingRequirements(report, requirements) : [];
   const required = requirements ? { required: { ok: lacking.length === 0, requirements: requirements.map((r) => r.name), missing: lacking } } : {};
-  if (values.json) printJson({ ...report, ...(reach ? { type1Reach: reach } : {}), ...required });
+  const missing = `missing ${lacking.map((m) => m.name).join(', ')}: ${lacking.map((m) => `${m.name}: ${m.why}${m.fix ? ` (fix: ${m.fix})` : ''}`).join('; ')}`;
+  const failures = lacking.length > 0 ? [{ code: 'ERR_GUESTMEM_REQUIREMENT_MISSING', message: missing }] : [];
+  if (values.json) printJson({ ...report, ...(reach ? { type1Reach: reach } : {}), ...required, ...failureJson(failures) });
   else console.log(formatProbe(report, reach));
   if (!requirements) return 0;
   if (lacking.length === 0) {
     if (!values.json) console.log(`required: all present (${requirements.map((r) => r.name).join(', ')})`);
     return 0;
   }
-  console.error(`guestmem probe: missing ${lacking.map((m) => m.name).join(', ')}: ${lacking.map((m) => `${m.name}: ${m.why}${m.fix ? ` (fix: ${m.fix})` : ''}`).join('; ')}`);
+  console.error(`guestmem probe: ${missing}`);
   return 1;
 }

@@ -32,7 +32,10 @@ export interface ParsedTrace {
   orphanChecks: number;
 }
 
-const PREFIX = String.raw`^\s*(?:\d+@\d+\.\d+:)?\s*`;
+// One way to match each space: `\s*(?:…)?\s*` let the two runs split leading blanks in
+// n ways, quadratic in a line of spaces (a 65,000-space line took 2.8 s). Every pattern
+// applied to input must stay linear; test/support/hostile-patterns.ts times them.
+const PREFIX = String.raw`^\s*(?:\d+@\d+\.\d+:\s*)?`;
 const CONVERT = new RegExp(`${PREFIX}kvm_convert_memory start 0x([0-9a-f]+) size 0x([0-9a-f]+) (shared_to_private|private_to_shared)\\s*$`, 'i');
 const STATE_CHANGE = new RegExp(
   `${PREFIX}ram_block_attributes_state_change offset 0x([0-9a-f]+) size 0x([0-9a-f]+) from '(discarded|populated|mixture)' to '(discarded|populated)'\\s*$`,
@@ -81,10 +84,24 @@ const U64_LIMIT = 1n << 64n;
 /** x86's widest guest physical address (MAXPHYADDR 52): no real guest converts above it. */
 export const GUEST_PHYS_LIMIT = 1n << 52n;
 
+/** A replay's granule: QEMU converts guest pages. */
+const TRACE_PAGE = 4096n;
+
 /**
- * The smallest 2 MiB-aligned block holding every conversion that ends within `limit`
- * (2^64 for the tracker alone, GUEST_PHYS_LIMIT for a real VM); the others are rejected
- * when replayed. With none inside, 2 MiB at 0.
+ * Whether a replay can carry out this conversion in some block: non-empty, page-aligned
+ * and ending within `limit`. The others are rejected whatever the block, so they neither
+ * shape an inferred block nor count as memory the trace touches.
+ */
+export function isConvertible(c: TraceConversion, limit = U64_LIMIT): boolean {
+  const start = BigInt(c.gpa);
+  const size = BigInt(c.size);
+  return size > 0n && start % TRACE_PAGE === 0n && size % TRACE_PAGE === 0n && start + size <= limit;
+}
+
+/**
+ * The smallest 2 MiB-aligned block holding every conversion that isConvertible within
+ * `limit` (2^64 for the tracker alone, GUEST_PHYS_LIMIT for a real VM); the others are
+ * rejected when replayed. With none inside, 2 MiB at 0.
  */
 export function inferBlock(trace: ParsedTrace, limit = U64_LIMIT): { gpa: Bytes; size: Bytes } | null {
   if (trace.conversions.length === 0) return null;
@@ -94,7 +111,7 @@ export function inferBlock(trace: ParsedTrace, limit = U64_LIMIT): { gpa: Bytes;
   for (const c of trace.conversions) {
     const start = BigInt(c.gpa);
     const end = start + BigInt(c.size);
-    if (end > limit || c.size === 0 || c.size === 0n) continue;
+    if (!isConvertible(c, limit)) continue;
     if (low === null || start < low) low = start;
     if (end > high) high = end;
   }

@@ -9,9 +9,10 @@ import { parseScript, type ScriptOp } from './conversion-script';
 import { DEFAULT_GPA, TrackerHost, VmHost, backendOption, vfioOption } from './hosts';
 import { DEFAULT_MAX_INPUT_BYTES, MAX_INPUT_LIMIT, readInputText } from './input-file';
 import { mapLegend, mapStrip, mapSvg } from './map-picture';
-import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, type ParsedTrace } from './qemu-trace';
+import { checkGuestBlock } from './guest-block';
+import { GUEST_PHYS_LIMIT, parseTrace, inferBlock, isConvertible, type ParsedTrace } from './qemu-trace';
 import { parseCommand, type CommandSpec } from './command-spec';
-import { printJson, progressBar } from './output';
+import { failureJson, printJson, progressBar, type JsonFailure } from './output';
 import { checkScript, runScript, type ScriptHost, type ScriptReport } from './script-runner';
 import type { Bytes } from '../common/byte-range';
 import { bytesOf } from '../common/byte-range';
@@ -19,8 +20,8 @@ import { formatBytes, parseSize, subtractBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
-/** A file option: a name that is not empty, in a place this process can write. */
-function checkOutputFile(file: string | undefined, option: string): string | undefined {
+/** A file option: a name that is not empty, in a place this process can write (every command checks its --svg so, up front). */
+export function checkOutputFile(file: string | undefined, option: string): string | undefined {
   if (file === undefined) return undefined;
   if (file === '') throw new UsageError(`${option} needs a file name`);
   try {
@@ -37,18 +38,25 @@ function checkOutputFile(file: string | undefined, option: string): string | und
 }
 
 /**
- * Writes the SVG after the results are out, so that a failure here loses nothing: it is
- * reported, and the command exits 1.
+ * Writes the --svg picture (before the report is printed, so that a --json report can carry
+ * its failure); a failure is said on stderr too, and returned for the report's `error`.
  */
-function writeSvg(file: string | undefined, attributes: RamBlockAttributes, report: ScriptReport, title: string): number {
-  if (file === undefined) return 0;
+function writeSvg(file: string | undefined, attributes: RamBlockAttributes, report: ScriptReport, title: string): JsonFailure[] {
+  if (file === undefined) return [];
   try {
     fs.writeFileSync(file, mapSvg(attributes, report.history, title));
-    return 0;
+    return [];
   } catch (error) {
-    console.error(`guestmem: the results above stand, but writing the --svg picture failed: ${(error as Error).message}`);
-    return 1;
+    const message = `the results stand, but writing the --svg picture failed: ${(error as Error).message}`;
+    console.error(`guestmem: ${message}`);
+    const code = (error as { code?: unknown }).code;
+    return [{ code: typeof code === 'string' ? code : 'ERR_GUESTMEM_FAILED', message }];
   }
+}
+
+/** The report's failed conversions as a --json failure (exit 1). */
+function conversionFailures(report: ScriptReport): JsonFailure[] {
+  return report.failed > 0 ? [{ code: 'ERR_GUESTMEM_CONVERSION_FAILED', message: `${report.failed} conversion(s) failed: ${report.failures.slice(0, 3).join('; ')}` }] : [];
 }
 
 /** --max-input: the cap on a script or trace file. */
@@ -214,12 +222,13 @@ export async function simulateCommand(args: string[]): Promise<number> {
   const source = scriptSource(positionals[0]);
   const ops = parseScript(await readInputText(source, 'script', maxInput(values['max-input'])));
   const { report, attributes } = await execute(ops, new TrackerHost(), 'simulate', wantsHistory(values));
-  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values) });
+  const failures = writeSvg(svg, attributes, report, 'guestmem simulate');
+  if (values.json) printJson({ ...reportJson(report), ...historyJson(report, values), ...failureJson(failures) });
   else {
     printHistory(report, values);
     console.log(summary(report, attributes));
   }
-  return writeSvg(svg, attributes, report, 'guestmem simulate');
+  return failures.length > 0 ? 1 : 0;
 }
 
 export async function runCommand(args: string[]): Promise<number> {
@@ -232,15 +241,19 @@ export async function runCommand(args: string[]): Promise<number> {
   const svg = checkOutputFile(values.svg, '--svg');
   const ops = parseScript(await readInputText(positionals[0], 'script', maxInput(values['max-input'])));
   checkScript(ops);
+  const block = ops[0]!;
+  checkGuestBlock(gpa, block.op === 'block' ? block.size : 0, `line ${block.line}: block at --gpa 0x${gpa.toString(16)}`);
   const host = new VmHost({ gpa, vfio: values.vfio, backend, vmType, commandLine: ['run', ...args] });
   const { report, attributes } = await execute(ops, host, 'run', wantsHistory(values));
   const stats = host.block?.stats.toJSON();
-  if (values.json) printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values) });
-  else {
+  const failures = [...conversionFailures(report), ...writeSvg(svg, attributes, report, 'guestmem run')];
+  if (values.json) {
+    printJson({ ...reportJson(report), failed: report.failed, failures: report.failures, vfio: values.vfio ?? null, stats, ...historyJson(report, values), ...failureJson(failures) });
+  } else {
     printHistory(report, values);
     console.log(summary(report, attributes, stats ? [`time by step (ns): ${JSON.stringify(stats.ns)}`] : []));
   }
-  return Math.max(report.failed > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem run'));
+  return failures.length > 0 ? 1 : 0;
 }
 
 /** Compares QEMU's recorded state changes with ours, conversion by conversion. */
@@ -272,11 +285,13 @@ const HUGE_INFERRED_BLOCK = 2 ** 40;
  * of everything between them, and its bitmap costs memory and time for nothing): the user
  * knows the block the trace is from.
  */
-function checkInferredBlock(block: { gpa: number | bigint; size: number | bigint }, trace: ParsedTrace): void {
+function checkInferredBlock(block: { gpa: number | bigint; size: number | bigint }, trace: ParsedTrace, limit: bigint | undefined): void {
   const size = Number(block.size);
   if (size <= HUGE_INFERRED_BLOCK) return;
   let touched = 0;
-  for (const c of trace.conversions) touched += Number(c.size);
+  // A conversion the replay will reject touches nothing: one huge rejected size must not
+  // make a sparse trace look dense (it made an 8 TiB block pass).
+  for (const c of trace.conversions) if (isConvertible(c, limit)) touched += Number(c.size);
   if (touched * 16 >= size) return;
   throw new UsageError(
     `the trace's conversions lie across ${approximateBytes(block.size)} from gpa 0x${block.gpa.toString(16)} but touch at most ${approximateBytes(touched)} of it; ` +
@@ -312,10 +327,12 @@ export async function replayCommand(args: string[]): Promise<number> {
     if (values.size === undefined || values.gpa === undefined) throw new UsageError('give both --size and --gpa, or neither to infer the block from the trace');
     block = { gpa: parseGpa(values.gpa), size: parseSize(values.size, '--size') };
     checkReplayBlock(block, '--size');
+    if (!values['dry-run']) checkGuestBlock(block.gpa, block.size, '--gpa/--size');
   } else {
     // A real VM's block must lie below any guest's physical-address limit; a dry run's may be anywhere.
-    block = inferBlock(trace, values['dry-run'] ? undefined : GUEST_PHYS_LIMIT)!;
-    checkInferredBlock(block, trace);
+    const limit = values['dry-run'] ? undefined : GUEST_PHYS_LIMIT;
+    block = inferBlock(trace, limit)!;
+    checkInferredBlock(block, trace, limit);
     checkReplayBlock(block, 'the block inferred from the trace (give --gpa/--size)');
     notes.push(`block inferred from the trace's addresses: gpa 0x${block.gpa.toString(16)}, size ${formatBytes(block.size)} (give --gpa/--size to set it)`);
   }
@@ -357,15 +374,20 @@ export async function replayCommand(args: string[]): Promise<number> {
   const { report, attributes } = await execute(ops, recordingHost, 'replay', wantsHistory(values));
   const checked = trace.conversions.reduce((n, c) => n + c.checks.length, 0);
   const mismatches = checkTrace(trace, results, block.gpa, values.gpa !== undefined);
+  const failures = [
+    ...conversionFailures(report),
+    ...(mismatches.length > 0 ? [{ code: 'ERR_GUESTMEM_TRACE_MISMATCH', message: `${mismatches.length} state change(s) differ from QEMU's: ${mismatches.slice(0, 3).join('; ')}` }] : []),
+    ...writeSvg(svg, attributes, report, 'guestmem replay'),
+  ];
   if (values.json) {
     printJson({
       ...reportJson(report), failed: report.failed, failures: report.failures, block, inferred: values.gpa === undefined,
-      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values),
+      skippedLines: trace.skipped, checked, mismatches, dryRun: values['dry-run'] ?? false, ...historyJson(report, values), ...failureJson(failures),
     });
   } else {
     printHistory(report, values);
     notes.push(`${trace.skipped} other trace lines skipped; ${checked} state changes checked against QEMU's, ${mismatches.length} mismatches`);
     console.log(summary(report, attributes, [...notes, ...mismatches.slice(0, 20).map((m) => `mismatch: ${m}`)]));
   }
-  return Math.max(report.failed > 0 || mismatches.length > 0 ? 1 : 0, writeSvg(svg, attributes, report, 'guestmem replay'));
+  return failures.length > 0 ? 1 : 0;
 }

@@ -11,11 +11,12 @@ export type Bytes = number | bigint;
 const U64_LIMIT = 1n << 64n;
 
 /**
- * True iff `value` is a power of two (a positive safe integer). Bit tests, not Math.log2:
- * log2 rounds, so it calls 2^51 + 1 a power of two.
+ * True iff `value` is a power of two up to 2^63 (a granule the 64-bit space has room for).
+ * Bit tests, not Math.log2: log2 rounds, so it calls 2^51 + 1 a power of two. Past 2^53
+ * every double is an integer, and dividing by 2^30 is exact, so the test stays exact there.
  */
 export function isPowerOfTwo(value: number): boolean {
-  if (!Number.isSafeInteger(value) || value <= 0) return false;
+  if (!Number.isInteger(value) || value <= 0 || value > 2 ** 63) return false;
   if (value <= 0x40000000) return (value & (value - 1)) === 0;
   // Above 2^30 a power of two is 2^30 times a smaller one, exactly.
   return value % 0x40000000 === 0 && isPowerOfTwo(value / 0x40000000);
@@ -27,7 +28,7 @@ export function isPowerOfTwo(value: number): boolean {
  */
 export function checkGranularity(value: unknown, name = 'granularity'): number {
   if (typeof value !== 'number') throw invalidArgType(`${name} must be a number, got ${describeValue(value)}`);
-  if (!isPowerOfTwo(value)) throw outOfRange(`${name} must be a power of two, got ${value}`);
+  if (!isPowerOfTwo(value)) throw outOfRange(`${name} must be a power of two up to 2^63, got ${Number.isSafeInteger(value) ? value : describeValue(value)}`);
   return value;
 }
 
@@ -118,7 +119,10 @@ export function bytesOf(granules: number, granularity: number): Bytes {
   checkInteger(granules, 'granules', 0, Number.MAX_SAFE_INTEGER);
   checkGranularity(granularity);
   const value = granules * granularity;
-  return Number.isSafeInteger(value) ? value : BigInt(granules) * BigInt(granularity);
+  if (Number.isSafeInteger(value)) return value;
+  const exact = BigInt(granules) * BigInt(granularity);
+  if (exact > U64_LIMIT) throw outOfRange(`${granules} granules of ${granularity} bytes is ${exact} bytes, past the 64-bit space`);
+  return exact;
 }
 
 /** A byte count for a message: "256 TiB", "1.5 GiB", "12 bytes" (rounded, for people). */

@@ -7,12 +7,30 @@
 
 import { constants as bufferConstants } from 'node:buffer';
 import { checkBytes, type Bytes } from './byte-range';
-import { closedError, invalidArgType, outOfRange } from './errors';
+import { closedError, invalidArgType, invalidArgValue, outOfRange } from './errors';
 import { native, type NativeMappingHandle } from './native';
 
 /** The longest window: Node's buffer limit, and no more than the addon makes (2^32). */
 export function maxWindowBytes(): number {
   return Math.min(bufferConstants.MAX_LENGTH, native().maxWindow);
+}
+
+/**
+ * Mappings whose unmap() munmaps (made here, or adopted with `owned`), weakly: memory
+ * adopted by address inside one of them pins it, so that its owner's close() (or its
+ * collection) cannot unmap what the adopted windows still reach (a read there is SIGSEGV).
+ */
+const unmappers = new Set<WeakRef<HostMapping>>();
+
+/** The live mappings of `unmappers` that overlap [address, address + size). */
+function unmappersOver(address: bigint, size: bigint): HostMapping[] {
+  const found: HostMapping[] = [];
+  for (const ref of unmappers) {
+    const mapping = ref.deref();
+    if (mapping === undefined) unmappers.delete(ref);
+    else if (mapping.address < address + size && address < mapping.address + mapping.size) found.push(mapping);
+  }
+  return found;
 }
 
 /**
@@ -24,27 +42,48 @@ export class HostMapping {
   readonly address: bigint;
   readonly size: bigint;
   #handle: NativeMappingHandle | null;
+  /** This mapping's entry in `unmappers`, if its unmap() munmaps. */
+  #entry: WeakRef<HostMapping> | null = null;
+  /** The mappings this one was adopted from, kept mapped (and alive) until it unmaps. */
+  #pinned: HostMapping[] = [];
+  /** Adopted mappings inside this one still open; its munmap waits for the last. */
+  #pins = 0;
+  /** The handle unmap() let go of while pinned: munmapped when the last pin goes. */
+  #deferred: NativeMappingHandle | null = null;
 
-  private constructor(handle: NativeMappingHandle, address: bigint, size: bigint, readonly what: string) {
+  private constructor(handle: NativeMappingHandle, address: bigint, size: bigint, readonly what: string, unmaps: boolean) {
     this.#handle = handle;
     this.address = address;
     this.size = size;
+    if (unmaps) {
+      this.#entry = new WeakRef(this);
+      unmappers.add(this.#entry);
+    }
   }
 
   /** mmap(MAP_SHARED) of [offset, offset + size) of an fd. */
   static map(fd: number, size: bigint, offset: bigint, what: string, writable = true): HostMapping {
     const mapping = native().mmap(fd, size, offset, writable);
-    return new HostMapping(mapping.handle, mapping.address, size, what);
+    return new HostMapping(mapping.handle, mapping.address, size, what, true);
   }
 
   /**
    * Memory this process already has mapped (checked in /proc/self/maps), reached through
    * windows like our own. `owned`: munmap it on unmap(); otherwise unmap() only empties the
-   * windows and the memory stays its owner's.
+   * windows and the memory stays its owner's. Memory of another HostMapping (a
+   * SharedMemory of this process) keeps that one mapped until this one unmaps; taking it
+   * `owned` is refused, as its unmap would pull the memory from under its owner.
    */
   static adopt(address: bigint, size: bigint, what: string, owned: boolean): HostMapping {
+    const owners = unmappersOver(address, size);
+    if (owned && owners.length > 0) {
+      throw invalidArgValue(`${what}: [0x${address.toString(16)}, +0x${size.toString(16)}) is guestmem's own mapping (${owners[0]!.what}): it cannot be adopted with close: true, which would unmap it under its owner`);
+    }
     const mapping = native().adoptMapping(address, size, owned);
-    return new HostMapping(mapping.handle, mapping.address, size, what);
+    const adopted = new HostMapping(mapping.handle, mapping.address, size, what, owned);
+    adopted.#pinned = owners;
+    for (const owner of owners) owner.#pins++;
+    return adopted;
   }
 
   get unmapped(): boolean {
@@ -77,11 +116,30 @@ export class HostMapping {
     new Uint8Array(native().mapWindow(this.handle(), start, bytes.length)).set(bytes);
   }
 
-  /** Unmaps now; windows still alive become empty (byteLength 0). Idempotent. */
+  /**
+   * Unmaps now; windows still alive become empty (byteLength 0). Idempotent. While memory
+   * adopted from this mapping by address is open, the munmap waits for the last of them to
+   * unmap (this object refuses use at once either way).
+   */
   unmap(): void {
     const handle = this.#handle;
     if (handle === null) return;
     this.#handle = null;
+    if (this.#entry) unmappers.delete(this.#entry);
+    const pinned = this.#pinned;
+    this.#pinned = [];
+    try {
+      if (this.#pins > 0) this.#deferred = handle;
+      else native().munmap(handle);
+    } finally {
+      for (const owner of pinned) owner.unpin();
+    }
+  }
+
+  private unpin(): void {
+    if (--this.#pins > 0 || this.#deferred === null) return;
+    const handle = this.#deferred;
+    this.#deferred = null;
     native().munmap(handle);
   }
 

@@ -35,6 +35,7 @@ export interface NativeKvmRunLayout {
   mmioAddress: number; mmioData: number; mmioLength: number; mmioIsWrite: number;
   hypercallNr: number; hypercallArgs: number; hypercallFlags: number;
   memoryFaultFlags: number; memoryFaultGpa: number; memoryFaultSize: number;
+  tdxFlags: number; tdxNr: number; tdxRet: number; tdxData: number;
   failEntryReason: number; failEntryCpu: number; internalSuberror: number; internalNdata: number; internalData: number;
   exception: number; exceptionErrorCode: number; hardwareExitReason: number;
 }
@@ -42,9 +43,14 @@ export interface NativeKvmRunLayout {
 export interface NativeVcpuRunner {
   /** The next KVM_RUN; a hypercall's return value, when given, is written first. */
   run(hypercallReturn?: number | bigint): void;
+  /** KVM_RUN on the calling thread: the exit is in the view when it returns; throws the run's error. */
+  runSync(hypercallReturn?: number | bigint): void;
+  /** Kicks whichever thread runs this vCPU, through any runner of it; sticky. */
   stop(): void;
   completeIo(data: Uint8Array): void;
   completeMmio(data: Uint8Array): void;
+  /** Answers a KVM_EXIT_TDX with a TDVMCALL status before the next entry. */
+  completeTdvmcall(status: bigint): void;
   close(): void;
 }
 
@@ -78,15 +84,18 @@ export interface NativeAddon {
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
   // Confidential-VM initialisation (KVM_MEMORY_ENCRYPT_OP); a failure carries the
   // firmware's status (firmwareError) or the TDX module's (hwError) when there is one.
-  kvmSevInit2(vmFd: number, sevFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
+  kvmSevInit2(vmFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
   kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };
   kvmTdxInitVm(vmFd: number, attributes: U64, xfam: U64, cpuid: Uint8Array): void;
-  // Their launch (confidential_launch.cc): byte addresses and sizes, page-aligned; the
-  // partial-progress loops are inside.
+  // Their launch (confidential_launch.cc): byte addresses and sizes, page-aligned; TDX's
+  // partial-progress loop is inside, SNP's in snp-launch.ts (one call, what is left).
   kvmSevSnpLaunchStart(vmFd: number, sevFd: number, policy: U64, gosvw: Uint8Array | undefined, flags: number): void;
-  kvmSevSnpLaunchUpdate(vmFd: number, sevFd: number, gpa: U64, uaddr: U64, length: U64, type: number): void;
+  kvmSevSnpLaunchUpdate(vmFd: number, sevFd: number, gpa: U64, uaddr: U64, length: U64, type: number): { gpa: bigint; uaddr: bigint; length: bigint };
   kvmSevSnpLaunchFinish(vmFd: number, sevFd: number, hostData: Uint8Array | undefined): void;
+  /** No hwError: KVM never returns the TDX module's status for a vCPU sub-command. */
   kvmTdxInitVcpu(vcpuFd: number, rcx: U64): void;
+  /** KVM_TDX_GET_CPUID: the TD's CPUID as raw kvm_cpuid_entry2 records. */
+  kvmTdxGetCpuid(vcpuFd: number): Buffer;
   kvmTdxInitMemRegion(vcpuFd: number, sourceAddress: U64, gpa: U64, pages: U64, measure: boolean): void;
   kvmTdxFinalizeVm(vmFd: number): void;
   // vCPUs
@@ -200,9 +209,12 @@ export function native(): NativeAddon {
       loadError = error;
     }
   }
+  // Lines joined by splitting, not by /\s*\n\s*/g, which backtracks quadratically over a
+  // long run of blanks (every pattern applied to text from outside stays linear).
+  const reason = messageOf(loadError).split('\n').map((line) => line.trim()).filter(Boolean).join('; ');
   throw new GuestmemError(
     'ERR_GUESTMEM_NATIVE_UNAVAILABLE',
-    `the guestmem native addon could not be loaded: ${messageOf(loadError).trim().replace(/\s*\n\s*/g, '; ')} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
+    `the guestmem native addon could not be loaded: ${reason} (no prebuilt binary fits this host and none was compiled; with a C++ compiler, python3 and make: \`npm rebuild guestmem\`)`,
     { cause: loadError },
   );
 }

@@ -10,7 +10,7 @@
 // creating a guest_memfd or a memslot here is refused.
 
 import { checkExtent, type Bytes } from '../common/byte-range';
-import { GuestmemError, invalidArgType } from '../common/errors';
+import { describeValue, GuestmemError, invalidArgType } from '../common/errors';
 import type { GuestMemfd, MemoryRegion } from './kvm';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { MemoryVm } from './memory-vm';
@@ -21,7 +21,11 @@ export interface VmDelegate {
   type?: number;
   /** The KVM_MEMORY_ATTRIBUTE_* bits the VM supports (default: PRIVATE). */
   memoryAttributes?: bigint;
-  /** KVM_SET_MEMORY_ATTRIBUTES done by the VMM; must throw if it failed (nothing changed then). */
+  /**
+   * KVM_SET_MEMORY_ATTRIBUTES done by the VMM, synchronously; must throw if it failed
+   * (nothing changed then). A conversion's steps are ordered around this call, so a promise
+   * is refused (ERR_GUESTMEM_ASYNC_DELEGATE) and the delegate is not asked again.
+   */
   setMemoryAttributes(gpa: bigint, size: bigint, attributes: bigint): void;
   /** Deletes a memslot in the VMM, for a block told to delete the memslot it adopted. */
   deleteMemorySlot?(slot: number): void;
@@ -41,13 +45,19 @@ export class DelegatedVm implements MemoryVm {
   readonly supportsGuestMemfd = true;
   readonly supportsPreFault = false;
   #closed = false;
+  /** Set once the delegate answered with a promise: what the VMM did is unknown from then on. */
+  #broken: GuestmemError | null = null;
 
   constructor(private readonly delegate: VmDelegate) {
     if (delegate === null || typeof delegate !== 'object' || typeof delegate.setMemoryAttributes !== 'function') {
       throw invalidArgType('a DelegatedVm needs { setMemoryAttributes(gpa, size, attributes) }');
     }
-    this.type = delegate.type ?? -1;
-    this.memoryAttributes = delegate.memoryAttributes ?? KVM_MEMORY_ATTRIBUTE_PRIVATE;
+    const { type = -1, memoryAttributes = KVM_MEMORY_ATTRIBUTE_PRIVATE, deleteMemorySlot } = delegate;
+    if (typeof type !== 'number' || !Number.isInteger(type) || type < -1 || type > 0xffffffff) throw invalidArgType(`the delegate's type must be a VM type number (or -1), got ${describeValue(type)}`);
+    if (typeof memoryAttributes !== 'bigint' || memoryAttributes < 0n || memoryAttributes >= 1n << 64n) throw invalidArgType(`the delegate's memoryAttributes must be a 64-bit bigint, got ${describeValue(memoryAttributes)}`);
+    if (deleteMemorySlot !== undefined && typeof deleteMemorySlot !== 'function') throw invalidArgType(`the delegate's deleteMemorySlot must be a function, got ${describeValue(deleteMemorySlot)}`);
+    this.type = type;
+    this.memoryAttributes = memoryAttributes;
   }
 
   get closed(): boolean {
@@ -65,7 +75,22 @@ export class DelegatedVm implements MemoryVm {
     const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
     if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
     if (this.#closed) throw new GuestmemError('ERR_GUESTMEM_CLOSED', 'the delegated VM is closed');
-    this.delegate.setMemoryAttributes(start, length, attributes);
+    if (this.#broken) throw this.#broken;
+    const answer: unknown = this.delegate.setMemoryAttributes(start, length, attributes);
+    if (answer != null && typeof (answer as PromiseLike<unknown>).then === 'function') {
+      // The conversion cannot wait here (its steps are synchronous), and a promise's
+      // rejection must not end the process: the change counts as failed, and since the VMM
+      // may still apply it, its attributes and the tracker may disagree from now on (a
+      // block's repair() cannot see that), so the delegate is not trusted again.
+      Promise.resolve(answer).catch(() => {});
+      this.#broken = new GuestmemError(
+        'ERR_GUESTMEM_ASYNC_DELEGATE',
+        `the VMM's setMemoryAttributes returned a promise for [0x${start.toString(16)}, +0x${length.toString(16)}); ` +
+          'it must be synchronous (throw on failure); if the VMM still applies it, KVM and the tracker disagree there. ' +
+          'Further attribute changes through this DelegatedVm are refused',
+      );
+      throw this.#broken;
+    }
   }
 
   /** Asks the VMM to delete a memslot; refused when the delegate cannot. */

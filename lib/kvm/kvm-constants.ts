@@ -54,5 +54,10 @@ export const FALLOC_FL_PUNCH_HOLE = 0x02;
 
 /** kvm_run.system_event.type: an SEV-ES/SNP guest's termination request (data[0]: the GHCB MSR). */
 export const KVM_SYSTEM_EVENT_SEV_TERM = 6;
-/** kvm_run.system_event.type: a TD's fatal-error report (data[0]: its error code; Linux 6.16+). */
+/** kvm_run.system_event.type: a TD's fatal-error report (data[0..15]: its 16 GPRs, error code in R12; Linux 6.16+). */
 export const KVM_SYSTEM_EVENT_TDX_FATAL = 7;
+
+/** KVM capability: an in-kernel LAPIC with the I/O APIC left to userspace; args[0] = reserved I/O APIC pins. */
+export const KVM_CAP_SPLIT_IRQCHIP = 121;
+/** KVM capability: the LAPIC timer's bus cycle in ns (before any vCPU; needs an in-kernel LAPIC). */
+export const KVM_CAP_X86_APIC_BUS_CYCLES_NS = 237;

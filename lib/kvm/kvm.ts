@@ -4,7 +4,7 @@
 
 import fs from 'node:fs';
 import { checkBytes, checkExtent, checkSpan, type Bytes } from '../common/byte-range';
-import { GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { describeValue, GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -23,7 +23,7 @@ import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from 
 import type { ConfidentialLaunch, LaunchCalls } from './vm-launch';
 import { SnpLaunch } from './snp-launch';
 import { TdxLaunch } from './tdx-launch';
-import { maskHasVmType, missingVmTypeLine, vmTypesInMask } from './vm-types';
+import { maskHasVmType, missingVmTypeLine, vmTypeName, vmTypesInMask } from './vm-types';
 import { takeFd } from './shared-memory';
 
 function checkU32(value: unknown, name: string): number {
@@ -78,6 +78,10 @@ export class Kvm extends FdOwner {
    * in one line with the fix, keeping the kernel's errno, code and syscall.
    */
   createVm(type: VmType | number = 'default', options: { initialize?: boolean; initCalls?: ConfidentialInitCalls; launchCalls?: LaunchCalls } = {}): Vm {
+    // Checked before KVM_CREATE_VM: a bad options object found afterwards left a VM behind.
+    if (options === null || typeof options !== 'object') throw invalidArgType(`createVm options must be an object, got ${describeValue(options)}`);
+    if (options.initialize !== undefined && typeof options.initialize !== 'boolean') throw invalidArgType(`initialize must be a boolean, got ${describeValue(options.initialize)}`);
+    if (typeof type !== 'number' && typeof type !== 'string') throw invalidArgType(`VM type must be a name or a number, got ${describeValue(type)}`);
     const number = typeof type === 'number' ? checkU32(type, 'VM type') : Object.hasOwn(VM_TYPES, type) ? VM_TYPES[type] : undefined;
     if (number === undefined) throw outOfRange(`unknown VM type '${String(type)}'; known: ${Object.keys(VM_TYPES).join(', ')}`);
     let fd: number;
@@ -223,7 +227,13 @@ export class Vm extends FdOwner {
   /** KVM_CREATE_GUEST_MEMFD: `size` bytes of private memory the host cannot map; owned by this VM. */
   createGuestMemfd(size: Bytes, flags: Bytes = 0): GuestMemfd {
     const length = checkBytes(size, 'guest_memfd size');
-    const fd = native().kvmCreateGuestMemfd(this.fd, length, checkBytes(flags, 'guest_memfd flags'));
+    const checkedFlags = checkBytes(flags, 'guest_memfd flags');
+    let fd: number;
+    try {
+      fd = native().kvmCreateGuestMemfd(this.fd, length, checkedFlags);
+    } catch (error) {
+      throw this.unsupported(error, KVM_CAP_GUEST_MEMFD, 'KVM_CREATE_GUEST_MEMFD', 'guest_memfd');
+    }
     return this.adopt(new GuestMemfd(fd, length));
   }
 
@@ -248,7 +258,33 @@ export class Vm extends FdOwner {
     const [start, length] = checkExtent(gpa, size, 1n << 64n, 'attribute range');
     const attributes = to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : to === 'shared' ? 0n : to;
     if (typeof attributes !== 'bigint') throw invalidArgType(`attributes must be 'private', 'shared' or a bigint, got ${String(to)}`);
-    native().kvmSetMemoryAttributes(this.fd, start, length, attributes);
+    try {
+      native().kvmSetMemoryAttributes(this.fd, start, length, attributes);
+    } catch (error) {
+      throw this.unsupported(error, KVM_CAP_MEMORY_ATTRIBUTES, 'KVM_SET_MEMORY_ATTRIBUTES', 'memory attributes');
+    }
+  }
+
+  /**
+   * A VM ioctl's ENOTTY/EINVAL where this VM lacks the capability (a default VM has no
+   * guest_memfd nor memory attributes): ERR_GUESTMEM_UNSUPPORTED naming what is missing
+   * and the fix, keeping the kernel's errno and syscall; any other error as it came.
+   */
+  private unsupported(error: unknown, capability: number, ioctl: string, what: string): unknown {
+    const e = error as NodeJS.ErrnoException;
+    if (e?.code !== 'ENOTTY' && e?.code !== 'EINVAL') return error;
+    let present: number;
+    try {
+      present = this.checkExtension(capability);
+    } catch {
+      return error;
+    }
+    if (present > 0) return error;
+    const type = this.type < 0 ? 'this VM' : `this VM (type ${vmTypeName(this.type)})`;
+    return Object.assign(
+      new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${ioctl}: ${type} has no ${what} (KVM_CHECK_EXTENSION says 0): create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports (${e.message})`, { cause: error }),
+      { errno: e.errno, syscall: e.syscall },
+    );
   }
 }
 

@@ -11,7 +11,7 @@
 
 import fs from 'node:fs';
 import { checkBytes, checkExtent, type Bytes } from '../common/byte-range';
-import { closedError, GuestmemError, invalidArgType, outOfRange } from '../common/errors';
+import { closedError, GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
 import { HostMapping } from '../common/host-mapping';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './kvm-constants';
@@ -23,13 +23,22 @@ const PAGE = 4096n;
 const MADV_REMOVE = 9;
 
 /**
- * Shared memory a VMM already has. `fd`: mapped here at `offset` (page-aligned); the fd is
- * duplicated unless `close` is true (then guestmem takes that fd and closes it). `address`:
- * memory this process has mapped shared and read-write already (a memfd or shmem mapping,
- * checked in /proc/self/maps); unmapped on close only if `close`.
+ * Shared memory a VMM already has. `fd`: a memfd, shmem or regular file (nothing else: a
+ * device's or KVM's fd may fault on read, SIGBUS), mapped here at `offset` (page-aligned);
+ * the fd is duplicated unless `close` is true (then guestmem takes that fd and closes it).
+ *
+ * `unsafeAddress`: memory this process has mapped shared and read-write already (a memfd
+ * or shmem mapping, checked in /proc/self/maps); unmapped on close only if `close`.
+ * **Unsafe by nature**: guestmem cannot know when the memory's real owner unmaps it, and a
+ * read after that is SIGSEGV; the caller must keep it mapped until this object is closed.
+ * Memory of a SharedMemory of this process is the exception: it is kept mapped while
+ * adopted (and may not be adopted with `close: true`). `address` is the older name of
+ * `unsafeAddress`, still accepted.
  */
 export type SharedMemorySource =
   | { fd: number; offset?: Bytes; close?: boolean }
+  | { unsafeAddress: Bytes; close?: boolean }
+  /** @deprecated the same as `unsafeAddress`, whose name says what it is. */
   | { address: Bytes; close?: boolean };
 
 class SharedFile extends FdOwner {
@@ -91,13 +100,14 @@ export class SharedMemory implements Disposable {
   /** Shared memory a VMM already has, of `size` bytes (see SharedMemorySource). */
   static adopt(source: SharedMemorySource, size: Bytes, name = 'guestmem-shared'): SharedMemory {
     const length = checkSize(size);
-    if (source === null || typeof source !== 'object') throw invalidArgType(`shared memory source must be { fd } or { address }, got ${source === null ? 'null' : typeof source}`);
+    if (source === null || typeof source !== 'object') throw invalidArgType(`shared memory source must be { fd } or { unsafeAddress }, got ${source === null ? 'null' : typeof source}`);
     if ('fd' in source) {
       const offset = checkBytes(source.offset ?? 0, 'shared memory offset');
       if (offset % PAGE !== 0n) throw outOfRange(`shared memory offset must be a multiple of ${PAGE}, got ${offset}`);
       if (offset + length > MAX_FILE_SIZE) throw outOfRange('shared memory offset + size must stay below 2^63');
       const fd = takeFd(source.fd, source.close, 'shared memory');
       try {
+        refuseUnmappable(fd, source.fd);
         // mmap is guarded: a range past the end of a regular file is refused (SIGBUS otherwise).
         return new SharedMemory(new SharedFile(fd), HostMapping.map(fd, length, offset, `shared memory ${name}`), offset);
       } catch (error) {
@@ -105,13 +115,13 @@ export class SharedMemory implements Disposable {
         throw error;
       }
     }
-    if ('address' in source) {
-      const address = checkBytes(source.address, 'shared memory address');
+    if ('unsafeAddress' in source || 'address' in source) {
+      const address = checkBytes('unsafeAddress' in source ? source.unsafeAddress : source.address, 'shared memory address');
       if (address === 0n || address % PAGE !== 0n) throw outOfRange(`shared memory address must be a non-zero multiple of ${PAGE}, got 0x${address.toString(16)}`);
       if (source.close !== undefined && typeof source.close !== 'boolean') throw invalidArgType(`shared memory close must be a boolean, got ${typeof source.close}`);
       return new SharedMemory(null, HostMapping.adopt(address, length, `shared memory ${name}`, source.close === true), 0n);
     }
-    throw invalidArgType('shared memory source must have an fd or an address');
+    throw invalidArgType('shared memory source must have an fd or an unsafeAddress');
   }
 
   get closed(): boolean {
@@ -176,6 +186,19 @@ export class SharedMemory implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * Refuses an fd that is not a regular file (memfd and shmem files are): the mmap guard
+ * checks a regular file's size, but a vCPU's or a device's fd maps pages that fault on
+ * read (SIGBUS), which no check of the range can see.
+ */
+function refuseUnmappable(fd: number, callerFd: number): void {
+  const stat = fs.fstatSync(fd);
+  if (stat.isFile()) return;
+  const kind = stat.isCharacterDevice() ? 'a character device' : stat.isBlockDevice() ? 'a block device' : stat.isDirectory() ? 'a directory'
+    : stat.isFIFO() ? 'a pipe' : stat.isSocket() ? 'a socket' : 'not a file (an anonymous inode: KVM, VFIO, eventfd)';
+  throw invalidArgValue(`shared memory fd ${callerFd} is ${kind}: only a memfd, shmem or regular file can back shared memory`);
 }
 
 function checkSize(size: Bytes): bigint {

@@ -2,31 +2,40 @@
 // done by Kvm.createVm for those types (other types need nothing):
 //
 // - SNP (Documentation/virt/kvm/x86/amd-memory-encryption.rst): KVM_MEMORY_ENCRYPT_OP with
-//   KVM_SEV_INIT2 (struct kvm_sev_init), authorised by an open /dev/sev. GHCB protocol 2,
-//   which SNP guests need (version 1 has no page-state change requests); no extra VMSA
-//   features: KVM adds SNP's own.
-// - TDX (Documentation/virt/kvm/x86/intel-tdx.rst, Linux 6.16+): KVM_TDX_CAPABILITIES, then
-//   KVM_TDX_INIT_VM with a CPUID configuration that names only leaves the capabilities list,
-//   each value being KVM's supported CPUID masked by the configurable bits (as QEMU's
-//   tdx_filter_cpuid does); TD attributes SEPT_VE_DISABLE where supported (QEMU's default),
-//   XFAM x87|SSE (the bits the TDX module fixes to 1).
+//   KVM_SEV_INIT2 (struct kvm_sev_init). GHCB protocol 2, which SNP guests need (version 1
+//   has no page-state change requests); no extra VMSA features: KVM adds SNP's own. INIT2
+//   issues no firmware command through /dev/sev (sev_guest_init2 never reads
+//   kvm_sev_cmd.sev_fd); the fd matters from SNP_LAUNCH_START on, which stores it for the
+//   VM's life (snp-launch.ts).
+// - TDX (Documentation/virt/kvm/x86/intel-tdx.rst, Linux 6.16+): KVM_TDX_CAPABILITIES; a
+//   split irqchip (KVM refuses a TD vCPU without one: the TDX module mandates APICv, which
+//   needs an in-kernel LAPIC, and KVM cannot emulate an in-kernel I/O APIC for a TD) with
+//   QEMU's 24 reserved I/O APIC pins, and the LAPIC bus cycle of 40 ns (25 MHz, the core
+//   crystal clock the TD's CPUID 0x15 reports), as QEMU does; then KVM_TDX_INIT_VM with the
+//   CPUID configuration and XFAM of tdx-cpuid.ts, TD attributes SEPT_VE_DISABLE where
+//   supported (QEMU's default). INIT_VM fails with EAGAIN while the TDX module finds no
+//   entropy (TDX_RND_NO_ENTROPY): retried up to 10,000 times, as QEMU does.
 //
 // The launch that follows (SNP_LAUNCH_*, TDX_INIT_VCPU, TDX_INIT_MEM_REGION,
 // TDX_FINALIZE_VM) is vm-launch.ts's; attestation is out of scope. The calls go through
 // ConfidentialInitCalls so that their order is tested with a stand-in.
 
-import fs from 'node:fs';
 import { GuestmemError } from '../common/errors';
 import { native } from '../common/native';
-import { VM_TYPES } from './kvm-constants';
+import { KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X86_APIC_BUS_CYCLES_NS, VM_TYPES } from './kvm-constants';
+import { CPUID_ENTRY_BYTES, tdxCpuidConfiguration, tdxXfam, TDX_XFAM_FIXED } from './tdx-cpuid';
 
-export const CPUID_ENTRY_BYTES = 40;
-const KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1;
+export { CPUID_ENTRY_BYTES, tdxCpuidConfiguration, tdxXfam, TDX_XFAM_FIXED };
+
 /** TDX_TD_ATTR_SEPT_VE_DISABLE: EPT violations on private pages exit to the host, not #VE. */
 export const TDX_ATTR_SEPT_VE_DISABLE = 1n << 28n;
-/** XFAM bits 0 (x87) and 1 (SSE): fixed to 1 by the TDX module. */
-export const TDX_XFAM_FIXED = 0x3n;
 export const SNP_GHCB_VERSION = 2;
+/** The I/O APIC pins a split irqchip reserves for userspace: QEMU's (KVM_IRQCHIP_NUM_PINS). */
+export const TDX_IOAPIC_PINS = 24;
+/** The TD's LAPIC bus cycle in ns: 25 MHz, the crystal clock TDX reports in CPUID 0x15 (QEMU's TDX_APIC_BUS_CYCLES_NS). */
+export const TDX_APIC_BUS_CYCLES_NS = 40;
+/** KVM_TDX_INIT_VM attempts while it answers EAGAIN (TDX_RND_NO_ENTROPY): QEMU's bound. */
+export const TDX_INIT_VM_ATTEMPTS = 10_000;
 
 export interface TdxCapabilities {
   supportedAttributes: bigint;
@@ -37,21 +46,23 @@ export interface TdxCapabilities {
 
 /** The system calls the initialisation makes; the addon's by default, a stand-in in tests. */
 export interface ConfidentialInitCalls {
-  openSevDevice(): number;
-  closeFd(fd: number): void;
-  sevInit2(vmFd: number, sevFd: number, vmsaFeatures: bigint, ghcbVersion: number): void;
+  sevInit2(vmFd: number, vmsaFeatures: bigint, ghcbVersion: number): void;
   tdxCapabilities(vmFd: number): TdxCapabilities;
   supportedCpuid(kvmFd: number): Uint8Array;
+  /** KVM_CHECK_EXTENSION on the VM. */
+  checkExtension(vmFd: number, capability: number): number;
+  /** KVM_ENABLE_CAP on the VM with args[0] = arg0. */
+  enableCap(vmFd: number, capability: number, arg0: bigint): void;
   tdxInitVm(vmFd: number, attributes: bigint, xfam: bigint, cpuid: Uint8Array): void;
 }
 
 export function nativeInitCalls(): ConfidentialInitCalls {
   return {
-    openSevDevice: () => fs.openSync('/dev/sev', 'r+'),
-    closeFd: (fd) => fs.closeSync(fd),
-    sevInit2: (vmFd, sevFd, vmsaFeatures, ghcbVersion) => native().kvmSevInit2(vmFd, sevFd, vmsaFeatures, ghcbVersion),
+    sevInit2: (vmFd, vmsaFeatures, ghcbVersion) => native().kvmSevInit2(vmFd, vmsaFeatures, ghcbVersion),
     tdxCapabilities: (vmFd) => native().kvmTdxCapabilities(vmFd),
     supportedCpuid: (kvmFd) => native().kvmGetSupportedCpuid(kvmFd),
+    checkExtension: (vmFd, capability) => native().kvmCheckExtension(vmFd, capability),
+    enableCap: (vmFd, capability, arg0) => native().kvmEnableCap(vmFd, capability, arg0),
     tdxInitVm: (vmFd, attributes, xfam, cpuid) => native().kvmTdxInitVm(vmFd, attributes, xfam, cpuid),
   };
 }
@@ -60,7 +71,7 @@ export function nativeInitCalls(): ConfidentialInitCalls {
 export type VmInitialisation =
   | { kind: 'none' }
   | { kind: 'snp'; ghcbVersion: number; vmsaFeatures: bigint }
-  | { kind: 'tdx'; attributes: bigint; xfam: bigint; cpuidEntries: number };
+  | { kind: 'tdx'; attributes: bigint; xfam: bigint; cpuidEntries: number; ioapicPins: number; apicBusCycleNs: number; initVmAttempts: number };
 
 /**
  * An initialisation step failed: one line that names the step, the kernel's error (and the
@@ -75,63 +86,35 @@ function initFailure(step: string, error: unknown, fix: string): Error {
   );
 }
 
-function sevDeviceFailure(error: unknown): Error {
-  const code = (error as NodeJS.ErrnoException).code;
-  const why = code === 'ENOENT' ? 'there is no /dev/sev (the ccp driver has not found a PSP with SEV firmware)'
-    : code === 'EACCES' || code === 'EPERM' ? 'no permission to open /dev/sev'
-    : `cannot open /dev/sev: ${(error as Error).message}`;
-  return Object.assign(
-    new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `an SNP VM needs /dev/sev to authorise KVM_SEV_INIT2, but ${why}; fix: load ccp (and kvm_amd with sev_snp=1), run as root or join the group that owns /dev/sev`, { cause: error }),
-    { errno: (error as NodeJS.ErrnoException).errno, syscall: 'open' },
-  );
-}
-
 function initSnp(vmFd: number, calls: ConfidentialInitCalls): VmInitialisation {
-  let sevFd: number;
   try {
-    sevFd = calls.openSevDevice();
-  } catch (error) {
-    throw sevDeviceFailure(error);
-  }
-  try {
-    calls.sevInit2(vmFd, sevFd, 0n, SNP_GHCB_VERSION);
+    calls.sevInit2(vmFd, 0n, SNP_GHCB_VERSION);
   } catch (error) {
     throw initFailure('KVM_SEV_INIT2', error, 'check that SEV-SNP is enabled (kvm_amd sev_snp=Y) and the SEV firmware is initialised (dmesg | grep -i sev)');
-  } finally {
-    calls.closeFd(sevFd);
   }
   return { kind: 'snp', ghcbVersion: SNP_GHCB_VERSION, vmsaFeatures: 0n };
 }
 
-/**
- * The TD's CPUID: for each leaf the TDX module lets userspace configure, KVM's supported
- * value masked by the configurable bits; a leaf KVM does not report is left out (the TDX
- * module then uses its own value). Entries keep the capability's function, index and flags.
- */
-export function tdxCpuidConfiguration(configurable: Uint8Array, supported: Uint8Array): Uint8Array {
-  const caps = Buffer.from(configurable.buffer, configurable.byteOffset, configurable.byteLength);
-  const kvm = Buffer.from(supported.buffer, supported.byteOffset, supported.byteLength);
-  const find = (fn: number, index: number, indexed: boolean): number => {
-    for (let at = 0; at + CPUID_ENTRY_BYTES <= kvm.length; at += CPUID_ENTRY_BYTES) {
-      if (kvm.readUInt32LE(at) === fn && (!indexed || kvm.readUInt32LE(at + 4) === index)) return at;
-    }
-    return -1;
-  };
-  const out: Buffer[] = [];
-  for (let at = 0; at + CPUID_ENTRY_BYTES <= caps.length; at += CPUID_ENTRY_BYTES) {
-    const fn = caps.readUInt32LE(at);
-    const index = caps.readUInt32LE(at + 4);
-    const flags = caps.readUInt32LE(at + 8);
-    const source = find(fn, index, (flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX) !== 0);
-    if (source < 0) continue;
-    const entry = Buffer.alloc(CPUID_ENTRY_BYTES);
-    entry.writeUInt32LE(fn, 0);
-    entry.writeUInt32LE(index, 4);
-    entry.writeUInt32LE(flags, 8);
-    for (let reg = 12; reg < 28; reg += 4) entry.writeUInt32LE((kvm.readUInt32LE(source + reg) & caps.readUInt32LE(at + reg)) >>> 0, reg);
-    out.push(entry);
+/** The in-kernel LAPIC a TD needs, before any vCPU: a split irqchip, then the LAPIC bus cycle. */
+function tdxIrqchip(vmFd: number, calls: ConfidentialInitCalls): void {
+  try {
+    calls.enableCap(vmFd, KVM_CAP_SPLIT_IRQCHIP, BigInt(TDX_IOAPIC_PINS));
+  } catch (error) {
+    throw initFailure('KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)', error, 'a TD needs a split irqchip (KVM refuses its vCPUs without one); enable it before any vCPU is created');
   }
-  return Buffer.concat(out);
+  // The capability needs an in-kernel LAPIC (ENXIO otherwise): hence after the irqchip.
+  if (calls.checkExtension(vmFd, KVM_CAP_X86_APIC_BUS_CYCLES_NS) === 0) {
+    throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'KVM_CAP_X86_APIC_BUS_CYCLES_NS is missing: a TD\'s LAPIC timer must run at the 25 MHz its CPUID 0x15 reports (Linux 6.11+)');
+  }
+  try {
+    calls.enableCap(vmFd, KVM_CAP_X86_APIC_BUS_CYCLES_NS, BigInt(TDX_APIC_BUS_CYCLES_NS));
+  } catch (error) {
+    throw initFailure('KVM_ENABLE_CAP(KVM_CAP_X86_APIC_BUS_CYCLES_NS)', error, 'set the LAPIC bus cycle before any vCPU is created');
+  }
+}
+
+function isCode(error: unknown, code: string): boolean {
+  return (error as { code?: unknown } | null)?.code === code;
 }
 
 function initTdx(kvmFd: number, vmFd: number, calls: ConfidentialInitCalls): VmInitialisation {
@@ -141,15 +124,24 @@ function initTdx(kvmFd: number, vmFd: number, calls: ConfidentialInitCalls): VmI
   } catch (error) {
     throw initFailure('KVM_TDX_CAPABILITIES', error, 'a Linux 6.16+ kernel with kvm_intel tdx=Y and an initialised TDX module (dmesg | grep -i tdx)');
   }
+  tdxIrqchip(vmFd, calls);
   const attributes = caps.supportedAttributes & TDX_ATTR_SEPT_VE_DISABLE;
-  const xfam = caps.supportedXfam & TDX_XFAM_FIXED;
-  const cpuid = tdxCpuidConfiguration(caps.cpuid, calls.supportedCpuid(kvmFd));
-  try {
-    calls.tdxInitVm(vmFd, attributes, xfam, cpuid);
-  } catch (error) {
-    throw initFailure('KVM_TDX_INIT_VM', error, 'the TDX module refused the TD configuration; compare KVM_TDX_CAPABILITIES with the configuration (GUESTMEM_DEBUG=1 prints the stack)');
+  const supported = calls.supportedCpuid(kvmFd);
+  const xfam = tdxXfam(caps.supportedXfam, supported);
+  const cpuid = tdxCpuidConfiguration(caps.cpuid, supported, xfam);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      calls.tdxInitVm(vmFd, attributes, xfam, cpuid);
+      return { kind: 'tdx', attributes, xfam, cpuidEntries: cpuid.length / CPUID_ENTRY_BYTES, ioapicPins: TDX_IOAPIC_PINS, apicBusCycleNs: TDX_APIC_BUS_CYCLES_NS, initVmAttempts: attempt };
+    } catch (error) {
+      // EAGAIN: the TDX module found no entropy (TDX_RND_NO_ENTROPY) and undid its step.
+      if (isCode(error, 'EAGAIN') && attempt < TDX_INIT_VM_ATTEMPTS) continue;
+      const fix = isCode(error, 'EAGAIN')
+        ? `the TDX module had no entropy in ${TDX_INIT_VM_ATTEMPTS} attempts: the CPU's random number generator (RDRAND/RDSEED) is kept busy by someone else`
+        : 'the TDX module refused the TD configuration; compare KVM_TDX_CAPABILITIES with the configuration (GUESTMEM_DEBUG=1 prints the stack)';
+      throw initFailure('KVM_TDX_INIT_VM', error, fix);
+    }
   }
-  return { kind: 'tdx', attributes, xfam, cpuidEntries: cpuid.length / CPUID_ENTRY_BYTES };
 }
 
 /** Initialises a just-created VM of type `type`, as that type requires before anything else. */

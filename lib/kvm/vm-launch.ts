@@ -6,6 +6,12 @@
 // the kernel refuses is ERR_GUESTMEM_LAUNCH_FAILED in one line, keeping errno, syscall and
 // the firmware's (firmwareError) or TDX module's (hwError) status.
 //
+// vCPUs are known by their KVM vCPU id, not by fd: KVM keeps a vCPU until its VM goes,
+// whether or not its fd is still open, and an fd number, once closed, is the kernel's to
+// give to anything else. A vCPU whose fd closes before it was made ready is abandoned: it
+// can never run, and it does not hold the launch's end back (SNP's LAUNCH_FINISH still
+// measures its VMSA, as KVM's LAUNCH_UPDATE_VMSA walks every vCPU of the VM).
+//
 // The order of each type is its own (snp-launch.ts, tdx-launch.ts), from the kernel's
 // Documentation/virt/kvm/x86/amd-memory-encryption.rst and intel-tdx.rst.
 
@@ -29,12 +35,18 @@ export interface LaunchCalls {
   closeFd(fd: number): void;
   /** KVM_SEV_SNP_LAUNCH_START with the guest policy. */
   snpLaunchStart(vmFd: number, sevFd: number, policy: bigint): void;
-  /** KVM_SEV_SNP_LAUNCH_UPDATE of [gpa, gpa + size) from host address `source`, until all is done. */
-  snpLaunchUpdate(vmFd: number, sevFd: number, gpa: bigint, source: bigint, size: bigint, type: number): void;
+  /**
+   * One KVM_SEV_SNP_LAUNCH_UPDATE of [gpa, gpa + size) from host address `source`: what the
+   * kernel left to do (size 0: all of it done). It may stop early (a pending signal, a
+   * reschedule); snp-launch.ts calls again with what is left.
+   */
+  snpLaunchUpdate(vmFd: number, sevFd: number, gpa: bigint, source: bigint, size: bigint, type: number): { gpa: bigint; source: bigint; size: bigint };
   /** KVM_SEV_SNP_LAUNCH_FINISH without an ID block. */
   snpLaunchFinish(vmFd: number, sevFd: number): void;
   /** KVM_SET_CPUID2 on a vCPU (raw kvm_cpuid_entry2 records). */
   setCpuid(vcpuFd: number, entries: Uint8Array): void;
+  /** KVM_TDX_GET_CPUID: the CPUID the TDX module shows the TD (raw kvm_cpuid_entry2 records). */
+  tdxGetCpuid(vcpuFd: number): Uint8Array;
   /** KVM_TDX_INIT_VCPU with the vCPU's initial RCX. */
   tdxInitVcpu(vcpuFd: number, rcx: bigint): void;
   /** KVM_TDX_INIT_MEM_REGION of `pages` pages at `gpa` from host address `source`, until all is done. */
@@ -49,9 +61,13 @@ export function nativeLaunchCalls(): LaunchCalls {
     openSevDevice: () => fs.openSync('/dev/sev', 'r+'),
     closeFd: (fd) => fs.closeSync(fd),
     snpLaunchStart: (vmFd, sevFd, policy) => native().kvmSevSnpLaunchStart(vmFd, sevFd, policy, undefined, 0),
-    snpLaunchUpdate: (vmFd, sevFd, gpa, source, size, type) => native().kvmSevSnpLaunchUpdate(vmFd, sevFd, gpa, source, size, type),
+    snpLaunchUpdate: (vmFd, sevFd, gpa, source, size, type) => {
+      const left = native().kvmSevSnpLaunchUpdate(vmFd, sevFd, gpa, source, size, type);
+      return { gpa: left.gpa, source: left.uaddr, size: left.length };
+    },
     snpLaunchFinish: (vmFd, sevFd) => native().kvmSevSnpLaunchFinish(vmFd, sevFd, undefined),
     setCpuid: (vcpuFd, entries) => native().kvmSetCpuid2(vcpuFd, entries),
+    tdxGetCpuid: (vcpuFd) => native().kvmTdxGetCpuid(vcpuFd),
     tdxInitVcpu: (vcpuFd, rcx) => native().kvmTdxInitVcpu(vcpuFd, rcx),
     tdxInitMemRegion: (vcpuFd, source, gpa, pages, measure) => native().kvmTdxInitMemRegion(vcpuFd, source, gpa, pages, measure),
     tdxFinalizeVm: (vmFd) => native().kvmTdxFinalizeVm(vmFd),
@@ -105,6 +121,7 @@ export function launchFailure(step: string, error: unknown, fix: string): Error 
 /** Checks a region's types, alignment and 64-bit bounds, then that it is private memory. */
 export function checkRegion(region: LaunchRegion, isPrivate: PrivateMemoryCheck): CheckedRegion {
   if (typeof region !== 'object' || region === null) throw invalidArgType(`a launch region must be an object, got ${region === null ? 'null' : typeof region}`);
+  if (typeof isPrivate !== 'function') throw invalidArgType(`the private-memory check must be a function (gpa, size) => reason | null, got ${isPrivate === null ? 'null' : typeof isPrivate}`);
   const [gpa, size] = checkSpan(region.gpa, region.size, 'launch region');
   const [source] = checkSpan(region.source, region.size, 'launch source');
   const snpType = region.snpType ?? 'normal';
@@ -135,24 +152,40 @@ export abstract class ConfidentialLaunch {
   }
 
   protected stage: 'new' | 'building' | 'finished' = 'new';
-  /** Each vCPU KVM created for this VM, by fd: ready once the type's per-vCPU step is done. */
-  protected readonly vcpus = new Map<number, 'created' | 'ready'>();
+  /** Each vCPU KVM created for this VM, by KVM vCPU id: its fd while open, and its state. */
+  protected readonly vcpus = new Map<number, { fd: number | null; state: 'created' | 'ready' }>();
 
   protected constructor(protected readonly vmFd: number, protected readonly calls: LaunchCalls) {}
 
   /** The name of the step that ends the launch, for messages. */
   protected abstract readonly endStep: string;
 
-  /** KVM_CREATE_VCPU made the vCPU `vcpuFd`: the launch cannot end before it is ready. */
-  vcpuCreated(vcpuFd: number): void {
-    if (this.stage === 'finished') throw launchOrderError(`a vCPU created after ${this.endStep} can never run: create every vCPU before the launch ends`);
-    this.vcpus.set(vcpuFd, 'created');
+  /** vCPU ids whose fd closed before they were made ready: in KVM still, never to run. */
+  get abandonedVcpus(): number[] {
+    return [...this.vcpus].filter(([, v]) => v.state === 'created' && v.fd === null).map(([id]) => id);
   }
 
-  /** Why `vcpuFd` may not run yet (null: it may). Checked before each KVM_RUN. */
-  runRefusal(vcpuFd: number): GuestmemError | null {
+  /** KVM_CREATE_VCPU made vCPU `id` (fd `vcpuFd`): the launch cannot end before it is ready. */
+  vcpuCreated(id: number, vcpuFd: number): void {
+    if (this.stage === 'finished') throw launchOrderError(`a vCPU created after ${this.endStep} can never run: create every vCPU before the launch ends`);
+    if (this.vcpus.has(id)) throw launchOrderError(`vCPU ${id} is known to this launch already: KVM gives each id once per VM`);
+    this.vcpus.set(id, { fd: vcpuFd, state: 'created' });
+  }
+
+  /**
+   * vCPU `id`'s fd is closing. KVM keeps the vCPU, but nothing can reach it again: one not
+   * yet ready is abandoned (it no longer holds the launch's end back), and its fd number is
+   * forgotten so that a later vCPU given the same number is never taken for it.
+   */
+  vcpuClosed(id: number): void {
+    const vcpu = this.vcpus.get(id);
+    if (vcpu) vcpu.fd = null;
+  }
+
+  /** Why vCPU `id` may not run yet (null: it may). Checked before each KVM_RUN. */
+  runRefusal(id: number): GuestmemError | null {
     if (this.stage !== 'finished') return launchOrderError(`this ${this.kind} VM's launch has not ended (${this.endStep}): its vCPUs cannot run yet`);
-    if (this.vcpus.get(vcpuFd) !== 'ready') return launchOrderError(`this vCPU was not part of the ${this.kind} launch: only vCPUs made ready before ${this.endStep} run`);
+    if (this.vcpus.get(id)?.state !== 'ready') return launchOrderError(`vCPU ${id} was not part of the ${this.kind} launch: only vCPUs made ready before ${this.endStep} run`);
     return null;
   }
 
@@ -162,19 +195,22 @@ export abstract class ConfidentialLaunch {
     if (this.stage === 'finished') throw launchOrderError(`${step} after ${this.endStep}: nothing can be added to a launched VM`);
   }
 
-  /** Refuses unless `vcpuFd` is a vCPU of this VM not yet ready. */
-  protected requireCreated(step: string, vcpuFd: number): void {
-    const state = this.vcpus.get(vcpuFd);
-    if (state === undefined) throw launchOrderError(`${step}: fd ${vcpuFd} is no vCPU this launch knows (create it with Vcpu.create first)`);
-    if (state === 'ready') throw launchOrderError(`${step}: vCPU fd ${vcpuFd} is ready already`);
+  /** Refuses unless vCPU `id` is a vCPU of this VM, open and not yet ready; returns its fd. */
+  protected requireCreated(step: string, id: number): number {
+    const vcpu = this.vcpus.get(id);
+    if (vcpu === undefined) throw launchOrderError(`${step}: vCPU ${id} is no vCPU this launch knows (create it with Vcpu.create first)`);
+    if (vcpu.state === 'ready') throw launchOrderError(`${step}: vCPU ${id} is ready already`);
+    if (vcpu.fd === null) throw launchOrderError(`${step}: vCPU ${id}'s fd is closed: it can never be reached again`);
+    return vcpu.fd;
   }
 
-  /** Refuses the end unless building and every vCPU is ready (and there is one). */
+  /** Refuses the end unless building and every open vCPU is ready (and there is one). */
   protected requireAllReady(): void {
     this.requireBuilding(this.endStep);
-    if (this.vcpus.size === 0) throw launchOrderError(`${this.endStep} with no vCPU: create the vCPUs and make them ready first`);
-    const waiting = [...this.vcpus].filter(([, state]) => state !== 'ready').map(([fd]) => fd);
-    if (waiting.length > 0) throw launchOrderError(`${this.endStep} while ${waiting.length} vCPU(s) are not ready (fds ${waiting.join(', ')})`);
+    const states = [...this.vcpus.values()];
+    if (!states.some((v) => v.state === 'ready')) throw launchOrderError(`${this.endStep} with no vCPU ready: create the vCPUs and make them ready first`);
+    const waiting = [...this.vcpus].filter(([, v]) => v.state !== 'ready' && v.fd !== null).map(([id]) => id);
+    if (waiting.length > 0) throw launchOrderError(`${this.endStep} while ${waiting.length} vCPU(s) are not ready (ids ${waiting.join(', ')})`);
   }
 
   /** Copies `region` into private memory (and measures it) through the type's step. */

@@ -2,6 +2,7 @@
 // type the host lacks, one sentence that says why and what to do. KVM_CAP_VM_TYPES is a
 // bitmap: bit N set means KVM_CREATE_VM accepts type N.
 
+import { checkInteger } from '../common/errors';
 import { VM_TYPES, type VmType } from './kvm-constants';
 
 /** A VM type by name, or the raw KVM_CREATE_VM number. */
@@ -27,6 +28,8 @@ export function vmTypeName(type: VmTypeChoice): string {
 
 /** The types a KVM_CAP_VM_TYPES bitmap allows (0, before the capability existed: just 'default'). */
 export function vmTypesInMask(mask: number): VmType[] {
+  // KVM_CHECK_EXTENSION answers an int: a NaN or a fraction is no answer, not "no types".
+  checkInteger(mask, 'mask', 0, 0xffffffff);
   if (mask === 0) return ['default'];
   return (Object.keys(VM_TYPES) as VmType[]).filter((name) => (mask & (1 << VM_TYPES[name])) !== 0);
 }

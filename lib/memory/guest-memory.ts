@@ -3,7 +3,7 @@
 // block too, and a range that spans two would need two transactions.
 
 import { checkSpan, type Bytes } from '../common/byte-range';
-import { GuestmemError, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { describeValue, GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
 import type { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
@@ -44,7 +44,7 @@ function checkSlot(value: unknown, what: string): number {
  */
 export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
   readonly blocks: RamBlock[] = [];
-  /** Slot numbers given out, even by blocks that failed (KVM may still hold the number). */
+  /** Slot numbers given out, and those of blocks whose memslot KVM kept after a failure. */
   private readonly usedSlots = new Set<number>();
   private readonly slotList: readonly number[] | null;
   private nextSlot: number;
@@ -54,6 +54,12 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    * attribute, which KVM gives SW-protected, SNP and TDX VMs but not default ones.
    */
   constructor(readonly vm: V, private readonly options: GuestMemoryOptions = {}) {
+    if (vm === null || typeof vm !== 'object' || typeof vm.setMemoryAttributes !== 'function' || typeof vm.createGuestMemfd !== 'function') {
+      throw invalidArgType(`the VM must be a Vm or a DelegatedVm, got ${describeValue(vm)}`);
+    }
+    if (options === null || typeof options !== 'object') throw invalidArgType(`GuestMemory options must be an object, got ${describeValue(options)}`);
+    if (options.slots !== undefined && !Array.isArray(options.slots as unknown)) throw invalidArgType(`slots must be an array of memslot numbers, got ${describeValue(options.slots)}`);
+    if (options.prefault !== undefined && typeof options.prefault !== 'function') throw invalidArgType(`prefault must be a function returning a vCPU fd, got ${describeValue(options.prefault)}`);
     if (options.slots !== undefined && options.firstSlot !== undefined) throw outOfRange('give slots or firstSlot, not both');
     this.slotList = options.slots === undefined ? null : [...options.slots].map((slot, i) => checkSlot(slot, `slots[${i}]`));
     if (this.slotList && new Set(this.slotList).size !== this.slotList.length) throw outOfRange(`slots must not repeat a number: ${this.slotList.join(', ')}`);
@@ -91,13 +97,12 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    *   error if KVM refuses
    */
   addBlock(options: AddBlockOptions): RamBlock {
+    if (options === null || typeof options !== 'object') throw invalidArgType(`block options must be an object, got ${describeValue(options)}`);
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
     const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
     if (overlapping) {
       throw outOfRange(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
     }
-    // A slot number is used once, even when the block failed: if deleting its memslot
-    // failed too, KVM still holds that number.
     let slot: number;
     // An adopted memslot is the VMM's number: given as `slot`, or as this memory's list of
     // slots. A number picked from firstSlot would be another memslot, deleted on close in
@@ -113,10 +118,18 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
       const next = this.nextFreeSlot;
       if (next === null) throw outOfRange(`no memslot number left: all of ${this.slotList ? this.slotList.join(', ') : '0..65535'} are taken`);
       slot = next;
-      if (!this.slotList) this.nextSlot = slot + 1;
     }
-    this.usedSlots.add(slot);
-    const block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
+    let block: RamBlock;
+    try {
+      block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
+    } catch (error) {
+      // A slot number stays used only when KVM still holds it: the memslot was made and
+      // deleting it again failed (ERR_GUESTMEM_ROLLBACK_FAILED). A block refused before
+      // that (bad granularity, a backing that failed) leaves the number free.
+      if ((error as { code?: unknown } | null)?.code === 'ERR_GUESTMEM_ROLLBACK_FAILED') this.takeSlot(slot, options.slot === undefined);
+      throw error;
+    }
+    this.takeSlot(slot, options.slot === undefined);
     this.blocks.push(block);
     return block;
   }
@@ -128,6 +141,11 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    */
   share(): BlockDescriptor[] {
     return this.blocks.map((block) => block.share());
+  }
+
+  private takeSlot(slot: number, counted: boolean): void {
+    this.usedSlots.add(slot);
+    if (counted && !this.slotList) this.nextSlot = slot + 1;
   }
 
   /** The block holding all of [gpa, gpa + size), or a rejection (nothing has run yet). */

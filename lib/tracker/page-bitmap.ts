@@ -3,7 +3,9 @@
 // cost follows the range, never the size of the bitmap. Every public method checks its
 // arguments first (integers inside the bitmap, with Node's error codes): a NaN or an
 // Infinity would otherwise make a scan loop forever, a fraction or a string would touch the
-// wrong bits, and a range past the end would be half applied.
+// wrong bits, and a range past the end would be half applied. The tracker's hot methods
+// (fill, convert, scan, collectRuns) check in one inlined test of plain comparisons and
+// name the bad argument only when it fails, so a conversion pays a few instructions.
 
 import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
 
@@ -192,11 +194,9 @@ export class PageBitmap {
     this.fill(start, count, value);
   }
 
-  /**
-   * fillRange without the argument checks, for a caller that has checked the range once
-   * already (the tracker's conversion path: one check per conversion, not one per step).
-   */
+  /** fillRange with its checks made cheap for the tracker's conversion path (see the top of the file). */
   fill(start: number, count: number, value: boolean): void {
+    if (!this.isRange(start, count) || typeof value !== 'boolean') this.refuse(start, count, value);
     if (count === 0) return;
     const end = start + count;
     const firstWord = Math.floor(start / 32);
@@ -221,13 +221,16 @@ export class PageBitmap {
   }
 
   /**
-   * A state change's whole bitmap step in one pass over the range's words (unchecked, see
-   * fill): sets (`value` true) or clears bits [start, start + count), lists in `out`
+   * A state change's whole bitmap step in one pass over the range's words (checked as fill
+   * is): sets (`value` true) or clears bits [start, start + count), lists in `out`
    * (cleared first) the maximal runs of bits that changed, and says what the range held
    * before. One loop, no scans before it: the cost follows the range, a word at a time.
    */
   convert(start: number, count: number, value: boolean, out: RunList): Held {
+    if (!this.isRange(start, count) || typeof value !== 'boolean') this.refuse(start, count, value);
+    if (!(out instanceof RunList)) throw invalidArgType(`out must be a RunList, got ${describeValue(out)}`);
     out.clear();
+    if (count === 0) return value ? Held.Set : Held.Clear;
     const words = this.words;
     if (count === 1) {
       // One granule (the commonest conversion): one bit.
@@ -307,13 +310,16 @@ export class PageBitmap {
     return this.findNext(from, end, ALL);
   }
 
-  /** First bit equal to `value` in [from, end), or `end`; unchecked (see fill). */
+  /** First bit equal to `value` in [from, end), or `end` (checked as fill is; an empty or inverted window finds nothing). */
   scan(from: number, end: number, value: boolean): number {
+    if (!this.isBound(from) || !this.isBound(end) || typeof value !== 'boolean') this.refuseWindow(from, end, value);
     return this.findNext(from, end, value ? 0 : ALL);
   }
 
-  /** Appends the maximal runs of bits equal to `value` in [start, end) to `out`; unchecked (see fill). */
+  /** Appends the maximal runs of bits equal to `value` in [start, end) to `out` (checked as scan is). */
   collectRuns(start: number, end: number, value: boolean, out: RunList): void {
+    if (!this.isBound(start) || !this.isBound(end) || typeof value !== 'boolean') this.refuseWindow(start, end, value);
+    if (!(out instanceof RunList)) throw invalidArgType(`out must be a RunList, got ${describeValue(out)}`);
     const inRun = value ? 0 : ALL;
     let cursor = start;
     while (cursor < end) {
@@ -378,6 +384,26 @@ export class PageBitmap {
     const runs = new RunList();
     this.collectRuns(start, start + count, value, runs);
     return runs.toRuns();
+  }
+
+  /** An integer in [0, bits]: comparisons only (a NaN fails them all), for the hot paths. */
+  private isBound(value: number): boolean {
+    return typeof value === 'number' && value >= 0 && value <= this.bits && Math.floor(value) === value;
+  }
+
+  private isRange(start: number, count: number): boolean {
+    return this.isBound(start) && this.isBound(count) && start + count <= this.bits;
+  }
+
+  /** Throws the error that names what is wrong with a range that failed isRange. */
+  private refuse(start: number, count: number, value: unknown): never {
+    this.checkRange(start, count);
+    throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
+  }
+
+  private refuseWindow(from: number, end: number, value: unknown): never {
+    this.checkWindow(from, end);
+    throw invalidArgType(`value must be a boolean, got ${describeValue(value)}`);
   }
 
   /** [start, start + count) must lie inside the bitmap, in whole bits. */

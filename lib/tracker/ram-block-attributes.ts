@@ -289,6 +289,11 @@ export class RamBlockAttributes {
     if (!this.queue.idle) {
       return new GuestmemError('ERR_GUESTMEM_BUSY', `${operation} on ${this.name}: an asynchronous operation (register, unregister, replay or a change) is still in flight; await it first`);
     }
+    if (this.changing) {
+      // A state-change subscriber runs inside the change it hears of: a change made there
+      // would run inside it, on the run list it is still reading.
+      return new GuestmemError('ERR_GUESTMEM_BUSY', `${operation} on ${this.name}: called from inside a change (a state-change subscriber); use stateChange, which queues behind it`);
+    }
     return null;
   }
 
@@ -389,7 +394,10 @@ export class RamBlockAttributes {
       const registration: Registration = { id: this.nextId++, listener, section: range, ...checked, newer: null, older: null };
       if (checked.attach) {
         try {
-          this.call(listener, checked.attach, range);
+          // An async attach is awaited: its rejection refuses the registration like a throw
+          // would, instead of escaping as an unhandled rejection after register resolved.
+          const answer = this.call(listener, checked.attach, range);
+          if (isThenable(answer)) await this.settle(answer);
         } catch (cause) {
           throw this.listenerFailed(registration, 'attach', [range], cause);
         }

@@ -55,9 +55,10 @@ export interface RamDiscardListener {
   /**
    * Optional: told its section at register, before the replay (QEMU keeps the section in
    * the listener too). Throwing refuses the registration: a listener that can only cover
-   * part of the block says so here instead of failing a later conversion.
+   * part of the block says so here instead of failing a later conversion. A promise is
+   * awaited (bounded by listenerTimeoutMs); its rejection refuses the registration too.
    */
-  attach?(section: GranuleRange): void;
+  attach?(section: GranuleRange): void | PromiseLike<void>;
 }
 
 /** A listener's methods as register found them, checked. */

@@ -5,7 +5,8 @@
 // once, whatever the guest's size. iommufd has no such count: an IOAS keeps its areas in
 // an interval tree bounded only by the memory it pins (RLIMIT_MEMLOCK / memory cgroup).
 
-import type { Bytes } from '../common/byte-range';
+import { checkBytes, checkGranularity, type Bytes } from '../common/byte-range';
+import { checkInteger } from '../common/errors';
 
 /** How much of a guest type1 can share at once, given its dma_entry_limit. */
 export interface Type1Reach {
@@ -25,7 +26,10 @@ export interface Type1Reach {
  * granule each, and what limit all of it would need.
  */
 export function type1Reach(dmaEntryLimit: number, guestSize: Bytes, granule = 4096): Type1Reach {
-  const size = BigInt(guestSize);
+  // dma_entry_limit is a module parameter of type uint.
+  checkInteger(dmaEntryLimit, 'dmaEntryLimit', 0, 0xffffffff);
+  const size = checkBytes(guestSize, 'guestSize');
+  checkGranularity(granule, 'granule');
   const g = BigInt(granule);
   const maxSharedBytes = BigInt(dmaEntryLimit) * g;
   const entriesForWholeGuest = (size + g - 1n) / g;

@@ -17,7 +17,7 @@
 
 import { GranuleRange } from '../common/byte-range';
 import type { DmaExtent, DmaMapper } from './dma-mapper';
-import { GuestmemError, outOfRange } from '../common/errors';
+import { describeValue, GuestmemError, invalidArgType, outOfRange } from '../common/errors';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 import { defineThreadKind, revive, type ThreadDescriptor } from '../memory/thread-kinds';
@@ -46,6 +46,12 @@ export interface VfioDmaListenerOptions {
   /** Guest physical address of the block: the IOVA of its offset 0. */
   gpa: bigint;
   name?: string;
+}
+
+/** A 64-bit address as a bigint, as the native DMA calls take it. */
+function checkAddress(value: unknown, what: string): void {
+  if (typeof value !== 'bigint') throw invalidArgType(`${what} must be a bigint, got ${describeValue(value)}`);
+  if (value < 0n || value >= 1n << 64n) throw outOfRange(`${what} must be in [0, 2^64), got ${value}`);
 }
 
 /** (iova, size) pairs from a native error's stillMapped / notRestored. */
@@ -80,6 +86,15 @@ export class VfioDmaListener implements RamDiscardListener {
     private readonly options: VfioDmaListenerOptions,
     shared?: { granules: number; held: SharedArrayBuffer },
   ) {
+    // Checked here, not at the first conversion: a number gpa or a negative address would
+    // otherwise fail inside a change, as a listener failure the change must roll back.
+    if (dma === null || typeof dma !== 'object' || typeof dma.map !== 'function' || typeof dma.unmap !== 'function') {
+      throw invalidArgType(`dma must be a DmaMapper (a VfioContainer or an Ioas), got ${describeValue(dma)}`);
+    }
+    if (options === null || typeof options !== 'object') throw invalidArgType(`VfioDmaListener options must be { sharedAddress, gpa }, got ${describeValue(options)}`);
+    checkAddress(options.sharedAddress, 'sharedAddress');
+    checkAddress(options.gpa, 'gpa');
+    if (options.name !== undefined && typeof options.name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(options.name)}`);
     this.name = options.name ?? `vfio-${dma.backend}`;
     if (shared) this.useMemory(shared.granules, shared.held);
   }

@@ -20,6 +20,8 @@ const KVM_EXIT_INTR = 10;
 const KVM_EXIT_INTERNAL_ERROR = 17;
 const KVM_EXIT_SYSTEM_EVENT = 24;
 const KVM_EXIT_MEMORY_FAULT = 39;
+const KVM_EXIT_TDX = 40;
+const TDX_DATA = 5;
 const KVM_EXIT_IO_OUT = 1;
 const HYPERCALL_ARGS = 6;
 const INTERNAL_DATA_MAX = 16;
@@ -67,6 +69,11 @@ export class ExitDecoder {
           gpa: data.getBigUint64(at.memoryFaultGpa, true),
           size: data.getBigUint64(at.memoryFaultSize, true),
         };
+      case KVM_EXIT_TDX: {
+        const values: bigint[] = [];
+        for (let i = 0; i < TDX_DATA; i++) values.push(data.getBigUint64(at.tdxData + 8 * i, true));
+        return { exitReason, reason: 'tdx', nr: data.getBigUint64(at.tdxNr, true), flags: data.getBigUint64(at.tdxFlags, true), ret: data.getBigUint64(at.tdxRet, true), data: values };
+      }
       case KVM_EXIT_HLT:
         return { exitReason, reason: 'hlt' };
       case KVM_EXIT_INTR:

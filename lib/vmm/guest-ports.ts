@@ -22,6 +22,11 @@ export interface GuestCheck {
 export interface PortContext {
   readonly vcpu: number;
   exitVcpu(status: number): void;
+  /**
+   * Hands a message to the VMM's owner on the main thread (VcpuThreadsOptions.onMessage):
+   * how a handler running on a vCPU's thread reports what it saw. Structured-cloneable.
+   */
+  post(message: unknown): void;
 }
 
 /** Returns the bytes an IN reads (size * count), nothing for an OUT. */

@@ -9,6 +9,7 @@ import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { MapRequest } from './boot-info';
 import { guestProgram, type GuestProgramName } from './guest-image';
 import { GuestProtocol, type GuestCheck } from './guest-ports';
+import { checkSessionOptions } from './guest-options';
 import { GuestVm } from './guest-vm';
 import type { HostCheck, ProgramContext } from './program-host';
 import { PROGRAM_HOSTS } from './programs';
@@ -36,6 +37,8 @@ export interface GuestSessionOptions {
   requests?: MapRequest[];
   probe?: DmaProbe;
   listener?: VfioDmaListener;
+  /** Each vCPU on a thread of its own that handles its exits (GuestVmOptions.threads). */
+  threads?: boolean;
   /** Stop the guest (and fail) after this many milliseconds. */
   timeoutMs?: number;
   /** Told of each piece of console text (port 0xe9), with the vCPU that wrote it. */
@@ -65,6 +68,7 @@ export interface GuestSessionReport {
  * `memory`, with the host's checks after each step; resolves with the report.
  */
 export async function runGuestSession(options: GuestSessionOptions): Promise<GuestSessionReport> {
+  checkSessionOptions(options, PROGRAM_HOSTS);
   const host = PROGRAM_HOSTS[options.program];
   const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));
   if (!dataBlock) throw Object.assign(new RangeError(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
@@ -97,6 +101,7 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     bootGpa: options.bootGpa,
     vcpus: context.vcpus,
     ports: protocol.ports(),
+    threads: options.threads,
     onConversion: (event) => {
       host.onConversion?.(event, context);
       options.onConversion?.(event);

@@ -5,6 +5,7 @@
 // launch instead (launch-boot.ts), which ends before the first KVM_RUN.
 
 import { GuestmemError } from '../common/errors';
+import { checkGuestOptions } from './guest-options';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
@@ -15,11 +16,15 @@ import { identityMap, longModeRegisters } from './long-mode';
 import { KVM_CAP_EXIT_HYPERCALL, KVM_HC_MAP_GPA_RANGE } from './map-gpa-range';
 import { writeShared } from './shared-bytes';
 import { measureIntoPrivate } from './launch-boot';
+import { MeasuredPages } from './measured-pages';
+import { snpEncryptionBit } from './snp-encryption-bit';
 import { launchOrderError } from '../kvm/vm-launch';
 import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
+import { VcpuThreads } from './vcpu-threads';
+import type { PortModule } from './vcpu-worker-protocol';
 
 /** How a {@link GuestVm} is made: the program, its vCPUs, port and MMIO handlers, and observers. */
 export interface GuestVmOptions {
@@ -35,6 +40,18 @@ export interface GuestVmOptions {
   mmio?: MmioHandler;
   /** Told of each conversion the guest asked for, once it ended. */
   onConversion?(event: ConversionEvent): void;
+  /**
+   * Each vCPU on a thread of its own that handles its exits (vcpu-threads.ts): no trip
+   * through the event loop per exit. `ports` then run on the main thread, each exit to one
+   * a call there and back; give `portModules` for handlers that run on the vCPU's thread.
+   */
+  threads?: boolean;
+  /** With `threads`: port handlers loaded on each vCPU's thread. */
+  portModules?: PortModule[];
+  /** With `threads`: what those handlers post (context.post). */
+  onMessage?(message: unknown, vcpu: number): void;
+  /** SNP: the C-bit position for the page tables (default: KVM's CPUID 0x8000001f). */
+  snpEncryptionBit?: number;
 }
 
 const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
@@ -42,16 +59,27 @@ const HYPERCALL_BIT = 1n << KVM_HC_MAP_GPA_RANGE;
 /** KVM keeps a vCPU until its VM goes, closed fd or not: each guest takes fresh ids. */
 const nextVcpuIds = new WeakMap<object, number>();
 
-/** GuestMemory as the VMM loop sees it. */
-export function loopMemory(memory: GuestMemory): LoopMemory {
+/**
+ * GuestMemory as the VMM loop sees it; with `measured`, a memory fault may not turn a measured
+ * page shared, and a conversion to shared the guest asked for releases its pages.
+ */
+export function loopMemory(memory: GuestMemory, measured?: MeasuredPages): LoopMemory {
   return {
     covers: (gpa, size) => memory.blocks.some((block) => block.contains(gpa, size)),
     // Synchronous while the block's listeners are (the VFIO listener is): the exit is
     // answered and the vCPU re-enters with no promise in between.
     convert: (gpa, size, to) => {
       const block = memory.blockFor(gpa, size);
-      return block.canConvertSync ? block.convertSync(gpa, size, to) : block.convert(gpa, size, to);
+      const result = block.canConvertSync ? block.convertSync(gpa, size, to) : block.convert(gpa, size, to);
+      // Only a request reaches here for measured pages: faultRefusal stops the faults first.
+      if (!measured || to !== 'shared') return result;
+      const release = <T>(done: T): T => {
+        measured.releasedByGuest(BigInt(gpa), BigInt(size));
+        return done;
+      };
+      return result instanceof Promise ? result.then(release) : release(result);
     },
+    faultRefusal: measured ? (gpa, size, to) => measured.faultRefusal(gpa, size, to) : undefined,
   };
 }
 
@@ -63,7 +91,9 @@ export class GuestVm implements Disposable {
   readonly vcpus: Vcpu[] = [];
   readonly layout: GuestLayout;
   readonly bootBlock: RamBlock;
-  private loop: VmmLoop | null = null;
+  /** What the launch measured (SNP, TDX): a memory fault may not turn it shared. */
+  readonly measured = new MeasuredPages();
+  private loop: VmmLoop | VcpuThreads | null = null;
 
   private constructor(private readonly options: GuestVmOptions, layout: GuestLayout, bootBlock: RamBlock) {
     this.layout = layout;
@@ -75,6 +105,7 @@ export class GuestVm implements Disposable {
    * the MAP_GPA_RANGE exit and creates the vCPUs in long mode at the program's entry.
    */
   static async create(options: GuestVmOptions): Promise<GuestVm> {
+    checkGuestOptions(options, 'GuestVm options');
     const { kvm, memory } = options;
     const count = options.vcpus ?? 1;
     if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });
@@ -94,9 +125,13 @@ export class GuestVm implements Disposable {
     const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
     if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
 
+    // SNP: the tables mark everything private (the C-bit), as the launch measures it. CR3
+    // stays untagged, as KVM's selftests leave it: KVM_SET_SREGS refuses a CR3 above the
+    // guest's MAXPHYADDR, which on an SEV host lies below the C-bit.
+    const encryptionBit = launch instanceof SnpLaunch ? (options.snpEncryptionBit ?? snpEncryptionBit(supportedCpuid(kvm))) : undefined;
     const parts = [
       [layout.bootInfo, encodeBootInfo(options.boot)],
-      [layout.pageTables, identityMap(mapEnd, layout.pageTables).bytes],
+      [layout.pageTables, identityMap(mapEnd, layout.pageTables, encryptionBit).bytes],
       [layout.image, options.image],
     ] as const;
     if (!launch) {
@@ -108,6 +143,7 @@ export class GuestVm implements Disposable {
     }
 
     const guest = new GuestVm(options, layout, block);
+    if (launch) guest.measured.add(bootGpa, regionSize);
     try {
       const cpuid = supportedCpuid(kvm);
       const firstId = nextVcpuIds.get(memory.vm) ?? 0;
@@ -118,13 +154,13 @@ export class GuestVm implements Disposable {
         if (launch instanceof TdxLaunch) {
           // A TD's registers are the TDX module's (it starts at the reset vector); the boot
           // info's address reaches the guest in RCX.
-          launch.initVcpu(vcpu.fd, cpuid, layout.bootInfo);
+          launch.initVcpu(vcpu.id, cpuid, layout.bootInfo);
           continue;
         }
         vcpu.setCpuid(cpuid);
         vcpu.specialRegisters = longModeRegisters(vcpu.specialRegisters, layout.pageTables);
         vcpu.registers = entryRegisters(layout, id, count);
-        if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.fd);
+        if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.id);
       }
       // TDX measures through an initialised vCPU; either way the launch ends before the
       // first KVM_RUN, and nothing is measured after it.
@@ -137,11 +173,27 @@ export class GuestVm implements Disposable {
     return guest;
   }
 
-  /** Runs every vCPU until each exits (the exit port), halts, or stop() is called. */
+  /**
+   * Runs every vCPU until each exits (the exit port), halts, or stop() is called. A TD's vCPU
+   * never halts to userspace: its split irqchip puts the LAPIC in the kernel, so KVM keeps a
+   * halted TD vCPU inside KVM_RUN (waiting for an interrupt); a TD ends through the exit
+   * port, a fatal-error report or stop().
+   */
   run(): Promise<VmmReport> {
     if (this.loop) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'this guest has run already: create another');
-    this.loop = new VmmLoop(this.vcpus, loopMemory(this.options.memory), { ports: this.options.ports, mmio: this.options.mmio, onConversion: this.options.onConversion });
-    return this.loop.run();
+    const { memory, ports, mmio, onConversion } = this.options;
+    const vmType = memory.vm.type;
+    if (this.options.threads) {
+      const blocks = memory.blocks.map(({ gpa, size }) => ({ gpa, size }));
+      const threads = new VcpuThreads(this.vcpus, loopMemory(memory, this.measured), {
+        ports, mmio, onConversion, blocks, vmType, portModules: this.options.portModules, onMessage: this.options.onMessage,
+      });
+      this.loop = threads;
+      return threads.run();
+    }
+    const loop = new VmmLoop(this.vcpus, loopMemory(memory, this.measured), { ports, mmio, onConversion, vmType });
+    this.loop = loop;
+    return loop.run();
   }
 
   /** Stops every vCPU; the run resolves with each one stopped. */

@@ -41,8 +41,14 @@ export function identityMapSize(end: bigint): number {
   return (1 + pdpts + directories) * PAGE;
 }
 
-/** Builds the tables for [0, end) to be loaded at `gpa` (4 KiB aligned). */
-export function identityMap(end: bigint, gpa: bigint): IdentityMap {
+/**
+ * Builds the tables for [0, end) to be loaded at `gpa` (4 KiB aligned). With `encryptionBit`
+ * (an SEV-SNP guest's C-bit, snp-encryption-bit.ts) every entry has that bit set: the tables
+ * themselves and all the memory they map are private, as the launch measured them; the guest
+ * clears it where it shares a page.
+ */
+export function identityMap(end: bigint, gpa: bigint, encryptionBit?: number): IdentityMap {
+  const c = encryptionMask(encryptionBit, end);
   const directories = Number((end + GiB - 1n) / GiB);
   const pdpts = Math.ceil(directories / ENTRIES);
   const bytes = new Uint8Array(identityMapSize(end));
@@ -51,15 +57,26 @@ export function identityMap(end: bigint, gpa: bigint): IdentityMap {
   const firstPdpt = 1;
   const firstDirectory = 1 + pdpts;
   const pageGpa = (index: number) => gpa + BigInt(index * PAGE);
-  for (let p = 0; p < pdpts; p++) words[pml4 * ENTRIES + p] = pageGpa(firstPdpt + p) | PTE_PRESENT | PTE_WRITABLE;
+  for (let p = 0; p < pdpts; p++) words[pml4 * ENTRIES + p] = pageGpa(firstPdpt + p) | PTE_PRESENT | PTE_WRITABLE | c;
   for (let d = 0; d < directories; d++) {
-    words[firstPdpt * ENTRIES + d] = pageGpa(firstDirectory + d) | PTE_PRESENT | PTE_WRITABLE;
+    words[firstPdpt * ENTRIES + d] = pageGpa(firstDirectory + d) | PTE_PRESENT | PTE_WRITABLE | c;
     const base = (firstDirectory + d) * ENTRIES;
     for (let e = 0; e < ENTRIES; e++) {
-      words[base + e] = (BigInt(d) * GiB + BigInt(e) * TWO_MiB) | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE;
+      words[base + e] = (BigInt(d) * GiB + BigInt(e) * TWO_MiB) | PTE_PRESENT | PTE_WRITABLE | PTE_LARGE | c;
     }
   }
   return { bytes, gpa, mappedEnd: BigInt(directories) * GiB };
+}
+
+/** The C-bit as a mask (0n without one); it must lie above every address the map covers. */
+export function encryptionMask(encryptionBit: number | undefined, end: bigint): bigint {
+  if (encryptionBit === undefined) return 0n;
+  if (!Number.isInteger(encryptionBit) || encryptionBit < 32 || encryptionBit > 63) {
+    throw Object.assign(new RangeError(`the encryption bit must be an integer in [32, 63], got ${encryptionBit}`), { code: 'ERR_OUT_OF_RANGE' });
+  }
+  const mask = 1n << BigInt(encryptionBit);
+  if (((end + GiB - 1n) / GiB) * GiB > mask) throw Object.assign(new RangeError(`the identity map's end 0x${end.toString(16)} reaches the encryption bit ${encryptionBit}`), { code: 'ERR_OUT_OF_RANGE' });
+  return mask;
 }
 
 function flatSegment(selector: number, code: boolean) {

@@ -4,6 +4,7 @@
 // and overflow with -KVM_EINVAL without exiting; what reaches us is decoded here, and
 // what we refuse gets the same answer. The value goes back in the guest's rax.
 
+import { describeValue, invalidArgType, outOfRange } from '../common/errors';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** The hypercall number a guest converts its memory with (KVM_HC_MAP_GPA_RANGE). */
@@ -36,6 +37,14 @@ export type DecodedRequest = ConversionRequest | { rejected: string };
  * to the guest).
  */
 export function decodeMapGpaRange(args: readonly bigint[]): DecodedRequest {
+  // The exit decoder hands three u64 registers; a caller of this export may hand anything.
+  if (!Array.isArray(args as unknown)) throw invalidArgType(`the hypercall's arguments must be an array of bigints, got ${describeValue(args)}`);
+  for (let i = 0; i < 3; i++) {
+    const arg: unknown = (args as readonly unknown[])[i];
+    if (arg === undefined) continue;
+    if (typeof arg !== 'bigint') throw invalidArgType(`args[${i}] must be a bigint (a 64-bit register), got ${describeValue(arg)}`);
+    if (arg < 0n || arg >= U64_LIMIT) throw outOfRange(`args[${i}] must be within [0, 2^64) (a 64-bit register), got ${arg}`);
+  }
   const [gpa = 0n, pages = 0n, attributes = 0n] = args;
   if ((attributes & ~KNOWN_ATTRIBUTES) !== 0n) return { rejected: `unknown attribute bits 0x${(attributes & ~KNOWN_ATTRIBUTES).toString(16)}` };
   if ((attributes & PAGE_SIZE_HINT) > PAGE_SIZE_HINT_1G) return { rejected: 'page-size hint 3 is reserved' };

@@ -46,6 +46,22 @@ export interface MemoryFaultExit extends ExitBase {
   size: bigint;
 }
 
+/**
+ * KVM_EXIT_TDX (Linux 6.16+): a TDVMCALL KVM hands to userspace (GetQuote,
+ * SetupEventNotifyInterrupt, GetTdVmCallInfo leaf 1), answered with a TDVMCALL status
+ * (tdvmcall.ts).
+ */
+export interface TdxExit extends ExitBase {
+  reason: 'tdx';
+  /** The TDVMCALL's number (the TD's R11). */
+  nr: bigint;
+  flags: bigint;
+  /** The status KVM filled in before the exit (its default answer). */
+  ret: bigint;
+  /** The call's inputs and outputs after ret (gpa/size, vector, leaf and R11..R14). */
+  data: bigint[];
+}
+
 export interface SimpleExit extends ExitBase {
   reason: 'hlt' | 'intr' | 'shutdown';
 }
@@ -81,6 +97,7 @@ export type VcpuExit =
   | MmioExit
   | HypercallExit
   | MemoryFaultExit
+  | TdxExit
   | SimpleExit
   | FailEntryExit
   | InternalErrorExit

@@ -9,10 +9,13 @@
 
 import type { Bytes } from '../common/byte-range';
 import { GuestmemError } from '../common/errors';
+import { checkLoopArguments } from './guest-options';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
 import type { PortContext, PortHandler } from './guest-ports';
+import { hypercallErrorAnswer } from './hypercall-answer';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
+import { tdvmcallAnswer } from './tdvmcall';
 import type { Registers } from './vcpu';
 import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
@@ -23,6 +26,8 @@ import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type Io
 export interface LoopVcpu {
   /** Enters the guest; resolves with the next exit. */
   run(): Promise<VcpuExit>;
+  /** Enters the guest on this thread and returns the next exit (VmmLoopOptions.onThisThread). */
+  runSync?(): VcpuExit;
   /** Kicks the vCPU out of the guest (QEMU's kick). */
   stop(): void;
   /** Sets the hypercall's return value (rax) for the next entry. */
@@ -31,6 +36,8 @@ export interface LoopVcpu {
   completeIo(data: Uint8Array): void;
   /** Answers an MMIO read with `data` for the next entry. */
   completeMmio(data: Uint8Array): void;
+  /** Answers a KVM_EXIT_TDX with a TDVMCALL status for the next entry (TD vCPUs). */
+  completeTdvmcall?(status: bigint): void;
   readonly registers: Registers;
 }
 
@@ -46,6 +53,11 @@ export interface LoopMemory {
    * (every listener answers at once), else as a promise.
    */
   convert(gpa: Bytes, size: Bytes, to: PageState): StateChangeResult | Promise<StateChangeResult>;
+  /**
+   * Why a memory fault may not convert [gpa, gpa + size) `to` (null: it may): a page the
+   * launch measured, which the guest never asked to share (measured-pages.ts).
+   */
+  faultRefusal?(gpa: bigint, size: bigint, to: PageState): string | null;
 }
 
 /** One conversion the guest asked for, and how it ended. */
@@ -55,7 +67,7 @@ export interface ConversionEvent {
   gpa: bigint;
   size: bigint;
   to: PageState;
-  /** 0, or the negative value the guest was answered (hypercalls). */
+  /** 0, or the value the guest was answered (hypercalls): negative, or for SNP and TDX a positive EINVAL or EAGAIN (hypercall-answer.ts). */
   result: number;
   outcome: 'converted' | 'rejected' | 'failed';
   /** Why it was rejected or failed. */
@@ -68,6 +80,23 @@ export interface VmmLoopOptions {
   /** Guest physical addresses outside RAM that a device model answers. */
   mmio?: MmioHandler;
   onConversion?(event: ConversionEvent): void;
+  /**
+   * Enter the guest on this thread (LoopVcpu.runSync): for a loop on a vCPU's own thread,
+   * where an exit then costs no promise and no thread hop. Never on Node's main thread: it
+   * would stop the event loop while the guest runs.
+   */
+  onThisThread?: boolean;
+  /** The number of each vCPU in events and outcomes (default: its index in the list). */
+  ids?: readonly number[];
+  /**
+   * Asked when a vCPU comes back interrupted: true when the VM is being stopped from
+   * elsewhere (a vCPU thread's loop, stopped by the main thread through shared memory).
+   */
+  stopRequested?(): boolean;
+  /** What port and MMIO handlers get as `context.post`: a message for the VMM's owner. */
+  post?(message: unknown): void;
+  /** The VM's KVM_CREATE_VM type: what a refused MAP_GPA_RANGE is answered with depends on it. */
+  vmType?: number;
 }
 
 /** How a vCPU ended: its exit status, a halt, or a stop. */
@@ -112,15 +141,17 @@ export class VmmLoop {
     private readonly memory: LoopMemory,
     private readonly options: VmmLoopOptions = {},
   ) {
+    checkLoopArguments(vcpus, memory);
     this.ports = options.ports ?? new Map<number, PortHandler>();
   }
 
   /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
   async run(): Promise<VmmReport> {
-    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, index).catch((error: unknown) => this.fail(error))));
+    const ids = this.options.ids ?? this.vcpus.map((_, index) => index);
+    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, ids[index]!).catch((error: unknown) => this.fail(error))));
     if (this.failure) throw this.failure;
     return {
-      vcpus: this.vcpus.map((_, index) => this.outcomes.get(index) ?? { vcpu: index, stopped: true as const }),
+      vcpus: ids.map((id) => this.outcomes.get(id) ?? { vcpu: id, stopped: true as const }),
       stopped: this.stopping,
       exits: this.exits,
       conversions: { ...this.counts },
@@ -143,9 +174,12 @@ export class VmmLoop {
     const context: PortContext = {
       vcpu: id,
       exitVcpu: (status) => this.outcomes.set(id, { vcpu: id, status }),
+      post: (message) => this.options.post?.(message),
     };
+    const onThisThread = this.options.onThisThread === true;
+    if (onThisThread && typeof vcpu.runSync !== 'function') throw new TypeError(`vCPU ${id} has no runSync: it cannot run on this thread`);
     while (!this.stopping && !this.outcomes.has(id)) {
-      const exit = await vcpu.run();
+      const exit = onThisThread ? vcpu.runSync!() : await vcpu.run();
       this.exits++;
       // A handler that finished synchronously (a conversion whose listeners all answer at
       // once) returns nothing: the vCPU re-enters without another trip through a promise.
@@ -164,12 +198,17 @@ export class VmmLoop {
         return this.io(vcpu, id, exit, context);
       case 'mmio':
         return this.mmio(vcpu, id, exit, context);
+      case 'tdx': {
+        if (!vcpu.completeTdvmcall) throw this.unexpected(vcpu, id, exit, 'a TDVMCALL, and this vCPU cannot answer one');
+        vcpu.completeTdvmcall(tdvmcallAnswer(exit).status);
+        return;
+      }
       case 'hlt':
         this.outcomes.set(id, { vcpu: id, halted: true });
         return;
       case 'intr':
         // A kick: stop() (the loop ends) or a stray signal (run again).
-        if (this.stopping) this.outcomes.set(id, { vcpu: id, stopped: true });
+        if (this.stopping || this.options.stopRequested?.()) this.outcomes.set(id, { vcpu: id, stopped: true });
         return;
       case 'system-event':
         // An SNP guest's termination request or a TD's fatal error ends the whole guest:
@@ -186,16 +225,17 @@ export class VmmLoop {
   private hypercall(vcpu: LoopVcpu, id: number, exit: HypercallExit): void | Promise<void> {
     if (exit.nr !== KVM_HC_MAP_GPA_RANGE) throw this.unexpected(vcpu, id, exit, `hypercall ${exit.nr}: only ${KVM_EXIT_HYPERCALL_NAME} is routed to userspace`);
     const request = decodeMapGpaRange(exit.args);
+    const refused = hypercallErrorAnswer(this.options.vmType, 'rejected');
     if ('rejected' in request) {
       const [gpa = 0n, pages = 0n] = exit.args;
-      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', -KVM_EINVAL, 'rejected', request.rejected, 0);
-      vcpu.completeHypercall(-KVM_EINVAL);
+      this.record(id, 'hypercall', gpa, pages * 4096n, 'shared', refused, 'rejected', request.rejected, 0);
+      vcpu.completeHypercall(refused);
       return;
     }
     const { gpa, size, to } = request;
     if (!this.memory.covers(gpa, size)) {
-      this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
-      vcpu.completeHypercall(-KVM_EINVAL);
+      this.record(id, 'hypercall', gpa, size, to, refused, 'rejected', 'the range is not inside one RAM block', 0);
+      vcpu.completeHypercall(refused);
       return;
     }
     const started = this.clock();
@@ -207,11 +247,12 @@ export class VmmLoop {
       const code = (error as { code?: string }).code;
       // Refused before any step ran (pages held back until repair(), say): a rejection.
       if (code === 'ERR_GUESTMEM_CONVERSION_REJECTED') {
-        this.record(id, 'hypercall', gpa, size, to, -KVM_EINVAL, 'rejected', (error as Error).message, started);
-        vcpu.completeHypercall(-KVM_EINVAL);
+        this.record(id, 'hypercall', gpa, size, to, refused, 'rejected', (error as Error).message, started);
+        vcpu.completeHypercall(refused);
         return;
       }
-      this.record(id, 'hypercall', gpa, size, to, -KVM_EFAULT, 'failed', (error as Error).message, started);
+      const rolledBack = hypercallErrorAnswer(this.options.vmType, 'failed');
+      this.record(id, 'hypercall', gpa, size, to, rolledBack, 'failed', (error as Error).message, started);
       // Rolled back wholly: the guest hears the error and goes on. Not rolled back: the
       // host no longer knows what the device can reach, so nothing may run. Rolled back
       // but for runs whose undo failed: an error answer tells the guest "nothing changed",
@@ -220,7 +261,7 @@ export class VmmLoop {
       // answer for "part of it", so the VM stops, as QEMU stops on any failed conversion.
       if (code === 'ERR_GUESTMEM_ROLLBACK_FAILED') throw error;
       if (code === 'ERR_GUESTMEM_CONVERSION_FAILED' && hasRuns((error as { applied?: unknown }).applied)) throw error;
-      vcpu.completeHypercall(-KVM_EFAULT);
+      vcpu.completeHypercall(rolledBack);
     };
     let result: unknown;
     try {
@@ -243,6 +284,11 @@ export class VmmLoop {
     if (!this.memory.covers(exit.gpa, exit.size)) {
       this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', 'the range is not inside one RAM block', 0);
       throw this.unexpected(vcpu, id, exit, 'a memory fault outside every RAM block');
+    }
+    const refusal = this.memory.faultRefusal?.(exit.gpa, exit.size, to);
+    if (refusal) {
+      this.record(id, 'memory-fault', exit.gpa, exit.size, to, -KVM_EINVAL, 'rejected', refusal, 0);
+      throw this.unexpected(vcpu, id, exit, `a memory fault refused: ${refusal}`);
     }
     const started = this.clock();
     const converted = (): void => this.record(id, 'memory-fault', exit.gpa, exit.size, to, 0, 'converted', undefined, started);

@@ -40,6 +40,7 @@ OURS(KVM_EXIT_INTR)
 OURS(KVM_EXIT_INTERNAL_ERROR)
 OURS(KVM_EXIT_SYSTEM_EVENT)
 OURS(KVM_EXIT_MEMORY_FAULT)
+OURS(KVM_EXIT_TDX)
 OURS(KVM_EXIT_IO_IN)
 OURS(KVM_EXIT_IO_OUT)
 OURS(VFIO_GET_API_VERSION)
@@ -84,6 +85,7 @@ OURS(KVM_SEV_SNP_FINISH_DATA_SIZE)
 OURS(KVM_TDX_INIT_VCPU)
 OURS(KVM_TDX_INIT_MEM_REGION)
 OURS(KVM_TDX_FINALIZE_VM)
+OURS(KVM_TDX_GET_CPUID)
 OURS(KVM_TDX_MEASURE_MEMORY_REGION)
 #undef OURS
 
@@ -366,6 +368,13 @@ SAME_FIELD(kvm_tdx_init_vm, mrowner);
 SAME_FIELD(kvm_tdx_init_vm, mrownerconfig);
 SAME_FIELD(kvm_tdx_init_vm, reserved);
 SAME_FIELD(kvm_tdx_init_vm, cpuid);
+
+SAME_NUMBER(KVM_EXIT_TDX);
+SAME_FIELD(kvm_run, tdx.flags);
+SAME_FIELD(kvm_run, tdx.nr);
+SAME_FIELD(kvm_run, tdx.unknown.ret);
+SAME_FIELD(kvm_run, tdx.unknown.data);
+SAME_NUMBER(KVM_TDX_GET_CPUID);
 #elif defined(GUESTMEM_UAPI_NEWEST)
 #error "the newest harness kernel must have TDX's uAPI (KVM_X86_TDX_VM)"
 #endif

@@ -44,11 +44,19 @@ function recording(log: string[]): LaunchCalls {
     openSevDevice: () => fs.openSync('/dev/null', 'r'),
     closeFd: (fd) => fs.closeSync(fd),
     snpLaunchStart: () => log.push('SNP_LAUNCH_START'),
-    snpLaunchUpdate: (_vm, _sev, gpa, source, size, type) => log.push(`SNP_LAUNCH_UPDATE gpa=0x${gpa.toString(16)} size=0x${size.toString(16)} type=${type} source=${source % 4096n === 0n && source !== 0n ? 'page-aligned' : source}`),
+    snpLaunchUpdate: (_vm, _sev, gpa, source, size, type) => {
+      log.push(`SNP_LAUNCH_UPDATE gpa=0x${gpa.toString(16)} size=0x${size.toString(16)} type=${type} source=${source % 4096n === 0n && source !== 0n ? 'page-aligned' : source}`);
+      return { gpa: gpa + size, source: source + size, size: 0n };
+    },
     snpLaunchFinish: () => log.push('SNP_LAUNCH_FINISH'),
     setCpuid: (fd, entries) => {
       native().kvmSetCpuid2(fd, entries);
       log.push('SET_CPUID2');
+    },
+    // The TD's CPUID comes back empty: KVM's supported one is then set whole.
+    tdxGetCpuid: () => {
+      log.push('TDX_GET_CPUID');
+      return new Uint8Array(0);
     },
     tdxInitVcpu: (_fd, rcx) => log.push(`TDX_INIT_VCPU rcx=0x${rcx.toString(16)}`),
     tdxInitMemRegion: (_fd, source, gpa, pages, measure) => log.push(`TDX_INIT_MEM_REGION gpa=0x${gpa.toString(16)} pages=${pages} measure=${measure} source=${source % 4096n === 0n && source !== 0n ? 'page-aligned' : source}`),
@@ -82,6 +90,7 @@ describe('SNP and TDX launch calls on a kernel with SW-protected VMs only', func
   it('each TDX launch ioctl on a SW-protected VM (or its vCPU) fd is the kernel\'s error, not a crash', () => {
     const vcpu = Vcpu.create(kvm, vm, 0);
     kernelRefusal(() => native().kvmTdxInitVcpu(vcpu.fd, 0n), 'KVM_TDX_INIT_VCPU');
+    kernelRefusal(() => native().kvmTdxGetCpuid(vcpu.fd), 'KVM_TDX_GET_CPUID');
     kernelRefusal(() => native().kvmTdxInitMemRegion(vcpu.fd, 0x7f0000000000n, GPA, 1, true), 'KVM_TDX_INIT_MEM_REGION');
     kernelRefusal(() => native().kvmTdxFinalizeVm(vm.fd), 'KVM_TDX_FINALIZE_VM');
   });
@@ -100,7 +109,7 @@ describe('SNP and TDX launch calls on a kernel with SW-protected VMs only', func
     const tdx = new TdxLaunch(vm.fd);
     vm.launch = tdx;
     const vcpu = Vcpu.create(kvm, vm, 0);
-    assert.throws(() => tdx.initVcpu(vcpu.fd, supportedCpuid(kvm)), (e: KernelError) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && /^KVM_TDX_INIT_VCPU failed: E[A-Z]+: /.test(e.message) && e.syscall === 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_INIT_VCPU)');
+    assert.throws(() => tdx.initVcpu(vcpu.id, supportedCpuid(kvm)), (e: KernelError) => e.code === 'ERR_GUESTMEM_LAUNCH_FAILED' && /^KVM_TDX_GET_CPUID failed: E[A-Z]+: /.test(e.message) && e.syscall === 'ioctl(KVM_MEMORY_ENCRYPT_OP, KVM_TDX_GET_CPUID)');
     assert.throws(() => tdx.finish(), { code: 'ERR_GUESTMEM_LAUNCH_ORDER' });
   });
 
@@ -118,7 +127,8 @@ describe('SNP and TDX launch calls on a kernel with SW-protected VMs only', func
       vm.launch = launch;
       const memory = new GuestMemory(vm);
       const block = memory.addBlock({ gpa: GPA, size: 4 * MiB, name: 'guest-ram' });
-      const guest = await GuestVm.create({ kvm, memory, image: new Uint8Array(300).fill(0xf4), boot: { dataGpa: BigInt(GPA + MiB), dataPages: 4, seed: 1n, iterations: 1 } as never, vcpus: 2 });
+      // The harness's CPU has no SEV: the C-bit position is given (the guest never runs).
+      const guest = await GuestVm.create({ kvm, memory, image: new Uint8Array(300).fill(0xf4), boot: { dataGpa: BigInt(GPA + MiB), dataPages: 4, seed: 1n, iterations: 1 } as never, vcpus: 2, snpEncryptionBit: 51 });
       try {
         const size = guest.layout.end - guest.layout.bootInfo;
         assert.equal(launch.finished, true);
@@ -131,7 +141,7 @@ describe('SNP and TDX launch calls on a kernel with SW-protected VMs only', func
           assert.deepEqual(log, ['SNP_LAUNCH_START', `SNP_LAUNCH_UPDATE ${region} size=0x${size.toString(16)} type=1 source=page-aligned`, 'SNP_LAUNCH_FINISH']);
         } else {
           const rcx = `rcx=0x${guest.layout.bootInfo.toString(16)}`;
-          assert.deepEqual(log, ['SET_CPUID2', `TDX_INIT_VCPU ${rcx}`, 'SET_CPUID2', `TDX_INIT_VCPU ${rcx}`, `TDX_INIT_MEM_REGION ${region} pages=${size / 4096n} measure=true source=page-aligned`, 'TDX_FINALIZE_VM']);
+          assert.deepEqual(log, ['TDX_GET_CPUID', 'SET_CPUID2', `TDX_INIT_VCPU ${rcx}`, 'TDX_GET_CPUID', 'SET_CPUID2', `TDX_INIT_VCPU ${rcx}`, `TDX_INIT_MEM_REGION ${region} pages=${size / 4096n} measure=true source=page-aligned`, 'TDX_FINALIZE_VM']);
         }
         await assert.rejects(GuestVm.create({ kvm, memory, image: new Uint8Array(1), boot: {} as never }), { code: 'ERR_GUESTMEM_LAUNCH_ORDER' });
       } finally {

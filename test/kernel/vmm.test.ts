@@ -51,7 +51,7 @@ async function tearDown(f: Fixture | undefined): Promise<void> {
   f.kvm.close();
 }
 
-function session(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>): Promise<GuestSessionReport> {
+function sessionOf(f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>): Promise<GuestSessionReport> {
   return runGuestSession({ kvm: f.kvm, memory: f.memory, dataGpa: DATA_GPA, dataPages: 64, probe: f.probe, listener: f.listener, timeoutMs: 240_000, ...options });
 }
 
@@ -71,8 +71,12 @@ function assertOk(report: GuestSessionReport): void {
   assert.equal(report.ok, true);
 }
 
-describe('guest-driven conversions on a real kernel', function () {
+// Every case twice: vCPUs whose exits come to the event loop, and vCPUs on threads of
+// their own that handle their exits there (port handlers and conversions called on the
+// main thread), as `threads` chooses.
+for (const threads of [false, true]) describe(`guest-driven conversions on a real kernel (${threads ? 'vCPU threads' : 'event loop'})`, function () {
   this.timeout(600_000);
+  const session = (f: Fixture, options: Partial<GuestSessionOptions> & Pick<GuestSessionOptions, 'program'>) => sessionOf(f, { threads, ...options });
   before(requires('sw-protected-vm', 'memory-attributes'));
 
   let f: Fixture | undefined;
@@ -192,6 +196,15 @@ describe('guest-driven conversions on a real kernel', function () {
         assert.deepEqual(report.run.vcpus, [{ vcpu: 0, status: 0 }, { vcpu: 1, status: 0 }]);
         assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
         assert.equal(vcpuThreads(), threadsBefore, 'both vCPU threads ended');
+      });
+
+      it('random: four vCPUs converting overlapping ranges at once end as the model, with no stale mapping', async () => {
+        f = await setUp(backend);
+        const report = await session(f, { program: 'random', vcpus: 4, iterations: 15, dataPages: 32, seed: 1234n });
+        assertOk(report);
+        assert.equal(report.run.conversions.converted, 60);
+        assert.deepEqual(report.run.vcpus, [0, 1, 2, 3].map((vcpu) => ({ vcpu, status: 0 })));
+        assert.ok(report.hostChecks.some((c) => c.name === 'final-agreement' && c.ok));
       });
     });
   }

@@ -88,9 +88,9 @@ export function isBytes(value: unknown): value is number | bigint {
   return typeof value === 'bigint' && value >= 0n && value < 1n << 64n;
 }
 
-/** The oracle for powers of two: exact, in bigints. */
+/** The oracle for powers of two up to 2^63 (a granule the 64-bit space has room for): exact, in bigints. */
 export function isPowerOfTwoExact(value: unknown): boolean {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) return false;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 2 ** 63) return false;
   const big = BigInt(value);
   return (big & (big - 1n)) === 0n;
 }

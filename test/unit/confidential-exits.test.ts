@@ -1,6 +1,6 @@
 // What an SNP or TDX guest sends when it ends itself, as the exit decoder and the VMM loop
 // see it: KVM_EXIT_SYSTEM_EVENT of type SEV_TERM carrying the GHCB MSR termination request
-// (reason set, reason code) or of type TDX_FATAL carrying the TD's error code. The exit view
+// (reason set, reason code) or of type TDX_FATAL carrying the TD's registers. The exit view
 // is laid out with the addon's own offsets (kvmRunLayout), as the runner fills it.
 
 import assert from 'node:assert/strict';
@@ -60,7 +60,8 @@ describe('confidential guests ending themselves (exit decoder, VMM loop)', () =>
     assert.equal(decodeSevTermination(KVM_SYSTEM_EVENT_SEV_TERM, []), null);
     assert.equal(decodeSevTermination(1, [0x100n]), null, 'a shutdown event is not a termination request');
     assert.equal(describeTermination(KVM_SYSTEM_EVENT_SEV_TERM, [0x20100n]), 'SEV termination request, reason set 0 code 0x2 (SEV-SNP features are not supported)');
-    assert.equal(describeTermination(KVM_SYSTEM_EVENT_TDX_FATAL, [0x1234n]), 'TDX fatal error reported by the TD, error code 0x1234');
+    // A TD's error code is R12 of the 16 registers KVM sends (confidential-answers.test.ts).
+    assert.equal(describeTermination(KVM_SYSTEM_EVENT_TDX_FATAL, Array.from({ length: 16 }, (_, i) => (i === 12 ? 0x1234n : 0n))), 'TDX fatal error reported by the TD, error code 0x1234');
     assert.equal(describeTermination(2, []), null);
   });
 

@@ -42,6 +42,8 @@ const CASES: Array<[string, string, string]> = [
   ['kvmTdxInitVcpu', `${NOT_OPEN}, -1n`, 'ERR_INVALID_ARG_TYPE'],
   ['kvmTdxInitVcpu', `${NOT_OPEN}, {}`, 'ERR_INVALID_ARG_TYPE'],
   ['kvmTdxInitVcpu', `NaN, 0`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmTdxGetCpuid', `'3'`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmTdxGetCpuid', `-1`, 'ERR_INVALID_ARG_TYPE'],
   // TDX_INIT_MEM_REGION(vcpuFd, sourceAddress, gpa, pages, measure)
   ['kvmTdxInitMemRegion', `${NOT_OPEN}, 0x10, 0, 1, true`, 'ERR_INVALID_ARG_VALUE'],
   ['kvmTdxInitMemRegion', `${NOT_OPEN}, 0, 0x801, 1, true`, 'ERR_INVALID_ARG_VALUE'],

@@ -4,6 +4,7 @@
 // memory bounds, and a usage error (2) must name the line or the option to fix.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -91,7 +92,7 @@ const CASES: CliCase[] = [
   { name: 'a section past the block', args: ['simulate', '-'], input: 'block 1M\nlisten a 1M 4K\n', status: [2], stderr: /line 2: listen a: section .* is outside the block/ },
 
   // Block geometry: a power of two by bit test, suffixes as documented, a bitmap within its bound.
-  { name: 'granule 2^51 + 1', args: ['simulate', '-'], input: 'block 2251799813685249 2251799813685249\n', status: [2], stderr: /line 1: granularity must be a power of two, got 2251799813685249/ },
+  { name: 'granule 2^51 + 1', args: ['simulate', '-'], input: 'block 2251799813685249 2251799813685249\n', status: [2], stderr: /line 1: granularity must be a power of two up to 2\^63, got 2251799813685249/ },
   { name: 'granule 2^52 - 1', args: ['simulate', '-'], input: 'block 4503599627370495 4503599627370495\n', status: [2], stderr: /line 1: granularity must be a power of two/ },
   { name: 'granule 0', args: ['simulate', '-'], input: 'block 1M 0\n', status: [2], stderr: /line 1: granularity must be a power of two/ },
   { name: 'granule larger than the block', args: ['simulate', '-'], input: 'block 1M 2M\n', status: [2], stderr: /line 1: block size .* is not a multiple of the granularity/ },
@@ -114,8 +115,12 @@ const CASES: CliCase[] = [
     name: '--svg /dev/full keeps the results',
     args: ['simulate', file('small.txt', SCRIPT_SMALL), '--json', '--svg', '/dev/full'],
     status: [1],
-    stderr: /the results above stand, but writing the --svg picture failed: ENOSPC/,
-    check: (r) => assert.deepEqual(json(r).shared, [[0, 16]]),
+    stderr: /the results stand, but writing the --svg picture failed: ENOSPC/,
+    check: (r) => {
+      assert.deepEqual(json(r).shared, [[0, 16]]);
+      // Exit 1 under --json: the report stands, and carries the documented error member.
+      assert.equal((json(r).error as { code?: unknown } | undefined)?.code, 'ENOSPC');
+    },
   },
 
   // replay: a block inferred from two far addresses, options that a dry run would ignore.
@@ -151,8 +156,52 @@ const CASES: CliCase[] = [
   { name: 'run --gpa 1', args: ['run', file('small.txt', SCRIPT_SMALL), '--gpa', '1'], status: [2], stderr: /--gpa must be a multiple of 4096/ },
   { name: 'run --backend bogus', args: ['run', file('small.txt', SCRIPT_SMALL), '--backend', 'bogus'], status: [2], stderr: /--backend must be auto/ },
   { name: 'bench --no-vm --pages 0', args: ['bench', '--no-vm', '--pages', '0'], status: [2], stderr: /--pages takes page counts/ },
-  { name: 'bench --no-vm --iterations NaN', args: ['bench', '--no-vm', '--iterations', 'NaN'], status: [2], stderr: /--iterations must be a positive integer/ },
+  { name: 'bench --no-vm --iterations NaN', args: ['bench', '--no-vm', '--iterations', 'NaN'], status: [2], stderr: /--iterations takes an integer in 1\.\./ },
   { name: 'bench --no-vm --pages 1,,2', args: ['bench', '--no-vm', '--pages', '1,,2'], status: [2], stderr: /--pages takes page counts/ },
+
+  // Issue 25: patterns linear in their input, inferred blocks from conversions that can run,
+  // impossible blocks refused before any syscall, one parser for counts, one failure shape.
+  {
+    name: 'replay of a trace with 60,000-space lines',
+    // Lines that match no pattern: a failing match is where backtracking shows.
+    args: ['replay', file('spaces.log', `kvm_convert_memory start 0x0 size 0x1000 private_to_shared\n${`${' '.repeat(60_000)}x\n`.repeat(20)}`), '--dry-run', '--json'],
+    status: [0],
+    check: (r) => assert.equal(json(r).skippedLines, 20),
+  },
+  {
+    name: 'replay: a rejected huge conversion does not make a sparse trace dense',
+    args: ['replay', file('sparse.log', 'kvm_convert_memory start 0x0 size 0x1000 private_to_shared\nkvm_convert_memory start 0x7fffffff000 size 0x1000 private_to_shared\nkvm_convert_memory start 0x1 size 0x7ffffffe000 private_to_shared\n'), '--dry-run'],
+    status: [2],
+    stderr: /across 8 TiB .* touch at most 8 KiB/,
+  },
+  { name: 'run --gpa wrapping past 2^64', args: ['run', file('small.txt', SCRIPT_SMALL), '--gpa', '0xfffffffffff80000'], status: [2], stderr: /ends at 0x10000000000080000, past 2\^52 .*wraps past 2\^64/ },
+  { name: 'convert --size 8T wrapping past 2^64', args: ['convert', '--size', '8T', '--gpa', '0xfffffffff0000000', '--range', '0+4K', '--to', 'shared'], status: [2], stderr: /--gpa\/--size: a block of 8 TiB .*past 2\^52/ },
+  { name: 'run with an 8 EiB block', args: ['run', file('8e.txt', 'block 8E 4G\nconvert 0 4G shared\n')], status: [2], stderr: /line 1: .*a block of 8 EiB .*past 2\^52/ },
+  { name: 'block 8E 4E (a 2^62 granule)', args: ['simulate', '-', '--json'], input: 'block 8E 4E\nlisten a 0 8E\nconvert 0 4E shared\n', status: [0], check: (r) => assert.equal(json(r).pages, 2) },
+  { name: "bench --guest-iterations ''", args: ['bench', '--no-vm', '--guest-iterations', ''], status: [2], stderr: /--guest-iterations takes an integer in 0\.\./ },
+  { name: 'bench --iterations 0x10', args: ['bench', '--no-vm', '--iterations', '0x10'], status: [2], stderr: /--iterations takes an integer in 1\.\..*got '0x10'/ },
+  { name: "bench --pages ' 1, 2'", args: ['bench', '--no-vm', '--pages', ' 1, 2'], status: [2], stderr: /--pages takes page counts/ },
+  { name: 'guest --no-vm --svg in a missing directory', args: ['guest', 'random', '--no-vm', '--svg', path.join(dir, 'no', 'such', 'x.svg')], status: [2], stderr: /--svg '.*': cannot write there/ },
+  {
+    name: 'replay --json with a mismatch: the report and the error',
+    args: ['replay', '-', '--dry-run', '--json'],
+    input: "kvm_convert_memory start 0x0 size 0x1000 private_to_shared\nram_block_attributes_state_change offset 0x0 size 0x1000 from 'populated' to 'populated'\n",
+    status: [1],
+    check: (r) => {
+      assert.equal((json(r).mismatches as unknown[]).length, 1);
+      assert.equal((json(r).error as { code?: unknown }).code, 'ERR_GUESTMEM_TRACE_MISMATCH');
+    },
+  },
+  {
+    name: 'probe --require vm-type=snp --json: the report and the error',
+    args: ['probe', '--require', 'vm-type=snp', '--json'],
+    status: [1, 0],
+    check: (r) => {
+      const report = json(r);
+      if (r.status === 1) assert.equal((report.error as { code?: unknown }).code, 'ERR_GUESTMEM_REQUIREMENT_MISSING');
+      else assert.equal(report.error, undefined);
+    },
+  },
 
   { name: 'vm --memory 0', args: ['vm', '--memory', '0', '--', 'probe'], status: [2], stderr: /--memory takes a size/ },
   { name: 'vm --edu x', args: ['vm', '--edu', 'x', '--', 'probe'], status: [2], stderr: /--edu takes a count/ },
@@ -196,4 +245,19 @@ describe('hostile input: the command line, each case in its own process', functi
       c.check?.(result);
     });
   }
+});
+
+describe('hostile input: a reader that stops reading', function () {
+  this.timeout(60_000);
+
+  it('guestmem … --json --history | head -c 20 ends quietly, without a stack trace', () => {
+    // Its own file: the suite above removes its directory when it ends.
+    const script = path.join(os.tmpdir(), `guestmem-epipe-${process.pid}.txt`);
+    fs.writeFileSync(script, `block 1M\n${'convert 0 4K shared\nconvert 0 4K private\n'.repeat(20_000)}`);
+    // pipefail: the status is guestmem's, not head's.
+    const result = spawnSync('bash', ['-c', `set -o pipefail; "${process.execPath}" "${GUESTMEM}" simulate "${script}" --json --history | head -c 20 >/dev/null`], { encoding: 'utf8', timeout: 30_000 });
+    fs.rmSync(script, { force: true });
+    assert.equal(result.status, 0, result.stderr);
+    assert.doesNotMatch(result.stderr, /EPIPE|Unhandled 'error' event|\n\s+at /, result.stderr);
+  });
 });

@@ -50,9 +50,11 @@ function launchCalls(log: string[], staged: Buffer[]): LaunchCalls {
       const mapping = native().adoptMapping(source, size, false);
       // A copy: the staging mapping is gone once the launch returns.
       staged.push(Buffer.from(new Uint8Array(native().mapWindow(mapping.handle, 0, size))));
+      return { gpa: gpa + size, source: source + size, size: 0n };
     },
     snpLaunchFinish: none,
     setCpuid: none,
+    tdxGetCpuid: () => new Uint8Array(0),
     tdxInitVcpu: none,
     tdxInitMemRegion: none,
     tdxFinalizeVm: none,
@@ -86,7 +88,7 @@ describe('a confidential guest\'s boot region, measured into private memory (sta
     calls.snpLaunchUpdate = (...args) => {
       source = args[3];
       assert.equal(memfdMapped('guestmem-launch'), true, 'staged in a mapping of its own');
-      update(...args);
+      return update(...args);
     };
     const launch = new SnpLaunch(3, calls);
     launch.start();
