@@ -9,6 +9,7 @@ import type { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
 import { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './ram-block';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
+import type { BlockDescriptor } from './block-sharing';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** How a GuestMemory numbers its memslots and pre-faults conversions. */
@@ -131,6 +132,15 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     this.takeSlot(slot, options.slot === undefined);
     this.blocks.push(block);
     return block;
+  }
+
+  /**
+   * Every block for one other thread (RamBlock.share), in block order: a vCPU thread
+   * attaches each (attachBlock) and converts the one that covers a request. Transfer their
+   * ports with them (`transferList: descriptors.map((d) => d.port)`).
+   */
+  share(): BlockDescriptor[] {
+    return this.blocks.map((block) => block.share());
   }
 
   private takeSlot(slot: number, counted: boolean): void {

@@ -4,7 +4,7 @@
 
 import type { PageBitmap, Run } from './page-bitmap';
 import type { RamBlockAttributes } from './ram-block-attributes';
-import { listenerName } from './ram-discard-listener';
+import { listenerName, type RamDiscardListener } from './ram-discard-listener';
 import type { PageState } from './state-change-channel';
 
 export interface Disagreement {
@@ -18,6 +18,8 @@ export interface Disagreement {
   /**
    * Each listener that holds a mapping the tracker does not call shared, or lacks one it
    * does; 'unknown' for one that cannot say what it holds and whose undo failed there.
+   * Keyed by the listener's name; where two registered listeners share a name, the later
+   * ones are told apart as "name#2", "name#3" in the order they registered.
    */
   listeners: Record<string, 'mapped' | 'unmapped' | 'unknown'>;
 }
@@ -44,6 +46,24 @@ function boundaries(runs: Run[], into: Set<number>): void {
 }
 
 /**
+ * The name each registered listener goes by in reports: its own, or, for the second and
+ * later of listeners that share one (two VFIO listeners with the default name), the name
+ * with "#n" in registration order, so that neither hides the other.
+ */
+export function listenerLabels(listeners: readonly RamDiscardListener[]): Map<RamDiscardListener, string> {
+  const labels = new Map<RamDiscardListener, string>();
+  const seen = new Map<string, number>();
+  // Oldest first: the first to register keeps its plain name.
+  for (let i = listeners.length - 1; i >= 0; i--) {
+    const name = listenerName(listeners[i]!);
+    const n = (seen.get(name) ?? 0) + 1;
+    seen.set(name, n);
+    labels.set(listeners[i]!, n === 1 ? name : `${name}#${n}`);
+  }
+  return labels;
+}
+
+/**
  * The disagreements inside [first, first + count), merged into maximal runs that share one
  * description. Costs O(runs · log runs) of the parties' run lists, not O(granules).
  * `kvmShared` is the block's record of KVM's attributes (1 = shared).
@@ -53,8 +73,10 @@ export function findDisagreements(
   count: number,
   kvmShared: PageBitmap,
   tracker: RamBlockAttributes,
-  doubts: ReadonlyMap<string, Run[]> = new Map(),
+  doubts: ReadonlyMap<RamDiscardListener, Run[]> = new Map(),
 ): Disagreement[] {
+  const labels = listenerLabels(tracker.listeners);
+  const label = (listener: RamDiscardListener) => labels.get(listener) ?? listenerName(listener);
   const end = first + count;
   const kvmRuns = kvmShared.runs(first, count, true);
   const trackerRuns = tracker.runs('shared', { offset: first * tracker.granularity, size: count * tracker.granularity });
@@ -68,7 +90,7 @@ export function findDisagreements(
     const stop = Math.min(end, section.end);
     if (start >= stop) continue;
     const held = listener.heldRuns(start, stop - start);
-    parties.push({ name: listenerName(listener), start, end: stop, held });
+    parties.push({ name: label(listener), start, end: stop, held });
     cuts.add(start);
     cuts.add(stop);
     boundaries(held, cuts);
@@ -87,7 +109,7 @@ export function findDisagreements(
       const mapped = inRuns(party.held, at);
       if (mapped !== (trackerState === 'shared')) listeners[party.name] = mapped ? 'mapped' : 'unmapped';
     }
-    for (const [name, runs] of doubts) if (inRuns(runs, at)) listeners[name] = 'unknown';
+    for (const [listener, runs] of doubts) if (inRuns(runs, at)) listeners[label(listener)] = 'unknown';
     if (kvm === trackerState && Object.keys(listeners).length === 0) {
       key = '';
       continue;

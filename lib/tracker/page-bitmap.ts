@@ -105,12 +105,23 @@ export class PageBitmap {
   readonly bits: number;
   private readonly words: Uint32Array;
 
-  constructor(bits: number) {
+  /**
+   * A bitmap of `bits` bits, all clear, in memory of its own; or, with `memory`, over the
+   * words already in that memory (a SharedArrayBuffer that other threads see too, from
+   * `byteOffset`, a multiple of 4): the bits are whatever that memory holds. Two threads
+   * that build one over the same memory see one bitmap; their writers must take turns (the
+   * block's lock), as a plain read or write of a word is not atomic with another.
+   */
+  constructor(bits: number, memory?: { buffer: SharedArrayBuffer | ArrayBuffer; byteOffset?: number }) {
     if (typeof bits !== 'number') throw invalidArgType(`bitmap size must be a number, got ${describeValue(bits)}`);
     if (!Number.isSafeInteger(bits) || bits < 0 || bits > PageBitmap.MAX_BITS) {
       throw outOfRange(`bitmap size must be an integer in [0, 2^37] bits, got ${bits}`);
     }
     this.bits = bits;
+    if (memory !== undefined) {
+      this.words = PageBitmap.wordsOver(bits, memory.buffer, memory.byteOffset ?? 0);
+      return;
+    }
     try {
       this.words = new Uint32Array(Math.ceil(bits / 32));
     } catch (cause) {
@@ -122,6 +133,41 @@ export class PageBitmap {
     // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
     // otherwise fault 8192 times, each costing more than a conversion).
     this.words.fill(0);
+  }
+
+  /** Bytes the words of a bitmap of `bits` bits take: what a buffer for one must hold. */
+  static bytesFor(bits: number): number {
+    return Math.ceil(bits / 32) * 4;
+  }
+
+  /**
+   * A SharedArrayBuffer of `bytes` bytes (zeroed, every page touched now for the reason the
+   * constructor gives), or ERR_MEMORY_ALLOCATION_FAILED saying how much was asked for.
+   */
+  static sharedMemory(bytes: number, what = 'a shared bitmap'): SharedArrayBuffer {
+    let buffer: SharedArrayBuffer;
+    try {
+      buffer = new SharedArrayBuffer(bytes);
+    } catch (cause) {
+      throw Object.assign(new RangeError(`cannot allocate ${what} of ${bytes} bytes: ${(cause as Error).message}`, { cause }), {
+        code: 'ERR_MEMORY_ALLOCATION_FAILED',
+      });
+    }
+    new Uint8Array(buffer).fill(0);
+    return buffer;
+  }
+
+  private static wordsOver(bits: number, buffer: SharedArrayBuffer | ArrayBuffer, byteOffset: number): Uint32Array {
+    if (!(buffer instanceof SharedArrayBuffer) && !(buffer instanceof ArrayBuffer)) {
+      throw invalidArgType(`bitmap memory must be a SharedArrayBuffer or an ArrayBuffer, got ${describeValue(buffer)}`);
+    }
+    checkInteger(byteOffset, 'byteOffset', 0, buffer.byteLength);
+    if (byteOffset % 4 !== 0) throw outOfRange(`byteOffset must be a multiple of 4, got ${byteOffset}`);
+    const needed = PageBitmap.bytesFor(bits);
+    if (buffer.byteLength - byteOffset < needed) {
+      throw outOfRange(`a bitmap of ${bits} bits needs ${needed} bytes from offset ${byteOffset}, but the buffer has ${buffer.byteLength - byteOffset}`);
+    }
+    return new Uint32Array(buffer, byteOffset, needed / 4);
   }
 
   /** Whether one bit is set. */

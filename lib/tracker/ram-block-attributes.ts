@@ -47,7 +47,16 @@ export interface RamBlockAttributesOptions {
    * ERR_GUESTMEM_LISTENER_TIMEOUT) naming the listener, and later operations proceed.
    */
   listenerTimeoutMs?: number;
+  /**
+   * The tracker's memory, made by another tracker of the same geometry (its `memory`): the
+   * bitmap and shared count are then that tracker's, seen from this thread (a block attached
+   * in a worker). Its registrations are this tracker's own. Default: fresh memory.
+   */
+  memory?: SharedArrayBuffer;
 }
+
+/** Bytes before the bitmap's words in a tracker's memory: the shared count, a Float64. */
+const COUNT_BYTES = 8;
 
 /** The default bound on a bitmap's memory: 256 MiB. */
 export const DEFAULT_MAX_BITMAP_BYTES = 256 * 2 ** 20;
@@ -62,6 +71,8 @@ type BatchNotifier = (ranges: GranuleRange[]) => unknown;
  * list newest first (QEMU's QLIST_INSERT_HEAD) that adds and removes in O(1).
  */
 interface Registration {
+  /** Unique in the tracker that registered it (main thread), and kept by every replica of it. */
+  readonly id: number;
   readonly listener: RamDiscardListener;
   readonly name: string;
   readonly section: GranuleRange;
@@ -181,7 +192,11 @@ export class RamBlockAttributes {
   /** Newest first, as QEMU's QLIST_INSERT_HEAD: the newest listener is notified first. */
   private newest: Registration | null = null;
   private readonly byListener = new Map<RamDiscardListener, Registration>();
-  private shared = 0;
+  /** [0]: shared granules, in the tracker's memory beside the bitmap. */
+  private readonly counts: Float64Array;
+  /** The tracker's SharedArrayBuffer: the shared count, then the bitmap's words. */
+  readonly memory: SharedArrayBuffer;
+  private nextId = 1;
   /** Operations that call listeners run one at a time, in call order. */
   private readonly queue = new Serializer();
   private readonly listenerTimeoutMs: number | undefined;
@@ -214,7 +229,15 @@ export class RamBlockAttributes {
     this.listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
     this.granularity = granularity;
     this.granules = granules;
-    this.bitmap = new PageBitmap(granules);
+    // In a SharedArrayBuffer whether or not the block is ever shared: a bitmap over plain
+    // memory would have to be copied to be shared, and typed-array access costs the same.
+    const bytes = COUNT_BYTES + PageBitmap.bytesFor(granules);
+    if (options.memory !== undefined && (!(options.memory instanceof SharedArrayBuffer) || options.memory.byteLength !== bytes)) {
+      throw invalidArgType(`memory must be the SharedArrayBuffer of a tracker of ${granules} granules (${bytes} bytes), got ${describeValue(options.memory)}`);
+    }
+    this.memory = options.memory ?? PageBitmap.sharedMemory(bytes, 'a tracker');
+    this.counts = new Float64Array(this.memory, 0, 1);
+    this.bitmap = new PageBitmap(granules, { buffer: this.memory, byteOffset: COUNT_BYTES });
     this.name = name;
   }
 
@@ -224,11 +247,11 @@ export class RamBlockAttributes {
   }
 
   get sharedGranules(): number {
-    return this.shared;
+    return this.counts[0]!;
   }
 
   get privateGranules(): number {
-    return this.granules - this.shared;
+    return this.granules - this.counts[0]!;
   }
 
   /**
@@ -288,6 +311,42 @@ export class RamBlockAttributes {
     return result;
   }
 
+  /** Each registration's id with its listener and section, newest first (what a descriptor of the block carries). */
+  get registrations(): ReadonlyArray<{ readonly id: number; readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
+    const result: Array<{ id: number; listener: RamDiscardListener; section: GranuleRange }> = [];
+    for (let r = this.newest; r; r = r.older) result.push({ id: r.id, listener: r.listener, section: r.section });
+    return result;
+  }
+
+  /**
+   * @internal For a tracker over another's memory (a block attached in a worker): takes
+   * these registrations, newest first, as its own, with no notification (the tracker that
+   * registered them has notified them already). Every listener must be synchronous.
+   */
+  adoptRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
+    const adopted: Registration[] = registrations.map(({ id, listener, section }) => {
+      const checked = checkListener(listener);
+      if (!checked.synchronous) throw notSynchronous(checked.name);
+      return { id, listener, section, ...checked, newer: null, older: null };
+    });
+    for (let i = 0; i < adopted.length; i++) {
+      adopted[i]!.older = adopted[i + 1] ?? null;
+      adopted[i]!.newer = adopted[i - 1] ?? null;
+    }
+    this.newest = adopted[0] ?? null;
+    this.byListener.clear();
+    for (const registration of adopted) this.byListener.set(registration.listener, registration);
+    this.asyncListeners = 0;
+  }
+
+  /**
+   * @internal Counts the shared granules again from the bitmap, O(block / 32): after a thread
+   * died holding the block's lock, between a change of the bitmap and of its count.
+   */
+  recount(): void {
+    this.counts[0] = this.bitmap.countSet(0, this.granules);
+  }
+
   /** Validates a byte range of this block and returns it in granules. */
   range(offset: Bytes, size: Bytes, what = 'range'): GranuleRange {
     return toGranuleRange(offset, size, this.granularity, this.granules, what);
@@ -328,11 +387,11 @@ export class RamBlockAttributes {
     this.refuseReentry('register');
     const checked = checkListener(listener);
     const range = this.sectionRange(section);
-    return this.queue.run(async () => {
+    return this.queue.run(() => this.guarded('register', range, async () => {
       if (this.byListener.has(listener)) {
         throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${checked.name}" is already registered on ${this.name}`);
       }
-      const registration: Registration = { listener, section: range, ...checked, newer: null, older: null };
+      const registration: Registration = { id: this.nextId++, listener, section: range, ...checked, newer: null, older: null };
       if (checked.attach) {
         try {
           // An async attach is awaited: its rejection refuses the registration like a throw
@@ -349,7 +408,7 @@ export class RamBlockAttributes {
       this.newest = registration;
       this.byListener.set(listener, registration);
       if (!registration.synchronous) this.asyncListeners++;
-    });
+    }));
   }
 
   /**
@@ -362,7 +421,7 @@ export class RamBlockAttributes {
     if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
       throw invalidArgType(`listener must be an object, got ${describeValue(listener)}`);
     }
-    return this.queue.run(async () => {
+    return this.queue.run(() => this.guarded('unregister', this.byListener.get(listener)?.section ?? null, async () => {
       const registration = this.byListener.get(listener);
       if (!registration) {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
@@ -375,7 +434,27 @@ export class RamBlockAttributes {
       if (registration.older) registration.older.newer = registration.newer;
       this.byListener.delete(listener);
       if (!registration.synchronous) this.asyncListeners--;
-    });
+    }));
+  }
+
+  /**
+   * @internal Called around each register and unregister while it runs: RamBlock takes its
+   * lock there (so that no thread converts while the registry changes) and, when the
+   * registry changed, tells the threads it is shared with before releasing it.
+   */
+  registryGuard: { enter(kind: 'register' | 'unregister', section: GranuleRange | null): void; exit(changed: boolean): void } | null = null;
+
+  private async guarded(kind: 'register' | 'unregister', section: GranuleRange | null, op: () => Promise<void>): Promise<void> {
+    const guard = this.registryGuard;
+    if (guard === null) return op();
+    guard.enter(kind, section);
+    let changed = false;
+    try {
+      await op();
+      changed = true;
+    } finally {
+      guard.exit(changed);
+    }
   }
 
   /** Calls `fn` for each maximal shared run in the section; stops at, and rethrows, the first error. */
@@ -484,7 +563,8 @@ export class RamBlockAttributes {
     });
   }
 
-  private sectionRange(section: SectionInput): GranuleRange {
+  /** A section of this block checked (an object, aligned, inside) and in granules; throws as register does. */
+  sectionRange(section: SectionInput): GranuleRange {
     const { offset, size } = checkSection(section, 'section');
     return this.range(offset, size, 'section');
   }
@@ -557,14 +637,14 @@ export class RamBlockAttributes {
   /** A change's bitmap step: flips the range, puts the runs that changed in this.changes, counts them. */
   private convertBitmap(range: GranuleRange, toShared: boolean): Held {
     const held = this.bitmap.convert(range.first, range.count, toShared, this.changes);
-    this.shared += toShared ? this.changes.total : -this.changes.total;
+    this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     return held;
   }
 
   /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
   private flip(first: number, count: number, toShared: boolean): void {
     this.bitmap.fill(first, count, toShared);
-    this.shared += toShared ? count : -count;
+    this.counts[0] += toShared ? count : -count;
   }
 
   private toRanges(runs: Run[]): GranuleRange[] {
@@ -819,10 +899,13 @@ export class RamBlockAttributes {
   private listenerFailed(registration: Registration, kind: Notify | 'attach', ranges: GranuleRange[], cause: unknown): GuestmemError {
     const { name } = registration;
     const what = kind === 'attach' ? `accept its section ${ranges[0]}` : `${kind} ${describeRanges(ranges)}`;
-    return Object.assign(
+    const error = Object.assign(
       new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `listener "${name}" failed to ${what} of ${this.name}: ${message(cause)}`, { cause }),
       { listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
     );
+    // The block finds the listener by this, never by its name, which two listeners may share.
+    Object.defineProperty(error, 'registered', { value: registration.listener, enumerable: false });
+    return error;
   }
 
   /** A rollback that itself failed leaves listeners out of step: say so, loudly. */

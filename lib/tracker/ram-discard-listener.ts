@@ -46,6 +46,13 @@ export interface RamDiscardListener {
    */
   heldRuns?(first: number, count: number): Run[];
   /**
+   * Optional, with heldRuns: what it holds in [first, first + count) is unknown (a thread
+   * died while it changed them, between a kernel call and its record): count those
+   * granules as held, so that the discard a repair sends next removes whatever is there
+   * (it must take a discard of what it does not hold: double discard).
+   */
+  assumeHeld?(first: number, count: number): void;
+  /**
    * Optional: told its section at register, before the replay (QEMU keeps the section in
    * the listener too). Throwing refuses the registration: a listener that can only cover
    * part of the block says so here instead of failing a later conversion. A promise is

@@ -1,12 +1,16 @@
 // A listener that models a VFIO DMA listener without a kernel: it keeps the set of granules
 // it has "mapped" and counts every notification that maps a granule twice or unmaps one it
 // does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
-// that the tracker's notifications are exact.
+// that the tracker's notifications are exact. What it holds lives in a SharedArrayBuffer, so
+// that a replica of it in another thread (toThreadDescriptor) holds the same; its counts are
+// each thread's own.
 
 import { GranuleRange } from '../common/byte-range';
 import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
+import { GuestmemError } from '../common/errors';
+import { defineThreadKind, type ThreadDescriptor } from '../memory/thread-kinds';
 
 type Kind = 'populate' | 'discard';
 
@@ -20,6 +24,8 @@ export class RecordingListener implements RamDiscardListener {
   /** Synchronous alone, or when the listener it wraps is. */
   readonly synchronous: boolean;
   private readonly mapped: PageBitmap;
+  /** What `mapped` lives in: the same for every replica of this listener. */
+  private readonly memory: SharedArrayBuffer;
   /** Notifications that mapped a mapped granule or unmapped an unmapped one. */
   errors = 0;
   populates = 0;
@@ -40,20 +46,39 @@ export class RecordingListener implements RamDiscardListener {
   constructor(
     name: string,
     blockGranules: number,
-    options: { doubleDiscardSupported?: boolean; inner?: RamDiscardListener; batch?: boolean } = {},
+    options: {
+      doubleDiscardSupported?: boolean;
+      inner?: RamDiscardListener;
+      batch?: boolean;
+      /** @internal A replica's: the memory of the listener it copies. */
+      mapped?: SharedArrayBuffer;
+    } = {},
   ) {
     if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
     checkInteger(blockGranules, 'blockGranules', 0, PageBitmap.MAX_BITS);
     if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
     if (options.inner !== undefined) checkListener(options.inner);
     this.name = name;
-    this.mapped = new PageBitmap(blockGranules);
+    this.memory = options.mapped instanceof SharedArrayBuffer ? options.mapped : PageBitmap.sharedMemory(PageBitmap.bytesFor(blockGranules), 'a recording listener');
+    this.mapped = new PageBitmap(blockGranules, { buffer: this.memory });
     this.inner = options.inner ?? null;
     this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
     this.synchronous = this.inner ? this.inner.synchronous === true : true;
     const inner = this.inner;
     if (inner ? inner.populateRuns : options.batch) this.populateRuns = (ranges) => this.batch('populate', ranges);
     if (inner ? inner.discardRuns : options.batch) this.discardRuns = (ranges) => this.batch('discard', ranges);
+  }
+
+  /**
+   * What another thread needs to record into the same bitmap (a replica: its own counts and
+   * failWhen). Not for one that wraps another listener: that one would have to travel too.
+   */
+  toThreadDescriptor(): ThreadDescriptor {
+    if (this.inner !== null) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `recording listener "${this.name}" wraps another listener and cannot run on another thread`);
+    return {
+      kind: 'recording', name: this.name, granules: this.mapped.bits, doubleDiscardSupported: this.doubleDiscardSupported,
+      batch: this.populateRuns !== undefined, mapped: this.memory,
+    };
   }
 
   /** Refuses a section that does not fit the block it was made for, at register. */
@@ -134,3 +159,6 @@ export class RecordingListener implements RamDiscardListener {
     return this.mapped.countSet(0, this.mapped.bits);
   }
 }
+
+defineThreadKind('listener', 'recording', (d) =>
+  new RecordingListener(d.name as string, d.granules as number, { doubleDiscardSupported: d.doubleDiscardSupported as boolean, batch: d.batch as boolean, mapped: d.mapped as SharedArrayBuffer }));

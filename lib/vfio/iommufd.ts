@@ -67,6 +67,11 @@ export class Ioas implements DmaMapper {
     return this.batches.unmapRuns(extents, granule, options);
   }
 
+  /** How another thread reaches this IOAS: the iommufd's fd by number and the IOAS id (borrowed-dma-mapper.ts). */
+  toThreadDescriptor(): { kind: 'iommufd'; fd: number; ioas: number } {
+    return { kind: 'iommufd', fd: this.iommufd.fd, ioas: this.id };
+  }
+
   /** iommufd keeps no count of mappings: null (no limit but pinned memory). */
   mappingsAvailable(): null {
     return null;

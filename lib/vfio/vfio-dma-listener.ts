@@ -8,12 +8,33 @@
 // its own mappings (a whole-section discard never removes someone else's mapping inside the
 // window); a populate never maps a granule twice (EEXIST); and its block can compare it
 // with the tracker and KVM after a failure, and repair it.
+//
+// It can run on several threads at once (a vCPU thread converting, the main thread): what it
+// holds lives in a SharedArrayBuffer sized to its block at register (attach), and another
+// thread rebuilds it from its descriptor (toThreadDescriptor) over the same memory, with a
+// DMA mapper that uses the same container's fd by number. The block's lock keeps the
+// threads' calls apart.
 
 import { GranuleRange } from '../common/byte-range';
 import type { DmaExtent, DmaMapper } from './dma-mapper';
 import { describeValue, GuestmemError, invalidArgType, outOfRange } from '../common/errors';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
+import { defineThreadKind, revive, type ThreadDescriptor } from '../memory/thread-kinds';
+
+/** Bytes before the held bitmap's words in its shared memory: the count of held granules, a Float64. */
+const COUNT_BYTES = 8;
+
+/** A VfioDmaListener as another thread rebuilds it. */
+interface VfioDmaListenerDescriptor extends ThreadDescriptor {
+  kind: 'vfio-dma';
+  name: string;
+  sharedAddress: bigint;
+  gpa: bigint;
+  granules: number;
+  held: SharedArrayBuffer;
+  mapper: ThreadDescriptor;
+}
 
 /**
  * Where the listener's section lives: the shared memory's host address and the guest address
@@ -51,13 +72,19 @@ export class VfioDmaListener implements RamDiscardListener {
   readonly doubleDiscardSupported = true;
   /** Every map and unmap is one native call that returns when the kernel has done it. */
   readonly synchronous = true;
-  /** Granules mapped now, by block granule index; grows to the highest granule seen. */
+  /**
+   * Granules mapped now, by block granule index: sized to the block at register (attach),
+   * in shared memory; used before any register, it grows to the highest granule seen.
+   */
   private held = new PageBitmap(0);
-  private heldCount = 0;
+  /** [0]: granules held; beside the bitmap, in the same memory once it is shared. */
+  private heldCount: Float64Array<ArrayBufferLike> = new Float64Array(1);
+  private heldMemory: SharedArrayBuffer | null = null;
 
   constructor(
     readonly dma: DmaMapper,
     private readonly options: VfioDmaListenerOptions,
+    shared?: { granules: number; held: SharedArrayBuffer },
   ) {
     // Checked here, not at the first conversion: a number gpa or a negative address would
     // otherwise fail inside a change, as a listener failure the change must roll back.
@@ -69,11 +96,67 @@ export class VfioDmaListener implements RamDiscardListener {
     checkAddress(options.gpa, 'gpa');
     if (options.name !== undefined && typeof options.name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(options.name)}`);
     this.name = options.name ?? `vfio-${dma.backend}`;
+    if (shared) this.useMemory(shared.granules, shared.held);
+  }
+
+  /** A replica in this thread of a listener described by toThreadDescriptor in another. */
+  static fromThreadDescriptor(descriptor: ThreadDescriptor): VfioDmaListener {
+    const d = descriptor as unknown as VfioDmaListenerDescriptor;
+    return new VfioDmaListener(revive<DmaMapper>('dma-mapper', d.mapper), { sharedAddress: d.sharedAddress, gpa: d.gpa, name: d.name }, { granules: d.granules, held: d.held });
+  }
+
+  /**
+   * What another thread needs to act as this listener: its addresses, its held bitmap's
+   * shared memory, and its DMA mapper's descriptor (the container's fd by number). Only
+   * once registered (the bitmap is sized then) and over a mapper that can describe itself.
+   */
+  toThreadDescriptor(): ThreadDescriptor {
+    const mapper = this.dma as Partial<{ toThreadDescriptor(): ThreadDescriptor }>;
+    if (this.heldMemory === null || typeof mapper.toThreadDescriptor !== 'function') {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `listener "${this.name}" can run on another thread only once registered on a block, over a type1 container or an iommufd IOAS`);
+    }
+    const descriptor: VfioDmaListenerDescriptor = {
+      kind: 'vfio-dma', name: this.name, sharedAddress: this.options.sharedAddress, gpa: this.options.gpa,
+      granules: this.held.bits, held: this.heldMemory, mapper: mapper.toThreadDescriptor(),
+    };
+    return descriptor;
+  }
+
+  /**
+   * At register: the held bitmap is made the size of the section's end (the block, for a
+   * whole-block section) in shared memory, keeping what was held before. A section past a
+   * bitmap already sized is refused: one listener serves one block.
+   */
+  attach(section: GranuleRange): void {
+    if (this.heldMemory !== null) {
+      if (section.end > this.held.bits) throw outOfRange(`listener "${this.name}" serves ${this.held.bits} granules; section ${section} goes past them`);
+      return;
+    }
+    const bits = Math.max(section.end, this.held.bits);
+    const memory = PageBitmap.sharedMemory(COUNT_BYTES + PageBitmap.bytesFor(bits), 'a DMA listener bitmap');
+    const before = this.held;
+    this.useMemory(bits, memory);
+    for (const [first, count] of before.runs(0, before.bits, true)) this.mark(first, count, true);
+  }
+
+  private useMemory(granules: number, memory: SharedArrayBuffer): void {
+    this.heldMemory = memory;
+    this.heldCount = new Float64Array(memory, 0, 1);
+    this.held = new PageBitmap(granules, { buffer: memory, byteOffset: COUNT_BYTES });
   }
 
   /** Granule mappings this listener holds now. */
   get mappings(): number {
-    return this.heldCount;
+    return this.heldCount[0]!;
+  }
+
+  /**
+   * A thread died between a DMA call and its record here: count the granules as held, so
+   * that the repair's discard unmaps whatever is there (an unmap of nothing is no error).
+   */
+  assumeHeld(first: number, count: number): void {
+    const end = Math.min(first + count, this.held.bits);
+    if (end > first) this.mark(first, end - first, true);
   }
 
   heldRuns(first: number, count: number): Run[] {
@@ -178,11 +261,14 @@ export class VfioDmaListener implements RamDiscardListener {
     this.grow(first + count);
     const before = this.held.countSet(first, count);
     this.held.fillRange(first, count, mapped);
-    this.heldCount += mapped ? count - before : -before;
+    this.heldCount[0] += mapped ? count - before : -before;
   }
 
   private grow(bits: number): void {
     if (bits <= this.held.bits) return;
+    // Sized at register: a granule past the block is a caller's error, not a reason to move
+    // the bitmap out of the memory other threads see.
+    if (this.heldMemory !== null) throw outOfRange(`listener "${this.name}" serves ${this.held.bits} granules; granule ${bits - 1} is past them`);
     const grown = new PageBitmap(Math.max(bits, this.held.bits * 2));
     for (const [first, count] of this.held.runs(0, this.held.bits, true)) grown.setRange(first, count);
     this.held = grown;
@@ -202,3 +288,5 @@ export class VfioDmaListener implements RamDiscardListener {
     });
   }
 }
+
+defineThreadKind('listener', 'vfio-dma', (descriptor) => VfioDmaListener.fromThreadDescriptor(descriptor));

@@ -69,6 +69,11 @@ export class VfioContainer extends FdOwner implements DmaMapper {
     return this.iommuInfo().dmaAvailable ?? null;
   }
 
+  /** How another thread reaches this container: its fd by number (borrowed-dma-mapper.ts). */
+  toThreadDescriptor(): { kind: 'type1'; fd: number } {
+    return { kind: 'type1', fd: this.fd };
+  }
+
   /** Maps [iova, iova + size) to the host range at vaddr, as one mapping (one dma entry). */
   map(vaddr: Bytes, iova: Bytes, size: Bytes): void {
     this.batches.map(vaddr, iova, size);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { GranuleRange } from '../../lib/common/byte-range';
 import type { DmaExtent, DmaMapper } from '../../lib/vfio/dma-mapper';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
+import { defineThreadKind } from '../../lib/memory/thread-kinds';
 
 const PAGE = 4096;
 const GPA = 1n << 24n;
@@ -136,5 +137,32 @@ describe('VfioDmaListener bookkeeping', () => {
     dma.closed = true;
     listener.discardRuns([range(0, 64)]);
     assert.equal(listener.mappings, 0);
+  });
+});
+
+describe('VfioDmaListener across threads', () => {
+  it('sizes what it holds to its section at register, in shared memory, keeping what it held, and refuses granules past it', () => {
+    const { listener } = setUp();
+    listener.populateRuns([range(2, 3)]);
+    assert.throws(() => listener.toThreadDescriptor(), { code: 'ERR_GUESTMEM_UNSUPPORTED', message: /only once registered on a block/ });
+    listener.attach(range(0, 16));
+    assert.deepEqual(listener.heldRuns(0, 16), [[2, 3]]);
+    assert.equal(listener.mappings, 3);
+    assert.throws(() => listener.populateRuns([range(15, 2)]), { code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => listener.attach(range(8, 16)), { code: 'ERR_OUT_OF_RANGE' });
+  });
+
+  it('a replica made from its descriptor holds what it holds: one bitmap, one count', () => {
+    const { dma, listener } = setUp();
+    listener.attach(range(0, 16));
+    Object.assign(dma, { toThreadDescriptor: () => ({ kind: 'same-mapper' }) });
+    defineThreadKind('dma-mapper', 'same-mapper', () => dma);
+    const replica = VfioDmaListener.fromThreadDescriptor(listener.toThreadDescriptor());
+    replica.populateRuns([range(4, 2)]);
+    assert.deepEqual(listener.heldRuns(0, 16), [[4, 2]]);
+    assert.equal(listener.mappings, 2);
+    listener.discardRuns([range(0, 16)]);
+    assert.deepEqual(replica.heldRuns(0, 16), []);
+    assert.equal(dma.mappings.size, 0);
   });
 });
