@@ -23,7 +23,8 @@ import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
 import { supportedCpuid, Vcpu, type Registers } from './vcpu';
 import { VmmLoop, type ConversionEvent, type LoopMemory, type MmioHandler, type VmmReport } from './vmm-loop';
-import { VcpuThreads } from './vcpu-threads';
+import { VcpuThreads, type BlockSharing } from './vcpu-threads';
+import type { BlockDescriptor } from '../memory/block-sharing';
 import type { PortModule } from './vcpu-worker-protocol';
 
 /** How a {@link GuestVm} is made: the program, its vCPUs, port and MMIO handlers, and observers. */
@@ -80,6 +81,30 @@ export function loopMemory(memory: GuestMemory, measured?: MeasuredPages): LoopM
       return result instanceof Promise ? result.then(release) : release(result);
     },
     faultRefusal: measured ? (gpa, size, to) => measured.faultRefusal(gpa, size, to) : undefined,
+  };
+}
+
+/**
+ * GuestMemory's blocks for vCPU threads: each block that can be converted off the main thread
+ * (every listener can run on any thread), and the recovery of every block after a thread died.
+ */
+export function blockSharing(memory: GuestMemory): BlockSharing {
+  return {
+    share: () => {
+      const descriptors: BlockDescriptor[] = [];
+      for (const block of memory.blocks) {
+        try {
+          descriptors.push(block.share());
+        } catch (error) {
+          // A listener that answers only on the main thread: its block converts there.
+          if ((error as { code?: string }).code !== 'ERR_GUESTMEM_ASYNC_LISTENER' && (error as { code?: string }).code !== 'ERR_GUESTMEM_UNSUPPORTED') throw error;
+        }
+      }
+      return descriptors;
+    },
+    recoverFrom: (threadId) => {
+      for (const block of memory.blocks) block.recoverFrom(threadId);
+    },
   };
 }
 
@@ -187,6 +212,9 @@ export class GuestVm implements Disposable {
       const blocks = memory.blocks.map(({ gpa, size }) => ({ gpa, size }));
       const threads = new VcpuThreads(this.vcpus, loopMemory(memory, this.measured), {
         ports, mmio, onConversion, blocks, vmType, portModules: this.options.portModules, onMessage: this.options.onMessage,
+        // A launch's measured pages are released on the main thread as the guest shares
+        // them: a confidential VM's conversions stay there.
+        sharing: this.measured.spans.length === 0 ? blockSharing(memory) : undefined,
       });
       this.loop = threads;
       return threads.run();

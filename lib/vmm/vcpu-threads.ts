@@ -6,9 +6,12 @@
 //
 // - on the vCPU's thread: entering the guest, decoding the exit, answering hypercalls,
 //   and port handlers given as modules (`portModules`);
+// - on the vCPU's thread too: conversions of every block that can be shared with it
+//   (RamBlock.share: its listeners can run on any thread, as the VFIO listener can), under
+//   the block's lock, taking turns with the other threads' conversions of it;
 // - on the main thread, as a call the vCPU's thread waits for: port handlers given as
-//   plain functions (`ports`), the MMIO handler, and conversions (until a block can be
-//   converted from any thread, the conversion core lives on the main thread).
+//   plain functions (`ports`), the MMIO handler, and conversions of a block with a listener
+//   that answers only there.
 //
 // A worker that throws or dies stops the VM with an error naming its vCPU.
 
@@ -19,6 +22,7 @@ import type { PortContext, PortHandler } from './guest-ports';
 import { answerCall, uncrossError, type MainThreadCall } from './main-thread-calls';
 import type { IoExit, MmioExit } from './vcpu-exit';
 import type { Vcpu } from './vcpu';
+import type { BlockDescriptor } from '../memory/block-sharing';
 import { checkPortModules, SIGNAL_WORDS, STOP_WORD, type PortModule, type VcpuWorkerData, type WorkerMessage } from './vcpu-worker-protocol';
 import type { ConversionEvent, LoopMemory, MmioHandler, VcpuOutcome, VmmReport } from './vmm-loop';
 
@@ -37,6 +41,20 @@ export interface VcpuThreadsOptions {
   blocks: ReadonlyArray<{ gpa: number; size: number }>;
   /** The VM's KVM_CREATE_VM type: what a refused MAP_GPA_RANGE is answered with depends on it. */
   vmType?: number;
+  /**
+   * The blocks a vCPU thread converts itself (RamBlock.share, attachBlock there): called once
+   * per thread, a descriptor for each block that can be converted off the main thread (a
+   * block with a listener that answers only on the main thread has none: its conversions
+   * stay calls to the main thread); and, after a thread ended, the recovery of any block it
+   * died converting (RamBlock.recoverFrom: the lock taken over, the range put in doubt).
+   */
+  sharing?: BlockSharing;
+}
+
+/** What VcpuThreads needs of the memory to let vCPU threads convert (GuestMemory through an adapter). */
+export interface BlockSharing {
+  share(): BlockDescriptor[];
+  recoverFrom(threadId: number): void;
 }
 
 interface Thread {
@@ -99,6 +117,7 @@ export class VcpuThreads {
   private start(vcpu: Vcpu): Thread {
     const signal = new SharedArrayBuffer(SIGNAL_WORDS * Int32Array.BYTES_PER_ELEMENT);
     const { port1: replies, port2 } = new MessageChannel();
+    const sharedBlocks = this.options.sharing?.share() ?? [];
     const workerData: VcpuWorkerData = {
       fd: vcpu.fd, mmapSize: vcpu.mmapSize, vcpu: vcpu.id, signal, replies: port2,
       portModules: this.portModules,
@@ -108,14 +127,20 @@ export class VcpuThreads {
       faultRefusal: this.memory.faultRefusal !== undefined,
       vmType: this.options.vmType,
       blocks: this.options.blocks.map(({ gpa, size }) => ({ gpa, size })),
+      sharedBlocks,
     };
-    const worker = new Worker(WORKER, { workerData, transferList: [port2] });
+    const worker = new Worker(WORKER, { workerData, transferList: [port2, ...sharedBlocks.map((block) => block.port)] });
+    // A Worker's threadId reads -1 once it has exited: kept for the recovery.
+    const threadId = worker.threadId;
     const thread: Thread = { vcpu, worker, signal, replies, report: null, exited: Promise.resolve() };
     worker.on('message', (message: WorkerMessage) => this.receive(thread, message));
     worker.on('error', (error) => this.fail(this.threadError(vcpu, `its thread threw: ${error.message}`, error)));
     thread.exited = new Promise<void>((resolve) => {
       worker.once('exit', (code) => {
         replies.close();
+        // A thread that died in a conversion left its block locked, half converted: the lock
+        // is taken over and the range put in doubt (refused until repair()).
+        if (thread.report === null) this.options.sharing?.recoverFrom(threadId);
         if (thread.report === null && this.failure === null) this.fail(this.threadError(vcpu, `its thread ended (exit code ${code}) before the vCPU did`));
         resolve();
       });

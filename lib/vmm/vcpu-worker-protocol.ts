@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { MessagePort } from 'node:worker_threads';
 import { invalidArgType, invalidArgValue } from '../common/errors';
 import type { PortHandler } from './guest-ports';
+import type { BlockDescriptor } from '../memory/block-sharing';
 import type { CrossedError, MainThreadCall } from './main-thread-calls';
 import type { ConversionEvent, VmmReport } from './vmm-loop';
 
@@ -48,6 +49,8 @@ export interface VcpuWorkerData {
   vmType?: number;
   /** The RAM blocks, for the loop's check that a request lies inside one. */
   blocks: Array<{ gpa: number; size: number }>;
+  /** The blocks this thread converts itself (attachBlock); the others' conversions are calls. */
+  sharedBlocks: BlockDescriptor[];
 }
 
 export const STOP_WORD = 1;

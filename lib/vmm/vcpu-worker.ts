@@ -3,7 +3,8 @@
 // the main thread runs. Port handlers given as modules run here; handlers given as plain
 // functions, and conversions of a block that only the main thread may convert, are calls
 // to the main thread (main-thread-calls.ts). Conversion events go to the main thread in
-// batches. The vCPU's fd is the main thread's: this thread maps its kvm_run and never
+// batches. Blocks shared with this thread (RamBlock.share) are converted here, under each
+// block's lock. The vCPU's fd is the main thread's: this thread maps its kvm_run and never
 // closes the fd. Started by vcpu-threads.ts, which documents the messages.
 
 import { parentPort, workerData } from 'node:worker_threads';
@@ -13,6 +14,7 @@ import { VmmLoop } from './vmm-loop';
 import type { PortHandler } from './guest-ports';
 import type { MmioExit } from './vcpu-exit';
 import { VcpuRun } from './vcpu-run';
+import { attachBlock, type AttachedBlock } from '../memory/attached-block';
 import { MainThreadCaller, crossError } from './main-thread-calls';
 import { loadPortModules, type VcpuWorkerData, type WorkerMessage, STOP_WORD, EVENT_BATCH } from './vcpu-worker-protocol';
 
@@ -58,24 +60,36 @@ const onMainThread: PortHandler = (exit, context) => {
   return answer.bytes;
 };
 
-function memoryOf(): LoopMemory {
+/**
+ * The memory as this thread sees it: a request inside a block shared with it is converted
+ * here (the block's own conversion, under its lock); any other is a call to the main thread.
+ */
+function memoryOf(attached: AttachedBlock[]): LoopMemory {
   const inside = (gpa: number | bigint, size: number | bigint): boolean =>
     data.blocks.some((block) => BigInt(gpa) >= BigInt(block.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(block.gpa) + BigInt(block.size));
   return {
     covers: inside,
-    convert: (gpa, size, to) => caller.call('convert', { gpa, size, to }) as ReturnType<LoopMemory['convert']>,
+    convert: (gpa, size, to) => {
+      // Numbers, as a guest's request gives them (below 2^53): no bigint on the way.
+      if (typeof gpa === 'number' && typeof size === 'number') {
+        for (let i = 0; i < attached.length; i++) if (attached[i]!.covers(gpa, size)) return attached[i]!.convertSync(gpa, size, to);
+      }
+      return caller.call('convert', { gpa, size, to }) as ReturnType<LoopMemory['convert']>;
+    },
     faultRefusal: data.faultRefusal ? (gpa, size, to) => caller.call('faultRefusal', { gpa, size, to }) as string | null : undefined,
   };
 }
 
 async function main(): Promise<VmmReport> {
   const run = new VcpuRun(data.fd, data.mmapSize, `vCPU ${data.vcpu}`);
+  const attached: AttachedBlock[] = [];
   try {
+    for (const descriptor of data.sharedBlocks) attached.push(attachBlock(descriptor));
     const ports = new Map<number, PortHandler>();
     for (const port of data.mainPorts) ports.set(port, onMainThread);
     // Modules given for this thread take their ports from the main thread's functions.
     for (const [port, handler] of await loadPortModules(data.portModules, data.vcpu)) ports.set(port, handler);
-    const loop = new VmmLoop([vcpuOf(run)], memoryOf(), {
+    const loop = new VmmLoop([vcpuOf(run)], memoryOf(attached), {
       ports,
       ids: [data.vcpu],
       onThisThread: true,
@@ -95,6 +109,7 @@ async function main(): Promise<VmmReport> {
     return await loop.run();
   } finally {
     flushEvents();
+    for (const block of attached) block.detach();
     run.close();
   }
 }

@@ -198,6 +198,36 @@ for (const threads of [false, true]) describe(`guest-driven conversions on a rea
         assert.equal(vcpuThreads(), threadsBefore, 'both vCPU threads ended');
       });
 
+      if (threads) {
+        it('the main thread converts the same block while two vCPU threads convert it themselves: they take turns, and everything agrees', async () => {
+          f = await setUp(backend);
+          const block = f.block;
+          const before = block.stats.conversions;
+          let stop = false;
+          let pairs = 0;
+          // Pages far from the data area, each pair done before the event loop turns, so the
+          // guest's host checks (on this thread, at its sync points) see them as they were.
+          const racing = (async () => {
+            while (!stop) {
+              block.convertSync(block.gpa + 2 * MiB, 4 * PAGE, 'shared');
+              block.convertSync(block.gpa + 2 * MiB, 4 * PAGE, 'private');
+              pairs++;
+              await new Promise((resolve) => setImmediate(resolve));
+            }
+          })();
+          const report = await session(f, { program: 'random', vcpus: 2, iterations: 25, dataPages: 32, seed: 99n });
+          stop = true;
+          await racing;
+          assertOk(report);
+          assert.equal(report.run.conversions.converted, 50);
+          assert.ok(pairs > 0, 'the main thread converted while the guest ran');
+          // The guest's 50 conversions ran on the vCPU threads: the main thread counted its own only.
+          assert.ok(block.stats.conversions - before < 2 * pairs + 50, `main thread conversions: ${block.stats.conversions - before}, pairs ${pairs}`);
+          assert.deepEqual(block.disagreements(), []);
+          assert.deepEqual(f.listener!.heldRuns(0, block.size / PAGE), block.attributes.runs('shared'));
+        });
+      }
+
       it('random: four vCPUs converting overlapping ranges at once end as the model, with no stale mapping', async () => {
         f = await setUp(backend);
         const report = await session(f, { program: 'random', vcpus: 4, iterations: 15, dataPages: 32, seed: 1234n });
