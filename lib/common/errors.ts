@@ -27,7 +27,8 @@ export type GuestmemErrorCode =
 
 /**
  * An error guestmem found itself (not a failed syscall), with a `code` a program can switch
- * on, like Node's `ERR_*` errors.
+ * on, like Node's `ERR_*` errors. Every code, what it leaves and what to do:
+ * [the error reference](../../docs/errors.md).
  */
 export class GuestmemError extends Error {
   readonly code: GuestmemErrorCode;
