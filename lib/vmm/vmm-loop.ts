@@ -1,8 +1,8 @@
 // The VMM loop: every vCPU runs until its next exit, and the exit is handled before that
 // vCPU goes on, as QEMU's kvm_cpu_exec does. Guest conversions (KVM_HC_MAP_GPA_RANGE
 // hypercalls; KVM_EXIT_MEMORY_FAULT on SNP/TDX) go through the caller's memory, i.e.
-// GuestMemory.convert: the tracker, KVM's attributes, the listeners (VFIO) and the
-// punch-hole, rolled back on failure. Where QEMU stops the vCPU when a conversion fails,
+// GuestMemory.convert, in the order lib/memory/ram-block.ts keeps (CONVERSION ORDER there),
+// rolled back on failure. Where QEMU stops the vCPU when a conversion fails,
 // the guest here is answered with an error and goes on. Port I/O goes to pluggable
 // handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
 // its registers.
