@@ -3,6 +3,8 @@
 # TypeScript), then two installs of the tarball into empty projects, each on a PATH with no
 # compiler (no cc, c++, gcc, g++, make, python3: what node-gyp needs) and with
 # npm_config_build_from_source=false:
+# The list is checked first: no source maps, CLI declarations or CI-only files, and every
+# relative link of the README and docs/ resolves inside the tarball. Then:
 #   1. as packed: the prebuilt binary loads (nothing is compiled), `guestmem simulate` runs
 #      a script, `guestmem probe` finds the addon, examples/library-tour.js runs against
 #      the installed package, and the exports map keeps the internals out of reach;
@@ -30,6 +32,28 @@ grep -qx 'package/dist/guest/secret.bin' <<<"$contents" || fail "the tarball lac
 if grep -q '^package/\(build\|dist/test\|test\|node_modules\)/' <<<"$contents"; then
   fail "the tarball carries a build tree, tests or node_modules"
 fi
+# Source maps would point at TypeScript the package does not ship; the CLI's declarations are
+# no API; CI's own scripts and the guest programs' sources are no use to an installed package.
+if grep -q '\.map$\|^package/dist/lib/cli/.*\.d\.ts$\|^package/scripts/test\.js$\|^package/scripts/vm/\(check-uapi\.sh\|uapi-check\.cc\)$\|^package/guest/' <<<"$contents"; then
+  fail "the tarball carries source maps, the CLI's declarations or CI-only files: $(grep '\.map$\|^package/dist/lib/cli/.*\.d\.ts$\|^package/scripts/test\.js$\|^package/scripts/vm/\(check-uapi\.sh\|uapi-check\.cc\)$\|^package/guest/' <<<"$contents" | head -5 | tr '\n' ' ')"
+fi
+# Every relative link and picture of the README and the docs it links resolves in the tarball.
+mkdir "$work/unpacked"
+tar -xzf "$tarball" -C "$work/unpacked"
+# shellcheck disable=SC2016 # JavaScript for node -e: its $ and backticks are not the shell's
+node -e '
+  const fs = require("fs"), path = require("path");
+  const root = process.argv[1];
+  const broken = [];
+  for (const page of ["README.md", ...fs.readdirSync(path.join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`), "CONTRIBUTING.md"]) {
+    const text = fs.readFileSync(path.join(root, page), "utf8").replace(/```[\s\S]*?```/g, "");
+    for (const [, target] of text.matchAll(/\]\(([^)#\s]+)(?:#[^)]*)?\)/g)) {
+      if (/^[a-z]+:/.test(target)) continue;
+      if (!fs.existsSync(path.join(root, path.dirname(page), target))) broken.push(`${page}: ${target}`);
+    }
+  }
+  if (broken.length > 0) { console.error(broken.join("\n")); process.exit(1); }' "$work/unpacked/package" ||
+  fail "a link of the README or docs/ points at a file the tarball lacks"
 
 # A PATH like this machine's, less every compiler and build tool node-gyp would call.
 nocc="$work/bin"
@@ -106,8 +130,6 @@ cp "$root/examples/library-tour.js" "$work/prebuilt/"
 echo "pack-test: prebuilt: the prebuilt binary loads; simulate, probe and the example work; internals are not exported"
 
 # The same package without its prebuilt binary: what a host no prebuild fits gets.
-mkdir "$work/unpacked"
-tar -xzf "$tarball" -C "$work/unpacked"
 rm -rf "$work/unpacked/package/prebuilds"
 tar -czf "$work/no-prebuild.tgz" -C "$work/unpacked" package
 install_and_run no-prebuild "$work/no-prebuild.tgz"

@@ -20,7 +20,7 @@ import { parseCount, parseCountList } from './counts';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
 import { runInVm } from './vm-command';
-import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
+import { harnessReason, noVmRefusal, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const STEPS: ConversionStep[] = ['kvmAttributes', 'listeners', 'discard', 'prefault'];
@@ -77,7 +77,8 @@ export async function benchCommand(args: string[]): Promise<number> {
   if (values['exits-only']) return exitsOnly(exits, args, values.json === true);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes']);
-  if (missing && !values['no-vm']) {
+  if (missing && values['no-vm']) throw noVmRefusal(missing, ['bench', ...args]);
+  if (missing) {
     console.error(`guestmem bench: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['bench', ...args]);
   }

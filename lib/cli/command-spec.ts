@@ -90,7 +90,7 @@ function usageWords(spec: CommandSpec): string[] {
   return spec.trailer ? [...words, spec.trailer] : words;
 }
 
-/** The command on one line, every option of the table in its order (README's command list). */
+/** The command on one line, every option of the table in its order (docs/cli.md's command list). */
 export function synopsis(spec: CommandSpec): string {
   return [`guestmem ${spec.name}`, ...(spec.positionals ? [spec.positionals] : []), ...usageWords(spec)].join(' ');
 }

@@ -18,7 +18,7 @@ import { mapLegend, mapStrip } from './map-picture';
 import { printJson } from './output';
 import { formatBytes } from './sizes';
 import { runInVm } from './vm-command';
-import { harnessReason, parseVmTypeOption, resolveVmType, VM_TYPE_OPTION } from './vm-type-option';
+import { harnessReason, noVmRefusal, parseVmTypeOption, resolveVmType, VM_TYPE_OPTION } from './vm-type-option';
 import { vmTypeName } from '../kvm/vm-types';
 import { parseCommand, type CommandSpec } from './command-spec';
 
@@ -65,7 +65,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   const { values } = parseCommand(DEMO, args);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes', 'vfio-device']);
-  if (missing && !values['no-vm']) {
+  if (missing && values['no-vm']) throw noVmRefusal(missing, ['demo', ...args]);
+  if (missing) {
     console.error(`guestmem demo: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['demo', ...args]);
   }

@@ -19,7 +19,7 @@ import { formatBytes } from './sizes';
 import { parseCount } from './counts';
 import { UsageError } from './usage-error';
 import { runInVm } from './vm-command';
-import { harnessReason, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
+import { harnessReason, noVmRefusal, parseVmTypeOption, VM_TYPE_OPTION } from './vm-type-option';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
@@ -86,7 +86,7 @@ export async function guestCommand(args: string[]): Promise<number> {
 
   const missing = harnessReason(vmType, ['memory-attributes', ...(values.vfio ? (['vfio-device'] as const) : [])]);
   if (missing) {
-    if (values['no-vm']) throw new Error(`not possible on this host: ${missing}`);
+    if (values['no-vm']) throw noVmRefusal(missing, ['guest', ...args]);
     console.error(`guestmem guest: not possible on this host (${missing}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['guest', ...args]);
   }

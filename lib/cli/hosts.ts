@@ -17,7 +17,7 @@ import { addBytes } from './sizes';
 import { UsageError } from './usage-error';
 import { resolveVmType } from './vm-type-option';
 import { vmTypeFix, vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
-import { messageOf } from '../common/errors';
+import { GuestmemError, messageOf } from '../common/errors';
 import { normalizeBdf } from '../vfio/vfio-sysfs';
 
 export class TrackerHost implements ScriptHost {
@@ -94,9 +94,13 @@ function withKvmHint<T>(make: () => T, options: VmHostOptions): T {
     const fix = options.vmType === undefined || vmTypeName(options.vmType) === 'sw-protected'
       ? `run the command inside the harness VM: guestmem vm -- ${again}`
       : vmTypeFix(options.vmType);
+    const message = `${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: ${fix}`;
+    // No /dev/kvm at all is a host that lacks something, as --no-vm's refusal and a missing VM
+    // type say (ERR_GUESTMEM_UNSUPPORTED); a permission or other error keeps the kernel's code.
+    const lacking = e.code === 'ENOENT' || e.code === 'ENODEV' || e.code === 'ENXIO';
     throw Object.assign(
-      new Error(`${e.message}: this host has no usable /dev/kvm ('guestmem probe' says why); fix: ${fix}`, { cause: error }),
-      { code: e.code, errno: e.errno, syscall: e.syscall },
+      lacking ? new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', message, { cause: error }) : new Error(message, { cause: error }),
+      lacking ? { errno: e.errno, syscall: e.syscall } : { code: e.code, errno: e.errno, syscall: e.syscall },
     );
   }
 }

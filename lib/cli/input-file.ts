@@ -17,7 +17,8 @@ const NEWLINE = 0x0a;
 
 /**
  * Reads `file` ('-' for stdin) as UTF-8 text of at most `maxBytes` bytes. Every problem is a
- * UsageError (exit 2) that says what to do: a missing file, a NUL byte or an overlong line
+ * UsageError (exit 2) that says what to do: a missing file (with the system error's code,
+ * ENOENT), a NUL byte or an overlong line
  * (with its line number), a file over the cap (with the --max-input option that lifts it).
  */
 export async function readInputText(file: string | undefined, what: string, maxBytes = DEFAULT_MAX_INPUT_BYTES): Promise<string> {
@@ -57,7 +58,9 @@ export async function readInputText(file: string | undefined, what: string, maxB
     }
   } catch (error) {
     if (error instanceof UsageError) throw error;
-    throw new UsageError(`cannot read ${name}: ${(error as Error).message}`);
+    // The system error's code (ENOENT, EISDIR, EACCES) stays the code: the path is what to fix.
+    const code = (error as NodeJS.ErrnoException).code;
+    throw new UsageError(`cannot read ${name}: ${(error as Error).message}`, typeof code === 'string' ? code : undefined, error);
   } finally {
     if (stream !== process.stdin) (stream as fs.ReadStream).destroy();
   }

@@ -3,7 +3,7 @@
 // same option table that parses its arguments (command-spec.ts).
 //
 // Bare `guestmem` prints the overview and exits 0, as cargo, gh and docker do: asking with
-// nothing is asking what there is. An unknown command is bad usage (exit 2, overview on stderr).
+// nothing is asking what there is. An unknown command is bad usage: exit 2, one line naming the nearest command.
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -13,6 +13,7 @@ import { helpText, parseCommand, type CommandSpec } from './command-spec';
 import { CONVERT, convertCommand } from './convert-command';
 import { DEMO, demoCommand } from './demo-command';
 import { GUEST, guestCommand } from './guest-command';
+import { errorCode } from './error-code';
 import { printJson } from './output';
 import { PROBE, probeCommand } from './probe-command';
 import { REPLAY, RUN, SIMULATE, replayCommand, runCommand, simulateCommand } from './script-commands';
@@ -61,17 +62,10 @@ examples:
   guestmem simulate script.txt --json`;
 }
 
-/** A usage error's code under --json: parseArgs' own where it found it. */
-function errorCode(error: unknown, usage: boolean): string {
-  const code = (error as { code?: unknown } | null)?.code;
-  if (typeof code === 'string') return code;
-  return usage ? 'ERR_GUESTMEM_USAGE' : 'ERR_GUESTMEM_FAILED';
-}
-
 /** Reports a failure: text on stderr, and under --json the error object on stdout too. */
 function fail(command: string, error: unknown, usage: boolean, json: boolean): number {
   const message = messageOf(error);
-  if (json) printJson({ error: { code: errorCode(error, usage), message } });
+  if (json) printJson({ error: { code: errorCode(error, usage ? 'ERR_GUESTMEM_USAGE' : 'ERR_GUESTMEM_FAILED'), message } });
   console.error(usage ? `guestmem ${command}: ${message}\n(see guestmem ${command} --help)` : `guestmem ${command}: ${message}`);
   if (!usage && process.env.GUESTMEM_DEBUG && error instanceof Error) console.error(error.stack);
   return usage ? 2 : 1;
@@ -91,26 +85,65 @@ function endQuietlyOnClosedPipe(): void {
   });
 }
 
+/** The edit distance of two short words (insertions, deletions, substitutions, transpositions). */
+function distance(a: string, b: string): number {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1);
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/** The nearest of `candidates` to `word` (at most two edits, or a prefix of it), for "did you mean". */
+export function nearest(word: string, candidates: readonly string[]): string | undefined {
+  if (word.length === 0 || word.length > 64) return undefined;
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const candidate of candidates) {
+    const d = candidate.startsWith(word) && word.length >= 2 ? 1 : distance(word, candidate);
+    if (d < bestDistance) [best, bestDistance] = [candidate, d];
+  }
+  return best;
+}
+
+/** An unknown command: exit 2, one line with the nearest command, not the whole overview. */
+function unknownCommand(command: string, json: boolean): number {
+  const guess = nearest(command, Object.keys(COMMANDS));
+  const message = `unknown command '${command}'${guess ? `; did you mean '${guess}'?` : ''}`;
+  if (json) printJson({ error: { code: 'ERR_GUESTMEM_USAGE', message } });
+  console.error(`guestmem: ${message}\n(guestmem --help lists the commands)`);
+  return 2;
+}
+
+/** An unknown option's message, with the nearest option the command takes. */
+function withOptionGuess(error: unknown, spec: CommandSpec): unknown {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  if (e?.code !== 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || typeof e.message !== 'string') return error;
+  const option = /^Unknown option '--([^']*)'/.exec(e.message)?.[1];
+  const guess = option === undefined ? undefined : nearest(option, Object.keys(spec.options));
+  return guess ? new UsageError(`${e.message}; did you mean --${guess}?`, 'ERR_PARSE_ARGS_UNKNOWN_OPTION') : error;
+}
+
 export async function main(argv: string[]): Promise<number> {
   endQuietlyOnClosedPipe();
   const [command, ...args] = argv;
   if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
     const topic = args[0];
-    if (topic !== undefined && Object.hasOwn(COMMANDS, topic)) console.log(helpText(COMMANDS[topic]!.spec));
-    else console.log(overview());
+    if (topic === undefined || topic.startsWith('-')) console.log(overview());
+    else if (Object.hasOwn(COMMANDS, topic)) console.log(helpText(COMMANDS[topic]!.spec));
+    else return unknownCommand(topic, args.includes('--json'));
     return 0;
   }
-  if (command === '--version' || command === '-V') {
+  if (command === '--version' || command === '-V' || command === '-v') {
     console.log(version());
     return 0;
   }
   // An own property only: 'constructor' or '__proto__' is not a command.
   const entry = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : undefined;
-  if (!entry) {
-    if (argv.includes('--json')) printJson({ error: { code: 'ERR_GUESTMEM_USAGE', message: `unknown command '${command}'` } });
-    console.error(`guestmem: unknown command '${command}'\n\n${overview()}`);
-    return 2;
-  }
+  if (!entry) return unknownCommand(command, argv.includes('--json'));
   // `vm` passes what follows -- to the command it runs; only what precedes is its own.
   const split = command === 'vm' ? args.indexOf('--') : -1;
   const own = split >= 0 ? args.slice(0, split) : args;
@@ -127,7 +160,7 @@ export async function main(argv: string[]): Promise<number> {
       console.log(helpText(entry.spec));
       return 0;
     }
-    return fail(command, error, true, json);
+    return fail(command, withOptionGuess(error, entry.spec), true, json);
   }
   try {
     return await entry.run(args);

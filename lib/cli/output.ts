@@ -49,9 +49,12 @@ export function failureJson(failures: JsonFailure[]): { error?: JsonFailure } {
   return { error: { code: failures[0]!.code, message: failures.map((f) => f.message).join('; ') } };
 }
 
-/** A progress bar on stdout, only when stdout is a terminal and the work is long. */
+/**
+ * A progress bar on stderr (as a kernel build's progress is: stdout is the output, which a
+ * pipe may take), only when stderr is a terminal and the work is long.
+ */
 export function progressBar(label: string, total: number): ((done: number) => void) | undefined {
-  if (!process.stdout.isTTY || total < 1000) return undefined;
+  if (!process.stderr.isTTY || total < 1000) return undefined;
   let lastPercent = -1;
   return (done: number) => {
     const percent = Math.floor((done / total) * 100);
@@ -59,7 +62,7 @@ export function progressBar(label: string, total: number): ((done: number) => vo
     lastPercent = percent;
     const width = 30;
     const filled = Math.round((percent / 100) * width);
-    process.stdout.write(`\r${label} [${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${percent}%`);
-    if (done >= total) process.stdout.write('\n');
+    process.stderr.write(`\r${label} [${'#'.repeat(filled)}${' '.repeat(width - filled)}] ${percent}%`);
+    if (done >= total) process.stderr.write('\n');
   };
 }

@@ -212,7 +212,7 @@ function historyJson(report: ScriptReport, values: { history?: boolean }): Recor
 
 function printHistory(report: ScriptReport, values: { history?: boolean }): void {
   if (!values.history) return;
-  for (const r of report.history) console.log(`convert 0x${r.offset.toString(16)} 0x${r.size.toString(16)} ${r.to}: ${r.outcome}`);
+  for (const r of report.history) console.log(`convert 0x${r.offset.toString(16)} 0x${r.size.toString(16)} ${r.to}: ${r.outcome}${r.reason === undefined ? '' : ` (${r.code}: ${r.reason})`}`);
 }
 
 

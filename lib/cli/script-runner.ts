@@ -3,7 +3,8 @@
 // one, so the report says what each listener really holds.
 
 import { toGranuleRange, type Bytes } from '../common/byte-range';
-import { isRejection } from '../common/errors';
+import { isRejection, messageOf } from '../common/errors';
+import { errorCode } from './error-code';
 import type { Run } from '../tracker/page-bitmap';
 import { blockGeometry, type RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
@@ -35,6 +36,10 @@ export interface ConversionRecord {
   size: Bytes;
   to: PageState;
   outcome: 'done' | 'rejected' | 'failed';
+  /** Why a conversion was rejected or failed: the error's code (ERR_GUESTMEM_FAILED when it had none). */
+  code?: string;
+  /** Why a conversion was rejected or failed: the error's message. */
+  reason?: string;
 }
 
 export interface ScriptReport {
@@ -172,10 +177,12 @@ export async function runScript(
         runStart ??= process.hrtime.bigint();
         report.ops++;
         let outcome: ConversionRecord['outcome'] = 'done';
+        let why: Pick<ConversionRecord, 'code' | 'reason'> = {};
         try {
           if (host.canConvertSync?.()) host.convertSync!(op.offset, op.size, op.to);
           else await host.convert(op.offset, op.size, op.to);
         } catch (error) {
+          if (history) why = { code: errorCode(error), reason: messageOf(error) };
           if (isRejection(error)) {
             outcome = 'rejected';
             report.rejected++;
@@ -185,7 +192,7 @@ export async function runScript(
             report.failures.push(`line ${op.line}: ${(error as Error).message}`);
           }
         }
-        if (history) report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome });
+        if (history) report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome, ...why });
         break;
       }
     }

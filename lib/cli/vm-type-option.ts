@@ -58,6 +58,16 @@ export function resolveVmType(kvm: Kvm, choice: VmTypeChoice | undefined, comman
 }
 
 /**
+ * --no-vm on a host that lacks what the command needs (demo, bench, guest): the same code and
+ * the same kind of fix as convert and run give on such a host (ERR_GUESTMEM_UNSUPPORTED,
+ * "fix: …"), not a bare failure.
+ */
+export function noVmRefusal(missing: string, commandLine: string[]): GuestmemError {
+  const again = commandLine.filter((arg) => arg !== '--no-vm').join(' ');
+  return unsupported(`not possible on this host: ${missing}; fix: run the command inside the harness VM: guestmem vm -- ${again} (without --no-vm it goes there itself)`);
+}
+
+/**
  * For commands that run themselves in the harness VM when this host cannot (demo, bench,
  * guest): null to run here, else the reason to go to the VM. A type the harness VM lacks
  * too (SNP, TDX, another number) is no reason to go there: that is the one-line error.

@@ -28,10 +28,21 @@ export type GuestmemErrorCode =
 
 /**
  * An error guestmem found itself (not a failed syscall), with a `code` a program can switch
- * on, like Node's `ERR_*` errors.
+ * on, like Node's `ERR_*` errors. Every code, what it leaves and what to do:
+ * [the error reference](../../docs/errors.md).
  */
 export class GuestmemError extends Error {
   readonly code: GuestmemErrorCode;
+  // Details set where they apply (declared, not defined, so an error without them has no such
+  // own property): a system call's failure beneath the error, and every failure of an
+  // operation that went on past several (ERR_GUESTMEM_SHUTDOWN_INCOMPLETE,
+  // ERR_GUESTMEM_REPAIR_FAILED, ERR_GUESTMEM_ROLLBACK_FAILED).
+  /** The errno (negative, as Node's) of the system call that failed beneath this error, where one did. */
+  declare errno?: number;
+  /** The system call that failed beneath this error (`ioctl(KVM_SET_MEMORY_ATTRIBUTES)`, `open`), where one did. */
+  declare syscall?: string;
+  /** Every failure, where the operation went on past more than one. */
+  declare errors?: unknown[];
 
   constructor(code: GuestmemErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
@@ -70,13 +81,15 @@ export function messageOf(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-/** What a shutdown could not release, all of it: an AggregateError with a code. */
-export function shutdownIncomplete(what: string, errors: unknown[]): AggregateError & { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' } {
+/**
+ * What a shutdown could not release, all of it: a GuestmemError (so `instanceof GuestmemError`
+ * finds it, as every other code) carrying each failure in `errors`, as an AggregateError would.
+ */
+export function shutdownIncomplete(what: string, errors: unknown[]): GuestmemError & { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE'; errors: unknown[] } {
   const messages = errors.map(messageOf);
-  return Object.assign(
-    new AggregateError(errors, `shutting down ${what} released all it could, but ${errors.length} thing(s) failed: ${messages.join('; ')}`),
-    { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE' as const },
-  );
+  const error = new GuestmemError('ERR_GUESTMEM_SHUTDOWN_INCOMPLETE', `shutting down ${what} released all it could, but ${errors.length} thing(s) failed: ${messages.join('; ')}`);
+  error.errors = errors;
+  return error as GuestmemError & { code: 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE'; errors: unknown[] };
 }
 
 /**

@@ -1,7 +1,7 @@
 // The two mmap requests the kernel grants but JavaScript cannot survive: a read-only
 // mapping handed out as memory JS may write (a write is SIGSEGV), and a mapping that runs
-// past the end of its file (a read there is SIGBUS). The raw addon is public, so these are
-// refused here, in front of it, before the mapping exists: read-only mappings are not
+// past the end of its file (a read there is SIGBUS). Every mmap the package makes goes
+// through the addon, so these are refused here, in front of it, before the mapping exists: read-only mappings are not
 // offered (no view rather than a view that kills the process), and a mapping of a regular
 // file (a memfd) must end within the file's size as fstat sees it now. A file shrunk
 // afterwards (ftruncate) can still fault: do not shrink a file that is mapped.

@@ -28,7 +28,6 @@ export interface Type1IommuInfo {
   dmaAvailable?: number;
 }
 
-/** A vCPU exit as native/vcpu_thread.cc decodes it; lib/vmm/vcpu-exit.ts types each kind. */
 /** Byte offsets of kvm_run's exit fields in a runner's exit view (offsetof in the addon). */
 export interface NativeKvmRunLayout {
   exitReason: number; ioDirection: number; ioSize: number; ioPort: number; ioCount: number; ioData: number;

@@ -38,7 +38,7 @@ const MADV_REMOVE = 9;
 export type SharedMemorySource =
   | { fd: number; offset?: Bytes; close?: boolean }
   | { unsafeAddress: Bytes; close?: boolean }
-  /** @deprecated the same as `unsafeAddress`, whose name says what it is. */
+  /** Deprecated: the same as `unsafeAddress`, whose name says what it is. */
   | { address: Bytes; close?: boolean };
 
 class SharedFile extends FdOwner {

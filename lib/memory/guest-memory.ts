@@ -207,7 +207,7 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    * Shuts every block down, each after its conversions in flight: listeners unregistered
    * (DMA unmapped), then memslots and backings. A block that fails does not stop the others;
    * everything that could not be released is reported at the end in one
-   * ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (an AggregateError).
+   * ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (a GuestmemError; `errors` holds each).
    */
   async shutdown(): Promise<void> {
     const results = await Promise.allSettled(this.blocks.splice(0).map((block) => block.shutdown()));

@@ -488,7 +488,7 @@ export class RamBlock implements Disposable {
    * unmaps what it holds), then deletes the memslot and closes both backings. It goes on
    * past failures: a listener that fails to unregister has what it still holds unmapped
    * directly where it can say what that is; what could not be released is reported at the
-   * end in one ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (an AggregateError).
+   * end in one ERR_GUESTMEM_SHUTDOWN_INCOMPLETE (a GuestmemError; `errors` holds each).
    */
   shutdown(): Promise<void> {
     if (this.closed) return this.conversions.run(async () => undefined);

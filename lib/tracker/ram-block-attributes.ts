@@ -192,7 +192,7 @@ export class RamBlockAttributes {
   /** Newest first, as QEMU's QLIST_INSERT_HEAD: the newest listener is notified first. */
   private newest: Registration | null = null;
   private readonly byListener = new Map<RamDiscardListener, Registration>();
-  /** [0]: shared granules, in the tracker's memory beside the bitmap. */
+  /** Word 0: shared granules, in the tracker's memory beside the bitmap. */
   private readonly counts: Float64Array;
   /** The tracker's SharedArrayBuffer: the shared count, then the bitmap's words. */
   readonly memory: SharedArrayBuffer;

@@ -1,7 +1,8 @@
 // The counterpart of QEMU's ram_block_attributes_state_change tracepoint, on
 // node:diagnostics_channel so tools can subscribe without the library knowing them.
 
-import diagnosticsChannel from 'node:diagnostics_channel';
+// A named import, not a default one: the published .d.ts must compile without esModuleInterop.
+import { channel, type Channel } from 'node:diagnostics_channel';
 import type { Bytes } from '../common/byte-range';
 import type { PageState } from './page-state';
 
@@ -24,4 +25,4 @@ export interface StateChangeMessage {
  */
 export const STATE_CHANGE_CHANNEL = 'guestmem:state-change';
 
-export const stateChangeChannel = diagnosticsChannel.channel(STATE_CHANGE_CHANNEL);
+export const stateChangeChannel: Channel = channel(STATE_CHANGE_CHANNEL);

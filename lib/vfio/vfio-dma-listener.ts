@@ -77,7 +77,7 @@ export class VfioDmaListener implements RamDiscardListener {
    * in shared memory; used before any register, it grows to the highest granule seen.
    */
   private held = new PageBitmap(0);
-  /** [0]: granules held; beside the bitmap, in the same memory once it is shared. */
+  /** Word 0: granules held; beside the bitmap, in the same memory once it is shared. */
   private heldCount: Float64Array<ArrayBufferLike> = new Float64Array(1);
   private heldMemory: SharedArrayBuffer | null = null;
 

@@ -1,5 +1,6 @@
 // A vCPU's exits as plain objects, one kind per KVM exit reason the VMM loop handles
-// (decoded in native/vcpu_thread.cc from kvm_run). `exitReason` is KVM's number.
+// (decoded in lib/vmm/exit-decoder.ts from the copy of kvm_run's exit the addon's runner
+// hands over). `exitReason` is KVM's number.
 
 interface ExitBase {
   exitReason: number;

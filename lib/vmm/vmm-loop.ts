@@ -1,14 +1,14 @@
 // The VMM loop: every vCPU runs until its next exit, and the exit is handled before that
 // vCPU goes on, as QEMU's kvm_cpu_exec does. Guest conversions (KVM_HC_MAP_GPA_RANGE
 // hypercalls; KVM_EXIT_MEMORY_FAULT on SNP/TDX) go through the caller's memory, i.e.
-// GuestMemory.convert: the tracker, KVM's attributes, the listeners (VFIO) and the
-// punch-hole, rolled back on failure. Where QEMU stops the vCPU when a conversion fails,
+// GuestMemory.convert, in the order lib/memory/ram-block.ts keeps (CONVERSION ORDER there),
+// rolled back on failure. Where QEMU stops the vCPU when a conversion fails,
 // the guest here is answered with an error and goes on. Port I/O goes to pluggable
 // handlers; anything else stops every vCPU with an error naming the exit, the vCPU and
 // its registers.
 
 import type { Bytes } from '../common/byte-range';
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, invalidArgType, messageOf } from '../common/errors';
 import { checkLoopArguments } from './guest-options';
 import type { StateChangeResult } from '../tracker/ram-block-attributes';
 import type { PageState } from '../tracker/state-change-channel';
@@ -119,6 +119,16 @@ export interface VmmReport {
 const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
 
 /** True for a failed conversion's `applied` that names at least one run. */
+/**
+ * What a vCPU's run ended with, coded: an error that has a code already (a conversion's, a
+ * kernel's) as it is; anything else (a port handler's plain Error, a thrown string) as
+ * ERR_GUESTMEM_VCPU_FAILED naming the vCPU, with what was thrown as its cause.
+ */
+function coded(error: unknown, vcpu: number): unknown {
+  if (typeof (error as { code?: unknown } | null)?.code === 'string') return error;
+  return Object.assign(new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu} stopped the VM: ${messageOf(error)}`, { cause: error }), { vcpu });
+}
+
 function hasRuns(applied: unknown): boolean {
   return Array.isArray(applied) && applied.length > 0;
 }
@@ -148,7 +158,7 @@ export class VmmLoop {
   /** Runs every vCPU until each has exited, halted or been stopped; rejects on a failure. */
   async run(): Promise<VmmReport> {
     const ids = this.options.ids ?? this.vcpus.map((_, index) => index);
-    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, ids[index]!).catch((error: unknown) => this.fail(error))));
+    await Promise.all(this.vcpus.map((vcpu, index) => this.runVcpu(vcpu, ids[index]!).catch((error: unknown) => this.fail(coded(error, ids[index]!)))));
     if (this.failure) throw this.failure;
     return {
       vcpus: ids.map((id) => this.outcomes.get(id) ?? { vcpu: id, stopped: true as const }),
@@ -177,7 +187,7 @@ export class VmmLoop {
       post: (message) => this.options.post?.(message),
     };
     const onThisThread = this.options.onThisThread === true;
-    if (onThisThread && typeof vcpu.runSync !== 'function') throw new TypeError(`vCPU ${id} has no runSync: it cannot run on this thread`);
+    if (onThisThread && typeof vcpu.runSync !== 'function') throw invalidArgType(`vCPU ${id} has no runSync: it cannot run on this thread`);
     while (!this.stopping && !this.outcomes.has(id)) {
       const exit = onThisThread ? vcpu.runSync!() : await vcpu.run();
       this.exits++;

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import type { DmaBackend } from '../../lib/vfio/dma-mapper';
 import { DmaProbe, SCRATCH_IOVA } from '../../lib/vfio/dma-probe';
+import { GuestmemError } from '../../lib/common/errors';
 import { faultCounts, injectFaults } from '../../lib/common/fault-injection';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { Kvm } from '../../lib/kvm/kvm';
@@ -304,7 +305,8 @@ describe('fault-injection matrix on a real kernel', function () {
         const f2 = (f = await setUp(backend, 32 * MiB));
         await f2.block.convert(f2.block.gpa, 32 * PAGE, 'shared');
         injectFaults(`${sites(backend).unmap}:1+:EIO`);
-        await assert.rejects(f2.memory.shutdown(), (e: AggregateError & { code?: string }) => {
+        await assert.rejects(f2.memory.shutdown(), (e: GuestmemError) => {
+          assert.ok(e instanceof GuestmemError);
           assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
           assert.match(e.message, /still holds granules 0\+32/);
           return true;

@@ -3,7 +3,7 @@
 // tdx end in one line that says why and what to do, exit 1, never a bare errno; the library
 // refuses them the same way; probe --require passes for what the VM has and fails, naming
 // it, for what it lacks. The SNP and TDX initialisation itself awaits a real host (see
-// README); its calls are proven against a stand-in in test/unit/confidential-vm-init.test.ts.
+// docs/confidential-hosts.md); its calls are proven against a stand-in in test/unit/confidential-vm-init.test.ts.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';

@@ -9,6 +9,7 @@
 
 import assert from 'node:assert/strict';
 import type { GranuleRange } from '../../lib/common/byte-range';
+import { GuestmemError } from '../../lib/common/errors';
 import type { Vm } from '../../lib/kvm/kvm';
 import type { Run } from '../../lib/tracker/page-bitmap';
 import { GuestMemory } from '../../lib/memory/guest-memory';
@@ -264,8 +265,11 @@ describe('RamBlock under injected failures (stand-in VM)', () => {
     await fine.register(other);
     await stuck.convert(GPA, 4 * PAGE, 'shared');
     holding.failWhen = (kind) => kind === 'discard';
-    await assert.rejects(memory.shutdown(), (e: AggregateError & { code?: string }) => {
+    await assert.rejects(memory.shutdown(), (e: GuestmemError) => {
+      // A GuestmemError like every other code, with each failure in `errors` (issue 26).
+      assert.ok(e instanceof GuestmemError);
       assert.equal(e.code, 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE');
+      assert.ok(Array.isArray(e.errors) && e.errors.length >= 1);
       assert.match(e.message, /listener "holding" failed to unregister from stuck: .*it still holds granules 0\+4/);
       return true;
     });

@@ -212,7 +212,7 @@ for (const synchronous of [false, true]) {
 
     it('stops the VM on a fault outside every block', async () => {
       const vcpu = new ScriptedVcpu(0, [fault(0x900000n, 8n)]);
-      await assert.rejects(loopOf([vcpu], memoryOf()).run(), { message: /outside every RAM block/ });
+      await assert.rejects(loopOf([vcpu], memoryOf()).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /outside every RAM block/ });
     });
   });
 }
@@ -249,7 +249,23 @@ describe('VmmLoop: ports, unexpected exits, stopping', () => {
     assert.deepEqual(seen, ['read 0xfee00000', 'write 0xfee00010']);
     assert.deepEqual(vcpu.ioAnswers, [Uint8Array.of(9, 8, 7, 6)]);
     const unhandled = new ScriptedVcpu(0, [{ reason: 'mmio', exitReason: 6, address: 0x22n, length: 4, isWrite: false }]);
-    await assert.rejects(loopOf([unhandled], new RecordingMemory()).run(), { message: /no MMIO handler for 0x22: exit mmio/ });
+    await assert.rejects(loopOf([unhandled], new RecordingMemory()).run(), { code: 'ERR_GUESTMEM_VCPU_FAILED', message: /no MMIO handler for 0x22: exit mmio/ });
+  });
+
+  it('a port handler that throws a plain error (or a string) stops the VM with a code: ERR_GUESTMEM_VCPU_FAILED naming the vCPU, what it threw as the cause', async () => {
+    for (const thrown of [new Error('the device model broke'), 'a string']) {
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- a handler that throws a string is the case under test
+      const ports = new Map([[0x71, () => { throw thrown; }]]);
+      const vcpu = new ScriptedVcpu(3, [{ reason: 'io', exitReason: 2, direction: 'out', port: 0x71, size: 1, count: 1, data: Buffer.of(1) }]);
+      await assert.rejects(new VmmLoop([vcpu], new RecordingMemory(), { ports, ids: [3] }).run(), (error: Error & { code?: string; vcpu?: number }) => {
+        assert.ok((error as unknown) instanceof GuestmemError);
+        assert.equal(error.code, 'ERR_GUESTMEM_VCPU_FAILED');
+        assert.equal(error.vcpu, 3);
+        assert.equal(error.message, `vCPU 3 stopped the VM: ${thrown instanceof Error ? thrown.message : thrown}`);
+        assert.equal(error.cause, thrown);
+        return true;
+      });
+    }
   });
 
   for (const [name, exit] of [
