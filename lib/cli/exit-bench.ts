@@ -8,15 +8,13 @@
 // the main thread's worst timer lateness while the vCPU threads ran.
 
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Kvm } from '../kvm/kvm';
 import { EXIT_LOOP_PORT, exitLoopGuest } from '../vmm/exit-loop-guest';
 import { VcpuThreads } from '../vmm/vcpu-threads';
 import { VmmLoop, type LoopMemory } from '../vmm/vmm-loop';
 import { exitCounter, type ExitCounterOptions, type ExitCounterResult } from '../vmm/exit-counter-port';
-import { PACKAGE_ROOT } from './vm-command';
+import { buildYardstick, removeYardstick } from './c-yardstick';
 
 const PORT = EXIT_LOOP_PORT;
 const ROUNDS = 3;
@@ -105,14 +103,6 @@ async function timeEventLoop(kvm: Kvm, options: ExitCounterOptions): Promise<num
   return ns;
 }
 
-function buildYardstick(): { binary: string } | { note: string } {
-  const source = path.join(PACKAGE_ROOT, 'bench', 'c-exit-loop.c');
-  if (!fs.existsSync(source)) return { note: `no ${source} (the C yardstick ships with the repository, not the package)` };
-  const binary = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'guestmem-exit-bench-')), 'c-exit-loop');
-  const result = spawnSync('cc', ['-O2', '-o', binary, source], { encoding: 'utf8' });
-  if (result.status !== 0) return { note: `cannot compile the C yardstick: ${result.error?.message ?? result.stderr.trim()}` };
-  return { binary };
-}
 
 function timeC(binary: string, options: ExitCounterOptions): number {
   const result = spawnSync(binary, [String(options.exits), String(options.warmup)], { encoding: 'utf8' });
@@ -125,7 +115,7 @@ const ratio = (a: number, b: number | null): number | null => (b === null || b =
 /** The three ways, ROUNDS rounds taking turns, best round of each; then two vCPU threads against one. */
 export async function benchBareExits(exits: number): Promise<ExitBench> {
   const options: ExitCounterOptions = { port: PORT, warmup: Math.max(1000, exits / 10), exits };
-  const yardstick = buildYardstick();
+  const yardstick = buildYardstick('c-exit-loop');
   const kvm = Kvm.open();
   const best = { c: Infinity, floor: Infinity, thread: Infinity, eventLoop: Infinity };
   try {
@@ -157,6 +147,6 @@ export async function benchBareExits(exits: number): Promise<ExitBench> {
     };
   } finally {
     kvm.close();
-    if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
+    removeYardstick(yardstick);
   }
 }

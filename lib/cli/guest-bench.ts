@@ -5,8 +5,6 @@
 // minimal C VMM that runs the same guest and makes only the kernel calls.
 
 import { spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { guestProgram } from '../vmm/guest-image';
 import type { PortHandler } from '../vmm/guest-ports';
@@ -15,6 +13,7 @@ import { GuestVm } from '../vmm/guest-vm';
 import { VmHost, DEFAULT_GPA } from './hosts';
 import type { VmTypeChoice } from '../kvm/vm-types';
 import { PACKAGE_ROOT } from './vm-command';
+import { buildYardstick, removeYardstick } from './c-yardstick';
 
 const MiB = 1 << 20;
 
@@ -76,15 +75,6 @@ async function timeGuestmemExits(exits: number, vmType?: VmTypeChoice): Promise<
   }
 }
 
-/** Compiles the C yardstick into a temporary directory; null (with why) where it cannot. */
-function buildYardstick(): { binary: string } | { note: string } {
-  const source = path.join(PACKAGE_ROOT, 'bench', 'c-vmm-loop.c');
-  if (!fs.existsSync(source)) return { note: `no ${source} (the C yardstick ships with the repository, not the package)` };
-  const binary = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'guestmem-bench-')), 'c-vmm-loop');
-  const result = spawnSync('cc', ['-O2', '-o', binary, source], { encoding: 'utf8' });
-  if (result.status !== 0) return { note: `cannot compile the C yardstick: ${result.error?.message ?? result.stderr.trim()}` };
-  return { binary };
-}
 
 function timeC(binary: string, iterations: number, exits = false): number {
   const image = path.join(PACKAGE_ROOT, 'dist', 'guest', exits ? 'misbehave.bin' : 'loop.bin');
@@ -106,7 +96,7 @@ async function steadyState(measure: () => Promise<number>): Promise<number> {
 }
 
 export async function benchGuestLoop(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<GuestLoopBench> {
-  const yardstick = buildYardstick();
+  const yardstick = buildYardstick('c-vmm-loop');
   // Steady state, as a VMM that runs for hours sees it: under emulation V8's optimized code
   // settles only after a few thousand round trips (the first two thousand cost four times
   // the rest, and its compiler thread shares the one emulated CPU), so sessions repeat
@@ -117,7 +107,7 @@ export async function benchGuestLoop(iterations: number, vfio: string | undefine
   const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio, vmType) : null;
   const exitNs = await steadyState(() => timeGuestmemExits(iterations * 2, vmType));
   const cExitNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations * 2, true) : null;
-  if ('binary' in yardstick) fs.rmSync(path.dirname(yardstick.binary), { recursive: true, force: true });
+  removeYardstick(yardstick);
   return {
     iterations,
     exitNs: Math.round(exitNs),

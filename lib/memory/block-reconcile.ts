@@ -45,8 +45,8 @@ export function gaps(runs: readonly Run[], first: number, count: number): Run[] 
   return found;
 }
 
-/** Sorted runs merged where they touch or overlap. */
-function merge(runs: Run[]): Run[] {
+/** Sorted runs merged where they touch or overlap (sorts `runs` in place). */
+export function mergeRuns(runs: Run[]): Run[] {
   runs.sort((a, b) => a[0] - b[0]);
   const merged: Run[] = [];
   for (const [f, c] of runs) {
@@ -103,7 +103,7 @@ export class BlockReconciler {
       const { registered: listener, ranges } = failure as { registered?: RamDiscardListener; ranges?: Array<{ offset: number; size: number }> };
       if (!listener || listener.heldRuns || !ranges || !this.tracker.listeners.includes(listener)) continue;
       const runs = [...(this.doubts.get(listener) ?? []), ...ranges.map((r) => [Number(r.offset) / g, Number(r.size) / g] as Run)];
-      this.doubts.set(listener, merge(runs));
+      this.doubts.set(listener, mergeRuns(runs));
     }
   }
 

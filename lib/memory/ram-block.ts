@@ -22,6 +22,7 @@ import { Serializer } from '../common/serializer';
 import { runAsync } from '../common/steps';
 import { SharedMemory, type SharedMemorySource } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
+import { mergeRuns } from './block-reconcile';
 import { BlockConversion, formatRuns } from './block-conversion';
 import { describeKernel, ownedKernel } from './block-kernel';
 import { type Intent } from './block-lock';
@@ -66,18 +67,6 @@ export interface RamBlockOptions {
 }
 
 export type { Disagreement } from '../tracker/block-agreement';
-
-/** Sorted runs merged where they touch or overlap. */
-function mergeRuns(runs: Run[]): Run[] {
-  runs.sort((a, b) => a[0] - b[0]);
-  const merged: Run[] = [];
-  for (const [f, c] of runs) {
-    const last = merged[merged.length - 1];
-    if (last && f <= last[0] + last[1]) last[1] = Math.max(last[1], f + c - last[0]);
-    else merged.push([f, c]);
-  }
-  return merged;
-}
 
 /**
  * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
