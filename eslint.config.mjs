@@ -48,4 +48,38 @@ export default tseslint.config(
     extends: [js.configs.recommended],
     languageOptions: { sourceType: 'commonjs', globals: globals.node },
   },
+  {
+    files: ['scripts/*.mjs'],
+    extends: [js.configs.recommended],
+    languageOptions: { sourceType: 'module', globals: globals.node },
+  },
+  ...layering(),
 );
+
+/**
+ * The layering CONTRIBUTING.md describes ("Where things live"): each folder of lib/ imports
+ * only from the folders before it in this list; lib/probe.ts serves the CLI alone; nothing
+ * imports the package's entry point from inside.
+ */
+function layering() {
+  const order = ['common', 'tracker', 'kvm', 'memory', 'vfio', 'vmm', 'cli'];
+  return order.map((part, index) => {
+    const below = order.slice(index + 1);
+    const forbidden = [
+      ...(below.length > 0 ? [`^(\\.\\./)+(${below.join('|')})/`] : []),
+      ...(part === 'cli' ? [] : ['^(\\.\\./)+probe$']),
+      '^(\\.\\./)+index$',
+    ];
+    return {
+      files: [`lib/${part}/**/*.ts`],
+      rules: {
+        'no-restricted-imports': ['error', {
+          patterns: forbidden.map((regex) => ({
+            regex,
+            message: `lib/${part}/ may import only from ${order.slice(0, index).map((p) => `lib/${p}/`).join(', ') || 'nothing else in lib/'}${part === 'cli' ? ' and lib/probe.ts' : ''} (CONTRIBUTING.md, "Where things live")`,
+          })),
+        }],
+      },
+    };
+  });
+}

@@ -254,6 +254,7 @@ describe('VmmLoop: ports, unexpected exits, stopping', () => {
 
   it('a port handler that throws a plain error (or a string) stops the VM with a code: ERR_GUESTMEM_VCPU_FAILED naming the vCPU, what it threw as the cause', async () => {
     for (const thrown of [new Error('the device model broke'), 'a string']) {
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- a handler that throws a string is the case under test
       const ports = new Map([[0x71, () => { throw thrown; }]]);
       const vcpu = new ScriptedVcpu(3, [{ reason: 'io', exitReason: 2, direction: 'out', port: 0x71, size: 1, count: 1, data: Buffer.of(1) }]);
       await assert.rejects(new VmmLoop([vcpu], new RecordingMemory(), { ports, ids: [3] }).run(), (error: Error & { code?: string; vcpu?: number }) => {
