@@ -41,6 +41,15 @@ describe('guestmem CLI: one vocabulary', () => {
       });
     }
 
+    it('bench --exits-only --no-vm on a host without /dev/kvm refuses the same way (it needs only default VMs, so only there)', function () {
+      if (fs.existsSync('/dev/kvm')) this.skip();
+      const result = guestmem(['bench', '--exits-only', '--no-vm', '--json']);
+      assert.equal(result.status, 1, result.stderr);
+      const { error } = jsonLine(result.stdout) as { error: { code: string; message: string } };
+      assert.equal(error.code, 'ERR_GUESTMEM_UNSUPPORTED');
+      assert.match(error.message, /^not possible on this host: .+; fix: run the command inside the harness VM: guestmem vm -- bench --exits-only --json /);
+    });
+
     it('convert on a host without /dev/kvm says the same code (the kernel\'s errno and syscall kept in the library error)', function () {
       if (fs.existsSync('/dev/kvm')) this.skip();
       const result = guestmem(['convert', '--size', '4M', '--gpa', '16M', '--range', '0+4K', '--to', 'shared', '--json']);
