@@ -37,6 +37,10 @@ describe('guestmem CLI: one vocabulary', () => {
         const again = args.filter((a) => a !== '--no-vm').join(' ');
         assert.match(error.message, /^not possible on this host: .+; fix: run the command inside the harness VM: guestmem vm -- /);
         assert.ok(error.message.includes(`guestmem vm -- ${again} `), error.message);
+        // Each reason once: without /dev/kvm, KVM's reason alone, not once per KVM feature.
+        const reasons = /^not possible on this host: (.*?); fix:/.exec(error.message)![1]!.split('; ');
+        assert.deepEqual(reasons, [...new Set(reasons)]);
+        assert.ok(reasons.filter((reason) => reason.includes('/dev/kvm')).length <= 1, error.message);
         assert.match(result.stderr, new RegExp(`^guestmem ${args[0]}: not possible on this host`));
       });
     }
