@@ -14,21 +14,22 @@
 
 /**
  * A 64-bit unsigned value from a non-negative safe-integer number or a bigint, for an
- * argument or an object's field alike; a TypeError naming `name` otherwise.
+ * argument or an object's field alike; naming `name` otherwise, a TypeError for the wrong type
+ * and a RangeError for a value out of range (negative, a fraction, past 2^64).
  */
 inline uint64_t U64FromValue(Napi::Env env, Napi::Value value, const std::string& name) {
   if (value.IsBigInt()) {
     bool lossless = false;
     uint64_t result = value.As<Napi::BigInt>().Uint64Value(&lossless);
-    if (!lossless) throw ArgumentError(env, name + " does not fit in 64 bits");
+    if (!lossless) throw OutOfRangeError(env, name + " does not fit in 64 bits unsigned");
     return result;
   }
   if (!value.IsNumber()) throw ArgumentError(env, name + " must be a number");
   double number = value.As<Napi::Number>().DoubleValue();
   if (number != static_cast<double>(static_cast<int64_t>(number)) || number > 9007199254740991.0 || number < -9007199254740991.0) {
-    throw ArgumentError(env, name + " must be a safe integer");
+    throw OutOfRangeError(env, name + " must be a safe integer");
   }
-  if (number < 0) throw ArgumentError(env, name + " must not be negative");
+  if (number < 0) throw OutOfRangeError(env, name + " must not be negative");
   return static_cast<uint64_t>(number);
 }
 
@@ -38,14 +39,14 @@ class Args {
 
   int Fd(size_t index) const {
     int64_t value = Int(index, "fd");
-    if (value < 0 || value > INT32_MAX) throw ArgumentError(info_.Env(), "fd must be a non-negative int32");
+    if (value < 0 || value > INT32_MAX) throw OutOfRangeError(info_.Env(), "fd must be a non-negative int32");
     return static_cast<int>(value);
   }
 
   /** An unsigned 32-bit number. */
   uint32_t U32(size_t index, const char* name) const {
     int64_t value = Int(index, name);
-    if (value < 0 || value > UINT32_MAX) throw ArgumentError(info_.Env(), std::string(name) + " must be a uint32");
+    if (value < 0 || value > UINT32_MAX) throw OutOfRangeError(info_.Env(), std::string(name) + " must be a uint32");
     return static_cast<uint32_t>(value);
   }
 
@@ -63,7 +64,7 @@ class Args {
     if (!value.IsNumber()) throw ArgumentError(info_.Env(), std::string(name) + " must be a number");
     double number = value.As<Napi::Number>().DoubleValue();
     if (number != static_cast<double>(static_cast<int64_t>(number)) || number > 9007199254740991.0 || number < -9007199254740991.0) {
-      throw ArgumentError(info_.Env(), std::string(name) + " must be a safe integer");
+      throw OutOfRangeError(info_.Env(), std::string(name) + " must be a safe integer");
     }
     return static_cast<int64_t>(number);
   }

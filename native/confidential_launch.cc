@@ -15,7 +15,9 @@ namespace {
 constexpr uint64_t kPageSize = 4096;
 
 Napi::Error CodedError(Napi::Env env, const char* code, const std::string& message, bool range) {
-  Napi::Error error = range ? static_cast<Napi::Error>(Napi::RangeError::New(env, message)) : Napi::Error::New(env, message);
+  // Node's classes for its codes: ERR_OUT_OF_RANGE is a RangeError, ERR_INVALID_ARG_VALUE a TypeError.
+  Napi::Error error =
+      range ? static_cast<Napi::Error>(Napi::RangeError::New(env, message)) : static_cast<Napi::Error>(Napi::TypeError::New(env, message));
   error.Set("code", Napi::String::New(env, code));
   return error;
 }

@@ -21,8 +21,19 @@ inline Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall
   return error;
 }
 
+/** The wrong type (not a number, not a string): a TypeError with Node's ERR_INVALID_ARG_TYPE. */
 inline Napi::TypeError ArgumentError(Napi::Env env, const std::string& message) {
   Napi::TypeError error = Napi::TypeError::New(env, message);
   error.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_TYPE"));
+  return error;
+}
+
+/**
+ * The right type, a value outside what it may be (negative, a fraction, NaN, past 2^64 or a
+ * field's width): a RangeError with Node's ERR_OUT_OF_RANGE, as Node's own validators give.
+ */
+inline Napi::RangeError OutOfRangeError(Napi::Env env, const std::string& message) {
+  Napi::RangeError error = Napi::RangeError::New(env, message);
+  error.Set("code", Napi::String::New(env, "ERR_OUT_OF_RANGE"));
   return error;
 }

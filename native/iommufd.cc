@@ -2,7 +2,7 @@
 #include <vector>
 
 #include "args.h"
-#include "dma_runs.h"
+#include "dma_extents.h"
 #include "fault_injection.h"
 #include "uapi.h"
 
@@ -82,7 +82,7 @@ DmaOps IoasOps(int fd, uint32_t ioas) {
 Napi::Value IoasMapRuns(const Napi::CallbackInfo& info) {
   Args args(info);
   uint64_t granule = args.U64(3, "granule");
-  return MapRuns(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadRuns(info, 2, granule), granule);
+  return MapExtents(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadExtents(info, 2, granule), granule);
 }
 
 // iommufd refuses (ENOENT) to split a mapping, and answers ENOENT too for a range with
@@ -91,7 +91,7 @@ Napi::Value IoasUnmapRuns(const Napi::CallbackInfo& info) {
   Args args(info);
   uint64_t granule = args.U64(3, "granule");
   int absent = info[4].ToBoolean() ? ENOENT : 0;
-  return UnmapRuns(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadRuns(info, 2, granule), granule, absent);
+  return UnmapExtents(info.Env(), IoasOps(args.Fd(0), args.U32(1, "ioasId")), ReadExtents(info, 2, granule), granule, absent);
 }
 
 }  // namespace

@@ -91,14 +91,14 @@ uapi::kvm_segment SegmentFrom(Napi::Env env, Napi::Object parent, const char* na
   segment.base = U64Field(env, object, "base");
   uint64_t limit = U64Field(env, object, "limit");
   uint64_t selector = U64Field(env, object, "selector");
-  if (limit > UINT32_MAX || selector > UINT16_MAX) throw ArgumentError(env, std::string("sregs.") + name + ": limit or selector out of range");
+  if (limit > UINT32_MAX || selector > UINT16_MAX) throw OutOfRangeError(env, std::string("sregs.") + name + ": limit or selector out of range");
   segment.limit = static_cast<uint32_t>(limit);
   segment.selector = static_cast<uint16_t>(selector);
-#define GET_FIELD(field)                                                                                       \
-  {                                                                                                            \
-    uint64_t v = U64Field(env, object, #field);                                                                \
-    if (v > UINT8_MAX) throw ArgumentError(env, std::string("sregs.") + name + "." #field " must fit a byte"); \
-    segment.field = static_cast<uint8_t>(v);                                                                   \
+#define GET_FIELD(field)                                                                                         \
+  {                                                                                                              \
+    uint64_t v = U64Field(env, object, #field);                                                                  \
+    if (v > UINT8_MAX) throw OutOfRangeError(env, std::string("sregs.") + name + "." #field " must fit a byte"); \
+    segment.field = static_cast<uint8_t>(v);                                                                     \
   }
   SEGMENT_BYTE_FIELDS(GET_FIELD)
 #undef GET_FIELD
@@ -118,7 +118,7 @@ uapi::kvm_dtable TableFrom(Napi::Env env, Napi::Object parent, const char* name)
   uapi::kvm_dtable table{};
   table.base = U64Field(env, value.As<Napi::Object>(), "base");
   uint64_t limit = U64Field(env, value.As<Napi::Object>(), "limit");
-  if (limit > UINT16_MAX) throw ArgumentError(env, std::string("sregs.") + name + ".limit must fit 16 bits");
+  if (limit > UINT16_MAX) throw OutOfRangeError(env, std::string("sregs.") + name + ".limit must fit 16 bits");
   table.limit = static_cast<uint16_t>(limit);
   return table;
 }

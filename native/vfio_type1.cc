@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "args.h"
-#include "dma_runs.h"
+#include "dma_extents.h"
 #include "fault_injection.h"
 #include "uapi.h"
 
@@ -129,13 +129,13 @@ DmaOps Type1Ops(int fd) {
 Napi::Value MapDmaRuns(const Napi::CallbackInfo& info) {
   Args args(info);
   uint64_t granule = args.U64(2, "granule");
-  return MapRuns(info.Env(), Type1Ops(args.Fd(0)), ReadRuns(info, 1, granule), granule);
+  return MapExtents(info.Env(), Type1Ops(args.Fd(0)), ReadExtents(info, 1, granule), granule);
 }
 
 Napi::Value UnmapDmaRuns(const Napi::CallbackInfo& info) {
   Args args(info);
   uint64_t granule = args.U64(2, "granule");
-  return UnmapRuns(info.Env(), Type1Ops(args.Fd(0)), ReadRuns(info, 1, granule), granule, 0);
+  return UnmapExtents(info.Env(), Type1Ops(args.Fd(0)), ReadExtents(info, 1, granule), granule, 0);
 }
 
 }  // namespace

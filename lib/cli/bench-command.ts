@@ -74,7 +74,7 @@ export async function benchCommand(args: string[]): Promise<number> {
   const sizes = parseCountList(values.pages, [1, 16, 512], '--pages', 'page counts', 1, 4096);
   const guestIterations = parseCount(values['guest-iterations'], 1000, '--guest-iterations', 0, 1_000_000_000);
   const exits = parseCount(values.exits, 20000, '--exits', 0, 1_000_000_000);
-  if (values['exits-only']) return exitsOnly(exits, args, values.json === true);
+  if (values['exits-only']) return exitsOnly(exits, args, values.json === true, values['no-vm'] === true);
   const vmType = parseVmTypeOption(values['vm-type']);
   const missing = harnessReason(vmType, ['memory-attributes']);
   if (missing && values['no-vm']) throw noVmRefusal(missing, ['bench', ...args]);
@@ -137,9 +137,10 @@ export async function benchCommand(args: string[]): Promise<number> {
 }
 
 /** `--exits-only`: the bare-exit comparison alone, here where KVM runs default-type VMs. */
-async function exitsOnly(exits: number, args: string[], json: boolean): Promise<number> {
+async function exitsOnly(exits: number, args: string[], json: boolean, noVm: boolean): Promise<number> {
   const kvm = capabilityFeature(probe(), 'kvm');
   if (!kvm.ok && process.env.GUESTMEM_IN_VM !== '1') {
+    if (noVm) throw noVmRefusal(kvm.why ?? 'no usable /dev/kvm', ['bench', ...args]);
     console.error(`guestmem bench: no usable /dev/kvm here (${kvm.why}); running it inside the harness VM (guestmem vm)`);
     return runInVm(['bench', ...args]);
   }

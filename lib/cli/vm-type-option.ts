@@ -82,6 +82,11 @@ export function harnessReason(choice: VmTypeChoice | undefined, capabilities: Ca
       ? missingVmTypeLine(wanted, report.kvm.vmTypesMask ?? 0)
       : `this host cannot create a ${vmTypeName(wanted)} VM: ${report.kvm.why}; fix: ${vmTypeFix(wanted)}`);
   }
-  const lacking = [typeFeature, ...capabilities.map((c) => capabilityFeature(report, c))].filter((f) => !f.ok);
+  // Without /dev/kvm every KVM feature lacks it for KVM's one reason: say it once, as KVM's own.
+  const kvmFeatures = new Set<Capability>(['kvm', 'private-memory-vm', 'sw-protected-vm', 'snp-vm', 'tdx-vm', 'guest-memfd', 'memory-attributes', 'pre-fault']);
+  const features = report.kvm.ok
+    ? [typeFeature, ...capabilities.map((c) => capabilityFeature(report, c))]
+    : [report.kvm, ...capabilities.filter((c) => !kvmFeatures.has(c)).map((c) => capabilityFeature(report, c))];
+  const lacking = features.filter((f) => !f.ok);
   return lacking.length === 0 ? null : [...new Set(lacking.map((f) => f.why))].join('; ');
 }

@@ -43,9 +43,12 @@ const ADVERSARIAL: Array<[string, string]> = [
 /** Every regular-expression literal in the TypeScript sources under `dir`. */
 function regexLiterals(dir: string): Array<{ where: string; pattern: RegExp }> {
   const found: Array<{ where: string; pattern: RegExp }> = [];
-  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
-    if (!entry.isFile() || !entry.name.endsWith('.ts') || entry.name.endsWith('.d.ts')) continue;
-    const file = path.join(entry.parentPath ?? entry.path, entry.name);
+  // readdirSync's recursive withFileTypes lists only the top folder on Node 20.4 (the lowest
+  // engines claims): the relative names it gives with a plain recursive listing work on all.
+  for (const name of fs.readdirSync(dir, { recursive: true, encoding: 'utf8' })) {
+    if (!name.endsWith('.ts') || name.endsWith('.d.ts')) continue;
+    const file = path.join(dir, name);
+    if (!fs.statSync(file).isFile()) continue;
     const source = ts.createSourceFile(file, fs.readFileSync(file, 'utf8'), ts.ScriptTarget.Latest, true);
     const visit = (node: ts.Node): void => {
       if (node.kind === ts.SyntaxKind.RegularExpressionLiteral) {

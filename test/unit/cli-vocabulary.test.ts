@@ -37,9 +37,22 @@ describe('guestmem CLI: one vocabulary', () => {
         const again = args.filter((a) => a !== '--no-vm').join(' ');
         assert.match(error.message, /^not possible on this host: .+; fix: run the command inside the harness VM: guestmem vm -- /);
         assert.ok(error.message.includes(`guestmem vm -- ${again} `), error.message);
+        // Each reason once: without /dev/kvm, KVM's reason alone, not once per KVM feature.
+        const reasons = /^not possible on this host: (.*?); fix:/.exec(error.message)![1]!.split('; ');
+        assert.deepEqual(reasons, [...new Set(reasons)]);
+        assert.ok(reasons.filter((reason) => reason.includes('/dev/kvm')).length <= 1, error.message);
         assert.match(result.stderr, new RegExp(`^guestmem ${args[0]}: not possible on this host`));
       });
     }
+
+    it('bench --exits-only --no-vm on a host without /dev/kvm refuses the same way (it needs only default VMs, so only there)', function () {
+      if (fs.existsSync('/dev/kvm')) this.skip();
+      const result = guestmem(['bench', '--exits-only', '--no-vm', '--json']);
+      assert.equal(result.status, 1, result.stderr);
+      const { error } = jsonLine(result.stdout) as { error: { code: string; message: string } };
+      assert.equal(error.code, 'ERR_GUESTMEM_UNSUPPORTED');
+      assert.match(error.message, /^not possible on this host: .+; fix: run the command inside the harness VM: guestmem vm -- bench --exits-only --json /);
+    });
 
     it('convert on a host without /dev/kvm says the same code (the kernel\'s errno and syscall kept in the library error)', function () {
       if (fs.existsSync('/dev/kvm')) this.skip();

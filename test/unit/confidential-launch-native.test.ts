@@ -1,5 +1,6 @@
 // The addon's launch calls (native/confidential_launch.cc) refuse bad arguments before any
-// ioctl, with Node's error codes: wrong types, values past their limits, addresses and sizes
+// ioctl, with Node's error codes and classes: wrong types (TypeError), values past their limits,
+// negative, fractional or NaN (RangeError, ERR_OUT_OF_RANGE), addresses and sizes
 // not page-aligned, fixed-size byte arrays of the wrong size. The fd passed is one no process
 // has open, so a check that let a call through would show as EBADF instead of the code the
 // test wants. Every case runs in a child process: a crash fails the test instead of mocha.
@@ -16,9 +17,9 @@ const PAGE = 4096;
 const CASES: Array<[string, string, string]> = [
   // SNP_LAUNCH_START(vmFd, sevFd, policy, gosvw?, flags)
   ['kvmSevSnpLaunchStart', `'3', ${NOT_OPEN}, 0x30000n, undefined, 0`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmSevSnpLaunchStart', `-1, ${NOT_OPEN}, 0x30000n, undefined, 0`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, 1n << 64n, undefined, 0`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, -1, undefined, 0`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmSevSnpLaunchStart', `-1, ${NOT_OPEN}, 0x30000n, undefined, 0`, 'ERR_OUT_OF_RANGE'],
+  ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, 1n << 64n, undefined, 0`, 'ERR_OUT_OF_RANGE'],
+  ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, -1, undefined, 0`, 'ERR_OUT_OF_RANGE'],
   ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, 0x30000n, new Uint8Array(15), 0`, 'ERR_OUT_OF_RANGE'],
   ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, 0x30000n, new Uint16Array(8), 0`, 'ERR_INVALID_ARG_TYPE'],
   ['kvmSevSnpLaunchStart', `${NOT_OPEN}, ${NOT_OPEN}, 0x30000n, 'gosvw', 0`, 'ERR_INVALID_ARG_TYPE'],
@@ -33,17 +34,17 @@ const CASES: Array<[string, string, string]> = [
   ['kvmSevSnpLaunchUpdate', `${NOT_OPEN}, ${NOT_OPEN}, 0, 0, ${PAGE}, 2`, 'ERR_OUT_OF_RANGE'],
   ['kvmSevSnpLaunchUpdate', `${NOT_OPEN}, ${NOT_OPEN}, 0, 0, ${PAGE}, 0x101`, 'ERR_OUT_OF_RANGE'],
   ['kvmSevSnpLaunchUpdate', `${NOT_OPEN}, ${NOT_OPEN}, 0, 0, ${PAGE}, '1'`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmSevSnpLaunchUpdate', `${NOT_OPEN}, ${NOT_OPEN}, 0.5, 0, ${PAGE}, 1`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmSevSnpLaunchUpdate', `${NOT_OPEN}, ${NOT_OPEN}, 0.5, 0, ${PAGE}, 1`, 'ERR_OUT_OF_RANGE'],
   // SNP_LAUNCH_FINISH(vmFd, sevFd, hostData?)
   ['kvmSevSnpLaunchFinish', `${NOT_OPEN}, ${NOT_OPEN}, new Uint8Array(33)`, 'ERR_OUT_OF_RANGE'],
   ['kvmSevSnpLaunchFinish', `${NOT_OPEN}, ${NOT_OPEN}, [1, 2]`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmSevSnpLaunchFinish', `${NOT_OPEN}, 2 ** 31, undefined`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmSevSnpLaunchFinish', `${NOT_OPEN}, 2 ** 31, undefined`, 'ERR_OUT_OF_RANGE'],
   // TDX_INIT_VCPU(vcpuFd, rcx)
-  ['kvmTdxInitVcpu', `${NOT_OPEN}, -1n`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmTdxInitVcpu', `${NOT_OPEN}, -1n`, 'ERR_OUT_OF_RANGE'],
   ['kvmTdxInitVcpu', `${NOT_OPEN}, {}`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmTdxInitVcpu', `NaN, 0`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmTdxInitVcpu', `NaN, 0`, 'ERR_OUT_OF_RANGE'],
   ['kvmTdxGetCpuid', `'3'`, 'ERR_INVALID_ARG_TYPE'],
-  ['kvmTdxGetCpuid', `-1`, 'ERR_INVALID_ARG_TYPE'],
+  ['kvmTdxGetCpuid', `-1`, 'ERR_OUT_OF_RANGE'],
   // TDX_INIT_MEM_REGION(vcpuFd, sourceAddress, gpa, pages, measure)
   ['kvmTdxInitMemRegion', `${NOT_OPEN}, 0x10, 0, 1, true`, 'ERR_INVALID_ARG_VALUE'],
   ['kvmTdxInitMemRegion', `${NOT_OPEN}, 0, 0x801, 1, true`, 'ERR_INVALID_ARG_VALUE'],
@@ -84,6 +85,8 @@ describe('the addon refuses bad launch arguments before any ioctl (child process
     it(`${name}(${args}) → ${code}`, () => {
       const got = results[i]!;
       assert.equal(got.code, code, `${name}(${args}): ${got.kind}: ${got.message}`);
+      // Node's classes for Node's codes: a value out of range is a RangeError, a wrong type or value a TypeError.
+      assert.equal(got.kind, code === 'ERR_OUT_OF_RANGE' ? 'RangeError' : 'TypeError', `${name}(${args}): ${got.message}`);
       assert.doesNotMatch(got.message ?? '', /EBADF/);
     });
   });
