@@ -124,11 +124,14 @@ export async function benchCommand(args: string[]): Promise<number> {
     }
     if (guestLoop) {
       const us = (ns: number | null) => (ns === null ? 'n/a' : `${(ns / 1000).toFixed(1)} µs`);
-      console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared):`);
-      console.log(`  guestmem, no listener     ${us(guestLoop.guestmemNs)} per conversion`);
-      if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
-      console.log(`  C VMM loop (yardstick)    ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
-      if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C        ${guestLoop.ratio.toFixed(2)} (target ≤ 1.5)`);
+      console.log(`\nguest-driven round trip (the loop guest: hypercall exit → tracker → KVM → listeners → punch-hole → resume), ${guestLoop.iterations} × (private, shared), medians of ${guestLoop.rounds} rounds taking turns:`);
+      console.log(`  guestmem, event loop, no listener     ${us(guestLoop.guestmemNs)} per conversion`);
+      if (guestLoop.guestmemVfioNs !== null) console.log(`  guestmem, event loop, VFIO listener   ${us(guestLoop.guestmemVfioNs)} per conversion`);
+      console.log(`  guestmem, vCPU thread, no listener    ${us(guestLoop.threadNs)} per conversion`);
+      if (guestLoop.threadVfioNs !== null) console.log(`  guestmem, vCPU thread, VFIO listener  ${us(guestLoop.threadVfioNs)} per conversion`);
+      console.log(`  C VMM loop (yardstick)                ${us(guestLoop.cNs)} per conversion${guestLoop.note ? ` (${guestLoop.note})` : ''}`);
+      if (guestLoop.ratio !== null) console.log(`  ratio guestmem / C, event loop        ${guestLoop.ratio.toFixed(2)}`);
+      if (guestLoop.threadRatio !== null) console.log(`  ratio guestmem / C, vCPU thread       ${guestLoop.threadRatio.toFixed(2)} (rounds ${guestLoop.threadRatioRange![0].toFixed(2)}–${guestLoop.threadRatioRange![1].toFixed(2)}; target ≤ 1.5)`);
       console.log(`  of which a bare exit and re-entry (vCPU thread → event loop → vCPU thread): guestmem ${us(guestLoop.exitNs)}, C ${us(guestLoop.cExitNs)}`);
     }
     if (bareExits) printBareExits(bareExits);

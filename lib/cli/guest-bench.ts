@@ -1,8 +1,11 @@
 // The guest-driven round trip, timed: the `loop` guest program converts one page private
 // and back N times, each conversion an exit → tracker → KVM attributes → listeners →
-// punch-hole → resume. Measured three ways in the same boot: guestmem without a listener,
-// guestmem with the device's VFIO listener, and the yardstick: bench/c-vmm-loop.c, a
-// minimal C VMM that runs the same guest and makes only the kernel calls.
+// punch-hole → resume. Measured in the same boot: guestmem with the exit handed to the
+// event loop, guestmem on the vCPU's own thread (threads: the exit handled where KVM_RUN
+// returned), each without and with the device's VFIO listener, and the yardstick:
+// bench/c-vmm-loop.c, a minimal C VMM that runs the same guest and makes only the kernel
+// calls. After a warm-up, rounds take turns (event loop, thread, C) so that a noisy moment
+// of the host falls on all three; the ratios are each round's, reported as their range.
 
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -19,18 +22,27 @@ const MiB = 1 << 20;
 
 export interface GuestLoopBench {
   iterations: number;
+  /** Alternating rounds measured after the warm-up; the figures below are medians of them. */
+  rounds: number;
   /** A bare exit (an OUT that nothing handles but a counter) and re-entry: guestmem, then C. */
   exitNs: number;
   cExitNs: number | null;
+  /** The exit handed to the event loop and back (the default VMM loop). */
   guestmemNs: number;
   guestmemVfioNs: number | null;
+  /** The exit handled on the vCPU's own thread (GuestVm `threads: true`). */
+  threadNs: number;
+  threadVfioNs: number | null;
   cNs: number | null;
-  /** guestmem (no listener) / C: the part of a round trip that is ours. */
+  /** guestmem (event loop, no listener) / C, median round: the part of a round trip that is ours. */
   ratio: number | null;
+  /** guestmem (vCPU thread, no listener) / C, median round, and the range over rounds. */
+  threadRatio: number | null;
+  threadRatioRange: [number, number] | null;
   note?: string;
 }
 
-async function timeGuestmem(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<number> {
+async function timeGuestmem(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice, threads = false): Promise<number> {
   const host = new VmHost({ gpa: DEFAULT_GPA, vfio, vmType });
   try {
     host.openBlock(16 * MiB, 4096);
@@ -40,7 +52,7 @@ async function timeGuestmem(iterations: number, vfio: string | undefined, vmType
     if (listener) await host.block!.register(listener);
     const report = await runGuestSession({
       kvm: host.kvm, memory: host.memory, program: 'loop', iterations,
-      dataGpa: BigInt(DEFAULT_GPA + MiB), dataPages: 1, listener: listener ?? undefined,
+      dataGpa: BigInt(DEFAULT_GPA + MiB), dataPages: 1, listener: listener ?? undefined, threads,
     });
     if (!report.ok) throw new Error(`the loop guest failed: ${report.problems.join('; ')}`);
     return (report.elapsedMs * 1e6) / report.run.conversions.converted;
@@ -95,27 +107,49 @@ async function steadyState(measure: () => Promise<number>): Promise<number> {
   return previous;
 }
 
+const ROUNDS = 3;
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+const hundredths = (value: number): number => Math.round(value * 100) / 100;
+
 export async function benchGuestLoop(iterations: number, vfio: string | undefined, vmType?: VmTypeChoice): Promise<GuestLoopBench> {
   const yardstick = buildYardstick('c-vmm-loop');
+  const binary = 'binary' in yardstick ? yardstick.binary : null;
   // Steady state, as a VMM that runs for hours sees it: under emulation V8's optimized code
   // settles only after a few thousand round trips (the first two thousand cost four times
   // the rest, and its compiler thread shares the one emulated CPU), so sessions repeat
-  // until one is within 10% of the one before.
-  if ('binary' in yardstick) timeC(yardstick.binary, Math.min(100, iterations));
-  const guestmemNs = await steadyState(() => timeGuestmem(iterations, undefined, vmType));
-  const cNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations) : null;
+  // until one is within 10% of the one before, on either path, before the rounds begin.
+  if (binary) timeC(binary, Math.min(100, iterations));
+  await steadyState(() => timeGuestmem(iterations, undefined, vmType));
+  await steadyState(() => timeGuestmem(iterations, undefined, vmType, true));
+  const eventLoop: number[] = [];
+  const thread: number[] = [];
+  const c: number[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    eventLoop.push(await timeGuestmem(iterations, undefined, vmType));
+    thread.push(await timeGuestmem(iterations, undefined, vmType, true));
+    if (binary) c.push(timeC(binary, iterations));
+  }
   const guestmemVfioNs = vfio ? await timeGuestmem(iterations, vfio, vmType) : null;
+  const threadVfioNs = vfio ? await timeGuestmem(iterations, vfio, vmType, true) : null;
   const exitNs = await steadyState(() => timeGuestmemExits(iterations * 2, vmType));
-  const cExitNs = 'binary' in yardstick ? timeC(yardstick.binary, iterations * 2, true) : null;
+  const cExitNs = binary ? timeC(binary, iterations * 2, true) : null;
   removeYardstick(yardstick);
+  const threadRatios = binary ? thread.map((ns, round) => ns / c[round]!) : null;
+  const cNs = binary ? median(c) : null;
   return {
     iterations,
+    rounds: ROUNDS,
     exitNs: Math.round(exitNs),
     cExitNs: cExitNs === null ? null : Math.round(cExitNs),
-    guestmemNs: Math.round(guestmemNs),
+    guestmemNs: Math.round(median(eventLoop)),
     guestmemVfioNs: guestmemVfioNs === null ? null : Math.round(guestmemVfioNs),
+    threadNs: Math.round(median(thread)),
+    threadVfioNs: threadVfioNs === null ? null : Math.round(threadVfioNs),
     cNs: cNs === null ? null : Math.round(cNs),
-    ratio: cNs === null ? null : Math.round((guestmemNs / cNs) * 100) / 100,
+    ratio: cNs === null ? null : hundredths(median(eventLoop.map((ns, round) => ns / c[round]!))),
+    threadRatio: threadRatios === null ? null : hundredths(median(threadRatios)),
+    threadRatioRange: threadRatios === null ? null : [hundredths(Math.min(...threadRatios)), hundredths(Math.max(...threadRatios))],
     ...('note' in yardstick ? { note: yardstick.note } : {}),
   };
 }

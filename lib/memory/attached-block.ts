@@ -8,7 +8,8 @@
 import { receiveMessageOnPort, MessagePort } from 'node:worker_threads';
 import { GranuleRange, type Bytes } from '../common/byte-range';
 import { ConversionStats } from './conversion-stats';
-import { GuestmemError, invalidArgType } from '../common/errors';
+import { checkInteger, GuestmemError, invalidArgType } from '../common/errors';
+import { native } from '../common/native';
 import { BlockConversion } from './block-conversion';
 import type { BlockKernel } from './block-kernel';
 import { BlockState } from './block-state';
@@ -22,6 +23,17 @@ import './block-kernel';
 import '../vfio/vfio-dma-listener';
 import '../vfio/borrowed-dma-mapper';
 import '../tracker/recording-listener';
+
+/** How this thread converts an attached block. */
+export interface AttachOptions {
+  /**
+   * A vCPU of the block's VM that this thread may use (its own vCPU, stopped while it
+   * converts): a block that pre-faults what it converts (descriptor.prefaults) pre-faults
+   * through it, as the main thread's RamBlock does through its `prefault` vCPU. Without it,
+   * conversions here do not pre-fault.
+   */
+  prefaultVcpuFd?: number;
+}
 
 /** Ports already attached in this thread: each carries the registry to one converter only. */
 const attachedPorts = new WeakSet<MessagePort>();
@@ -52,7 +64,7 @@ export class AttachedBlock {
   };
 
   /** @internal use attachBlock */
-  constructor(descriptor: BlockDescriptor) {
+  constructor(descriptor: BlockDescriptor, options: AttachOptions = {}) {
     this.name = descriptor.name;
     this.gpa = descriptor.gpa;
     this.size = descriptor.size;
@@ -64,7 +76,7 @@ export class AttachedBlock {
     this.adopt(descriptor.registry);
     this.conversion = new BlockConversion({
       name: this.name, gpa: this.gpa, tracker: this.tracker, state: this.state, stats: this.stats,
-      kernel: revive<BlockKernel>('kernel', descriptor.kernel), prefault: null,
+      kernel: revive<BlockKernel>('kernel', descriptor.kernel), prefault: prefaultThrough(descriptor, options),
     });
   }
 
@@ -135,7 +147,7 @@ export class AttachedBlock {
  * The block a descriptor from RamBlock.share() describes, ready to convert from this thread.
  * The descriptor's port must have been transferred here (and is attached once).
  */
-export function attachBlock(descriptor: BlockDescriptor): AttachedBlock {
+export function attachBlock(descriptor: BlockDescriptor, options: AttachOptions = {}): AttachedBlock {
   if (descriptor === null || typeof descriptor !== 'object' || descriptor.kind !== 'guestmem-ram-block') {
     throw invalidArgType('attachBlock takes the descriptor RamBlock.share() made');
   }
@@ -143,7 +155,16 @@ export function attachBlock(descriptor: BlockDescriptor): AttachedBlock {
   if (attachedPorts.has(descriptor.port)) {
     throw new GuestmemError('ERR_GUESTMEM_BUSY', `${descriptor.name} is attached in this thread with this descriptor already: share() once per thread`);
   }
-  const block = new AttachedBlock(descriptor);
+  if (options === null || typeof options !== 'object') throw invalidArgType('attachBlock options must be an object');
+  const block = new AttachedBlock(descriptor, options);
   attachedPorts.add(descriptor.port);
   return block;
+}
+
+/** KVM_PRE_FAULT_MEMORY on this thread's vCPU, when the block pre-faults and the kernel is KVM's. */
+function prefaultThrough(descriptor: BlockDescriptor, options: AttachOptions): ((gpa: number, size: number) => void) | null {
+  if (options.prefaultVcpuFd === undefined) return null;
+  const vcpuFd = checkInteger(options.prefaultVcpuFd, 'prefaultVcpuFd', 0, 0x7fffffff);
+  if (!descriptor.prefaults || descriptor.kernel.kind !== 'kvm') return null;
+  return (gpa, size) => native().kvmPreFaultMemory(vcpuFd, BigInt(gpa), BigInt(size));
 }

@@ -49,6 +49,11 @@ export interface BlockDescriptor {
   readonly granularity: number;
   readonly granules: number;
   readonly lockTimeoutMs: number;
+  /**
+   * The block pre-faults what it converts (RamBlockOptions.prefault, on a VM with
+   * KVM_PRE_FAULT_MEMORY): a thread that attaches it with its own vCPU's fd does so too.
+   */
+  readonly prefaults: boolean;
   /** The block's shared state and the tracker's memory. */
   readonly memory: BlockMemory & { readonly tracker: SharedArrayBuffer };
   /** How the thread makes the block's kernel calls (defineThreadKind('kernel', kind)). */

@@ -97,6 +97,8 @@ export class RamBlock implements Disposable {
   private broadcast: RegistryBroadcast | null = null;
   /** Whether close deletes the memslot: one this block made, or one it was told to. */
   private readonly ownsSlot: boolean;
+  /** Whether conversions pre-fault (share() tells other threads to, on their own vCPU). */
+  private readonly prefaults: boolean;
 
   /**
    * Creates the backings and the memslot, then marks the whole block private in KVM, as
@@ -117,6 +119,7 @@ export class RamBlock implements Disposable {
       throw invalidArgType(`prefault must be a function returning a vCPU fd, got ${typeof options.prefault}`);
     }
     const prefaultVcpu = options.prefault && vm.supportsPreFault ? options.prefault : null;
+    this.prefaults = prefaultVcpu !== null;
     if (this.gpa % this.attributes.granularity !== 0) {
       throw outOfRange(`block gpa must be a non-negative multiple of ${this.attributes.granularity}, got ${options.gpa}`);
     }
@@ -296,6 +299,7 @@ export class RamBlock implements Disposable {
         granularity: this.attributes.granularity,
         granules: this.attributes.granules,
         lockTimeoutMs: lock.timeoutMs,
+        prefaults: this.prefaults,
         memory: { ...this.state.memory, tracker: this.attributes.memory },
         kernel,
         registry,

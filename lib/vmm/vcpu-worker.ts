@@ -65,8 +65,15 @@ const onMainThread: PortHandler = (exit, context) => {
  * here (the block's own conversion, under its lock); any other is a call to the main thread.
  */
 function memoryOf(attached: AttachedBlock[]): LoopMemory {
-  const inside = (gpa: number | bigint, size: number | bigint): boolean =>
-    data.blocks.some((block) => BigInt(gpa) >= BigInt(block.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(block.gpa) + BigInt(block.size));
+  // Every request is checked here: a guest's (numbers below 2^53) with no bigint made per
+  // exit, any other with exact bigint arithmetic.
+  const inside = (gpa: number | bigint, size: number | bigint): boolean => {
+    if (typeof gpa === 'number' && typeof size === 'number') {
+      for (const block of data.blocks) if (gpa >= block.gpa && gpa + size <= block.gpa + block.size) return true;
+      return false;
+    }
+    return data.blocks.some((block) => BigInt(gpa) >= BigInt(block.gpa) && BigInt(gpa) + BigInt(size) <= BigInt(block.gpa) + BigInt(block.size));
+  };
   return {
     covers: inside,
     convert: (gpa, size, to) => {
@@ -84,7 +91,7 @@ async function main(): Promise<VmmReport> {
   const run = new VcpuRun(data.fd, data.mmapSize, `vCPU ${data.vcpu}`);
   const attached: AttachedBlock[] = [];
   try {
-    for (const descriptor of data.sharedBlocks) attached.push(attachBlock(descriptor));
+    for (const descriptor of data.sharedBlocks) attached.push(attachBlock(descriptor, { prefaultVcpuFd: data.fd }));
     const ports = new Map<number, PortHandler>();
     for (const port of data.mainPorts) ports.set(port, onMainThread);
     // Modules given for this thread take their ports from the main thread's functions.

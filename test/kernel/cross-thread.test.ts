@@ -2,7 +2,8 @@
 // with a real VfioDmaListener on the edu device (iommufd and type1): the Worker's KVM calls,
 // punch-holes and DMA maps go through the main thread's fds by number, under the block's
 // lock. Afterwards KVM (as recorded), the tracker and the IOMMU agree, and real DMA reaches
-// a page the Worker made shared and not one it made private.
+// a page the Worker made shared and not one it made private. Where KVM pre-faults, both
+// threads pre-fault what they convert, each through a vCPU of its own.
 
 import assert from 'node:assert/strict';
 import path from 'node:path';
@@ -11,6 +12,7 @@ import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import { DmaProbe } from '../../lib/vfio/dma-probe';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { Kvm } from '../../lib/kvm/kvm';
+import { Vcpu } from '../../lib/vmm/vcpu';
 import type { PageState } from '../../lib/tracker/state-change-channel';
 import type { StateChangeResult } from '../../lib/tracker/ram-block-attributes';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
@@ -46,7 +48,10 @@ describe('a block converted from a Worker and the main thread on a real kernel',
     it(`with ${backend}: both convert overlapping ranges at once; KVM, tracker and IOMMU agree; DMA reaches the shared page alone`, async function () {
       requires(backend === 'type1' ? 'vfio-type1' : 'iommufd').call(this);
       const kvm = Kvm.open();
-      const memory = new GuestMemory(kvm.createVm('sw-protected'));
+      const vm = kvm.createVm('sw-protected');
+      const prefaults = vm.supportsPreFault;
+      const vcpus = prefaults ? [Vcpu.create(kvm, vm, 0), Vcpu.create(kvm, vm, 1)] : [];
+      const memory = new GuestMemory(vm, prefaults ? { prefault: () => vcpus[0]!.fd } : {});
       const assigned = AssignedDevice.open(findEdu()!, { backend });
       let worker: Worker | null = null;
       try {
@@ -54,7 +59,8 @@ describe('a block converted from a Worker and the main thread on a real kernel',
         const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(GPA) });
         await block.register(listener);
         const descriptor = block.share();
-        worker = new Worker(WORKER, { workerData: { descriptor }, transferList: [descriptor.port] });
+        assert.equal(descriptor.prefaults, prefaults);
+        worker = new Worker(WORKER, { workerData: { descriptor, prefaultVcpuFd: vcpus[1]?.fd }, transferList: [descriptor.port] });
         const random = prng(23);
         const storm = () => Array.from({ length: 150 }, () => {
           const first = random(PAGES);
@@ -73,7 +79,11 @@ describe('a block converted from a Worker and the main thread on a real kernel',
           const result = block.convertSync(gpa, size, to);
           signed += to === 'shared' ? result.changed : -result.changed;
         }
-        const { results } = (await next()) as { results: Reply[] };
+        const { results, stats } = (await next()) as { results: Reply[]; stats: { prefaultFailed: number; ns: { prefault: string } } };
+        // The worker pre-faulted through its own vCPU, each time successfully.
+        assert.equal(BigInt(stats.ns.prefault) > 0n, prefaults, JSON.stringify(stats));
+        assert.equal(stats.prefaultFailed, 0);
+        assert.equal(block.stats.prefaultFailed, 0);
         for (const { result, error } of results) {
           assert.equal(error, undefined, error?.message);
           signed += result!.to === 'shared' ? result!.changed : -result!.changed;
@@ -98,6 +108,7 @@ describe('a block converted from a Worker and the main thread on a real kernel',
       } finally {
         await worker?.terminate();
         await memory.shutdown();
+        for (const vcpu of vcpus) vcpu.close();
         assigned.close();
         kvm.close();
       }

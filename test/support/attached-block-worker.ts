@@ -34,7 +34,8 @@ export function reportOf(error: unknown): ErrorReport {
 
 if (parentPort) {
   const port = parentPort;
-  const block = attachBlock((workerData as { descriptor: BlockDescriptor }).descriptor);
+  const { descriptor, prefaultVcpuFd } = workerData as { descriptor: BlockDescriptor; prefaultVcpuFd?: number };
+  const block = attachBlock(descriptor, { prefaultVcpuFd });
   port.on('message', (order: Order) => {
     switch (order.op) {
       case 'convert':

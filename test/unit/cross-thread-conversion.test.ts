@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Vm } from '../../lib/kvm/kvm';
+import { attachBlock } from '../../lib/memory/attached-block';
 import { RamBlock } from '../../lib/memory/ram-block';
 import type { BlockDescriptor } from '../../lib/memory/block-sharing';
 import type { Run } from '../../lib/tracker/page-bitmap';
@@ -412,5 +413,20 @@ describe('RamBlock.share refusals', () => {
     assert.throws(() => block.register(plain), { code: 'ERR_GUESTMEM_ASYNC_LISTENER', message: /listener "plain" can only run on the main thread \(it cannot describe itself/ });
     block.close();
     assert.throws(() => block.share(), { code: 'ERR_GUESTMEM_CLOSED' });
+  });
+
+  it('attachBlock refuses bad options before attaching, and a block without pre-fault tells threads not to', () => {
+    const kernel = StandinKernelState.create(GPA, PAGES);
+    const block = new RamBlock(new StandinVm(kernel) as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'options' });
+    const descriptor = block.share();
+    assert.equal(descriptor.prefaults, false);
+    assert.throws(() => attachBlock(descriptor, 'fast' as never), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+    assert.throws(() => attachBlock(descriptor, { prefaultVcpuFd: -1 }), { name: 'RangeError', code: 'ERR_OUT_OF_RANGE' });
+    assert.throws(() => attachBlock(descriptor, { prefaultVcpuFd: '3' as never }), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' });
+    // Nothing was attached by the refusals: the descriptor still attaches, once.
+    const attached = attachBlock(descriptor, { prefaultVcpuFd: 3 });
+    assert.equal(attached.convertSync(GPA, PAGE, 'shared').changed, 1);
+    attached.detach();
+    block.close();
   });
 });
