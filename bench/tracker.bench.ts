@@ -5,7 +5,9 @@
 // TypeScript, none of the library's duties: what the language itself costs). Each figure
 // is the steady state: the time of the second million conversions (start-up and JIT
 // warm-up drop out), the best of ROUNDS rounds on each side. All three print a checksum of
-// every result, which must match: the same work.
+// every result, which must match: the same work. The library's conversions take the block's
+// lock (the shared core's, as every thread's conversion does); the C's take none, and the
+// ablation after the table says what the lock, the result object and the fan-out cost.
 // Targets: at most 1.5× C on the boot-like workload and random mixtures; a one-page flip in
 // a 1 TiB block within 10% of one in a 1 GiB block (same working set); whole-range
 // conversions O(range / 32).
@@ -15,7 +17,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { GranuleRange } from '../lib/common/byte-range';
-import { RamBlockAttributes } from '../lib/tracker/ram-block-attributes';
+import { BlockLock, LOCK_BYTES } from '../lib/memory/block-lock';
+import { RamBlockAttributes, type StateChangeResult } from '../lib/tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../lib/tracker/ram-discard-listener';
 import { FloorListener, FloorTracker } from './tracker-floor';
 
@@ -127,13 +130,40 @@ async function libraryTracker(w: Workload): Promise<{ attributes: RamBlockAttrib
   return { attributes, listener };
 }
 
-/** ns per conversion over the second million through the library, and the checksum the C side prints too. */
-function libraryRound(attributes: RamBlockAttributes, listener: CountingListener, ops: Operations): { ns: number; checksum: number } {
+/**
+ * What a round of the library leaves out, for the ablation: nothing (the measured path), the
+ * block's lock, or the reused result (a fresh plain object per conversion instead).
+ */
+const enum Without {
+  Nothing,
+  Lock,
+  ReusedResult,
+}
+
+/**
+ * ns per conversion over the second million through the library, and the checksum the C side
+ * prints too. Each conversion takes the block's lock as every thread's conversion does
+ * (BlockConversion.convertSync: acquire, record the intent, release), and reads its result
+ * from one object it reuses.
+ */
+function libraryRound(attributes: RamBlockAttributes, listener: CountingListener, ops: Operations, without = Without.Nothing): { ns: number; checksum: number } {
+  const lock = new BlockLock(new SharedArrayBuffer(LOCK_BYTES), 0, 'bench');
+  const reused: StateChangeResult = { from: 'private', to: 'private', changed: 0, changedRuns: 0 };
+  const into = without === Without.ReusedResult ? undefined : reused;
+  const locked = without !== Without.Lock;
   let checksum = 0;
   let middle = 0n;
   for (let i = 0; i < 2 * MILLION; i++) {
     if (i === MILLION) middle = process.hrtime.bigint();
-    const result = attributes.stateChangeSync(ops.firstPage[i]! * PAGE, ops.pages[i]! * PAGE, ops.toShared[i] === 1 ? 'shared' : 'private');
+    const toShared = ops.toShared[i] === 1;
+    let result: StateChangeResult;
+    if (locked) lock.acquireForConversion();
+    try {
+      if (locked) lock.intendConversion(ops.firstPage[i]!, ops.pages[i]!, toShared);
+      result = attributes.stateChangeSync(ops.firstPage[i]! * PAGE, ops.pages[i]! * PAGE, toShared ? 'shared' : 'private', into);
+    } finally {
+      if (locked) lock.release();
+    }
     checksum += result.changed + (result.from === 'private' ? 0 : result.from === 'shared' ? 1 : 2);
   }
   const ns = Number(process.hrtime.bigint() - middle) / MILLION;
@@ -220,6 +250,9 @@ async function main(): Promise<void> {
     library: { ns: Infinity, checksum: 0 },
     floor: { ns: Infinity, checksum: 0 },
   }));
+  // The ablation, on the boot-like workload: the measured path less one of its duties
+  // (the lock; the reused result; the fan-out, with no listener registered), best of ROUNDS.
+  const ablation: Array<[string, number]> = [['without the lock', Infinity], ['with a fresh result object per conversion', Infinity], ['without the fan-out (no listener)', Infinity]];
   for (let round = 0; round < ROUNDS; round++) {
     yardstick.round();
     for (const entry of workloads) {
@@ -229,6 +262,14 @@ async function main(): Promise<void> {
       const floor = floorRound(entry.w);
       if (floor.ns < entry.floor.ns) entry.floor = floor;
     }
+    const boot = workloads[0]!.w;
+    for (const [index, without] of [Without.Lock, Without.ReusedResult].entries()) {
+      const { attributes, listener } = await libraryTracker(boot);
+      ablation[index]![1] = Math.min(ablation[index]![1], libraryRound(attributes, listener, boot.ops, without).ns);
+    }
+    const alone = new RamBlockAttributes(boot.block);
+    alone.stateChangeSync(0, boot.sharedAtBoot, 'shared');
+    ablation[2]![1] = Math.min(ablation[2]![1], libraryRound(alone, new CountingListener(), boot.ops).ns);
   }
   for (const { w, kind, library, floor } of workloads) {
     const { ns, checksum } = library;
@@ -241,6 +282,8 @@ async function main(): Promise<void> {
     const cells = yard ? [yard[0].toFixed(1).padStart(8), ratio.toFixed(2).padStart(7), floor.ns.toFixed(1).padStart(9), (floor.ns / yard[0]).toFixed(2).padStart(6)] : ['n/a'.padStart(8), ''.padStart(7), floor.ns.toFixed(1).padStart(9), ''];
     console.log(`${w.label.padEnd(70)} ${ns.toFixed(1).padStart(8)} ${cells.join(' ')}`);
   }
+  console.log(`ablation on the boot-like workload (${ts['boot']!.toFixed(1)} ns with everything):`);
+  for (const [what, ns] of ablation) console.log(`  ${what.padEnd(68)} ${ns.toFixed(1).padStart(8)} ns (${(ts['boot']! - ns).toFixed(1)} ns saved)`);
   const flat = ts['flip-1TiB']! / ts['flip-1GiB']!;
   console.log('whole-range conversions in a 16 GiB block (private -> shared -> private):');
   const attributes = new RamBlockAttributes(16 * GiB);

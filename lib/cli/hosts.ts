@@ -5,6 +5,7 @@
 import { AssignedDevice } from '../vfio/assigned-device';
 import type { Bytes } from '../common/byte-range';
 import type { DmaBackend } from '../vfio/dma-mapper';
+import { BlockLock, LOCK_BYTES } from '../memory/block-lock';
 import { GuestMemory } from '../memory/guest-memory';
 import { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
@@ -22,6 +23,12 @@ import { normalizeBdf } from '../vfio/vfio-sysfs';
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
+  /**
+   * A block's lock, taken around each synchronous conversion as every thread's conversion
+   * takes it (BlockConversion.convertSync): a dry run costs what the tracker costs on the
+   * shared core, lock included.
+   */
+  private readonly lock = new BlockLock(new SharedArrayBuffer(LOCK_BYTES), 0, 'simulated');
 
   openBlock(size: Bytes, granule: number): RamBlockAttributes {
     this.attributes = new RamBlockAttributes(size, { granularity: granule, name: 'simulated' });
@@ -41,7 +48,12 @@ export class TrackerHost implements ScriptHost {
   }
 
   convertSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
-    return this.attributes!.stateChangeSync(offset, size, to);
+    this.lock.acquireForConversion();
+    try {
+      return this.attributes!.stateChangeSync(offset, size, to);
+    } finally {
+      this.lock.release();
+    }
   }
 
   async shutdown(): Promise<void> {}

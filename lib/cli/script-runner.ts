@@ -5,7 +5,7 @@
 import { toGranuleRange, type Bytes } from '../common/byte-range';
 import { isRejection, messageOf } from '../common/errors';
 import { errorCode } from './error-code';
-import type { Run } from '../tracker/page-bitmap';
+import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import { blockGeometry, type RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 import { RecordingListener } from '../tracker/recording-listener';
@@ -61,7 +61,7 @@ export interface ScriptReport {
 
 /**
  * The most memory the recording listeners of one script may hold at once (each keeps a
- * bitmap of the block): 1 GiB. Past it the script is refused at the listen line that would
+ * bitmap of its section): 1 GiB. Past it the script is refused at the listen line that would
  * cross it, before anything is allocated.
  */
 export const MAX_RECORDING_BYTES = 2 ** 30;
@@ -86,26 +86,32 @@ export function checkScript(ops: ScriptOp[]): void {
   } catch (error) {
     throw scriptError(block.line, error);
   }
-  const recordingBytes = Math.ceil(geometry.granules / 8);
-  const listening = new Set<string>();
+  // Each listener's bitmap bytes, by id, and their sum.
+  const listening = new Map<string, number>();
+  let recordingBytes = 0;
   for (const op of ops) {
     if (op.op === 'listen') {
       if (listening.has(op.id)) throw new ScriptError(op.line, `listener '${op.id}' is already listening`);
+      let bytes: number;
       try {
-        toGranuleRange(op.offset, op.size, geometry.granularity, geometry.granules, 'section');
+        bytes = PageBitmap.bytesFor(toGranuleRange(op.offset, op.size, geometry.granularity, geometry.granules, 'section').count);
       } catch (error) {
         throw scriptError(op.line, error, `listen ${op.id}: `);
       }
-      listening.add(op.id);
-      if (listening.size * recordingBytes > MAX_RECORDING_BYTES) {
+      listening.set(op.id, bytes);
+      recordingBytes += bytes;
+      if (recordingBytes > MAX_RECORDING_BYTES) {
         throw new ScriptError(
           op.line,
-          `listen ${op.id}: ${listening.size} listeners at once would record ${listening.size * recordingBytes} bytes of bitmaps, ` +
-            `above the bound of ${MAX_RECORDING_BYTES} (one bitmap of the block each): unlisten some first, or use a larger granule`,
+          `listen ${op.id}: ${listening.size} listeners at once would record ${recordingBytes} bytes of bitmaps, ` +
+            `above the bound of ${MAX_RECORDING_BYTES} (one bitmap of its section each): unlisten some first, or use a larger granule`,
         );
       }
     } else if (op.op === 'unlisten') {
-      if (!listening.delete(op.id)) throw new ScriptError(op.line, `no listener '${op.id}' to unlisten`);
+      const bytes = listening.get(op.id);
+      if (bytes === undefined) throw new ScriptError(op.line, `no listener '${op.id}' to unlisten`);
+      listening.delete(op.id);
+      recordingBytes -= bytes;
     }
   }
 }
@@ -154,7 +160,8 @@ export async function runScript(
         let listener: RecordingListener;
         try {
           const inner = host.makeListener(op.id, op.offset, op.size) ?? undefined;
-          listener = new RecordingListener(op.id, attributes!.granules, { inner });
+          const section = attributes!.sectionRange({ offset: op.offset, size: op.size });
+          listener = new RecordingListener(op.id, attributes!.granules, { inner, section: { first: section.first, count: section.count } });
           await attributes!.register(listener, { offset: op.offset, size: op.size });
         } catch (error) {
           throw new ScriptError(op.line, `listen ${op.id}: ${(error as Error).message}`);

@@ -86,12 +86,111 @@ export class RunList {
     return this.data[2 * i + 1]!;
   }
 
+  /** push, joined to the last run where it ends at `first` (runs found in windows, at a window's edge). */
+  pushJoined(first: number, count: number): void {
+    const last = 2 * this.length - 1;
+    if (last > 0 && this.data[last - 1]! + this.data[last]! === first) {
+      this.data[last] = this.data[last]! + count;
+      this.total += count;
+    } else {
+      this.push(first, count);
+    }
+  }
+
   /** A copy as Run tuples (for a report or an undo log that must outlive the next change). */
   toRuns(): Run[] {
     const runs: Run[] = [];
     for (let i = 0; i < this.length; i++) runs.push([this.first(i), this.count(i)]);
     return runs;
   }
+}
+
+/** Bitmaps below this many bits convert with int32 indices throughout (convertWords). */
+const INT32_BITS = 2 ** 31;
+/** The window convertWords works in on a larger bitmap: its bit indices stay int32. */
+const WINDOW_BITS = 2 ** 30;
+
+/** Whole words [from, to) set to `filler`: TypedArray.fill is a call into C++ that costs more than a short loop. */
+function fillInts(words: Int32Array, from: number, to: number, filler: number): void {
+  if (to - from > SHORT_SPAN) words.fill(filler, from, to);
+  else for (let i = from; i < to; i++) words[i] = filler;
+}
+
+/**
+ * The conversion's loop (PageBitmap.convert) over int32 words, for bit indices below 2^31:
+ * shifts and masks only, no double arithmetic (a `/` or `%` on a double, a Math.floor, is
+ * what made the loop cost 2.5× its C counterpart), no allocation, and words compared with
+ * -1 and 0 (an Int32Array word is never 0xffffffff, a double). Runs that change are listed
+ * in `out` at their edges inside each word (Math.clz32 of the lowest set bit); a word
+ * wholly in the other state flips whole, and so does every such word after it.
+ */
+function convertWords(words: Int32Array, start: number, count: number, value: boolean, out: RunList): Held {
+  out.clear();
+  if (count === 0) return value ? Held.Set : Held.Clear;
+  if (count === 1) {
+    // One granule (the commonest conversion): one bit.
+    const index = start >>> 5;
+    const bit = 1 << (start & 31);
+    const word = words[index]!;
+    const was = (word & bit) !== 0;
+    if (was !== value) {
+      words[index] = word ^ bit;
+      out.push(start, 1);
+    }
+    return was ? Held.Set : Held.Clear;
+  }
+  const end = (start + count) | 0;
+  const firstWord = start >>> 5;
+  const lastWord = (end - 1) >>> 5;
+  // A word XORed with `target` has its bits that are not yet at `value` set: those flip.
+  const target = value ? -1 : 0;
+  const opposite = ~target;
+  let kept = 0;
+  let open = -1;
+  for (let index = firstWord; index <= lastWord; index++) {
+    let inside = -1;
+    if (index === firstWord) inside = -1 << (start & 31);
+    if (index === lastWord) inside &= -1 >>> (31 - ((end - 1) & 31));
+    const word = words[index]!;
+    if (inside === -1 && word === opposite) {
+      let stop = index + 1;
+      while (stop < lastWord && words[stop] === opposite) stop++;
+      if (open < 0) open = index << 5;
+      fillInts(words, index, stop, target);
+      index = stop - 1;
+      continue;
+    }
+    const flip = (word ^ target) & inside;
+    kept |= ~(word ^ target) & inside;
+    if (flip === 0) {
+      if (open >= 0) {
+        out.push(open, (index << 5) - open);
+        open = -1;
+      }
+      continue;
+    }
+    words[index] = word ^ flip;
+    if (flip === -1 && open >= 0) continue;
+    // The runs inside this word: edges between flipped and kept bits.
+    const base = index << 5;
+    let at = 0;
+    while (at < 32) {
+      if (open < 0) {
+        const ones = flip & (-1 << at);
+        if (ones === 0) break;
+        at = 31 - Math.clz32(ones & -ones);
+        open = base + at;
+      }
+      const zeros = ~flip & (-1 << at);
+      if (zeros === 0) break;
+      at = 31 - Math.clz32(zeros & -zeros);
+      out.push(open, base + at - open);
+      open = -1;
+    }
+  }
+  if (open >= 0) out.push(open, end - open);
+  if (out.length === 0) return value ? Held.Set : Held.Clear;
+  return kept === 0 ? (value ? Held.Clear : Held.Set) : Held.Mixed;
 }
 
 /**
@@ -104,6 +203,10 @@ export class PageBitmap {
 
   readonly bits: number;
   private readonly words: Uint32Array;
+  /** The same words as int32, for convertWords. */
+  private readonly ints: Int32Array;
+  /** convertWindows's runs of one window, reused. */
+  private windowRuns: RunList | null = null;
 
   /**
    * A bitmap of `bits` bits, all clear, in memory of its own; or, with `memory`, over the
@@ -120,6 +223,7 @@ export class PageBitmap {
     this.bits = bits;
     if (memory !== undefined) {
       this.words = PageBitmap.wordsOver(bits, memory.buffer, memory.byteOffset ?? 0);
+      this.ints = new Int32Array(this.words.buffer, this.words.byteOffset, this.words.length);
       return;
     }
     try {
@@ -133,6 +237,7 @@ export class PageBitmap {
     // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
     // otherwise fault 8192 times, each costing more than a conversion).
     this.words.fill(0);
+    this.ints = new Int32Array(this.words.buffer, 0, this.words.length);
   }
 
   /** Bytes the words of a bitmap of `bits` bits take: what a buffer for one must hold. */
@@ -225,77 +330,40 @@ export class PageBitmap {
    * is): sets (`value` true) or clears bits [start, start + count), lists in `out`
    * (cleared first) the maximal runs of bits that changed, and says what the range held
    * before. One loop, no scans before it: the cost follows the range, a word at a time.
+   * A bitmap of fewer than 2^31 bits (8 TiB of 4 KiB granules) runs convertWords straight;
+   * a larger one runs it over windows of its words (convertWindows).
    */
   convert(start: number, count: number, value: boolean, out: RunList): Held {
     if (!this.isRange(start, count) || typeof value !== 'boolean') this.refuse(start, count, value);
     if (!(out instanceof RunList)) throw invalidArgType(`out must be a RunList, got ${describeValue(out)}`);
+    if (this.bits < INT32_BITS) return convertWords(this.ints, start, count, value, out);
+    return this.convertWindows(start, count, value, out);
+  }
+
+  /**
+   * convert for a bitmap of 2^31 bits or more: convertWords over windows of at most 2^30
+   * bits, each a view of the words from the window's first (so that its indices stay
+   * int32), its runs moved back to the bitmap's indices and joined across window edges.
+   * It allocates a view per window: blocks of 8 TiB and more pay that, the others nothing.
+   */
+  private convertWindows(start: number, count: number, value: boolean, out: RunList): Held {
     out.clear();
-    if (count === 0) return value ? Held.Set : Held.Clear;
-    const words = this.words;
-    if (count === 1) {
-      // One granule (the commonest conversion): one bit.
-      const index = Math.floor(start / 32);
-      const bit = 1 << bitOf(start, index);
-      const was = (words[index]! & bit) !== 0;
-      if (was !== value) {
-        words[index] = words[index]! ^ bit;
-        out.push(start, 1);
-      }
-      return was ? Held.Set : Held.Clear;
-    }
+    const local = (this.windowRuns ??= new RunList());
+    let changedSome = false;
+    let keptSome = false;
     const end = start + count;
-    const firstWord = Math.floor(start / 32);
-    const lastWord = Math.floor((end - 1) / 32);
-    // A word XORed with `target` has its bits that are not yet at `value` set: those flip.
-    const target = value ? ALL : 0;
-    let kept = 0;
-    let open = -1;
-    // A middle word wholly in the other state flips whole; so does every such word after it.
-    const opposite = value ? 0 : ALL;
-    for (let index = firstWord; index <= lastWord; index++) {
-      if (index > firstWord && index < lastWord && words[index] === opposite) {
-        let stop = index + 1;
-        while (stop < lastWord && words[stop] === opposite) stop++;
-        if (open < 0) open = index * 32;
-        this.fillWords(index, stop, target);
-        index = stop - 1;
-        continue;
-      }
-      let inside = ALL;
-      if (index === firstWord) inside = mask(bitOf(start, index), 32);
-      if (index === lastWord) inside &= mask(0, bitOf(end - 1, index) + 1);
-      const word = words[index]!;
-      const flip = ((word ^ target) & inside) >>> 0;
-      kept |= ~(word ^ target) & inside;
-      if (flip === 0) {
-        if (open >= 0) {
-          out.push(open, index * 32 - open);
-          open = -1;
-        }
-        continue;
-      }
-      words[index] = word ^ flip;
-      if (flip === ALL && open >= 0) continue;
-      // The runs inside this word: edges between flipped and kept bits.
-      const base = index * 32;
-      let at = 0;
-      while (at < 32) {
-        if (open < 0) {
-          const ones = (flip & (ALL << at)) >>> 0;
-          if (ones === 0) break;
-          at = lowestSetBit(ones);
-          open = base + at;
-        }
-        const zeros = (~flip & (ALL << at)) >>> 0;
-        if (zeros === 0) break;
-        at = lowestSetBit(zeros);
-        out.push(open, base + at - open);
-        open = -1;
-      }
+    for (let at = start; at < end; ) {
+      const word = Math.floor(at / 32);
+      const bit = at - word * 32;
+      const bits = Math.min(end - at, WINDOW_BITS - bit);
+      const held = convertWords(this.ints.subarray(word, word + Math.ceil((bit + bits) / 32)), bit, bits, value, local);
+      if (local.length > 0) changedSome = true;
+      if (local.length === 0 || held === Held.Mixed) keptSome = true;
+      for (let i = 0; i < local.length; i++) out.pushJoined(word * 32 + local.first(i), local.count(i));
+      at += bits;
     }
-    if (open >= 0) out.push(open, end - open);
-    if (out.length === 0) return value ? Held.Set : Held.Clear;
-    return kept === 0 ? (value ? Held.Clear : Held.Set) : Held.Mixed;
+    if (!changedSome) return value ? Held.Set : Held.Clear;
+    return keptSome ? Held.Mixed : value ? Held.Clear : Held.Set;
   }
 
   /** First set bit in [from, end), or `end` if there is none. */

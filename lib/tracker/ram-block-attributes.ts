@@ -88,6 +88,9 @@ interface Registration {
 
 const DEFAULT_GRANULARITY = 4096;
 
+/** No ranges: what notifySync says a listener was handed before it calls one. */
+const NO_RANGES: GranuleRange[] = [];
+
 /** What a range was, by what its bits held before a change. */
 const FROM: ReadonlyArray<StateChangeResult['from']> = ['private', 'shared', 'mixture'];
 
@@ -109,19 +112,6 @@ function describeRanges(ranges: GranuleRange[]): string {
 
 function inverse(kind: Notify): Notify {
   return kind === 'populate' ? 'discard' : 'populate';
-}
-
-/**
- * The part of run [first, first + count) of `range` inside `section`, or null when they do
- * not meet; `range` itself when the run is the whole range and lies inside the section (the
- * common case: one range object per conversion, handed to every listener).
- */
-function clip(section: GranuleRange, range: GranuleRange, first: number, count: number): GranuleRange | null {
-  const start = Math.max(section.first, first);
-  const end = Math.min(section.first + section.count, first + count);
-  if (start >= end) return null;
-  if (start === range.first && end - start === range.count) return range;
-  return granuleRangeOf(start, end - start, section.granularity);
 }
 
 /** The cause of a notification that broke a listener's promise to be synchronous. */
@@ -216,6 +206,16 @@ export class RamBlockAttributes {
   private asyncListeners = 0;
   /** The runs the change in progress (or the last one) flips: reused, never reallocated per change. */
   private readonly changes = new RunList();
+  /** The range of the change in progress, in granules. */
+  private changeFirst = 0;
+  private changeCount = 0;
+  /**
+   * Its GranuleRange: the caller's where it made one, else made when a listener is first
+   * handed the whole range (changeRange()), so that a change no listener sees whole makes none.
+   */
+  private changeRangeObject: GranuleRange | null = null;
+  /** 1 / granularity: exact for a power of two, so byte offsets become granules by a multiply, not a division. */
+  private readonly perByte: number;
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
@@ -228,6 +228,7 @@ export class RamBlockAttributes {
     if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
     this.listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
     this.granularity = granularity;
+    this.perByte = 1 / granularity;
     this.granules = granules;
     // In a SharedArrayBuffer whether or not the block is ever shared: a bitmap over plain
     // memory would have to be copied to be shared, and typed-array access costs the same.
@@ -499,12 +500,23 @@ export class RamBlockAttributes {
    * otherwise it throws ERR_GUESTMEM_ASYNC_LISTENER or ERR_GUESTMEM_BUSY and changes
    * nothing. A failing listener rolls the change back and it throws, as stateChange rejects.
    */
-  stateChangeSync(offset: Bytes, size: Bytes, to: PageState): StateChangeResult {
+  stateChangeSync(offset: Bytes, size: Bytes, to: PageState, into?: StateChangeResult): StateChangeResult {
     if (!this.canChangeSync) {
       const refusal = this.syncRefusal('stateChangeSync');
       if (refusal) throw refusal;
     }
-    return this.changeSync(this.range(offset, size), checkState(to, 'target state'));
+    if (typeof offset === 'number' && typeof size === 'number') {
+      // The common block's fast path: granule indices that are int32 (a block of fewer than
+      // 2^31 granules), found by a multiply (exact: the granularity is a power of two) and
+      // checked by comparisons alone; anything else (a bigint, a fraction, a misaligned or
+      // out-of-range value, a larger block) takes range(), which names what is wrong.
+      const first = offset * this.perByte;
+      const count = size * this.perByte;
+      if ((first | 0) === first && (count | 0) === count && first >= 0 && count > 0 && first + count <= this.granules) {
+        return this.changeGranules(first, count, checkState(to, 'target state'), null, into);
+      }
+    }
+    return this.changeSync(this.range(offset, size), checkState(to, 'target state'), into);
   }
 
   /**
@@ -512,13 +524,22 @@ export class RamBlockAttributes {
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
    */
-  changeSync(range: GranuleRange, toShared: boolean): StateChangeResult {
+  changeSync(range: GranuleRange, toShared: boolean, into?: StateChangeResult): StateChangeResult {
+    return this.changeGranules(range.first, range.count, toShared, range, into);
+  }
+
+  /**
+   * changeSync on granules [first, first + count), checked by the caller; `range` is their
+   * GranuleRange where the caller has one. With `into`, the result is written there and no
+   * object is made (a caller converting in a loop keeps one); else a fresh plain object.
+   */
+  private changeGranules(first: number, count: number, toShared: boolean, range: GranuleRange | null, into: StateChangeResult | undefined): StateChangeResult {
     this.changing = true;
     try {
-      const held = this.convertBitmap(range, toShared);
+      const held = this.convertBitmap(first, count, range, toShared);
       const changed = this.changes.total;
-      if (changed > 0 && this.newest !== null) this.notifySync(range, toShared);
-      return this.finish(range, FROM[held], toShared, changed);
+      if (changed > 0 && this.newest !== null) this.notifySync(toShared);
+      return this.finish(FROM[held], toShared, changed, into);
     } finally {
       this.changing = false;
     }
@@ -529,26 +550,35 @@ export class RamBlockAttributes {
     return this.changes.toRuns();
   }
 
-  private finish(range: GranuleRange, from: StateChangeResult['from'], toShared: boolean, changed: number): StateChangeResult {
+  private finish(from: StateChangeResult['from'], toShared: boolean, changed: number, into?: StateChangeResult): StateChangeResult {
     const to: PageState = toShared ? 'shared' : 'private';
     // Read before publishing: a subscriber may start another change.
-    const result = { from, to, changed, changedRuns: this.changes.length };
-    if (stateChangeChannel.hasSubscribers) this.publish(range, from, to);
+    let result: StateChangeResult;
+    if (into === undefined) {
+      result = { from, to, changed, changedRuns: this.changes.length };
+    } else {
+      result = into;
+      result.from = from;
+      result.to = to;
+      result.changed = changed;
+      result.changedRuns = this.changes.length;
+    }
+    if (stateChangeChannel.hasSubscribers) this.publish(from, to);
     return result;
   }
 
   /** QEMU's ram_block_attributes_state_change tracepoint; apart from finish so that finish stays small enough to inline. */
-  private publish(range: GranuleRange, from: StateChangeResult['from'], to: PageState): void {
-    stateChangeChannel.publish({ block: this.name, ...range.toJSON(), from, to });
+  private publish(from: StateChangeResult['from'], to: PageState): void {
+    stateChangeChannel.publish({ block: this.name, ...this.changeRange().toJSON(), from, to });
   }
 
   /** The asynchronous form of changeSync, for listeners that may return promises. */
   private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
-    const held = this.convertBitmap(range, toShared);
+    const held = this.convertBitmap(range.first, range.count, range, toShared);
     const changed = this.changes.total;
     const runs = this.changes.toRuns();
-    await this.applyRuns(range, runs, toShared);
-    return this.finish(range, FROM[held], toShared, changed);
+    await this.applyRuns(runs, toShared);
+    return this.finish(FROM[held], toShared, changed);
   }
 
   private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
@@ -634,11 +664,36 @@ export class RamBlockAttributes {
     });
   }
 
-  /** A change's bitmap step: flips the range, puts the runs that changed in this.changes, counts them. */
-  private convertBitmap(range: GranuleRange, toShared: boolean): Held {
-    const held = this.bitmap.convert(range.first, range.count, toShared, this.changes);
+  /**
+   * A change's bitmap step: makes granules [first, first + count) (`range`, where the caller
+   * has it) the change in progress, flips them, puts the runs that changed in this.changes,
+   * counts them.
+   */
+  private convertBitmap(first: number, count: number, range: GranuleRange | null, toShared: boolean): Held {
+    this.changeFirst = first;
+    this.changeCount = count;
+    this.changeRangeObject = range;
+    const held = this.bitmap.convert(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     return held;
+  }
+
+  /** The change in progress as a GranuleRange, made on first use. */
+  private changeRange(): GranuleRange {
+    return (this.changeRangeObject ??= granuleRangeOf(this.changeFirst, this.changeCount, this.granularity));
+  }
+
+  /**
+   * The part of run [first, first + count) of the change in progress inside `section`, or
+   * null when they do not meet; the change's own range object when the run is the whole
+   * change (the common case: one range object per conversion, handed to every listener).
+   */
+  private clip(section: GranuleRange, first: number, count: number): GranuleRange | null {
+    const start = Math.max(section.first, first);
+    const end = Math.min(section.first + section.count, first + count);
+    if (start >= end) return null;
+    if (start === this.changeFirst && end - start === this.changeCount) return this.changeRange();
+    return granuleRangeOf(start, end - start, this.granularity);
   }
 
   /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
@@ -656,13 +711,13 @@ export class RamBlockAttributes {
    * each with all of its clipped runs (in one call where it takes batches). On a failure,
    * undoes in reverse order what was done for this change, flips the runs back, rethrows.
    */
-  private async applyRuns(range: GranuleRange, runs: Run[], toShared: boolean): Promise<void> {
+  private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
     if (runs.length === 0) return;
     const kind: Notify = toShared ? 'populate' : 'discard';
     const done: Delivery[] = [];
     try {
       for (let registration = this.newest; registration; registration = registration.older) {
-        const clipped = this.clipped(registration, range, this.changes.length);
+        const clipped = this.clipped(registration, this.changes.length);
         if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
       }
     } catch (failure) {
@@ -673,11 +728,11 @@ export class RamBlockAttributes {
   }
 
   /** The first `runs` runs of the change in progress, clipped to a listener's section. */
-  private clipped(registration: Registration, range: GranuleRange, runs: number): GranuleRange[] {
+  private clipped(registration: Registration, runs: number): GranuleRange[] {
     const changes = this.changes;
     const ranges: GranuleRange[] = [];
     for (let i = 0; i < runs; i++) {
-      const part = clip(registration.section, range, changes.first(i), changes.count(i));
+      const part = this.clip(registration.section, changes.first(i), changes.count(i));
       if (part) ranges.push(part);
     }
     return ranges;
@@ -690,14 +745,14 @@ export class RamBlockAttributes {
    * run (the common case) hands each listener the conversion's own range object. On a
    * failure it undoes, last first, what was delivered, restores the bitmap and throws.
    */
-  private notifySync(range: GranuleRange, toShared: boolean): void {
+  private notifySync(toShared: boolean): void {
     const kind: Notify = toShared ? 'populate' : 'discard';
     const changes = this.changes;
     let registration = this.newest;
     // For a listener told run by run: the runs of this.changes it has been told of.
     let told = 0;
-    // What the listener being called was handed, and the failure its answer amounts to.
-    let arg: GranuleRange | GranuleRange[] = range;
+    // What the listener being called was handed (set before each call), and the failure its answer amounts to.
+    let arg: GranuleRange | GranuleRange[] = NO_RANGES;
     let broken: GuestmemError | null = null;
     this.notifying = true;
     try {
@@ -705,7 +760,7 @@ export class RamBlockAttributes {
         told = 0;
         const batch = toShared ? registration.populateRuns : registration.discardRuns;
         if (batch !== undefined) {
-          const ranges = this.clipped(registration, range, changes.length);
+          const ranges = this.clipped(registration, changes.length);
           if (ranges.length === 0) continue;
           arg = ranges;
           const result = batch.call(registration.listener, ranges);
@@ -716,7 +771,7 @@ export class RamBlockAttributes {
         // Run by run, straight from the run list: no list of ranges is built.
         const single = toShared ? registration.populate : registration.discard;
         for (; told < changes.length; told++) {
-          const part = clip(registration.section, range, changes.first(told), changes.count(told));
+          const part = this.clip(registration.section, changes.first(told), changes.count(told));
           if (part === null) continue;
           arg = part;
           const result = single.call(registration.listener, part);
@@ -733,7 +788,7 @@ export class RamBlockAttributes {
         this.reentry = null;
         failure = this.listenerFailed(registration!, kind, Array.isArray(arg) ? arg : [arg], cause);
       }
-      const errors = this.undoSync(range, registration!, told, kind);
+      const errors = this.undoSync(registration!, told, kind);
       for (let i = changes.length - 1; i >= 0; i--) this.flip(changes.first(i), changes.count(i), !toShared);
       throw this.withRollbackErrors(failure, errors);
     }
@@ -803,7 +858,7 @@ export class RamBlockAttributes {
    * single ranges went through): the inverse to each listener told before, last first, as
    * the asynchronous undo does from its log. Returns what failed.
    */
-  private undoSync(range: GranuleRange, failed: Registration, told: number, kind: Notify): unknown[] {
+  private undoSync(failed: Registration, told: number, kind: Notify): unknown[] {
     const errors: unknown[] = [];
     const undoKind = inverse(kind);
     for (let registration: Registration | null = failed; registration; registration = registration.newer) {
@@ -811,7 +866,7 @@ export class RamBlockAttributes {
       // The failed listener itself: a batch did nothing (all or nothing); run by run, the
       // runs before the one that failed went through.
       if (registration === failed && asBatch) continue;
-      const ranges = this.clipped(registration, range, registration === failed ? told : this.changes.length);
+      const ranges = this.clipped(registration, registration === failed ? told : this.changes.length);
       if (ranges.length === 0) continue;
       if (asBatch) {
         try {

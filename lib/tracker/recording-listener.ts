@@ -1,13 +1,14 @@
 // A listener that models a VFIO DMA listener without a kernel: it keeps the set of granules
-// it has "mapped" and counts every notification that maps a granule twice or unmaps one it
-// does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
+// it has "mapped" (a bitmap of the section it listens to, not of the whole block: 60,000
+// one-page listeners on a 64 GiB block take 60,000 words, not 60,000 × 2 MiB) and counts
+// every notification that maps a granule twice or unmaps one it does not hold. The dry run (`guestmem simulate`) and the tests use it as the witness
 // that the tracker's notifications are exact. What it holds lives in a SharedArrayBuffer, so
 // that a replica of it in another thread (toThreadDescriptor) holds the same; its counts are
 // each thread's own.
 
 import { GranuleRange } from '../common/byte-range';
 import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
-import { PageBitmap, type Run } from './page-bitmap';
+import { Held, PageBitmap, RunList, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 import { GuestmemError } from '../common/errors';
 import { defineThreadKind, type ThreadDescriptor } from '../memory/thread-kinds';
@@ -23,11 +24,15 @@ export class RecordingListener implements RamDiscardListener {
   readonly doubleDiscardSupported: boolean;
   /** Synchronous alone, or when the listener it wraps is. */
   readonly synchronous: boolean;
+  /** Granules [base, base + mapped.bits) of the block: the section it records. */
   private readonly mapped: PageBitmap;
+  private readonly base: number;
   /** What `mapped` lives in: the same for every replica of this listener. */
   private readonly memory: SharedArrayBuffer;
   /** Notifications that mapped a mapped granule or unmapped an unmapped one. */
   errors = 0;
+  /** The runs a record flips (unused: convert lists them), reused. */
+  private readonly flipped = new RunList();
   populates = 0;
   discards = 0;
   /** Test hook: return true to make the next notification throw, as a failing DMA map would. */
@@ -50,6 +55,11 @@ export class RecordingListener implements RamDiscardListener {
       doubleDiscardSupported?: boolean;
       inner?: RamDiscardListener;
       batch?: boolean;
+      /**
+       * The granules it will listen to, { first, count } (default: the whole block): it
+       * records those alone, and refuses a notification outside them.
+       */
+      section?: { first: number; count: number };
       /** @internal A replica's: the memory of the listener it copies. */
       mapped?: SharedArrayBuffer;
     } = {},
@@ -58,9 +68,14 @@ export class RecordingListener implements RamDiscardListener {
     checkInteger(blockGranules, 'blockGranules', 0, PageBitmap.MAX_BITS);
     if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
     if (options.inner !== undefined) checkListener(options.inner);
+    const section = options.section ?? { first: 0, count: blockGranules };
+    if (section === null || typeof section !== 'object') throw invalidArgType(`section must be an object { first, count }, got ${describeValue(section)}`);
+    checkInteger(section.first, 'section.first', 0, blockGranules);
+    checkInteger(section.count, 'section.count', 0, blockGranules - section.first);
     this.name = name;
-    this.memory = options.mapped instanceof SharedArrayBuffer ? options.mapped : PageBitmap.sharedMemory(PageBitmap.bytesFor(blockGranules), 'a recording listener');
-    this.mapped = new PageBitmap(blockGranules, { buffer: this.memory });
+    this.base = section.first;
+    this.memory = options.mapped instanceof SharedArrayBuffer ? options.mapped : PageBitmap.sharedMemory(PageBitmap.bytesFor(section.count), 'a recording listener');
+    this.mapped = new PageBitmap(section.count, { buffer: this.memory });
     this.inner = options.inner ?? null;
     this.doubleDiscardSupported = options.doubleDiscardSupported ?? this.inner?.doubleDiscardSupported ?? false;
     this.synchronous = this.inner ? this.inner.synchronous === true : true;
@@ -76,7 +91,7 @@ export class RecordingListener implements RamDiscardListener {
   toThreadDescriptor(): ThreadDescriptor {
     if (this.inner !== null) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `recording listener "${this.name}" wraps another listener and cannot run on another thread`);
     return {
-      kind: 'recording', name: this.name, granules: this.mapped.bits, doubleDiscardSupported: this.doubleDiscardSupported,
+      kind: 'recording', name: this.name, first: this.base, granules: this.mapped.bits, doubleDiscardSupported: this.doubleDiscardSupported,
       batch: this.populateRuns !== undefined, mapped: this.memory,
     };
   }
@@ -125,34 +140,37 @@ export class RecordingListener implements RamDiscardListener {
     this.recordDiscard(range);
   }
 
-  /** A notification's range must be a GranuleRange inside the block this listener records. */
+  /** A notification's range must be a GranuleRange inside the granules this listener records. */
   private checkRange(range: unknown): void {
     if (!(range instanceof GranuleRange)) throw invalidArgType(`${this.name}: expected a GranuleRange, got ${describeValue(range)}`);
-    if (range.end > this.mapped.bits) {
-      throw outOfRange(`${this.name}: ${range} (granules [${range.first}, ${range.end})) is past the ${this.mapped.bits} granules this listener records`);
+    if (range.first < this.base || range.end > this.base + this.mapped.bits) {
+      throw outOfRange(`${this.name}: ${range} (granules [${range.first}, ${range.end})) is outside the granules [${this.base}, ${this.base + this.mapped.bits}) this listener records`);
     }
   }
 
+  /** One pass (PageBitmap.convert): the granules flip, and what they held says whether any was mapped already. */
   private recordPopulate(range: GranuleRange): void {
     this.populates++;
-    if (!this.mapped.isAllClear(range.first, range.count)) this.errors++;
-    this.mapped.setRange(range.first, range.count);
+    if (this.mapped.convert(range.first - this.base, range.count, true, this.flipped) !== Held.Clear) this.errors++;
   }
 
   private recordDiscard(range: GranuleRange): void {
     this.discards++;
     // A listener with double discard accepts a discard over granules it no longer holds.
-    if (!this.doubleDiscardSupported && !this.mapped.isAllSet(range.first, range.count)) this.errors++;
-    this.mapped.clearRange(range.first, range.count);
+    if (this.mapped.convert(range.first - this.base, range.count, false, this.flipped) !== Held.Set && !this.doubleDiscardSupported) this.errors++;
   }
 
-  /** Maximal runs of mapped granules, ascending. */
+  /** Maximal runs of mapped granules, ascending, in the block's granules. */
   mappedRuns(): Run[] {
-    return this.mapped.runs(0, this.mapped.bits, true);
+    return this.heldRuns(this.base, this.mapped.bits);
   }
 
+  /** Runs of mapped granules in [first, first + count) of the block (outside its section it holds none). */
   heldRuns(first: number, count: number): Run[] {
-    return this.mapped.runs(first, count, true);
+    const start = Math.max(first, this.base);
+    const end = Math.min(first + count, this.base + this.mapped.bits);
+    if (start >= end) return [];
+    return this.mapped.runs(start - this.base, end - start, true).map(([at, n]): Run => [at + this.base, n]);
   }
 
   get mappedGranules(): number {
@@ -161,4 +179,6 @@ export class RecordingListener implements RamDiscardListener {
 }
 
 defineThreadKind('listener', 'recording', (d) =>
-  new RecordingListener(d.name as string, d.granules as number, { doubleDiscardSupported: d.doubleDiscardSupported as boolean, batch: d.batch as boolean, mapped: d.mapped as SharedArrayBuffer }));
+  new RecordingListener(d.name as string, (d.first as number) + (d.granules as number), {
+    doubleDiscardSupported: d.doubleDiscardSupported as boolean, batch: d.batch as boolean, section: { first: d.first as number, count: d.granules as number }, mapped: d.mapped as SharedArrayBuffer,
+  }));

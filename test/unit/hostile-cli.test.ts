@@ -102,7 +102,7 @@ const CASES: CliCase[] = [
   { name: 'block 1P', args: ['simulate', '-'], input: 'block 1P\n', status: [2], stderr: /line 1: a block of 1 PiB .* bitmap, above the bound of 256 MiB/ },
   { name: 'block 64T', args: ['simulate', '-'], input: 'block 64T\n', status: [2], stderr: /line 1: a block of 64 TiB .*2 GiB bitmap.*use a granularity of 32768 or more/ },
   { name: 'block 64T in 2M granules', args: ['simulate', '-', '--json'], input: 'block 64T 2M\nlisten a 0 64T\nconvert 0 2M shared\n', status: [0] },
-  { name: 'recording listeners past their bound', args: ['simulate', '-'], input: `block 8T\n${[1, 2, 3, 4, 5].map((i) => `listen l${i} 0 4K`).join('\n')}\n`, status: [2], stderr: /line 6: listen l5: 5 listeners at once would record/ },
+  { name: 'recording listeners past their bound', args: ['simulate', '-'], input: `block 8T\n${[1, 2, 3, 4, 5].map((i) => `listen l${i} 0 8T`).join('\n')}\n`, status: [2], stderr: /line 6: listen l5: 5 listeners at once would record/ },
   { name: 'a number past 2^64 in a convert', args: ['simulate', '-', '--json'], input: 'block 1M\nconvert 99999999999999999999999 4K shared\n', status: [0], check: (r) => assert.equal(json(r).rejected, 1) },
   { name: 'a malformed number', args: ['simulate', '-'], input: 'block 1M\nconvert 0x 4K shared\n', status: [2], stderr: /line 2: offset: '0x' is not a size/ },
   { name: 'NaN as a size', args: ['simulate', '-'], input: 'block 1M\nconvert NaN 4K shared\n', status: [2], stderr: /line 2: offset: 'NaN' is not a size/ },

@@ -70,6 +70,17 @@ describe('PageBitmap', () => {
     assert.deepEqual(out.toRuns(), [[base + 20, 200]]);
     assert.equal(bitmap.convert(base + 64, 1, false, out), Held.Clear);
     assert.equal(out.length, 0);
+    // A range longer than convert's window on a bitmap this large (2^30 bits): the runs on
+    // either side of the window's edge come out joined.
+    const edge = 2 ** 30;
+    bitmap.fillRange(edge - 10, 20, true);
+    assert.equal(bitmap.convert(5, edge + 95, false, out), Held.Mixed);
+    assert.deepEqual(out.toRuns(), [[edge - 10, 20]]);
+    assert.equal(bitmap.convert(5, edge + 95, true, out), Held.Clear);
+    assert.deepEqual(out.toRuns(), [[5, edge + 95]]);
+    assert.equal(out.total, edge + 95);
+    assert.equal(bitmap.convert(5, edge + 95, true, out), Held.Set);
+    assert.equal(out.length, 0);
   });
 
   it('agrees with a naive model on random operations', () => {

@@ -97,6 +97,20 @@ describe('RamBlockAttributes', () => {
       assert.equal(attrs.sharedGranules, 16);
     });
 
+    it('stateChangeSync fills the result object it is given, and the fast and general paths agree', () => {
+      const attrs = block();
+      const into = { from: 'shared' as const, to: 'shared' as const, changed: -1, changedRuns: -1 };
+      const result = attrs.stateChangeSync(4 * PAGE, 16 * PAGE, 'shared', into);
+      assert.equal(result, into);
+      assert.deepEqual(into, { from: 'private', to: 'shared', changed: 16, changedRuns: 1 });
+      // A bigint takes the general path: the same change, the same result.
+      assert.deepEqual(attrs.stateChangeSync(0n, BigInt(8 * PAGE), 'private'), { from: 'mixture', to: 'private', changed: 4, changedRuns: 1 });
+      assert.deepEqual(attrs.runs('shared'), [[8, 12]]);
+      assert.throws(() => attrs.stateChangeSync(PAGE / 2, PAGE, 'shared', into), { code: 'ERR_OUT_OF_RANGE' });
+      assert.throws(() => attrs.stateChangeSync(255 * PAGE, 2 * PAGE, 'shared', into), { code: 'ERR_OUT_OF_RANGE' });
+      assert.equal(into.changed, 16);
+    });
+
     it('notifies the newest listener first', async () => {
       const attrs = block();
       const order: string[] = [];
