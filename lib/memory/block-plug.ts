@@ -27,7 +27,7 @@ import type { BlockReconciler } from './block-reconcile';
 import type { BlockState } from './block-state';
 import { STEP_UNDO } from './block-lock';
 import type { Run } from '../tracker/page-bitmap';
-import type { PlugSource, PlugState } from '../tracker/plug-source';
+import { oppositePlug, type PlugSource, type PlugState } from '../tracker/plug-source';
 import type { RamBlockAttributes } from '../tracker/ram-block-attributes';
 import type { SourceChange } from '../tracker/discard-source';
 import type { Steps } from '../common/steps';
@@ -49,9 +49,6 @@ export type PlugStep = 'listeners' | 'discard';
 /** Step codes as the lock's intent records them (block-lock.ts: 'listeners' 2, 'discard' 3). */
 const STEP_CODE: Readonly<Record<PlugStep, number>> = { listeners: 2, discard: 3 };
 
-function opposite(state: PlugState): PlugState {
-  return state === 'plugged' ? 'unplugged' : 'plugged';
-}
 
 export interface BlockPlugParts {
   readonly name: string;
@@ -95,14 +92,14 @@ export class BlockPlug {
     lock.acquire(to === 'plugged' ? 'plug' : 'unplug', range.first, range.count, null);
     try {
       // Read before any step: what an undo puts back, and what a report of the outcome is measured against.
-      const before = plug.runs(opposite(to), range.first, range.count);
+      const before = plug.runs(oppositePlug(to), range.first, range.count);
       const changed = before.reduce((sum, [, count]) => sum + count, 0);
-      const from = changed === 0 ? to : changed === range.count ? opposite(to) : 'mixture';
+      const from = changed === 0 ? to : changed === range.count ? oppositePlug(to) : 'mixture';
       let step: PlugStep = 'listeners';
       let notified = 0;
       try {
         lock.step(STEP_CODE.listeners);
-        notified = yield* this.tell(this.change(before, to), sync);
+        notified = yield* this.tell(plug.change(before, to), sync);
         if (to === 'unplugged') {
           step = 'discard';
           lock.step(STEP_CODE.discard);
@@ -116,22 +113,6 @@ export class BlockPlug {
     } finally {
       lock.release();
     }
-  }
-
-  /** The change of the plug source over `runs`, as the tracker makes it between its other operations. */
-  private change(runs: Run[], to: PlugState): SourceChange {
-    const { plug } = this.parts;
-    return {
-      source: plug,
-      populate: to === 'plugged',
-      apply: () => {
-        for (const [first, count] of runs) plug.set(first, count, to);
-        return runs;
-      },
-      revert: () => {
-        for (const [first, count] of runs) plug.set(first, count, opposite(to));
-      },
-    };
   }
 
   /** The tracker's source change: at once where every listener is synchronous. */
@@ -161,7 +142,7 @@ export class BlockPlug {
     const errors: unknown[] = [];
     if (step === 'discard') {
       try {
-        yield* this.tell(this.change(before, opposite(to)), sync);
+        yield* this.tell(plug.change(before, oppositePlug(to)), sync);
       } catch (error) {
         errors.push(error);
       }

@@ -7,10 +7,14 @@
 
 import { checkGranularity, checkSpan, granuleRangeOf, type Bytes, type GranuleRange } from '../common/byte-range';
 import { outOfRange } from '../common/errors';
-import type { DiscardSource } from './discard-source';
+import type { DiscardSource, SourceChange } from './discard-source';
 import { PageBitmap, type Run } from './page-bitmap';
 
 export type PlugState = 'plugged' | 'unplugged';
+
+export function oppositePlug(state: PlugState): PlugState {
+  return state === 'plugged' ? 'unplugged' : 'plugged';
+}
 
 export class PlugSource implements DiscardSource {
   readonly name = 'plug';
@@ -71,6 +75,25 @@ export class PlugSource implements DiscardSource {
 
   populatedRuns(first: number, count: number): Run[] {
     return this.runs('plugged', first, count);
+  }
+
+  /**
+   * The change of `runs` (whole plug blocks, all in the other state now) to `to`, for the
+   * tracker's sourceChange, which makes it between its other operations and reverts it if
+   * a listener refuses it.
+   */
+  change(runs: readonly Run[], to: PlugState): SourceChange {
+    return {
+      source: this,
+      populate: to === 'plugged',
+      apply: () => {
+        for (const [first, count] of runs) this.set(first, count, to);
+        return runs as Run[];
+      },
+      revert: () => {
+        for (const [first, count] of runs) this.set(first, count, oppositePlug(to));
+      },
+    };
   }
 
   /** Marks granules [first, first + count) (whole plug blocks) plugged or unplugged. */
