@@ -397,7 +397,7 @@ export class RamBlockAttributes {
    * now (what listeners already hold stays theirs); it changes through sourceChange.
    */
   addSource(source: DiscardSource): void {
-    if (source.discarded !== 0) throw new GuestmemError('ERR_GUESTMEM_BUSY', `discard source "${source.name}" of ${this.name} must start with nothing discarded`);
+    if (source.discarded !== 0) throw invalidArgValue(`discard source "${source.name}" of ${this.name} must start with nothing discarded`);
     this.sources.push(source);
   }
 
