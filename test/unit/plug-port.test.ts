@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import type { Vm } from '../../lib/kvm/kvm';
+import { PunchingVm } from '../support/punching-vm';
 import { RamBlock } from '../../lib/memory/ram-block';
 import { PORT_PLUG, plugPort } from '../../lib/vmm/plug-port';
 import type { IoExit } from '../../lib/vmm/vcpu-exit';
@@ -10,27 +11,6 @@ import type { IoExit } from '../../lib/vmm/vcpu-exit';
 const PAGE = 4096;
 const GPA = 1 << 24;
 
-class FakeVm {
-  readonly closed = false;
-  readonly supportsGuestMemfd = true;
-  readonly memoryAttributes = 8n;
-  failPunch = false;
-  createGuestMemfd() {
-    return {
-      closed: false,
-      offset: 0n,
-      punchHole: () => {
-        if (this.failPunch) throw Object.assign(new Error('EIO: input/output error, fallocate'), { code: 'EIO', errno: -5, syscall: 'fallocate' });
-      },
-      close() {
-        this.closed = true;
-      },
-    };
-  }
-  setUserMemoryRegion(): void {}
-  deleteMemorySlot(): void {}
-  setMemoryAttributes(): void {}
-}
 
 function out(value: number): IoExit {
   const data = Buffer.alloc(4);
@@ -42,7 +22,7 @@ const IN = { reason: 'io', direction: 'in', port: PORT_PLUG, size: 4, count: 1 }
 
 describe('PORT_PLUG', () => {
   it('unplugs (0) and plugs (1) the area and answers 0; answers -EINVAL to a bad request and -EFAULT to a failure, changing nothing', async () => {
-    const vm = new FakeVm();
+    const vm = new PunchingVm(GPA, 16);
     const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: 16 * PAGE, name: 'b' });
     const handler = plugPort(block, GPA + 4 * PAGE, 4 * PAGE);
     const context = {} as Parameters<typeof handler>[1];

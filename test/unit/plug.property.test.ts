@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import type { Vm } from '../../lib/kvm/kvm';
+import { PunchingVm } from '../support/punching-vm';
 import type { Run } from '../../lib/tracker/page-bitmap';
 import { RamBlock } from '../../lib/memory/ram-block';
 import { RecordingListener } from '../../lib/tracker/recording-listener';
@@ -20,43 +21,6 @@ const PAGES = 32;
 const GPA = 1 << 24;
 const LISTENERS = 4;
 
-/** A VM whose attributes can be read back, and whose punch-holes can be made to fail once. */
-class FakeVm {
-  readonly closed = false;
-  readonly supportsGuestMemfd = true;
-  readonly memoryAttributes = 8n;
-  readonly attributes = new Array<PageState>(PAGES).fill('shared');
-  /** Pages given back by a punch-hole of each backing, since the last count. */
-  punched = { shared: 0, private: 0 };
-  failPunch = false;
-
-  createGuestMemfd() {
-    return {
-      closed: false,
-      offset: 0n,
-      punchHole: (_offset: number, size: number) => this.punch('private', size),
-      close() {
-        this.closed = true;
-      },
-    };
-  }
-
-  punch(backing: 'shared' | 'private', size: number): void {
-    if (this.failPunch) {
-      this.failPunch = false;
-      throw Object.assign(new Error('EIO: input/output error, fallocate'), { code: 'EIO', errno: -5, syscall: 'fallocate' });
-    }
-    this.punched[backing] += size / PAGE;
-  }
-
-  setUserMemoryRegion(): void {}
-  deleteMemorySlot(): void {}
-
-  setMemoryAttributes(gpa: number, size: number, to: PageState): void {
-    const first = (gpa - GPA) / PAGE;
-    this.attributes.fill(to, first, first + size / PAGE);
-  }
-}
 
 type Op =
   | { op: 'register'; id: number; start: number; count: number; failAfter: number | null }
@@ -109,7 +73,7 @@ describe('RamBlock with a plug source against a four-state model', () => {
     this.timeout(120000);
     await fc.assert(
       fc.asyncProperty(fc.array(opArb, { minLength: 1, maxLength: 50 }), fc.boolean(), async (ops, withAsync) => {
-        const vm = new FakeVm();
+        const vm = new PunchingVm(GPA, PAGES);
         const block = new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'plugged', plugBlockSize: PLUG_PAGES * PAGE });
         block.shared.discard = (_offset: number, size: number) => vm.punch('shared', size);
         const shared = new Array<boolean>(PAGES).fill(false);

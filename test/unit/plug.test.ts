@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict';
 import type { Vm } from '../../lib/kvm/kvm';
+import { PunchingVm } from '../support/punching-vm';
 import { RamBlock } from '../../lib/memory/ram-block';
 import { RecordingListener } from '../../lib/tracker/recording-listener';
 
@@ -10,39 +11,14 @@ const PAGE = 4096;
 const PAGES = 16;
 const GPA = 1 << 24;
 
-class FakeVm {
-  readonly closed = false;
-  readonly supportsGuestMemfd = true;
-  readonly memoryAttributes = 8n;
-  failPunch = false;
-  createGuestMemfd() {
-    return {
-      closed: false,
-      offset: 0n,
-      punchHole: () => {
-        if (this.failPunch) throw Object.assign(new Error('EIO: input/output error, fallocate'), { code: 'EIO', errno: -5, syscall: 'fallocate' });
-      },
-      close() {
-        this.closed = true;
-      },
-    };
-  }
-  setUserMemoryRegion(): void {}
-  deleteMemorySlot(): void {}
-  setMemoryAttributes(): void {}
-  /** Lets share() go through: no thread attaches here. */
-  describeForThreads() {
-    return { kind: 'none' };
-  }
-}
 
-function makeBlock(vm = new FakeVm(), plugBlockSize = 4 * PAGE): RamBlock {
+function makeBlock(vm = new PunchingVm(GPA, PAGES), plugBlockSize = 4 * PAGE): RamBlock {
   return new RamBlock(vm as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'b', plugBlockSize });
 }
 
 describe('RamBlock plug and unplug', () => {
   it('refuses a plug block size that is not a power-of-two multiple of the granule dividing the block', () => {
-    for (const size of [PAGE / 2, 3 * PAGE, 32 * PAGE]) assert.throws(() => makeBlock(new FakeVm(), size), RangeError, String(size));
+    for (const size of [PAGE / 2, 3 * PAGE, 32 * PAGE]) assert.throws(() => makeBlock(new PunchingVm(GPA, PAGES), size), RangeError, String(size));
   });
 
   it('names the plug block size when a range is not aligned to it, and changes nothing', async () => {
@@ -64,7 +40,7 @@ describe('RamBlock plug and unplug', () => {
   });
 
   it('an unplug whose punch-hole fails, and whose re-plug a listener refuses, stays unplugged in agreement and says so', async () => {
-    const vm = new FakeVm();
+    const vm = new PunchingVm(GPA, PAGES);
     const block = makeBlock(vm);
     const dma = new RecordingListener('dma', PAGES, { doubleDiscardSupported: true });
     await block.register(dma);
