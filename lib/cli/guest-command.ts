@@ -174,6 +174,7 @@ const PROGRAM_LINE: Record<GuestProgramName, string> = {
   loop: 'one page converted private and back, N times',
   requests: 'a table of MAP_GPA_RANGE requests',
   misbehave: 'a guest that spins, crashes, halts or uses a stray port',
+  plug: 'the guest converts its data area and asks the host to unplug and plug it; the device follows',
 };
 
 function describeConversion(event: ConversionEvent): string {

@@ -10,6 +10,7 @@ import { GuestMemory } from '../memory/guest-memory';
 import { Kvm } from '../kvm/kvm';
 import type { RamBlock } from '../memory/ram-block';
 import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
+import { PlugSource, oppositePlug, type PlugState } from '../tracker/plug-source';
 import type { PageState } from '../tracker/page-state';
 import { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import { Vcpu } from '../vmm/vcpu';
@@ -29,10 +30,29 @@ export class TrackerHost implements ScriptHost {
    * shared core, lock included.
    */
   private readonly lock = new BlockLock(new SharedArrayBuffer(LOCK_BYTES), 0, 'simulated');
+  private plugs: PlugSource | null = null;
 
-  openBlock(size: Bytes, granule: number): RamBlockAttributes {
-    this.attributes = new RamBlockAttributes(size, { granularity: granule, name: 'simulated' });
-    return this.attributes;
+  openBlock(size: Bytes, granule: number, plugBlock?: number): RamBlockAttributes {
+    const attributes = new RamBlockAttributes(size, { granularity: granule, name: 'simulated' });
+    this.plugs = new PlugSource(attributes.granules, attributes.granularity, plugBlock ?? attributes.granularity);
+    attributes.addSource(this.plugs);
+    this.attributes = attributes;
+    return attributes;
+  }
+
+  plugSource(): PlugSource {
+    return this.plugs!;
+  }
+
+  /** The tracker's side of a plug (no backings to punch): the listeners populate or discard. */
+  plug(offset: Bytes, size: Bytes, to: PlugState): Promise<unknown> {
+    const plugs = this.plugs!;
+    try {
+      const range = plugs.range(offset, size, to === 'plugged' ? 'plug' : 'unplug');
+      return this.attributes!.sourceChange(plugs.change(plugs.runs(oppositePlug(to), range.first, range.count), to));
+    } catch (error) {
+      return Promise.reject(error);
+    }
   }
 
   makeListener(): null {
@@ -143,8 +163,8 @@ export class VmHost implements ScriptHost {
     }
   }
 
-  openBlock(size: Bytes, granule: number): RamBlockAttributes {
-    this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram' });
+  openBlock(size: Bytes, granule: number, plugBlock?: number): RamBlockAttributes {
+    this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram', plugBlockSize: plugBlock });
     // run, replay, convert and bench report the time of each step.
     this.block.stats.timing = true;
     return this.block.attributes;
@@ -157,6 +177,15 @@ export class VmHost implements ScriptHost {
 
   convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
     return this.block!.convert(addBytes(this.block!.gpa, offset), size, to);
+  }
+
+  plugSource(): PlugSource {
+    return this.block!.plugSource;
+  }
+
+  plug(offset: Bytes, size: Bytes, to: PlugState): Promise<unknown> {
+    const gpa = addBytes(this.block!.gpa, offset);
+    return to === 'plugged' ? this.block!.plug(gpa, size) : this.block!.unplug(gpa, size);
   }
 
   canConvertSync(): boolean {

@@ -2,20 +2,45 @@
 // by the fraction shared) and an SVG of the map and of the conversions over time.
 
 import type { RamBlockAttributes } from '../tracker/ram-block-attributes';
+import type { Run } from '../tracker/page-bitmap';
 import { bytesOf } from '../common/byte-range';
 import type { ConversionRecord } from './script-runner';
 import { formatBytes } from './sizes';
 
 const SHADES = ['·', '░', '▒', '▓', '█'];
+/** The fourth state: a cell mostly unplugged (virtio-mem), whatever KVM calls it. */
+const UNPLUGGED = '×';
 
-/** One character per cell of `pagesPerCell` pages: · all private … █ all shared. */
-export function mapStrip(attributes: RamBlockAttributes, width = 64): { strip: string; pagesPerCell: number } {
+/** Pages of sorted, disjoint `runs` inside [first, end), from run `at` on; returns the count and the run to start the next cell from. */
+function pagesIn(runs: readonly Run[], at: number, first: number, end: number): [number, number] {
+  let count = 0;
+  let i = at;
+  for (; i < runs.length && runs[i]![0] < end; i++) {
+    const [start, length] = runs[i]!;
+    count += Math.max(0, Math.min(end, start + length) - Math.max(first, start));
+    if (start + length > end) break;
+  }
+  return [count, i];
+}
+
+/**
+ * One character per cell of `pagesPerCell` pages: · all private … █ all shared, × mostly
+ * unplugged (`unplugged`: sorted runs of unplugged pages).
+ */
+export function mapStrip(attributes: RamBlockAttributes, width = 64, unplugged: readonly Run[] = []): { strip: string; pagesPerCell: number } {
   const pages = attributes.granules;
   const pagesPerCell = Math.max(1, Math.ceil(pages / width));
   const g = attributes.granularity;
   let strip = '';
+  let run = 0;
   for (let first = 0; first < pages; first += pagesPerCell) {
     const count = Math.min(pagesPerCell, pages - first);
+    const [out, next] = pagesIn(unplugged, run, first, first + count);
+    run = next;
+    if (out * 2 > count) {
+      strip += UNPLUGGED;
+      continue;
+    }
     const shared = attributes.countShared({ offset: first * g, size: count * g });
     const fraction = shared / count;
     strip += fraction === 0 ? SHADES[0] : fraction === 1 ? SHADES[4] : SHADES[1 + Math.min(2, Math.floor(fraction * 3))];
@@ -23,8 +48,8 @@ export function mapStrip(attributes: RamBlockAttributes, width = 64): { strip: s
   return { strip, pagesPerCell };
 }
 
-export function mapLegend(pagesPerCell: number): string {
-  return `one cell = ${pagesPerCell} page${pagesPerCell === 1 ? '' : 's'}; · private, ░▒▓ partly shared, █ shared`;
+export function mapLegend(pagesPerCell: number, unplugged = false): string {
+  return `one cell = ${pagesPerCell} page${pagesPerCell === 1 ? '' : 's'}; · private, ░▒▓ partly shared, █ shared${unplugged ? `, ${UNPLUGGED} unplugged` : ''}`;
 }
 
 function escapeXml(text: string): string {

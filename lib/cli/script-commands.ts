@@ -75,18 +75,20 @@ function parseGpa(text: string): ReturnType<typeof parseSize> {
 }
 
 function summary(report: ScriptReport, attributes: RamBlockAttributes, extra: string[] = []): string {
-  const { strip, pagesPerCell } = mapStrip(attributes);
+  const { strip, pagesPerCell } = mapStrip(attributes, 64, report.unplugged);
+  const unpluggedPages = report.unplugged.reduce((sum, [, count]) => sum + count, 0);
   const lines = [
     `block: ${report.pages} pages of ${report.granule} bytes (${formatBytes(bytesOf(report.pages, report.granule))})`,
     `shared: ${attributes.sharedGranules} pages in ${report.shared.length} run${report.shared.length === 1 ? '' : 's'}; private: ${attributes.privateGranules} pages`,
     `conversions: ${report.ops} (${report.rejected} rejected, ${report.failed} failed) in ${(report.elapsedNs / 1e6).toFixed(3)} ms` +
       (report.ops > 0 ? `, ${Math.round(report.elapsedNs / report.ops)} ns each` : ''),
   ];
+  if (report.plugs > 0) lines.push(`plugs and unplugs: ${report.plugs}; unplugged: ${unpluggedPages} pages in ${report.unplugged.length} run${report.unplugged.length === 1 ? '' : 's'}`);
   for (const [id, listener] of Object.entries(report.listeners)) {
     const pages = listener.mapped.reduce((sum, [, count]) => sum + count, 0);
     lines.push(`listener ${id}: ${pages} pages mapped in ${listener.mapped.length} runs, ${listener.errors} double map/unmap errors`);
   }
-  lines.push(...extra, ...report.failures.map((f) => `failed: ${f}`), `[${strip}]`, mapLegend(pagesPerCell));
+  lines.push(...extra, ...report.failures.map((f) => `failed: ${f}`), `[${strip}]`, mapLegend(pagesPerCell, report.plugs > 0));
   return lines.join('\n');
 }
 
@@ -96,9 +98,11 @@ function reportJson(report: ScriptReport): Record<string, unknown> {
     granule: report.granule,
     pages: report.pages,
     shared: report.shared,
+    unplugged: report.unplugged,
     listeners: report.listeners,
     rejected: report.rejected,
     ops: report.ops,
+    plugs: report.plugs,
     elapsedNs: report.elapsedNs,
   };
 }
@@ -126,12 +130,15 @@ const VM_OPTIONS = {
 } as const;
 
 const SCRIPT_LINES = `Script lines:
-  block <bytes> [granule]          one RAM block; granule defaults to 4096
+  block <bytes> [granule] [plug-block]  one RAM block; granule defaults to 4096, the plug
+                                   block (virtio-mem's block size) to the granule
   listen <id> <offset> <size>      register a listener on a section
   unlisten <id>
   convert <offset> <size> shared|private
+  plug <offset> <size>             plug or unplug whole plug blocks: listeners hold what
+  unplug <offset> <size>           is shared and plugged; unplugging punches both backings
 Blank lines and # comments are ignored. A malformed line exits 2 with its line number;
-an invalid conversion is counted as rejected and the run goes on.`;
+an invalid conversion, plug or unplug is counted as rejected and the run goes on.`;
 
 export const SIMULATE: CommandSpec<typeof OUTPUT_OPTIONS> = {
   name: 'simulate',
@@ -142,8 +149,9 @@ export const SIMULATE: CommandSpec<typeof OUTPUT_OPTIONS> = {
 (a double map or unmap counts as an error), touching no kernel. The script comes from FILE,
 or from standard input with - (or with no FILE when input is piped).
 ${SCRIPT_LINES}
---json prints {"granule","pages","shared":[[firstPage,count]...],"listeners":{id:{"mapped","errors"}},
-"rejected","ops" (convert lines executed),"elapsedNs" (time inside convert lines only)}.`,
+--json prints {"granule","pages","shared":[[firstPage,count]...],"unplugged":[[firstPage,count]...],
+"listeners":{id:{"mapped","errors"}},"rejected","ops" (convert lines executed),"plugs" (plug and
+unplug lines executed),"elapsedNs" (time inside convert lines only)}.`,
   examples: [
     'guestmem simulate script.txt --svg map.svg',
     "printf 'block 1M\\nlisten a 0 1M\\nconvert 0 64K shared\\n' | guestmem simulate - --json",
@@ -347,6 +355,8 @@ export async function replayCommand(args: string[]): Promise<number> {
     : new VmHost({ gpa: block.gpa, vfio: values.vfio, backend, vmType, commandLine: ['replay', ...args] });
   const recordingHost: ScriptHost = {
     openBlock: (size, granule) => host.openBlock(size, granule),
+    plugSource: () => host.plugSource(),
+    plug: (offset, size, to) => host.plug(offset, size, to),
     makeListener: (id, offset, size) => host.makeListener(id, offset, size),
     convert: (offset, size, to) => host.convert(offset, size, to).then(
       (result) => {

@@ -12,11 +12,16 @@ import { RecordingListener } from '../tracker/recording-listener';
 import type { PageState } from '../tracker/page-state';
 import type { ScriptOp } from './conversion-script';
 import { ScriptError } from './conversion-script';
+import { PlugSource, type PlugState } from '../tracker/plug-source';
 
 /** Where a script runs: one block, its listeners, its conversions. */
 export interface ScriptHost {
-  /** Creates the block and returns its tracker. */
-  openBlock(size: Bytes, granule: number): RamBlockAttributes;
+  /** Creates the block (plug blocks of `plugBlock` bytes, default the granule) and returns its tracker. */
+  openBlock(size: Bytes, granule: number, plugBlock?: number): RamBlockAttributes;
+  /** The block's plug source, after openBlock. */
+  plugSource(): PlugSource;
+  /** Plugs or unplugs a range (block-relative): listeners hold what is shared and plugged. */
+  plug(offset: Bytes, size: Bytes, to: PlugState): Promise<unknown>;
   /** The real listener for a `listen` line, or null for a recording listener alone. */
   makeListener(id: string, offset: Bytes, size: Bytes): RamDiscardListener | null;
   convert(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult>;
@@ -46,12 +51,16 @@ export interface ScriptReport {
   granule: number;
   pages: number;
   shared: Run[];
+  /** Runs of unplugged pages (empty when the script plugs nothing out). */
+  unplugged: Run[];
   listeners: Record<string, { mapped: Run[]; errors: number }>;
   rejected: number;
-  /** Conversions the kernel or a listener failed (never in a simulation). */
+  /** Conversions, plugs and unplugs the kernel or a listener failed (never in a simulation). */
   failed: number;
   /** Convert lines executed, rejected ones included. */
   ops: number;
+  /** Plug and unplug lines executed, rejected ones included (their rejections count in `rejected`). */
+  plugs: number;
   /** Time inside convert lines only: one clock reading around each run of consecutive converts. */
   elapsedNs: number;
   /** One record per convert line, kept only when asked (RunOptions.history). */
@@ -83,6 +92,8 @@ export function checkScript(ops: ScriptOp[]): void {
   let geometry: { granularity: number; granules: number };
   try {
     geometry = blockGeometry(block.size, { granularity: block.granule });
+    // The plug geometry too (a whole number of plug blocks of a power-of-two multiple of the granule).
+    if (block.plugBlock !== undefined) void new PlugSource(geometry.granules, geometry.granularity, block.plugBlock);
   } catch (error) {
     throw scriptError(block.line, error);
   }
@@ -133,7 +144,7 @@ export async function runScript(
   const report: ScriptReport = {
     // Listener ids are the user's words: keys of an object without a prototype, so that an
     // id such as __proto__ or constructor is a key like any other.
-    granule: 0, pages: 0, shared: [], listeners: Object.create(null) as ScriptReport['listeners'], rejected: 0, failed: 0, ops: 0, elapsedNs: 0, history: [], failures: [],
+    granule: 0, pages: 0, shared: [], unplugged: [], listeners: Object.create(null) as ScriptReport['listeners'], rejected: 0, failed: 0, ops: 0, plugs: 0, elapsedNs: 0, history: [], failures: [],
   };
   let runStart: bigint | null = null;
   const closeRun = () => {
@@ -148,7 +159,7 @@ export async function runScript(
     switch (op.op) {
       case 'block':
         try {
-          attributes = host.openBlock(op.size, op.granule);
+          attributes = host.openBlock(op.size, op.granule, op.plugBlock);
         } catch (error) {
           throw new ScriptError(op.line, (error as Error).message);
         }
@@ -202,11 +213,25 @@ export async function runScript(
         if (history) report.history.push({ offset: op.offset, size: op.size, to: op.to, outcome, ...why });
         break;
       }
+      case 'plug':
+      case 'unplug':
+        report.plugs++;
+        try {
+          await host.plug(op.offset, op.size, op.op === 'plug' ? 'plugged' : 'unplugged');
+        } catch (error) {
+          if (isRejection(error)) report.rejected++;
+          else {
+            report.failed++;
+            report.failures.push(`line ${op.line}: ${(error as Error).message}`);
+          }
+        }
+        break;
     }
   }
   closeRun();
   onProgress?.(ops.length, ops.length);
   report.shared = attributes!.runs('shared');
+  report.unplugged = host.plugSource().runs('unplugged');
   for (const [id, listener] of listeners) report.listeners[id] = { mapped: listener.mappedRuns(), errors: listener.errors };
   return { report, attributes: attributes! };
 }

@@ -27,8 +27,8 @@ const COUNT = 4;
 export const LOCK_BYTES = 40;
 
 /** What the lock's owner is doing, as the intent records it. */
-export type IntentKind = 'convert' | 'repair' | 'register' | 'unregister' | 'close' | 'recover' | 'share';
-const KINDS: ReadonlyArray<IntentKind | null> = [null, 'convert', 'repair', 'register', 'unregister', 'close', 'recover', 'share'];
+export type IntentKind = 'convert' | 'repair' | 'register' | 'unregister' | 'close' | 'recover' | 'share' | 'plug' | 'unplug';
+const KINDS: ReadonlyArray<IntentKind | null> = [null, 'convert', 'repair', 'register', 'unregister', 'close', 'recover', 'share', 'plug', 'unplug'];
 /** Each kind's number in the intent, looked up once per kind rather than once per conversion. */
 const KIND_CODE = new Map(KINDS.map((kind, code) => [kind, code]));
 /** A conversion's kind, by number: the hot path's. */

@@ -109,10 +109,9 @@ export class BlockReconciler {
 
   /**
    * A listener in doubt is told to discard its doubtful runs (it must accept a discard of
-   * what it may not hold: double discard), then to populate the parts that are shared.
+   * what it may not hold: double discard), then to populate the parts that are shared (and plugged).
    */
   *resolveDoubts(errors: unknown[]): Steps<void> {
-    const g = this.tracker.granularity;
     const labels = listenerLabels(this.tracker.listeners);
     for (const [listener, runs] of [...this.doubts]) {
       if (!labels.has(listener)) {
@@ -125,7 +124,7 @@ export class BlockReconciler {
       }
       const before = errors.length;
       yield* this.tell(listener, 'discard', runs, errors);
-      const shared = runs.flatMap(([f, c]) => this.tracker.runs('shared', { offset: f * g, size: c * g }))
+      const shared = runs.flatMap(([f, c]) => this.tracker.populatedRuns(f, c))
         .flatMap(([f, c]) => this.kvmShared.runs(f, c, true));
       if (errors.length === before && shared.length > 0) yield* this.tell(listener, 'populate', shared, errors);
       if (errors.length === before) this.doubts.delete(listener);
@@ -163,8 +162,9 @@ export class BlockReconciler {
     const errors: unknown[] = [];
     const section = { offset: first * g, size: count * g };
     const withHoldings = this.tracker.registered.filter((r) => r.listener.heldRuns);
-    // 1. When in doubt, unmap: a mapping of a granule the tracker or KVM calls private goes.
-    const notShared = () => [...this.tracker.runs('private', section), ...this.kvmShared.runs(first, count, false)];
+    // 1. When in doubt, unmap: a mapping of a granule the tracker or KVM calls private, or
+    //    another discard source discards (unplugged), goes.
+    const notShared = () => [...gaps(this.tracker.populatedRuns(first, count), first, count), ...this.kvmShared.runs(first, count, false)];
     for (const { listener, section: own } of withHoldings) {
       const excess = this.heldWhere(listener, own, notShared(), true);
       if (excess.length > 0) yield* this.tell(listener, 'discard', excess, errors);
@@ -200,8 +200,8 @@ export class BlockReconciler {
         }
       }
     }
-    // 4. A granule shared in both gets its mappings back where a listener lacks them.
-    const kvmAndTrackerShared = trackerShared.flatMap(([start, length]) => this.kvmShared.runs(start, length, true));
+    // 4. A granule shared in both (and plugged) gets its mappings back where a listener lacks them.
+    const kvmAndTrackerShared = this.tracker.populatedRuns(first, count).flatMap(([start, length]) => this.kvmShared.runs(start, length, true));
     for (const { listener, section: own } of withHoldings) {
       const missing = this.heldWhere(listener, own, kvmAndTrackerShared, false);
       if (missing.length > 0) yield* this.tell(listener, 'populate', missing, errors);

@@ -19,7 +19,7 @@ import { checkListener, listenerName, type RamDiscardListener } from '../tracker
 import { RamBlockAttributes, type SectionInput, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { GranuleRange } from '../common/byte-range';
 import { Serializer } from '../common/serializer';
-import { runAsync } from '../common/steps';
+import { runAsync, runSync } from '../common/steps';
 import { SharedMemory, type SharedMemorySource } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
 import { mergeRuns } from './block-reconcile';
@@ -27,6 +27,8 @@ import { BlockConversion, formatRuns } from './block-conversion';
 import { describeKernel, ownedKernel } from './block-kernel';
 import { type Intent } from './block-lock';
 import { BlockState } from './block-state';
+import { BlockPlug, type PlugResult } from './block-plug';
+import { PlugSource, type PlugState } from '../tracker/plug-source';
 import { RegistryBroadcast, registrySnapshot, threadDescriptorOf, type BlockDescriptor } from './block-sharing';
 
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
@@ -64,6 +66,12 @@ export interface RamBlockOptions {
    * 10 s. Nothing waits longer.
    */
   lockTimeoutMs?: number;
+  /**
+   * The plug block size in bytes (virtio-mem's block size): a power of two, a multiple of
+   * the granularity, dividing the block's size; default the granularity. The block starts
+   * plugged everywhere; plug() and unplug() change it in these units.
+   */
+  plugBlockSize?: number;
 }
 
 export type { Disagreement } from '../tracker/block-agreement';
@@ -81,11 +89,14 @@ export class RamBlock implements Disposable {
   readonly shared: SharedMemory;
   readonly guestMemfd: GuestMemfd;
   readonly attributes: RamBlockAttributes;
+  /** Which plug blocks the guest has plugged (virtio-mem): listeners hold what is shared and plugged. */
+  readonly plugSource: PlugSource;
   /** The main thread's counts and timings; each attached thread keeps its own. */
   readonly stats = new ConversionStats();
   /** What every thread converting the block sees: the lock, KVM's record, the unsettled granules. */
   private readonly state: BlockState;
   private readonly conversion: BlockConversion;
+  private readonly plugging: BlockPlug;
   private closed = false;
   private released = false;
   /** Conversions, repairs, registrations and the shutdown: one at a time, in call order. */
@@ -110,6 +121,8 @@ export class RamBlock implements Disposable {
   constructor(readonly vm: MemoryVm, options: RamBlockOptions) {
     this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
+    this.plugSource = new PlugSource(this.attributes.granules, this.attributes.granularity, options.plugBlockSize ?? this.attributes.granularity);
+    this.attributes.addSource(this.plugSource);
     this.state = BlockState.create(this.attributes.granules, `RAM block ${this.name}`, options.lockTimeoutMs);
     this.slot = options.slot;
     // Numbers suffice: guest physical addresses stop at 2^52 and a memslot at 2^31 - 1 pages.
@@ -161,6 +174,10 @@ export class RamBlock implements Disposable {
       name: this.name, gpa: this.gpa, tracker: this.attributes, state: this.state, stats: this.stats,
       kernel: ownedKernel(vm, this.shared, this.guestMemfd),
       prefault: prefaultVcpu ? (gpa, size) => vm.preFaultMemory(prefaultVcpu(), gpa, size) : null,
+    });
+    this.plugging = new BlockPlug({
+      name: this.name, gpa: this.gpa, tracker: this.attributes, plug: this.plugSource, state: this.state,
+      kernel: ownedKernel(vm, this.shared, this.guestMemfd), reconciler: this.conversion.reconciler,
     });
     this.attributes.registryGuard = {
       enter: (kind, section) => this.enterRegistryChange(kind, section),
@@ -285,6 +302,9 @@ export class RamBlock implements Disposable {
     const lock = this.state.lock;
     if (lock.heldHere || this.pending > 0) {
       throw new GuestmemError('ERR_GUESTMEM_BUSY', `share on ${this.name}: a conversion, repair or registration is in flight; await it first`);
+    }
+    if (this.plugSource.discarded > 0) {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `share on ${this.name}: part of it is unplugged, and other threads do not see the plug state; plug it all first`);
     }
     const kernel = describeKernel(this.vm, this.shared, this.guestMemfd);
     lock.acquire('share', 0, 0, null);
@@ -413,6 +433,81 @@ export class RamBlock implements Disposable {
       return this.conversion.convertSync(gpa, size, to);
     } finally {
       this.pending--;
+    }
+  }
+
+  /**
+   * Plugs [gpa, gpa + size) (whole plug blocks): the listeners populate the parts that are
+   * shared; KVM's attributes stay. After the conversions asked for before it. Bad input is
+   * a RangeError/TypeError and changes nothing; a failure rolls back as convert's does
+   * (ERR_GUESTMEM_CONVERSION_FAILED, or ERR_GUESTMEM_ROLLBACK_FAILED with `disagreements`).
+   */
+  plug(gpa: Bytes, size: Bytes): Promise<PlugResult> {
+    return this.changePlug(gpa, size, 'plugged');
+  }
+
+  /**
+   * Unplugs [gpa, gpa + size) (whole plug blocks): the listeners discard what they held of
+   * it (a VFIO listener unmaps), then the memfd and the guest_memfd give the memory back
+   * (punch-hole); KVM's attributes stay as the guest set them. Errors as plug's.
+   */
+  unplug(gpa: Bytes, size: Bytes): Promise<PlugResult> {
+    return this.changePlug(gpa, size, 'unplugged');
+  }
+
+  /** plug, done before it returns; only while canConvertSync (else it throws as convertSync does). */
+  plugSync(gpa: Bytes, size: Bytes): PlugResult {
+    return this.changePlugSync(gpa, size, 'plugged');
+  }
+
+  /** unplug, done before it returns; only while canConvertSync. */
+  unplugSync(gpa: Bytes, size: Bytes): PlugResult {
+    return this.changePlugSync(gpa, size, 'unplugged');
+  }
+
+  /** Runs of granules in a plug state, ascending. */
+  plugRuns(state: PlugState = 'plugged'): Run[] {
+    return this.plugSource.runs(state);
+  }
+
+  private changePlug(gpa: Bytes, size: Bytes, to: PlugState): Promise<PlugResult> {
+    if (this.closed) return Promise.reject(this.closedError());
+    if (this.pending === 0 && this.attributes.canChangeSync) {
+      try {
+        return Promise.resolve(this.changePlugSync(gpa, size, to));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.serialized(async () => {
+      this.checkPlug();
+      const range = this.plugging.range(gpa, size, to);
+      return runAsync(this.plugging.steps(range, to, false));
+    });
+  }
+
+  private changePlugSync(gpa: Bytes, size: Bytes, to: PlugState): PlugResult {
+    if (this.closed) throw this.closedError();
+    if (this.pending !== 0) {
+      throw new GuestmemError('ERR_GUESTMEM_BUSY', `${to === 'plugged' ? 'plug' : 'unplug'}Sync on ${this.name}: a conversion, repair or shutdown is still in flight; await it first`);
+    }
+    const refusal = this.attributes.canChangeSync ? null : this.attributes.syncRefusal(`${to === 'plugged' ? 'plug' : 'unplug'}Sync`);
+    if (refusal) throw refusal;
+    this.checkPlug();
+    const range = this.plugging.range(gpa, size, to);
+    this.pending++;
+    try {
+      return runSync(this.plugging.steps(range, to, true), () => new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `a listener of ${this.name} returned a promise during a synchronous plug`));
+    } finally {
+      this.pending--;
+    }
+  }
+
+  /** Plug state lives on this thread only: a block shared with other threads keeps it all plugged. */
+  private checkPlug(): void {
+    this.checkOpen();
+    if (this.broadcast !== null) {
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `plug and unplug on ${this.name}: it is shared with other threads, which do not see the plug state`);
     }
   }
 

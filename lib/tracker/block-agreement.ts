@@ -80,9 +80,12 @@ export function findDisagreements(
   const end = first + count;
   const kvmRuns = kvmShared.runs(first, count, true);
   const trackerRuns = tracker.runs('shared', { offset: first * tracker.granularity, size: count * tracker.granularity });
+  // What listeners should hold: shared, and populated by every other discard source (plugged).
+  const populatedRuns = tracker.populatedRuns(first, count);
   const cuts = new Set<number>([first, end]);
   boundaries(kvmRuns, cuts);
   boundaries(trackerRuns, cuts);
+  boundaries(populatedRuns, cuts);
   const parties: Array<{ name: string; start: number; end: number; held: Run[] }> = [];
   for (const { listener, section } of tracker.registered) {
     if (!listener.heldRuns) continue;
@@ -103,11 +106,12 @@ export function findDisagreements(
     const at = points[i]!;
     const kvm: PageState = inRuns(kvmRuns, at) ? 'shared' : 'private';
     const trackerState: PageState = inRuns(trackerRuns, at) ? 'shared' : 'private';
+    const populated = inRuns(populatedRuns, at);
     const listeners: Disagreement['listeners'] = {};
     for (const party of parties) {
       if (at < party.start || at >= party.end) continue;
       const mapped = inRuns(party.held, at);
-      if (mapped !== (trackerState === 'shared')) listeners[party.name] = mapped ? 'mapped' : 'unmapped';
+      if (mapped !== populated) listeners[party.name] = mapped ? 'mapped' : 'unmapped';
     }
     for (const [listener, runs] of doubts) if (inRuns(runs, at)) listeners[label(listener)] = 'unknown';
     if (kvm === trackerState && Object.keys(listeners).length === 0) {

@@ -9,6 +9,7 @@ import { messageOf as message } from '../common/errors';
 import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
+import { anyDiscarded, maskRunList, populatedBySources, type DiscardSource, type SourceChange } from './discard-source';
 import { stateChangeChannel, type PageState } from './state-change-channel';
 
 /** A section of a block (offset and size in bytes) as a listener registers on it. */
@@ -216,6 +217,11 @@ export class RamBlockAttributes {
   private changeRangeObject: GranuleRange | null = null;
   /** 1 / granularity: exact for a power of two, so byte offsets become granules by a multiply, not a division. */
   private readonly perByte: number;
+  /** Discard sources besides the bitmap (a plug source): listeners hold what all of them call populated. */
+  private readonly sources: DiscardSource[] = [];
+  /** The runs listeners are told of in the change in progress: `changes`, or `masked` while another source discards. */
+  private told: RunList = this.changes;
+  private readonly masked = new RunList();
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
@@ -379,6 +385,24 @@ export class RamBlockAttributes {
   }
 
   /**
+   * What a listener holds of [first, first + count) (granules): the shared runs that every
+   * other discard source (a plug source) calls populated too, ascending.
+   */
+  populatedRuns(first = 0, count = this.granules): Run[] {
+    return populatedBySources(this.bitmap.runs(first, count, true), this.sources);
+  }
+
+  /**
+   * Adds a discard source besides the bitmap (a plug source): from now on listeners are
+   * told, and hold, only what it calls populated too. It must call everything populated
+   * now (what listeners already hold stays theirs); it changes through sourceChange.
+   */
+  addSource(source: DiscardSource): void {
+    if (source.discarded !== 0) throw invalidArgValue(`discard source "${source.name}" of ${this.name} must start with nothing discarded`);
+    this.sources.push(source);
+  }
+
+  /**
    * Adds a listener for a section of the block and replays every shared run inside it to
    * its populate. If a replay fails, the runs already populated are discarded again and
    * the listener is not registered. The listener is checked first: populate and discard
@@ -403,7 +427,7 @@ export class RamBlockAttributes {
           throw this.listenerFailed(registration, 'attach', [range], cause);
         }
       }
-      await this.notifyRuns(registration, this.toRanges(this.bitmap.runs(range.first, range.count, true)), 'populate');
+      await this.notifyRuns(registration, this.toRanges(this.populatedRuns(range.first, range.count)), 'populate');
       registration.older = this.newest;
       if (this.newest) this.newest.newer = registration;
       this.newest = registration;
@@ -428,7 +452,7 @@ export class RamBlockAttributes {
         throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
       }
       const { section } = registration;
-      const ranges = registration.doubleDiscardSupported ? [section] : this.toRanges(this.bitmap.runs(section.first, section.count, true));
+      const ranges = registration.doubleDiscardSupported ? [section] : this.toRanges(this.populatedRuns(section.first, section.count));
       await this.notifyRuns(registration, ranges, 'discard');
       if (registration.newer) registration.newer.older = registration.older;
       else this.newest = registration.older;
@@ -520,6 +544,84 @@ export class RamBlockAttributes {
   }
 
   /**
+   * A change of another discard source (a plug or unplug), with the listeners told in call
+   * order with the state changes: `change.apply()` changes the source and names the granules
+   * it changed; the listeners are told to populate (or discard) those of them that are
+   * shared and populated by every other source, newest first, as a state change tells
+   * them. A listener that fails rolls the listeners back, `change.revert()` restores the
+   * source, and the call rejects as stateChange does. The bitmap never changes.
+   */
+  sourceChange(change: SourceChange): Promise<number> {
+    this.refuseReentry('sourceChange');
+    if (this.canChangeSync) {
+      try {
+        return Promise.resolve(this.changeSourceSync(change));
+      } catch (error) {
+        return Promise.reject(error);
+      }
+    }
+    return this.queue.run(async () => (this.asyncListeners === 0 ? this.changeSourceSync(change) : this.changeSourceAsync(change)));
+  }
+
+  /** sourceChange, made before it returns; only while canChangeSync (else it throws as stateChangeSync does). */
+  sourceChangeSync(change: SourceChange): number {
+    if (!this.canChangeSync) {
+      const refusal = this.syncRefusal('sourceChangeSync');
+      if (refusal) throw refusal;
+    }
+    return this.changeSourceSync(change);
+  }
+
+  /**
+   * Applies a source's change and puts the granules the listeners are to be told of in
+   * this.told; the change in progress is the span they lie in (what clip() hands a listener
+   * whole). False when there is nothing to tell.
+   */
+  private sourceRuns(change: SourceChange): boolean {
+    this.changes.clear();
+    const told = this.masked;
+    told.clear();
+    const others = this.sources.filter((source) => source !== change.source);
+    for (const [first, count] of change.apply()) {
+      for (const [f, c] of populatedBySources(this.bitmap.runs(first, count, true), others)) told.push(f, c);
+    }
+    this.told = told;
+    if (told.length === 0) return false;
+    this.changeFirst = told.first(0);
+    this.changeCount = told.first(told.length - 1) + told.count(told.length - 1) - this.changeFirst;
+    this.changeRangeObject = null;
+    return true;
+  }
+
+  private changeSourceSync(change: SourceChange): number {
+    this.changing = true;
+    try {
+      const any = this.sourceRuns(change);
+      try {
+        if (any && this.newest !== null) this.notifySync(change.populate);
+      } catch (error) {
+        change.revert();
+        throw error;
+      }
+      return this.told.total;
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  private async changeSourceAsync(change: SourceChange): Promise<number> {
+    const any = this.sourceRuns(change);
+    const told = this.told.total;
+    try {
+      if (any) await this.applyRuns([], change.populate);
+    } catch (error) {
+      change.revert();
+      throw error;
+    }
+    return told;
+  }
+
+  /**
    * The state change of a range this tracker has validated (range()), made now, with every
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
@@ -538,7 +640,7 @@ export class RamBlockAttributes {
     try {
       const held = this.convertBitmap(first, count, range, toShared);
       const changed = this.changes.total;
-      if (changed > 0 && this.newest !== null) this.notifySync(toShared);
+      if (this.told.length > 0 && this.newest !== null) this.notifySync(toShared);
       return this.finish(FROM[held], toShared, changed, into);
     } finally {
       this.changing = false;
@@ -675,6 +777,8 @@ export class RamBlockAttributes {
     this.changeRangeObject = range;
     const held = this.bitmap.convert(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
+    // Masked only while another source discards something: a block nobody unplugs pays one test.
+    this.told = this.sources.length === 0 || !anyDiscarded(this.sources) ? this.changes : this.maskChanges();
     return held;
   }
 
@@ -696,6 +800,12 @@ export class RamBlockAttributes {
     return granuleRangeOf(start, end - start, this.granularity);
   }
 
+  /** The runs of this.changes that every other discard source calls populated, in this.masked. */
+  private maskChanges(): RunList {
+    maskRunList(this.changes, this.sources, this.masked);
+    return this.masked;
+  }
+
   /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
   private flip(first: number, count: number, toShared: boolean): void {
     this.bitmap.fill(first, count, toShared);
@@ -712,12 +822,12 @@ export class RamBlockAttributes {
    * undoes in reverse order what was done for this change, flips the runs back, rethrows.
    */
   private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
-    if (runs.length === 0) return;
+    if (this.told.length === 0) return;
     const kind: Notify = toShared ? 'populate' : 'discard';
     const done: Delivery[] = [];
     try {
       for (let registration = this.newest; registration; registration = registration.older) {
-        const clipped = this.clipped(registration, this.changes.length);
+        const clipped = this.clipped(registration, this.told.length);
         if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
       }
     } catch (failure) {
@@ -729,7 +839,7 @@ export class RamBlockAttributes {
 
   /** The first `runs` runs of the change in progress, clipped to a listener's section. */
   private clipped(registration: Registration, runs: number): GranuleRange[] {
-    const changes = this.changes;
+    const changes = this.told;
     const ranges: GranuleRange[] = [];
     for (let i = 0; i < runs; i++) {
       const part = this.clip(registration.section, changes.first(i), changes.count(i));
@@ -747,7 +857,7 @@ export class RamBlockAttributes {
    */
   private notifySync(toShared: boolean): void {
     const kind: Notify = toShared ? 'populate' : 'discard';
-    const changes = this.changes;
+    const changes = this.told;
     let registration = this.newest;
     // For a listener told run by run: the runs of this.changes it has been told of.
     let told = 0;
@@ -789,7 +899,8 @@ export class RamBlockAttributes {
         failure = this.listenerFailed(registration!, kind, Array.isArray(arg) ? arg : [arg], cause);
       }
       const errors = this.undoSync(registration!, told, kind);
-      for (let i = changes.length - 1; i >= 0; i--) this.flip(changes.first(i), changes.count(i), !toShared);
+      const flipped = this.changes;
+      for (let i = flipped.length - 1; i >= 0; i--) this.flip(flipped.first(i), flipped.count(i), !toShared);
       throw this.withRollbackErrors(failure, errors);
     }
   }
@@ -866,7 +977,7 @@ export class RamBlockAttributes {
       // The failed listener itself: a batch did nothing (all or nothing); run by run, the
       // runs before the one that failed went through.
       if (registration === failed && asBatch) continue;
-      const ranges = this.clipped(registration, registration === failed ? told : this.changes.length);
+      const ranges = this.clipped(registration, registration === failed ? told : this.told.length);
       if (ranges.length === 0) continue;
       if (asBatch) {
         try {

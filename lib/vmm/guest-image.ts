@@ -13,7 +13,7 @@ const PAGE = 4096n;
 export const STACK_SIZE = 16 * 1024;
 
 /** The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. */
-export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave'] as const;
+export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave', 'plug'] as const;
 /** The names of the guest programs built from guest/*.s. */
 export type GuestProgramName = (typeof GUEST_PROGRAMS)[number];
 

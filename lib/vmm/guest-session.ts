@@ -100,7 +100,7 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     boot,
     bootGpa: options.bootGpa,
     vcpus: context.vcpus,
-    ports: protocol.ports(),
+    ports: new Map([...protocol.ports(), ...(host.ports?.(context) ?? [])]),
     threads: options.threads,
     onConversion: (event) => {
       host.onConversion?.(event, context);

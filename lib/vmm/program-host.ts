@@ -7,6 +7,7 @@ import type { RamBlock } from '../memory/ram-block';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { BootParams } from './boot-info';
 import type { ConversionEvent } from './vmm-loop';
+import type { PortHandler } from './guest-ports';
 
 export interface HostCheck {
   name: string;
@@ -33,6 +34,8 @@ export interface ProgramContext {
 export interface ProgramHost {
   readonly description: string;
   boot(context: ProgramContext): BootParams;
+  /** Ports of its own besides the protocol's (plug's PORT_PLUG), on the main thread. */
+  ports?(context: ProgramContext): Map<number, PortHandler>;
   /** Before the guest runs (after its boot region is shared). */
   prepare?(context: ProgramContext): void;
   onSync?(step: number, vcpu: number, context: ProgramContext): Promise<void>;

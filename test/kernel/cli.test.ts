@@ -56,6 +56,17 @@ describe('guestmem CLI on a real kernel', function () {
     assert.ok(fs.readFileSync(path.join(dir, 'run.svg'), 'utf8').startsWith('<svg'));
   });
 
+  it('run plugs and unplugs with the VFIO listener: the device\'s listener holds shared ∩ plugged, an unaligned unplug is rejected', () => {
+    const script = path.join(dir, 'plug.txt');
+    fs.writeFileSync(script, 'block 2M 4K 64K\nlisten dev 0 2M\nconvert 0 256K shared\nunplug 64K 128K\nplug 128K 64K\nunplug 4K 64K\n');
+    const result = guestmem(['run', script, '--vfio', edu, '--json']);
+    assert.equal(result.status, 0, result.stderr);
+    const report = JSON.parse(result.stdout);
+    assert.deepEqual([report.shared, report.unplugged, report.listeners.dev, report.rejected, report.plugs, report.failed], [
+      [[0, 64]], [[16, 16]], { mapped: [[0, 16], [32, 32]], errors: 0 }, 1, 3, 0,
+    ]);
+  });
+
   it('replay re-runs a QEMU trace on the VM, checking QEMU\'s view', () => {
     const trace = path.join(dir, 'trace.log');
     fs.writeFileSync(trace, [

@@ -10,65 +10,21 @@
 // private: a conversion to private unmaps before it sets KVM's attribute.
 
 import assert from 'node:assert/strict';
-import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import type { DmaBackend } from '../../lib/vfio/dma-mapper';
-import { DmaProbe, SCRATCH_IOVA } from '../../lib/vfio/dma-probe';
+import { SCRATCH_IOVA } from '../../lib/vfio/dma-probe';
 import { GuestmemError } from '../../lib/common/errors';
 import { faultCounts, injectFaults } from '../../lib/common/fault-injection';
-import { GuestMemory } from '../../lib/memory/guest-memory';
-import { Kvm } from '../../lib/kvm/kvm';
 import type { Run } from '../../lib/tracker/page-bitmap';
 import type { Disagreement, RamBlock } from '../../lib/memory/ram-block';
 import type { PageState } from '../../lib/tracker/state-change-channel';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
-import { findEdu } from '../support/edu';
 import { prng } from '../support/prng';
 import { requires } from '../support/requires';
+import { setUp, sites, tearDown, type Fixture } from '../support/vfio-block';
 
 const PAGE = 4096;
 const MiB = 1 << 20;
 const PAGES = 16;
-
-interface Fixture {
-  kvm: Kvm;
-  memory: GuestMemory;
-  assigned: AssignedDevice;
-  block: RamBlock;
-  listener: VfioDmaListener;
-  probe: DmaProbe;
-  /** type1's dma_avail with nothing but the probe's scratch page mapped. */
-  baseline: number | null;
-}
-
-async function setUp(backend: DmaBackend, gpa = 16 * MiB, size = MiB): Promise<Fixture> {
-  injectFaults('');
-  const kvm = Kvm.open();
-  const memory = new GuestMemory(kvm.createVm('sw-protected'));
-  const assigned = AssignedDevice.open(findEdu()!, { backend });
-  const probe = new DmaProbe(assigned);
-  const block = memory.addBlock({ gpa, size });
-  const listener = new VfioDmaListener(assigned.dma, { sharedAddress: block.shared.address, gpa: BigInt(block.gpa) });
-  await block.register(listener);
-  return { kvm, memory, assigned, block, listener, probe, baseline: assigned.dma.mappingsAvailable() };
-}
-
-async function tearDown(f: Fixture | undefined): Promise<void> {
-  injectFaults('');
-  if (!f) return;
-  await f.memory.shutdown();
-  f.probe.close();
-  f.assigned.close();
-  f.kvm.close();
-}
-
-function sites(backend: DmaBackend): Record<'attributes' | 'backing' | 'map' | 'unmap', string> {
-  return {
-    attributes: 'ioctl:KVM_SET_MEMORY_ATTRIBUTES',
-    backing: 'fallocate',
-    map: backend === 'type1' ? 'ioctl:VFIO_IOMMU_MAP_DMA' : 'ioctl:IOMMU_IOAS_MAP',
-    unmap: backend === 'type1' ? 'ioctl:VFIO_IOMMU_UNMAP_DMA' : 'ioctl:IOMMU_IOAS_UNMAP',
-  };
-}
 
 /** Every rule of the matrix: each site's 1st, 2nd and 3rd call, and its 2nd and every later one. */
 function rules(backend: DmaBackend): string[] {

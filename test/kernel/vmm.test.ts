@@ -177,6 +177,24 @@ for (const threads of [false, true]) describe(`guest-driven conversions on a rea
         assert.match(report.console, /secret: converting a page private\nsecret: done\n/);
       });
 
+      it('plug: the guest converts its data area and asks to unplug and plug it; the device follows, the guest is answered 0', async () => {
+        f = await setUp(backend);
+        const report = await session(f, { program: 'plug' });
+        // A block converted from vCPU threads keeps its plug state on the main thread only:
+        // there every plug request is refused (the guest's checks 2, 5, 7, 8), nothing changes
+        // and the guest goes on to exit 0.
+        const refused = threads;
+        if (!refused) assertOk(report);
+        assert.deepEqual(report.run.vcpus.map((v) => 'status' in v && v.status), [0]);
+        assert.deepEqual(report.guestChecks.failed.map((c) => c.id), refused ? [2, 5, 7, 8] : []);
+        assert.deepEqual(report.hostChecks.map((c) => [c.name, c.ok]), [
+          ['plug-state-1', true], ['device-reaches-shared', true], ['plug-state-2', !refused], ['device-loses-unplugged', !refused],
+          ['plug-state-3', true], ['device-reaches-plugged', true], ['plug-state-4', true], ['device-blocked-private', true],
+        ]);
+        assert.deepEqual(f.block.plugRuns('unplugged'), []);
+        assert.deepEqual(f.block.disagreements(), []);
+      });
+
       it('random: one vCPU, every step checked against the model (tracker, listener, memfd, DMA)', async () => {
         f = await setUp(backend);
         const iterations = 10;

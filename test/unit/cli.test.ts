@@ -55,17 +55,32 @@ describe('guestmem CLI', () => {
       const lines = result.stdout.trim().split('\n');
       assert.equal(lines.length, 1);
       const report = JSON.parse(lines[0]!);
-      assert.deepEqual(Object.keys(report), ['granule', 'pages', 'shared', 'listeners', 'rejected', 'ops', 'elapsedNs']);
+      assert.deepEqual(Object.keys(report), ['granule', 'pages', 'shared', 'unplugged', 'listeners', 'rejected', 'ops', 'plugs', 'elapsedNs']);
       const { elapsedNs, ...rest } = report;
       assert.ok(Number.isInteger(elapsedNs) && elapsedNs > 0);
       assert.deepEqual(rest, {
         granule: 4096,
         pages: 256,
         shared: [[0, 8]],
+        unplugged: [],
         listeners: { a: { mapped: [[0, 8]], errors: 0 } },
         rejected: 2,
         ops: 5,
+        plugs: 0,
       });
+    });
+
+    it('plugs and unplugs: the listener holds shared ∩ plugged, --json names the unplugged runs, the map draws them ×', () => {
+      const script = 'block 64K 4K 16K\nlisten a 0 64K\nconvert 0 64K shared\nunplug 16K 32K\nplug 32K 16K\nunplug 4K 16K\nconvert 16K 16K private\n';
+      const json = guestmem(['simulate', '-', '--json'], script);
+      assert.equal(json.status, 0, json.stderr);
+      const report = JSON.parse(json.stdout);
+      assert.deepEqual([report.shared, report.unplugged, report.listeners.a, report.rejected, report.plugs], [
+        [[0, 4], [8, 8]], [[4, 4]], { mapped: [[0, 4], [8, 8]], errors: 0 }, 1, 3,
+      ]);
+      const text = guestmem(['simulate', '-'], script);
+      assert.match(text.stdout, /\[████××××████████\]/);
+      assert.match(text.stdout, /× unplugged/);
     });
 
     it('reads a file, prints a human summary with the map strip, and writes an SVG', () => {

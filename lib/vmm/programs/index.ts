@@ -4,10 +4,12 @@ import type { GuestProgramName } from '../guest-image';
 import type { ProgramHost } from '../program-host';
 import { randomProgram } from './random';
 import { secretProgram } from './secret';
+import { plugProgram } from './plug';
 
 export const PROGRAM_HOSTS: Record<GuestProgramName, ProgramHost> = {
   secret: secretProgram,
   random: randomProgram,
+  plug: plugProgram,
   loop: {
     description: 'N x (private, shared) of one page, for the benchmark',
     boot: (context) => ({ dataGpa: context.dataGpa, dataPages: 1, iterations: context.iterations }),
