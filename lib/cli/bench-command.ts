@@ -63,7 +63,8 @@ export const BENCH: CommandSpec<typeof BENCH_OPTIONS> = {
 pre-fault), with the number of native calls per conversion; where KVM has
 KVM_CAP_PRE_FAULT_MEMORY, once without and once with the optional pre-fault. Then one
 page at the far end of an 8 GiB block against one at the far end of a 1 GiB block (same
-VM, alternating), which should cost the same, and the guest-driven VMM loop against the C
+VM, alternating), which should cost the same, and the guest-driven VMM loop (exits handled
+on the event loop and on the vCPU's own thread) against the C
 yardstick. Runs inside the harness VM when this host lacks SW-protected VMs.`,
   examples: ['guestmem bench', 'guestmem bench --json --iterations 100 --pages 1,512'],
 };
