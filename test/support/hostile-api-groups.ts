@@ -17,6 +17,7 @@ import { RecordingListener } from '../../lib/tracker/recording-listener';
 import { SharedMemory } from '../../lib/kvm/shared-memory';
 import { SURFACE_GROUPS } from './hostile-api-surfaces';
 import { PATTERN_GROUPS } from './hostile-patterns';
+import { runsWhere } from './naive-runs';
 import {
   ARGUMENT_CODES, assertArgumentError, assertCoded, bounded, hostileValue, isBytes, isIndex, isPowerOfTwoExact, sometimes,
 } from './hostile-values';
@@ -25,15 +26,9 @@ const PAGE = 4096;
 /** Runs per property: enough to meet every special value many times, quick on 2 cores. */
 const RUNS = Number(process.env.GUESTMEM_HOSTILE_RUNS ?? 300);
 
+/** The model's runs of `value` in [start, end). */
 function naiveRuns(bits: boolean[], start: number, end: number, value: boolean): Run[] {
-  const runs: Run[] = [];
-  for (let i = start + 0; i < end; i++) { // + 0: a start of -0 still gives runs from 0
-    if (bits[i] !== value) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[0] + last[1] === i) last[1]++;
-    else runs.push([i, 1]);
-  }
-  return runs;
+  return runsWhere((page) => bits[page] === value, start, end);
 }
 
 /**

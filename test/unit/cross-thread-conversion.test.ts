@@ -24,6 +24,7 @@ import { PAGE, Slot, StandinDmaMapper, StandinKernelState, StandinVm } from '../
 import type { ErrorReport, Order } from '../support/attached-block-worker';
 import { reportOf } from '../support/attached-block-worker';
 import { prng } from '../support/prng';
+import { naiveRuns } from '../support/naive-runs';
 
 const PAGES = 64;
 const GPA = 1 << 24;
@@ -76,17 +77,6 @@ function ask<T = Reply>(worker: Worker, order: Order): Promise<T> {
 
 function exited(worker: Worker): Promise<number> {
   return new Promise((resolve) => worker.once('exit', resolve));
-}
-
-function naiveRuns(bits: boolean[], start = 0, end = bits.length): Run[] {
-  const runs: Run[] = [];
-  for (let i = start; i < end; i++) {
-    if (!bits[i]) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[0] + last[1] === i) last[1]++;
-    else runs.push([i, 1]);
-  }
-  return runs;
 }
 
 /** KVM (stand-in and the block's record), the tracker, the IOMMU and both listeners all say what the model says. */

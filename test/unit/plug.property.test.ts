@@ -9,11 +9,11 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import type { Vm } from '../../lib/kvm/kvm';
 import { PunchingVm } from '../support/punching-vm';
-import type { Run } from '../../lib/tracker/page-bitmap';
 import { RamBlock } from '../../lib/memory/ram-block';
 import { RecordingListener } from '../../lib/tracker/recording-listener';
 import type { RamDiscardListener } from '../../lib/tracker/ram-discard-listener';
 import type { PageState } from '../../lib/tracker/state-change-channel';
+import { runsWhere } from '../support/naive-runs';
 
 const PAGE = 4096;
 const PLUG_PAGES = 4;
@@ -46,17 +46,6 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     unplug: fc.boolean(),
   }),
 );
-
-function naiveRuns(held: (page: number) => boolean, start = 0, end = PAGES): Run[] {
-  const runs: Run[] = [];
-  for (let i = start; i < end; i++) {
-    if (!held(i)) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[0] + last[1] === i) last[1]++;
-    else runs.push([i, 1]);
-  }
-  return runs;
-}
 
 function failAfter(listener: RecordingListener, n: number | null): void {
   let seen = 0;
@@ -134,13 +123,13 @@ describe('RamBlock with a plug source against a four-state model', () => {
           }
           const label = JSON.stringify(step);
           if (failed) assert.equal(snapshot(), before, `failed ${label} changed state`);
-          assert.deepEqual(block.attributes.runs('shared'), naiveRuns((p) => shared[p]!), label);
-          assert.deepEqual(block.plugRuns('unplugged'), naiveRuns((p) => !plugged[p]), label);
+          assert.deepEqual(block.attributes.runs('shared'), runsWhere((p) => shared[p]!, 0, PAGES), label);
+          assert.deepEqual(block.plugRuns('unplugged'), runsWhere((p) => !plugged[p], 0, PAGES), label);
           // KVM follows the guest's conversions only: unplugging leaves its attributes.
           assert.deepEqual(vm.attributes, shared.map((s) => (s ? 'shared' : 'private')), label);
           listeners.forEach((listener, id) => {
             const section = sections.get(id);
-            const expected = section ? naiveRuns((p) => shared[p]! && plugged[p]!, section[0], section[1]) : [];
+            const expected = section ? runsWhere((p) => shared[p]! && plugged[p]!, section[0], section[1]) : [];
             assert.deepEqual(listener.mappedRuns(), expected, `listener ${id} after ${label}`);
             assert.equal(listener.errors, 0, `listener ${id} saw a double map or unmap after ${label}`);
           });

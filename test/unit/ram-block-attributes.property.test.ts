@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { RamBlockAttributes } from '../../lib/tracker/ram-block-attributes';
 import { RecordingListener } from '../../lib/tracker/recording-listener';
-import type { Run } from '../../lib/tracker/page-bitmap';
+import { naiveRuns } from '../support/naive-runs';
 
 const PAGE = 4096;
 const PAGES = 96;
@@ -41,17 +41,6 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
     size: fc.oneof(fc.constant(0), fc.constant(PAGE + 7), fc.constant((PAGES + 1) * PAGE)),
   }),
 );
-
-function naiveRuns(bits: boolean[], start = 0, end = bits.length): Run[] {
-  const runs: Run[] = [];
-  for (let i = start; i < end; i++) {
-    if (!bits[i]) continue;
-    const last = runs[runs.length - 1];
-    if (last && last[0] + last[1] === i) last[1]++;
-    else runs.push([i, 1]);
-  }
-  return runs;
-}
 
 /** Makes the listener throw on its (n+1)-th notification of any kind from now on. */
 function failAfter(listener: RecordingListener, n: number | null): void {
