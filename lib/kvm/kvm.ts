@@ -4,7 +4,8 @@
 
 import fs from 'node:fs';
 import { checkBytes, checkExtent, checkSpan, type Bytes } from '../common/byte-range';
-import { describeValue, GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { FdOwner } from '../common/fd-owner';
 import {
   FALLOC_FL_KEEP_SIZE,

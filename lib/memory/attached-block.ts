@@ -8,7 +8,8 @@
 import { receiveMessageOnPort, MessagePort } from 'node:worker_threads';
 import { GranuleRange, type Bytes } from '../common/byte-range';
 import { ConversionStats } from './conversion-stats';
-import { checkInteger, GuestmemError, invalidArgType } from '../common/errors';
+import { GuestmemError, invalidArgType } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import { native } from '../common/native';
 import { BlockConversion } from './block-conversion';
 import type { BlockKernel } from './block-kernel';

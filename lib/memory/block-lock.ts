@@ -10,7 +10,8 @@
 // passing it is ERR_GUESTMEM_LOCK_TIMEOUT naming the holder and what it is doing.
 
 import { threadId } from 'node:worker_threads';
-import { GuestmemError, checkInteger } from '../common/errors';
+import { GuestmemError } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** Int32 slots of the lock's memory. */

@@ -3,7 +3,8 @@
 // block too, and a range that spans two would need two transactions.
 
 import { checkSpan, type Bytes } from '../common/byte-range';
-import { describeValue, GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
 import type { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';

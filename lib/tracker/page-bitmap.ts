@@ -7,7 +7,8 @@
 // (fill, convert, scan, collectRuns) check in one inlined test of plain comparisons and
 // name the bad argument only when it fails, so a conversion pays a few instructions.
 
-import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { checkInteger, describeValue } from '../common/validators';
 
 const ALL = 0xffffffff;
 /** Word spans up to this long are filled by a loop, longer ones by TypedArray.fill. */

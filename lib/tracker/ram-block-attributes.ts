@@ -4,7 +4,8 @@
 // back so that the bitmap, every listener and the caller agree.
 
 import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
-import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { messageOf as message } from '../common/errors';
 import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';

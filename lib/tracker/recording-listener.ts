@@ -7,7 +7,8 @@
 // each thread's own.
 
 import { GranuleRange } from '../common/byte-range';
-import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { checkInteger, describeValue } from '../common/validators';
 import { Held, PageBitmap, RunList, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 import { GuestmemError } from '../common/errors';

@@ -17,7 +17,8 @@
 
 import { GranuleRange } from '../common/byte-range';
 import type { DmaExtent, DmaMapper } from './dma-mapper';
-import { describeValue, GuestmemError, invalidArgType, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 import { defineThreadKind, revive, type ThreadDescriptor } from '../memory/thread-kinds';
