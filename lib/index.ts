@@ -1,7 +1,7 @@
 // guestmem's public API.
 
 export { GranuleRange, bytesOf, type Bytes } from './common/byte-range';
-export { GuestmemError, type GuestmemErrorCode } from './common/errors';
+export { GuestmemError, type ConversionFacts, type FirmwareFacts, type GuestmemErrorCode, type GuestmemErrorConstructor, type GuestmemErrorDetails, type GuestmemErrorOptions, type KernelFacts } from './common/errors';
 export { PageBitmap, type Run } from './tracker/page-bitmap';
 export { RamBlockAttributes, type SectionInput, type StateChangeResult } from './tracker/ram-block-attributes';
 export type { RamDiscardListener } from './tracker/ram-discard-listener';

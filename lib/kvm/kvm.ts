@@ -92,7 +92,7 @@ export class Kvm extends FdOwner {
       const mask = this.vmTypesMask;
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL' || maskHasVmType(mask, number)) throw error;
       const e = error as NodeJS.ErrnoException;
-      throw Object.assign(new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error }), { errno: e.errno, syscall: e.syscall });
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error, errno: e.errno, syscall: e.syscall });
     }
     const vm = this.adopt(new Vm(fd, number));
     if (options.initialize === false) return vm;
@@ -285,9 +285,10 @@ export class Vm extends FdOwner {
     }
     if (present > 0) return error;
     const type = this.type < 0 ? 'this VM' : `this VM (type ${vmTypeName(this.type)})`;
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${ioctl}: ${type} has no ${what} (KVM_CHECK_EXTENSION says 0): create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports (${e.message})`, { cause: error }),
-      { errno: e.errno, syscall: e.syscall },
+    return new GuestmemError(
+      'ERR_GUESTMEM_UNSUPPORTED',
+      `${ioctl}: ${type} has no ${what} (KVM_CHECK_EXTENSION says 0): create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports (${e.message})`,
+      { cause: error, errno: e.errno, syscall: e.syscall },
     );
   }
 }

@@ -54,7 +54,7 @@ export function takeFd(fd: unknown, close: unknown, what: string): number {
   try {
     fs.fstatSync(fd);
   } catch (error) {
-    throw Object.assign(new GuestmemError('ERR_GUESTMEM_CLOSED', `${what} fd ${fd} is not open`, { cause: error }), { errno: (error as NodeJS.ErrnoException).errno, syscall: 'fstat' });
+    throw new GuestmemError('ERR_GUESTMEM_CLOSED', `${what} fd ${fd} is not open`, { cause: error, errno: (error as NodeJS.ErrnoException).errno, syscall: 'fstat' });
   }
   return close === true ? fd : native().dupCloexec(fd);
 }

@@ -147,12 +147,10 @@ export class BlockLock {
   }
 
   private timedOut(holder: number): GuestmemError {
-    return Object.assign(
-      new GuestmemError(
-        'ERR_GUESTMEM_LOCK_TIMEOUT',
-        `${this.name} stayed locked by thread ${holder} (${holder === 0 ? 'the main thread' : 'a worker'}, ${this.describeIntent()}) for more than ${this.timeoutMs} ms; ` +
-          'if that thread died, RamBlock.recoverFrom(threadId) releases the lock',
-      ),
+    return new GuestmemError(
+      'ERR_GUESTMEM_LOCK_TIMEOUT',
+      `${this.name} stayed locked by thread ${holder} (${holder === 0 ? 'the main thread' : 'a worker'}, ${this.describeIntent()}) for more than ${this.timeoutMs} ms; ` +
+        'if that thread died, RamBlock.recoverFrom(threadId) releases the lock',
       { holder, intent: this.intent },
     );
   }

@@ -80,7 +80,9 @@ export function threadDescriptorOf(listener: RamDiscardListener): ThreadDescript
 export function registrySnapshot(tracker: RamBlockAttributes, generation: number): RegistrySnapshot {
   const registrations = tracker.registrations.map(({ id, listener, section }) => {
     const descriptor = threadDescriptorOf(listener);
-    if (descriptor instanceof GuestmemError) throw descriptor;
+    // instanceof Error, not GuestmemError: TypeScript narrows the other branch of a test
+    // against a class alone, and GuestmemError is a union of one per code.
+    if (descriptor instanceof Error) throw descriptor;
     return { id, first: section.first, count: section.count, listener: descriptor };
   });
   return { generation, registrations };

@@ -189,13 +189,10 @@ export class RamBlock implements Disposable {
     try {
       this.vm.deleteMemorySlot(this.slot);
     } catch (error) {
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_ROLLBACK_FAILED',
-          `${describe(cause)}; deleting memslot ${this.slot} again also failed, it stays in the VM: ${describe(error)}`,
-          { cause },
-        ),
-        { slot: this.slot, errors: [error] },
+      throw new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${describe(cause)}; deleting memslot ${this.slot} again also failed, it stays in the VM: ${describe(error)}`,
+        { cause, slot: this.slot, errors: [error] },
       );
     }
   }
@@ -542,11 +539,9 @@ export class RamBlock implements Disposable {
         this.state.clearUnsettled();
         this.state.markUnsettled(left.map((d) => [d.first, d.count]));
         if (left.length > 0) {
-          throw Object.assign(
-            new GuestmemError(
-              'ERR_GUESTMEM_REPAIR_FAILED',
-              `repairing ${this.name} failed (${errors.map(describe).join('; ')}); still in disagreement: ${describeDisagreements(left, this.attributes.granularity)}`,
-            ),
+          throw new GuestmemError(
+            'ERR_GUESTMEM_REPAIR_FAILED',
+            `repairing ${this.name} failed (${errors.map(describe).join('; ')}); still in disagreement: ${describeDisagreements(left, this.attributes.granularity)}`,
             { errors, disagreements: left },
           );
         }
@@ -589,14 +584,11 @@ export class RamBlock implements Disposable {
         } catch (error) {
           const left = await this.releaseHoldings(listener);
           if (left === null || left.length > 0) {
-            errors.push(Object.assign(
-              new GuestmemError(
-                'ERR_GUESTMEM_LISTENER_FAILED',
-                `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
-                  (left ? `; it still holds granules ${formatRuns(left)}` : ''),
-                { cause: error },
-              ),
-              { listener: listenerName(listener), held: left },
+            errors.push(new GuestmemError(
+              'ERR_GUESTMEM_LISTENER_FAILED',
+              `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
+                (left ? `; it still holds granules ${formatRuns(left)}` : ''),
+              { cause: error, listener: listenerName(listener), held: left },
             ));
           }
         }
@@ -678,4 +670,5 @@ export class RamBlock implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+
 }

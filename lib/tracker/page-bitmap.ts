@@ -7,7 +7,7 @@
 // (fill, convert, scan, collectRuns) check in one inlined test of plain comparisons and
 // name the bad argument only when it fails, so a conversion pays a few instructions.
 
-import { invalidArgType, outOfRange } from '../common/errors';
+import { allocationFailed, invalidArgType, outOfRange } from '../common/errors';
 import { checkInteger, describeValue } from '../common/validators';
 
 const ALL = 0xffffffff;
@@ -230,9 +230,7 @@ export class PageBitmap {
     try {
       this.words = new Uint32Array(Math.ceil(bits / 32));
     } catch (cause) {
-      throw Object.assign(new RangeError(`cannot allocate a bitmap of ${bits} bits (${Math.ceil(bits / 8)} bytes): ${(cause as Error).message}`, { cause }), {
-        code: 'ERR_MEMORY_ALLOCATION_FAILED',
-      });
+      throw allocationFailed(`cannot allocate a bitmap of ${bits} bits (${Math.ceil(bits / 8)} bytes): ${(cause as Error).message}`, cause);
     }
     // The zeroed pages come from the kernel lazily; touch them all now, at creation, so that
     // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
@@ -255,9 +253,7 @@ export class PageBitmap {
     try {
       buffer = new SharedArrayBuffer(bytes);
     } catch (cause) {
-      throw Object.assign(new RangeError(`cannot allocate ${what} of ${bytes} bytes: ${(cause as Error).message}`, { cause }), {
-        code: 'ERR_MEMORY_ALLOCATION_FAILED',
-      });
+      throw allocationFailed(`cannot allocate ${what} of ${bytes} bytes: ${(cause as Error).message}`, cause);
     }
     new Uint8Array(buffer).fill(0);
     return buffer;

@@ -183,13 +183,11 @@ export class VfioDmaListener implements RamDiscardListener {
     // type1 fails a map past its entry limit part-way; refuse before starting instead.
     const available = this.dma.mappingsAvailable();
     if (available !== null && needed > available) {
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_DMA_LIMIT',
-          `mapping ${needed} granules needs ${needed} type1 DMA entries but only ${available} are left; ` +
-            'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
+      throw new GuestmemError(
+        'ERR_GUESTMEM_DMA_LIMIT',
+        `mapping ${needed} granules needs ${needed} type1 DMA entries but only ${available} are left; ` +
+          'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
             '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit before opening the container) or use iommufd, which has no such limit',
-        ),
         { needed, available },
       );
     }

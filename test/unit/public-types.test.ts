@@ -40,6 +40,12 @@ async function main(): Promise<void> {
     await block.unregister(device);
   } catch (error) {
     if (error instanceof GuestmemError && error.code === code) console.log(error.message);
+    // The code narrows the error to its details (GuestmemErrorDetails): no cast to reach them.
+    if (error instanceof GuestmemError && error.code === 'ERR_GUESTMEM_VCPU_FAILED') {
+      const vcpu: number = error.vcpu;
+      console.log(vcpu, error.exit?.reason);
+    }
+    if (error instanceof GuestmemError && error.code === 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE') console.log(error.errors.length);
   }
   console.log(channel, exit, message);
 }
