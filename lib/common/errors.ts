@@ -106,6 +106,11 @@ export interface GuestmemErrorDetails {
   ERR_GUESTMEM_ASYNC_LISTENER: object;
   ERR_GUESTMEM_ASYNC_DELEGATE: object;
   ERR_GUESTMEM_BUSY: object;
+  /** `using` on memory whose listeners are still registered: refused, nothing closed. */
+  ERR_GUESTMEM_LISTENERS_REGISTERED: {
+    /** The names of the listeners still registered. */
+    listeners: string[];
+  };
   ERR_GUESTMEM_LOCK_TIMEOUT: {
     /** The thread holding the lock (0: the main thread). */
     holder: number;

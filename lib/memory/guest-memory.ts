@@ -234,8 +234,16 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
-  /** close(): every block goes at once, listeners still registered keep their mappings; prefer `await using`. */
+  /**
+   * What `using` calls: close(), when no block has listeners registered. Otherwise it refuses
+   * before closing any block (ERR_GUESTMEM_LISTENERS_REGISTERED, naming the first such block's
+   * listeners), as RamBlock's does: use `await using`, whose shutdown() unregisters them first.
+   */
   [Symbol.dispose](): void {
+    for (const block of this.blocks) {
+      const refusal = block.disposeRefusal();
+      if (refusal) throw refusal;
+    }
     this.close();
   }
 }

@@ -666,9 +666,28 @@ export class RamBlock implements Disposable {
     return errors;
   }
 
-  /** close(): the block goes at once, listeners still registered keep their mappings; prefer `await using`. */
+  /**
+   * What `using` calls: close(), for a block without listeners. A block with listeners still
+   * registered refuses (ERR_GUESTMEM_LISTENERS_REGISTERED, nothing closed): a synchronous
+   * dispose cannot unregister them, and closing under them would leave their DMA mappings
+   * pinning the block's pages. `await using` (shutdown()) is the teardown that unregisters them.
+   */
   [Symbol.dispose](): void {
+    const refusal = this.disposeRefusal();
+    if (refusal) throw refusal;
     this.close();
   }
 
+  /** @internal Why a synchronous dispose would be unsafe now (listeners registered on an open block), or null. */
+  disposeRefusal(): GuestmemError<'ERR_GUESTMEM_LISTENERS_REGISTERED'> | null {
+    if (this.closed) return null;
+    const listeners = this.attributes.listeners.map(listenerName);
+    if (listeners.length === 0) return null;
+    return new GuestmemError(
+      'ERR_GUESTMEM_LISTENERS_REGISTERED',
+      `${this.name} still has listeners registered (${listeners.map((name) => `"${name}"`).join(', ')}): a synchronous dispose cannot unregister them, ` +
+        'and closing under them would leave their DMA mappings pinning its pages; use `await using` (Symbol.asyncDispose) or await shutdown(), or close() to leave them',
+      { listeners },
+    );
+  }
 }
