@@ -21,6 +21,7 @@ export { SharedMemory, type SharedMemorySource } from './kvm/shared-memory';
 export { HostMapping, maxWindowBytes } from './common/host-mapping';
 export { type1Reach, type Type1Reach } from './vfio/type1-reach';
 export { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './memory/ram-block';
+export type { BlockSetUpOptions, BlockSetUpProgress } from './memory/block-set-up';
 export { attachBlock, AttachedBlock } from './memory/attached-block';
 export type { BlockDescriptor, ThreadListener } from './memory/block-sharing';
 export type { Intent } from './memory/block-lock';

@@ -196,6 +196,16 @@ export function allocationFailed(message: string, cause: unknown): RangeError & 
 }
 
 /**
+ * Node's AbortError (name 'AbortError', code 'ABORT_ERR', the signal's reason as its cause),
+ * as fs/promises and timers/promises throw when their AbortSignal fires.
+ */
+export function abortError(message: string, signal: AbortSignal): Error & { name: 'AbortError'; code: 'ABORT_ERR' } {
+  const error = Object.assign(new Error(message, { cause: signal.reason }), { code: 'ABORT_ERR' as const });
+  error.name = 'AbortError';
+  return error as Error & { name: 'AbortError'; code: 'ABORT_ERR' };
+}
+
+/**
  * A conversion refused before any step ran: bad input (TypeError/RangeError), a range in no
  * block or across two, pages awaiting repair, a closed block. Nothing changed. Any other
  * error from a conversion is a failure: some step ran, and was undone (or the error says

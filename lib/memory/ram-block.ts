@@ -30,12 +30,19 @@ import { BlockState } from './block-state';
 import { BlockPlug, type PlugResult } from './block-plug';
 import { PlugSource, type PlugState } from '../tracker/plug-source';
 import { RegistryBroadcast, registrySnapshot, threadDescriptorOf, type BlockDescriptor } from './block-sharing';
+import { checkSetUpOptions, markPrivate, type BlockSetUpOptions } from './block-set-up';
+
+/** The constructor's third argument from RamBlock.create: the marking is left to it. */
+const MARKED_LATER = Symbol('marked later');
 
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
 export type VcpuFdProvider = () => number;
 
-/** How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name. */
-export interface RamBlockOptions {
+/**
+ * How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name; and
+ * for a big block, a progress callback and an AbortSignal for the time KVM takes to mark it private.
+ */
+export interface RamBlockOptions extends BlockSetUpOptions {
   slot: number;
   /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
   gpa: Bytes;
@@ -117,8 +124,10 @@ export class RamBlock implements Disposable {
    * shared (attributes default to 0) while the tracker already says private: nothing may
    * run the guest on the block in that window. If that call fails, the memslot is deleted
    * again: a guest_memfd slot cannot be changed, and one left behind would hold its number.
+   * The marking goes in chunks (options.onProgress, options.signal: see BlockSetUpOptions);
+   * RamBlock.create lets the event loop run between them.
    */
-  constructor(readonly vm: MemoryVm, options: RamBlockOptions) {
+  constructor(readonly vm: MemoryVm, options: RamBlockOptions, marking?: typeof MARKED_LATER) {
     this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.plugSource = new PlugSource(this.attributes.granules, this.attributes.granularity, options.plugBlockSize ?? this.attributes.granularity);
@@ -146,6 +155,7 @@ export class RamBlock implements Disposable {
       throw invalidArgValue('an adopted memslot needs the backings it joins: give shared and guestMemfd too');
     }
     this.ownsSlot = memslot === undefined || memslot.close === true;
+    checkSetUpOptions(options, `adding ${this.name}`);
     this.shared = options.shared !== undefined ? SharedMemory.adopt(options.shared, options.size, this.name) : SharedMemory.create(options.size, this.name);
     try {
       this.guestMemfd = options.guestMemfd !== undefined ? GuestMemfd.adopt(options.guestMemfd, options.size) : vm.createGuestMemfd(options.size);
@@ -157,7 +167,7 @@ export class RamBlock implements Disposable {
           });
         }
         try {
-          vm.setMemoryAttributes(this.gpa, this.size, 'private');
+          if (marking !== MARKED_LATER) runSync(this.markPrivate(options, true), () => new Error('unreachable: the synchronous marking yields nothing'));
         } catch (error) {
           if (memslot === undefined) this.deleteSlotAfter(error);
           throw error;
@@ -183,6 +193,35 @@ export class RamBlock implements Disposable {
       enter: (kind, section) => this.enterRegistryChange(kind, section),
       exit: (changed) => this.exitRegistryChange(changed),
     };
+  }
+
+  /**
+   * A block made as the constructor makes it, with the event loop running between the chunks
+   * of its marking, so that `options.signal` can abort it from a timer or a signal handler.
+   * An abort or failure leaves nothing made: KVM's attributes back to shared, the memslot
+   * deleted (unless adopted), the backings closed.
+   */
+  static async create(vm: MemoryVm, options: RamBlockOptions): Promise<RamBlock> {
+    const block = new RamBlock(vm, options, MARKED_LATER);
+    try {
+      await runAsync(block.markPrivate(options, false));
+    } catch (error) {
+      try {
+        if (options.memslot === undefined) block.deleteSlotAfter(error);
+      } finally {
+        block.closed = true;
+        block.released = true;
+        block.state.markClosed();
+        block.guestMemfd.close();
+        block.shared.close();
+      }
+      throw error;
+    }
+    return block;
+  }
+
+  private markPrivate(options: RamBlockOptions, sync: boolean) {
+    return markPrivate(this.vm, this.gpa, this.size, this.attributes.granularity, options, `adding ${this.name}`, sync);
   }
 
   private deleteSlotAfter(cause: unknown): void {
