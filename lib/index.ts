@@ -12,7 +12,7 @@ export { Kvm, Vm, GuestMemfd, type MemoryRegion, type GuestMemfdSource } from '.
 export type { MemoryVm } from './kvm/memory-vm';
 export { DelegatedVm, type VmDelegate } from './kvm/delegated-vm';
 export { bestPrivateMemoryVmType, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES, type VmTypeChoice } from './kvm/vm-types';
-export { initializeVm, type VmInitialisation } from './kvm/vm-init';
+export { initializeVm, type VmInitialization } from './kvm/vm-init';
 export { ConfidentialLaunch, nativeLaunchCalls, SNP_PAGE_TYPES, type LaunchCalls, type LaunchRegion, type PrivateMemoryCheck, type SnpPageType } from './kvm/vm-launch';
 export { SnpLaunch, SNP_DEFAULT_POLICY } from './kvm/snp-launch';
 export { TdxLaunch } from './kvm/tdx-launch';

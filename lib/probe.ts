@@ -118,7 +118,7 @@ function probeKvm(report: ProbeReport): void {
       : missing('KVM_CAP_VM_TYPES lacks KVM_X86_SW_PROTECTED_VM', 'use a kernel built with CONFIG_KVM_SW_PROTECTED_VM (guestmem vm does)');
     let vm: Vm | null = null;
     try {
-      // The bare VM (no SNP/TDX initialisation) answers KVM_CHECK_EXTENSION for its type.
+      // The bare VM (no SNP/TDX initialization) answers KVM_CHECK_EXTENSION for its type.
       vm = kvm.createVm(best ?? 'default', { initialize: false });
     } catch (error) {
       const failure = missing(`KVM_CREATE_VM failed: ${errorWhy(error)}`);

@@ -81,7 +81,7 @@ export interface NativeAddon {
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
   /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
-  // Confidential-VM initialisation (KVM_MEMORY_ENCRYPT_OP); a failure carries the
+  // Confidential-VM initialization (KVM_MEMORY_ENCRYPT_OP); a failure carries the
   // firmware's status (firmwareError) or the TDX module's (hwError) when there is one.
   kvmSevInit2(vmFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
   kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };

@@ -74,7 +74,7 @@ export class AttachedBlock {
     this.state = new BlockState(descriptor.memory, descriptor.granules, `RAM block ${descriptor.name}`, descriptor.lockTimeoutMs);
     this.port = descriptor.port;
     this.generation = descriptor.registry.generation;
-    this.adopt(descriptor.registry);
+    this.takeSnapshot(descriptor.registry);
     this.conversion = new BlockConversion({
       name: this.name, gpa: this.gpa, tracker: this.tracker, state: this.state, stats: this.stats,
       kernel: revive<BlockKernel>('kernel', descriptor.kernel), prefault: prefaultThrough(descriptor, options),
@@ -128,17 +128,17 @@ export class AttachedBlock {
         `${this.name}: the listener registry moved to generation ${generation} but its message ${latest === null ? 'is missing' : `says ${latest.generation}`}: was this descriptor's port transferred to this thread, and attached once?`,
       );
     }
-    this.adopt(latest);
+    this.takeSnapshot(latest);
   }
 
-  private adopt(snapshot: RegistrySnapshot): void {
+  private takeSnapshot(snapshot: RegistrySnapshot): void {
     const replicas = new Map<number, RamDiscardListener>();
     const registrations = snapshot.registrations.map(({ id, first, count, listener }) => {
       const replica = this.replicas.get(id) ?? revive<RamDiscardListener>('listener', listener);
       replicas.set(id, replica);
       return { id, listener: replica, section: new GranuleRange(first, count, this.granularity) };
     });
-    this.tracker.adoptRegistrations(registrations);
+    this.tracker.replaceRegistrations(registrations);
     this.replicas = replicas;
     this.generation = snapshot.generation;
   }

@@ -331,19 +331,19 @@ export class RamBlockAttributes {
    * these registrations, newest first, as its own, with no notification (the tracker that
    * registered them has notified them already). Every listener must be synchronous.
    */
-  adoptRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
-    const adopted: Registration[] = registrations.map(({ id, listener, section }) => {
+  replaceRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
+    const taken: Registration[] = registrations.map(({ id, listener, section }) => {
       const checked = checkListener(listener);
       if (!checked.synchronous) throw notSynchronous(checked.name);
       return { id, listener, section, ...checked, newer: null, older: null };
     });
-    for (let i = 0; i < adopted.length; i++) {
-      adopted[i]!.older = adopted[i + 1] ?? null;
-      adopted[i]!.newer = adopted[i - 1] ?? null;
+    for (let i = 0; i < taken.length; i++) {
+      taken[i]!.older = taken[i + 1] ?? null;
+      taken[i]!.newer = taken[i - 1] ?? null;
     }
-    this.newest = adopted[0] ?? null;
+    this.newest = taken[0] ?? null;
     this.byListener.clear();
-    for (const registration of adopted) this.byListener.set(registration.listener, registration);
+    for (const registration of taken) this.byListener.set(registration.listener, registration);
     this.asyncListeners = 0;
   }
 
@@ -776,7 +776,7 @@ export class RamBlockAttributes {
     this.changeFirst = first;
     this.changeCount = count;
     this.changeRangeObject = range;
-    const held = this.bitmap.convert(first, count, toShared, this.changes);
+    const held = this.bitmap.exchange(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     // Masked only while another source discards something: a block nobody unplugs pays one test.
     this.told = this.sources.length === 0 || !anyDiscarded(this.sources) ? this.changes : this.maskChanges();

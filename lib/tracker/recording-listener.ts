@@ -149,16 +149,16 @@ export class RecordingListener implements RamDiscardListener {
     }
   }
 
-  /** One pass (PageBitmap.convert): the granules flip, and what they held says whether any was mapped already. */
+  /** One pass (PageBitmap.exchange): the granules flip, and what they held says whether any was mapped already. */
   private recordPopulate(range: GranuleRange): void {
     this.populates++;
-    if (this.mapped.convert(range.first - this.base, range.count, true, this.flipped) !== Held.Clear) this.errors++;
+    if (this.mapped.exchange(range.first - this.base, range.count, true, this.flipped) !== Held.Clear) this.errors++;
   }
 
   private recordDiscard(range: GranuleRange): void {
     this.discards++;
     // A listener with double discard accepts a discard over granules it no longer holds.
-    if (this.mapped.convert(range.first - this.base, range.count, false, this.flipped) !== Held.Set && !this.doubleDiscardSupported) this.errors++;
+    if (this.mapped.exchange(range.first - this.base, range.count, false, this.flipped) !== Held.Set && !this.doubleDiscardSupported) this.errors++;
   }
 
   /** Maximal runs of mapped granules, ascending, in the block's granules. */

@@ -187,7 +187,7 @@ export class GuestVm implements Disposable {
         vcpu.registers = entryRegisters(layout, id, count);
         if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.id);
       }
-      // TDX measures through an initialised vCPU; either way the launch ends before the
+      // TDX measures through an initialized vCPU; either way the launch ends before the
       // first KVM_RUN, and nothing is measured after it.
       if (launch instanceof TdxLaunch) await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
       launch?.finish();
