@@ -169,6 +169,8 @@ bare exits (out 0x10 in real mode on a default-type VM, counted, re-entered), be
 
 /** Conversions of each size both ways on one block, after a warm-up. */
 async function measure(host: VmHost, sizes: number[], iterations: number, prefault: boolean): Promise<BenchRow[]> {
+  // Each row reports the crossings into C++ a conversion makes.
+  nativeCalls.enabled = true;
   const rows: BenchRow[] = [];
   host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
   const block = host.block!;
