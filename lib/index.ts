@@ -25,7 +25,7 @@ export type { BlockSetUpOptions, BlockSetUpProgress } from './memory/block-set-u
 export { attachBlock, AttachedBlock } from './memory/attached-block';
 export type { BlockDescriptor, ThreadListener } from './memory/block-sharing';
 export type { Intent } from './memory/block-lock';
-export { defineThreadKind, type ThreadDescriptor, type ThreadKindFamily } from './memory/thread-kinds';
+export { defineThreadKind, type ThreadDescriptor, type ThreadKindFamily } from './common/thread-kinds';
 export { GuestMemory, type GuestMemoryOptions, type AddBlockOptions } from './memory/guest-memory';
 export { ConversionStats, type ConversionStep } from './memory/conversion-stats';
 export type { DmaBackend, DmaMapper } from './vfio/dma-mapper';
@@ -35,7 +35,7 @@ export { VfioDevice, type RegionInfo, type RegionMapping } from './vfio/vfio-dev
 export { AssignedDevice, type AssignOptions } from './vfio/assigned-device';
 export { VfioDmaListener, type VfioDmaListenerOptions } from './vfio/vfio-dma-listener';
 export { EduDevice } from './vfio/edu-device';
-export { DmaProbe } from './vfio/dma-probe';
+export { DmaProbe } from './vmm/dma-probe';
 export { pciDevice, pciDevices, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
 export { probe, type ProbeReport, type Feature, type Capability } from './probe';
 // The raw addon stays inside: every fd it takes is owned by a class above (Kvm, Vm, VfioContainer, …).

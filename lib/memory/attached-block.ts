@@ -17,7 +17,7 @@ import { BlockState } from './block-state';
 import type { BlockDescriptor, RegistrySnapshot } from './block-sharing';
 import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
-import { revive } from './thread-kinds';
+import { revive } from '../common/thread-kinds';
 import type { PageState } from '../tracker/state-change-channel';
 // The built-in kinds a descriptor may name: each module defines its own on load.
 import './block-kernel';

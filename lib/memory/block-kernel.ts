@@ -13,7 +13,7 @@ import { removeMemory } from '../common/host-mapping';
 import { native } from '../common/native';
 import type { SharedMemory } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
-import { defineThreadKind, type ThreadDescriptor } from './thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../common/thread-kinds';
 
 /** The kernel calls a conversion makes, with block-relative offsets but for KVM's. */
 export interface BlockKernel {

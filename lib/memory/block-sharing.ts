@@ -13,7 +13,7 @@ import { GuestmemError } from '../common/errors';
 import type { BlockMemory } from './block-state';
 import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
 import type { RamBlockAttributes } from '../tracker/ram-block-attributes';
-import type { ThreadDescriptor } from './thread-kinds';
+import type { ThreadDescriptor } from '../common/thread-kinds';
 
 /** A listener that can run on another thread: it describes itself for a thread to rebuild. */
 export interface ThreadListener extends RamDiscardListener {

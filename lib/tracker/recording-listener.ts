@@ -12,7 +12,7 @@ import { checkInteger, describeValue } from '../common/validators';
 import { Held, PageBitmap, RunList, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 import { GuestmemError } from '../common/errors';
-import { defineThreadKind, type ThreadDescriptor } from '../memory/thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../common/thread-kinds';
 
 type Kind = 'populate' | 'discard';
 

@@ -21,7 +21,7 @@ import { GuestmemError, invalidArgType, outOfRange } from '../common/errors';
 import { describeValue } from '../common/validators';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
-import { defineThreadKind, revive, type ThreadDescriptor } from '../memory/thread-kinds';
+import { defineThreadKind, revive, type ThreadDescriptor } from '../common/thread-kinds';
 
 /** Bytes before the held bitmap's words in its shared memory: the count of held granules, a Float64. */
 const COUNT_BYTES = 8;

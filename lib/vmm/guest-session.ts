@@ -2,7 +2,7 @@
 // ports, the program's host checks, and a report that says whether every check held, the
 // guest's and the host's. The CLI's `guestmem guest`, the demo and the kernel suites use it.
 
-import type { DmaProbe } from '../vfio/dma-probe';
+import type { DmaProbe } from './dma-probe';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';

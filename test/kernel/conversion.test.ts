@@ -16,7 +16,7 @@ import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import type { Run } from '../../lib/tracker/page-bitmap';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { prng } from '../support/prng';
 
 const PAGE = 4096;
