@@ -58,8 +58,8 @@ export default tseslint.config(
 
 /**
  * The layering CONTRIBUTING.md describes ("Where things live"): each folder of lib/ imports
- * only from the folders before it in this list; lib/probe.ts serves the CLI alone; nothing
- * imports the package's entry point from inside.
+ * only from the folders before it in this list; nothing imports the package's entry point
+ * from inside.
  */
 function layering() {
   // vfio/ below memory/: a block attached in a worker registers the VFIO kinds, and nothing in
@@ -73,13 +73,12 @@ function layering() {
     const below = order.slice(index + 1);
     const forbidden = [
       ...(below.length > 0 ? [`^(\\.\\./)+(${below.join('|')})/`] : []),
-      ...(part === 'cli' ? [] : ['^(\\.\\./)+probe$']),
       '^(\\.\\./)+index$',
     ];
     const options = {
       patterns: forbidden.map((regex) => ({
         regex,
-        message: `lib/${part}/ may import only from ${order.slice(0, index).map((p) => `lib/${p}/`).join(', ') || 'nothing else in lib/'}${part === 'cli' ? ' and lib/probe.ts' : ''} (CONTRIBUTING.md, "Where things live")`,
+        message: `lib/${part}/ may import only from ${order.slice(0, index).map((p) => `lib/${p}/`).join(', ') || 'nothing else in lib/'} (CONTRIBUTING.md, "Where things live")`,
         ...(allowTypeImports ? { allowTypeImports } : {}),
       })),
     };

@@ -13,12 +13,12 @@ import {
   KVM_CAP_USER_MEMORY2,
   KVM_MEMORY_ATTRIBUTE_PRIVATE,
   type VmType,
-} from './kvm/kvm-constants';
-import { Kvm, type Vm } from './kvm/kvm';
-import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, vmTypeFix, vmTypeName, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES } from './kvm/vm-types';
-import { native, nativeAvailable } from './common/native';
-import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
-import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
+} from '../kvm/kvm-constants';
+import { Kvm, type Vm } from '../kvm/kvm';
+import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, vmTypeFix, vmTypeName, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES } from '../kvm/vm-types';
+import { native, nativeAvailable } from '../common/native';
+import { VfioContainer, VFIO_TYPE1v2_IOMMU } from '../vfio/vfio-type1';
+import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from '../vfio/vfio-sysfs';
 
 /** One capability of the host: present, or why not and what to do. */
 export interface Feature {
