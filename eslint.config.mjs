@@ -63,8 +63,9 @@ export default tseslint.config(
  */
 function layering() {
   // vfio/ below memory/: a block attached in a worker registers the VFIO kinds, and nothing in
-  // vfio/ needs a RAM block (the demo's DmaProbe, which does, is in vmm/).
-  const order = ['common', 'tracker', 'kvm', 'vfio', 'memory', 'vmm', 'cli'];
+  // vfio/ needs a RAM block (the demo's DmaProbe, which does, is in vmm/). host/ is probe():
+  // what KVM and VFIO offer here, asked by the CLI.
+  const order = ['common', 'tracker', 'kvm', 'vfio', 'host', 'memory', 'vmm', 'cli'];
   // The error table (GuestmemErrorDetails) names the types of each code's details wherever
   // they are declared: type imports alone, erased from the JavaScript, so lib/common/ still
   // needs nothing above it when it runs.

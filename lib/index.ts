@@ -37,7 +37,7 @@ export { VfioDmaListener, type VfioDmaListenerOptions } from './vfio/vfio-dma-li
 export { EduDevice } from './vfio/edu-device';
 export { DmaProbe } from './vmm/dma-probe';
 export { pciDevice, pciDevices, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
-export { probe, type ProbeReport, type Feature, type Capability } from './cli/probe';
+export { probe, type ProbeReport, type Feature, type Capability } from './host/probe';
 // The raw addon stays inside: every fd it takes is owned by a class above (Kvm, Vm, VfioContainer, …).
 export { nativeAvailable, nativeCalls } from './common/native';
 // The VMM loop: vCPUs, guest programs, guest-driven conversions.

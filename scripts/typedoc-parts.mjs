@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Comment, CommentTag, Converter, ReflectionKind } from 'typedoc';
 
-/** lib/'s folders (or a file of its own), as the docs name them; probe() and lib/common/ are "Host and common". */
+/** lib/'s folders, as the docs name them; lib/host/ (probe()) and lib/common/ are "Host and common". */
 const PARTS = {
   tracker: 'Tracker',
   memory: 'Memory',
@@ -17,7 +17,7 @@ const PARTS = {
   vfio: 'VFIO',
   vmm: 'VMM',
   common: 'Host and common',
-  'cli/probe.ts': 'Host and common',
+  host: 'Host and common',
 };
 
 const EXAMPLES = path.resolve('docs', 'examples');
@@ -39,8 +39,8 @@ export function load(app) {
     const symbol = context.getSymbolFromReflection(reflection);
     const file = symbol?.declarations?.[0]?.getSourceFile().fileName;
     if (!file) return;
-    const relative = path.relative(path.resolve('lib'), file).split(path.sep);
-    const part = PARTS[relative.join('/')] ?? PARTS[relative[0]];
+    const folder = path.relative(path.resolve('lib'), path.dirname(file)).split(path.sep)[0] || '.';
+    const part = PARTS[folder];
     if (!part) return;
     reflection.comment ??= new Comment();
     const tags = reflection.comment.blockTags;

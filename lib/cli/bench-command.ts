@@ -9,7 +9,7 @@ import { findEduDevice } from '../vfio/edu-device';
 import os from 'node:os';
 import { benchGuestLoop } from './guest-bench';
 import { benchBareExits, type ExitBench } from './exit-bench';
-import { capabilityFeature, probe } from './probe';
+import { capabilityFeature, probe } from '../host/probe';
 import { nativeCalls } from '../common/native';
 import { ConversionStats, type ConversionStep } from '../memory/conversion-stats';
 import type { PageState } from '../tracker/page-state';

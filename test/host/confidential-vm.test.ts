@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { Kvm, type Vm } from '../../lib/kvm/kvm';
 import { vmTypeFix } from '../../lib/kvm/vm-types';
 import { GuestMemory } from '../../lib/memory/guest-memory';
-import { vmTypeFeature, type ProbeReport } from '../../lib/cli/probe';
+import { vmTypeFeature, type ProbeReport } from '../../lib/host/probe';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { GuestVm } from '../../lib/vmm/guest-vm';
