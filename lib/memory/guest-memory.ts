@@ -220,9 +220,11 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
 
   /**
    * Converts [gpa, gpa + size) to `to`, in the one block that holds it, as QEMU's
-   * kvm_convert_memory: the tracker, KVM's memory attributes, every listener (a VFIO
-   * listener maps or unmaps the device's DMA), then the punch-hole of the backing left;
-   * a failed step undoes those before it. Conversions of one block run one at a time.
+   * kvm_convert_memory (RamBlock.convert): KVM's memory attributes and the tracker's state
+   * change, whose listeners map or unmap (a VFIO listener the device's DMA), in the order
+   * that never leaves a device mapping a private page (to private, listeners first), then
+   * the punch-hole of the backing left; a failed step undoes those before it. Conversions of
+   * one block run one at a time.
    *
    * @returns what changed (the range's state before, granules changed)
    * @throws (as a rejected promise) `ERR_GUESTMEM_CONVERSION_REJECTED` for a range in no

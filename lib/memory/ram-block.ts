@@ -85,8 +85,10 @@ export type { Disagreement } from '../tracker/block-agreement';
 
 /**
  * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
- * QEMU's kvm_convert_memory: tracker, KVM attributes, listeners, punch-hole, each undone if a
- * later one fails.
+ * QEMU's kvm_convert_memory, each step undone if a later one fails: to shared, KVM's
+ * attributes, then the tracker (listeners map), then the guest_memfd's punch-hole; to
+ * private, the tracker first (listeners unmap), then KVM's attributes, then the shared
+ * backing's discard (block-conversion.ts says why the order differs).
  */
 export class RamBlock implements Disposable {
   readonly name: string;
