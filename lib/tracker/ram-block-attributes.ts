@@ -280,7 +280,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * Why a synchronous change is refused now (null when it is not): a listener that is not
+   * @internal Why a synchronous change is refused now (null when it is not): a listener that is not
    * synchronous (ERR_GUESTMEM_ASYNC_LISTENER, naming it) or an operation in flight
    * (ERR_GUESTMEM_BUSY). Throws ERR_GUESTMEM_REENTRANT_CALL from inside a notification.
    */
@@ -623,7 +623,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * The state change of a range this tracker has validated (range()), made now, with every
+   * @internal The state change of a range this tracker has validated (range()), made now, with every
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
    */

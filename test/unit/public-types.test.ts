@@ -114,6 +114,15 @@ describe('the published types in a strict project of a user\'s', function () {
     assert.deepEqual(Object.keys(examples()).sort(), ['AssignedDevice.ts', 'GuestMemory.ts', 'Kvm.ts', 'RamBlockAttributes.ts', 'runGuestSession.ts']);
   });
 
+  it('leaves the internals out (@internal, stripInternal): the tracker\'s changeSync and syncRefusal, the VM\'s own, a block\'s disposeRefusal', () => {
+    const declarations = (file: string) => fs.readFileSync(path.join(ROOT, 'dist', 'lib', file), 'utf8');
+    assert.doesNotMatch(declarations('tracker/ram-block-attributes.d.ts'), /\b(changeSync|syncRefusal|replaceRegistrations)\(/);
+    assert.doesNotMatch(declarations('kvm/kvm.d.ts'), /\bown<T/);
+    assert.doesNotMatch(declarations('memory/ram-block.d.ts'), /\bdisposeRefusal\(/);
+    // What a user calls is still there.
+    assert.match(declarations('tracker/ram-block-attributes.d.ts'), /\bstateChangeSync\(/);
+  });
+
   for (const setup of SETUPS) {
     it(`compiles with tsc --strict: ${setup.name}`, () => {
       const project = path.join(work, setup.name.replace(/[^a-z0-9]+/gi, '-'));
