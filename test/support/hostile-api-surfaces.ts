@@ -194,6 +194,7 @@ function sweepTable(): SweepEntry[] {
     { name: 'DelegatedVm.setMemoryAttributes', valid: [GPA, PAGE, 'shared'], call: fn((a: number, b: number, c: 'shared') => delegated.setMemoryAttributes(a, b, c)) },
     { name: 'new GuestMemory', valid: [delegated, {}], call: fn((vm: DelegatedVm, options: object) => new GuestMemory(vm, options)) },
     { name: 'GuestMemory.addBlock', valid: [{ gpa: GPA, size: MiB }], call: fn((options: never) => new GuestMemory(delegated).addBlock(options)) },
+    { name: 'GuestMemory.addBlockAsync', valid: [{ gpa: GPA, size: MiB }], call: fn((options: never) => new GuestMemory(delegated).addBlockAsync(options)) },
     { name: 'SharedMemory.create', valid: [PAGE], call: fn((size: number) => SharedMemory.create(size).close()) },
     { name: 'new VfioDmaListener', valid: [dma, { sharedAddress: 0x1000n, gpa: 0n }], call: fn((d: never, o: never) => new VfioDmaListener(d, o)) },
     { name: 'VmmLoop.run', valid: [[], { convert() {}, covers: () => false }], call: fn((v: never, m: never) => new VmmLoop(v, m).run()) },
