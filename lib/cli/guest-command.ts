@@ -5,7 +5,7 @@
 // console, its conversions and the final map; exits 1 if any check fails.
 
 import fs from 'node:fs';
-import { DmaProbe } from '../vfio/dma-probe';
+import { DmaProbe } from '../vmm/dma-probe';
 import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
 import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';

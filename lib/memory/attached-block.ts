@@ -8,7 +8,8 @@
 import { receiveMessageOnPort, MessagePort } from 'node:worker_threads';
 import { GranuleRange, type Bytes } from '../common/byte-range';
 import { ConversionStats } from './conversion-stats';
-import { checkInteger, GuestmemError, invalidArgType } from '../common/errors';
+import { GuestmemError, invalidArgType } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import { native } from '../common/native';
 import { BlockConversion } from './block-conversion';
 import type { BlockKernel } from './block-kernel';
@@ -17,7 +18,7 @@ import type { BlockDescriptor, RegistrySnapshot } from './block-sharing';
 import { PlugSource } from '../tracker/plug-source';
 import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
-import { revive } from './thread-kinds';
+import { revive } from '../common/thread-kinds';
 import type { PageState } from '../tracker/state-change-channel';
 // The built-in kinds a descriptor may name: each module defines its own on load.
 import './block-kernel';
@@ -77,7 +78,7 @@ export class AttachedBlock {
     this.state = new BlockState(descriptor.memory, descriptor.granules, `RAM block ${descriptor.name}`, descriptor.lockTimeoutMs);
     this.port = descriptor.port;
     this.generation = descriptor.registry.generation;
-    this.adopt(descriptor.registry);
+    this.takeSnapshot(descriptor.registry);
     this.conversion = new BlockConversion({
       name: this.name, gpa: this.gpa, tracker: this.tracker, state: this.state, stats: this.stats,
       kernel: revive<BlockKernel>('kernel', descriptor.kernel), prefault: prefaultThrough(descriptor, options),
@@ -131,17 +132,17 @@ export class AttachedBlock {
         `${this.name}: the listener registry moved to generation ${generation} but its message ${latest === null ? 'is missing' : `says ${latest.generation}`}: was this descriptor's port transferred to this thread, and attached once?`,
       );
     }
-    this.adopt(latest);
+    this.takeSnapshot(latest);
   }
 
-  private adopt(snapshot: RegistrySnapshot): void {
+  private takeSnapshot(snapshot: RegistrySnapshot): void {
     const replicas = new Map<number, RamDiscardListener>();
     const registrations = snapshot.registrations.map(({ id, first, count, listener }) => {
       const replica = this.replicas.get(id) ?? revive<RamDiscardListener>('listener', listener);
       replicas.set(id, replica);
       return { id, listener: replica, section: new GranuleRange(first, count, this.granularity) };
     });
-    this.tracker.adoptRegistrations(registrations);
+    this.tracker.replaceRegistrations(registrations);
     this.replicas = replicas;
     this.generation = snapshot.generation;
   }

@@ -78,8 +78,9 @@ export class BlockPlug {
     const range = plug.range(start - BigInt(this.parts.gpa), length, what);
     if (state.mayBeUnsettled && !state.unsettled.isAllClear(range.first, range.count)) {
       const runs = state.unsettledRuns(range.first, range.count);
-      throw Object.assign(
-        new GuestmemError('ERR_GUESTMEM_CONVERSION_REJECTED', `${what} of ${range} of ${name} holds granules that disagree since a failed rollback (${formatRuns(runs)}): call repair() first`),
+      throw new GuestmemError(
+        'ERR_GUESTMEM_CONVERSION_REJECTED',
+        `${what} of ${range} of ${name} holds granules that disagree since a failed rollback (${formatRuns(runs)}): call repair() first`,
         { unsettled: runs },
       );
     }
@@ -155,22 +156,20 @@ export class BlockPlug {
     const applied = before.flatMap(([first, count]) => plug.runs(to, first, count))
       .filter(([first, count]) => !doubtful.some(([f, c]) => f < first + count && first < f + c));
     const stayed = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${formatRuns(applied)}` : '';
-    const facts = { step, cause, errors, applied, operation: to === 'plugged' ? 'plug' : 'unplug' };
+    const facts = { step, cause, errors, applied, operation: to === 'plugged' ? 'plug' as const : 'unplug' as const };
     if (disagreements.length > 0) {
       state.markUnsettled(doubtful);
-      return Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_ROLLBACK_FAILED',
-          `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
-            `${describeDisagreements(disagreements, range.granularity)}${stayed}`,
-          { cause },
-        ),
+      return new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
+          `${describeDisagreements(disagreements, range.granularity)}${stayed}`,
         { ...facts, disagreements },
       );
     }
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`, { cause }),
-      facts,
+    return new GuestmemError(
+      'ERR_GUESTMEM_CONVERSION_FAILED',
+      `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`,
+      { ...facts },
     );
   }
 }

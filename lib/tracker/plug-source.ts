@@ -9,7 +9,8 @@
 // the block's lock) is seen by all.
 
 import { checkGranularity, checkSpan, granuleRangeOf, type Bytes, type GranuleRange } from '../common/byte-range';
-import { describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import type { DiscardSource, SourceChange } from './discard-source';
 import { PageBitmap, type Run } from './page-bitmap';
 

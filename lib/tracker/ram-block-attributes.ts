@@ -4,7 +4,8 @@
 // back so that the bitmap, every listener and the caller agree.
 
 import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
-import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { messageOf as message } from '../common/errors';
 import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
@@ -279,7 +280,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * Why a synchronous change is refused now (null when it is not): a listener that is not
+   * @internal Why a synchronous change is refused now (null when it is not): a listener that is not
    * synchronous (ERR_GUESTMEM_ASYNC_LISTENER, naming it) or an operation in flight
    * (ERR_GUESTMEM_BUSY). Throws ERR_GUESTMEM_REENTRANT_CALL from inside a notification.
    */
@@ -330,19 +331,19 @@ export class RamBlockAttributes {
    * these registrations, newest first, as its own, with no notification (the tracker that
    * registered them has notified them already). Every listener must be synchronous.
    */
-  adoptRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
-    const adopted: Registration[] = registrations.map(({ id, listener, section }) => {
+  replaceRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
+    const taken: Registration[] = registrations.map(({ id, listener, section }) => {
       const checked = checkListener(listener);
       if (!checked.synchronous) throw notSynchronous(checked.name);
       return { id, listener, section, ...checked, newer: null, older: null };
     });
-    for (let i = 0; i < adopted.length; i++) {
-      adopted[i]!.older = adopted[i + 1] ?? null;
-      adopted[i]!.newer = adopted[i - 1] ?? null;
+    for (let i = 0; i < taken.length; i++) {
+      taken[i]!.older = taken[i + 1] ?? null;
+      taken[i]!.newer = taken[i - 1] ?? null;
     }
-    this.newest = adopted[0] ?? null;
+    this.newest = taken[0] ?? null;
     this.byListener.clear();
-    for (const registration of adopted) this.byListener.set(registration.listener, registration);
+    for (const registration of taken) this.byListener.set(registration.listener, registration);
     this.asyncListeners = 0;
   }
 
@@ -625,7 +626,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * The state change of a range this tracker has validated (range()), made now, with every
+   * @internal The state change of a range this tracker has validated (range()), made now, with every
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
    */
@@ -778,7 +779,7 @@ export class RamBlockAttributes {
     this.changeFirst = first;
     this.changeCount = count;
     this.changeRangeObject = range;
-    const held = this.bitmap.convert(first, count, toShared, this.changes);
+    const held = this.bitmap.exchange(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     // Masked only while another source discards something: a block nobody unplugs pays one test.
     this.told = this.sources.length === 0 || !anyDiscarded(this.sources) ? this.changes : this.maskChanges();
@@ -1068,9 +1069,10 @@ export class RamBlockAttributes {
   private listenerFailed(registration: Registration, kind: Notify | 'attach', ranges: GranuleRange[], cause: unknown): GuestmemError {
     const { name } = registration;
     const what = kind === 'attach' ? `accept its section ${ranges[0]}` : `${kind} ${describeRanges(ranges)}`;
-    const error = Object.assign(
-      new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `listener "${name}" failed to ${what} of ${this.name}: ${message(cause)}`, { cause }),
-      { listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
+    const error = new GuestmemError(
+      'ERR_GUESTMEM_LISTENER_FAILED',
+      `listener "${name}" failed to ${what} of ${this.name}: ${message(cause)}`,
+      { cause, listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
     );
     // The block finds the listener by this, never by its name, which two listeners may share.
     Object.defineProperty(error, 'registered', { value: registration.listener, enumerable: false });
@@ -1080,13 +1082,10 @@ export class RamBlockAttributes {
   /** A rollback that itself failed leaves listeners out of step: say so, loudly. */
   private withRollbackErrors(failure: unknown, rollbackErrors: unknown[]): unknown {
     if (rollbackErrors.length === 0) return failure;
-    return Object.assign(
-      new GuestmemError(
-        'ERR_GUESTMEM_ROLLBACK_FAILED',
-        `${message(failure)}; rolling back also failed, listeners may disagree with the tracker: ${rollbackErrors.map(message).join('; ')}`,
-        { cause: failure },
-      ),
-      { errors: rollbackErrors },
+    return new GuestmemError(
+      'ERR_GUESTMEM_ROLLBACK_FAILED',
+      `${message(failure)}; rolling back also failed, listeners may disagree with the tracker: ${rollbackErrors.map(message).join('; ')}`,
+      { cause: failure, errors: rollbackErrors },
     );
   }
 }

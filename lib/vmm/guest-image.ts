@@ -5,7 +5,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, invalidArgValue } from '../common/errors';
 import { BOOT_INFO_SIZE } from './boot-info';
 import { identityMapSize } from './long-mode';
 
@@ -22,7 +22,7 @@ const GUEST_DIRECTORY = path.resolve(__dirname, '..', '..', 'guest');
 /** The flat binary of a built guest program. */
 export function guestProgram(name: string): Buffer {
   if (!(GUEST_PROGRAMS as readonly string[]).includes(name)) {
-    throw Object.assign(new RangeError(`unknown guest program '${name}'; known: ${GUEST_PROGRAMS.join(', ')}`), { code: 'ERR_INVALID_ARG_VALUE' });
+    throw invalidArgValue(`unknown guest program '${name}'; known: ${GUEST_PROGRAMS.join(', ')}`);
   }
   const file = path.join(GUEST_DIRECTORY, `${name}.bin`);
   try {

@@ -2,7 +2,7 @@
 // ports, the program's host checks, and a report that says whether every check held, the
 // guest's and the host's. The CLI's `guestmem guest`, the demo and the kernel suites use it.
 
-import type { DmaProbe } from '../vfio/dma-probe';
+import type { DmaProbe } from './dma-probe';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
@@ -14,6 +14,7 @@ import { GuestVm } from './guest-vm';
 import type { HostCheck, ProgramContext } from './program-host';
 import { PROGRAM_HOSTS } from './programs';
 import type { ConversionEvent, VmmReport } from './vmm-loop';
+import { outOfRange } from '../common/errors';
 
 const PAGE = 4096;
 
@@ -71,7 +72,7 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
   checkSessionOptions(options, PROGRAM_HOSTS);
   const host = PROGRAM_HOSTS[options.program];
   const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));
-  if (!dataBlock) throw Object.assign(new RangeError(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+  if (!dataBlock) throw outOfRange(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`);
   const hostChecks: HostCheck[] = [];
   const context: ProgramContext & { sharedOutsideData: number } = {
     block: dataBlock,

@@ -4,7 +4,7 @@
 // punch-hole). On an SNP or TDX VM the program goes into private memory through the VM's
 // launch instead (launch-boot.ts), which ends before the first KVM_RUN.
 
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, outOfRange } from '../common/errors';
 import { checkGuestOptions } from './guest-options';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
@@ -133,7 +133,7 @@ export class GuestVm implements Disposable {
     checkGuestOptions(options, 'GuestVm options');
     const { kvm, memory } = options;
     const count = options.vcpus ?? 1;
-    if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });
+    if (!Number.isInteger(count) || count < 1 || count > 64) throw outOfRange(`vcpus must be 1..64, got ${count}`);
     if (memory.blocks.length === 0) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'the guest memory has no RAM block to load the program into');
     const launch = memory.vm.launch;
     if (launch?.finished) throw launchOrderError(`this ${launch.kind} VM's launch has ended: a confidential VM runs the one guest loaded before its launch ended`);
@@ -148,7 +148,7 @@ export class GuestVm implements Disposable {
     const layout = guestLayout(bootGpa, options.image.length, count, mapEnd);
     const regionSize = layout.end - layout.bootInfo;
     const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
-    if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+    if (!block) throw outOfRange(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`);
 
     // SNP: the tables mark everything private (the C-bit), as the launch measures it. CR3
     // stays untagged, as KVM's selftests leave it: KVM_SET_SREGS refuses a CR3 above the
@@ -187,7 +187,7 @@ export class GuestVm implements Disposable {
         vcpu.registers = entryRegisters(layout, id, count);
         if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.id);
       }
-      // TDX measures through an initialised vCPU; either way the launch ends before the
+      // TDX measures through an initialized vCPU; either way the launch ends before the
       // first KVM_RUN, and nothing is measured after it.
       if (launch instanceof TdxLaunch) await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
       launch?.finish();

@@ -7,7 +7,7 @@
 // shared memory, so the vCPU threads' conversions follow it.
 
 import type { Bytes } from '../common/byte-range';
-import { isRejection } from '../common/errors';
+import { isRejection, outOfRange } from '../common/errors';
 import type { RamBlock } from '../memory/ram-block';
 import type { PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL } from './map-gpa-range';
@@ -28,7 +28,7 @@ export function plugPort(block: RamBlock, gpa: Bytes, size: Bytes): PortHandler 
     try {
       if (request === 1) await block.plug(gpa, size);
       else if (request === 0) await block.unplug(gpa, size);
-      else throw Object.assign(new RangeError(`plug request ${request}: 0 unplugs, 1 plugs`), { code: 'ERR_OUT_OF_RANGE' });
+      else throw outOfRange(`plug request ${request}: 0 unplugs, 1 plugs`);
       answer = 0;
     } catch (error) {
       const refused = isRejection(error) || (error as { code?: unknown }).code === 'ERR_GUESTMEM_UNSUPPORTED';

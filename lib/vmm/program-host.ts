@@ -2,7 +2,7 @@
 // it makes at the guest's sync points and at the end, and what it learns from each
 // conversion. lib/vmm/programs/ holds one per guest program.
 
-import type { DmaProbe } from '../vfio/dma-probe';
+import type { DmaProbe } from './dma-probe';
 import type { RamBlock } from '../memory/ram-block';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { BootParams } from './boot-info';

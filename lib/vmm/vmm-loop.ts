@@ -126,7 +126,7 @@ const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
  */
 function coded(error: unknown, vcpu: number): unknown {
   if (typeof (error as { code?: unknown } | null)?.code === 'string') return error;
-  return Object.assign(new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu} stopped the VM: ${messageOf(error)}`, { cause: error }), { vcpu });
+  return new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu} stopped the VM: ${messageOf(error)}`, { cause: error, vcpu });
 }
 
 function hasRuns(applied: unknown): boolean {
@@ -368,8 +368,9 @@ export class VmmLoop {
     } catch (error) {
       registers = `; registers unreadable: ${(error as Error).message}`;
     }
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`),
+    return new GuestmemError(
+      'ERR_GUESTMEM_VCPU_FAILED',
+      `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`,
       { vcpu: id, exit },
     );
   }

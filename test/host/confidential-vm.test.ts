@@ -1,5 +1,5 @@
 // On a real SEV-SNP or TDX host (`npm run test:host`; never in the harness VM, which has
-// neither): a VM of the hardware type, initialised as the type requires (KVM_SEV_INIT2;
+// neither): a VM of the hardware type, initialized as the type requires (KVM_SEV_INIT2;
 // KVM_TDX_CAPABILITIES + KVM_TDX_INIT_VM), guest memory on it converted both ways, and
 // with a device bound to vfio-pci (GUESTMEM_HOST_VFIO=<bdf>) the VFIO listener mapping
 // exactly the shared pages. The type: GUESTMEM_HOST_VM_TYPE (snp, tdx, sw-protected), else
@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { Kvm, type Vm } from '../../lib/kvm/kvm';
 import { vmTypeFix } from '../../lib/kvm/vm-types';
 import { GuestMemory } from '../../lib/memory/guest-memory';
-import { vmTypeFeature, type ProbeReport } from '../../lib/probe';
+import { vmTypeFeature, type ProbeReport } from '../../lib/host/probe';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { GuestVm } from '../../lib/vmm/guest-vm';
@@ -52,11 +52,11 @@ describe('a confidential VM on this host (SNP or TDX hardware)', function () {
     kvm?.close();
   });
 
-  it('creates the VM and initialises it as its type requires', () => {
+  it('creates the VM and initializes it as its type requires', () => {
     vm = kvm.createVm(type);
     const expected = type === 'sw-protected' ? 'none' : type;
-    assert.equal(vm.initialisation.kind, expected, JSON.stringify(vm.initialisation, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)));
-    if (vm.initialisation.kind === 'tdx') assert.ok(vm.initialisation.cpuidEntries > 0, 'a CPUID configuration was given');
+    assert.equal(vm.initialization.kind, expected, JSON.stringify(vm.initialization, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)));
+    if (vm.initialization.kind === 'tdx') assert.ok(vm.initialization.cpuidEntries > 0, 'a CPUID configuration was given');
   });
 
   it('guest memory on it: a block all private, then converted shared and back', async () => {

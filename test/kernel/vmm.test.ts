@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import type { DmaBackend } from '../../lib/vfio/dma-mapper';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { Kvm } from '../../lib/kvm/kvm';
 import type { RamBlock } from '../../lib/memory/ram-block';
