@@ -87,3 +87,13 @@ export function routine(guest: AssembledGuest, from: string, to: string, mode: '
 export function builtGuest(name: string): Buffer {
   return fs.readFileSync(path.join(ROOT, 'dist', 'guest', `${name}.bin`));
 }
+
+/** The `.set NAME, VALUE` numbers of an include file of guest/. */
+export function includeNumbers(file: string): Map<string, bigint> {
+  const numbers = new Map<string, bigint>();
+  for (const line of fs.readFileSync(path.join(GUEST_SOURCES, file), 'utf8').split('\n')) {
+    const match = /^\.set (\w+), (0x[0-9a-f]+|\d+)\b/i.exec(line);
+    if (match) numbers.set(match[1]!, BigInt(match[2]!));
+  }
+  return numbers;
+}

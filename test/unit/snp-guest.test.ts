@@ -6,29 +6,15 @@
 // would raise #VC, the MSR protocol's wrmsr/VMGEXIT/rdmsr, PVALIDATE, the #VC gate at 29.
 
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
-import path from 'node:path';
 import { GHCB_MSR, GUESTMEM_TERM_SET, MSR_GHCB, PAGE_STATE, decodePageStateRequest, decodeSevInfoResponse, pageStateRequest, pageStateResponse, sevInfoResponse, terminationRequest } from '../../lib/vmm/ghcb-msr';
 import { secretSnpProgram } from '../../lib/vmm/programs/secret-snp';
 import { HOST_NOTE, SECRET } from '../../lib/vmm/programs/secret';
 import type { ProgramContext, HostCheck } from '../../lib/vmm/program-host';
 import type { RamBlock } from '../../lib/memory/ram-block';
-import { assembleGuest, binutilsMissing, builtGuest, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
-
-const GUEST = path.resolve(__dirname, '..', '..', '..', 'guest');
-
-/** The `.set NAME, VALUE` numbers of an include file. */
-export function includeNumbers(file: string): Map<string, bigint> {
-  const numbers = new Map<string, bigint>();
-  for (const line of fs.readFileSync(path.join(GUEST, file), 'utf8').split('\n')) {
-    const match = /^\.set (\w+), (0x[0-9a-f]+|\d+)\b/i.exec(line);
-    if (match) numbers.set(match[1]!, BigInt(match[2]!));
-  }
-  return numbers;
-}
+import { assembleGuest, binutilsMissing, builtGuest, includeNumbers, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
 
 /** Instructions an SNP guest cannot execute without a GHCB page: each would raise #VC. */
-export const EXITING = /^(rep )?(in|out|ins[bwd]?|outs[bwd]?|hlt|cpuid|vmmcall|vmcall|rdtscp?|rdpmc|wbinvd|invd|monitor|mwait|xsetbv|ud2)\b/;
+const EXITING = /^(rep )?(in|out|ins[bwd]?|outs[bwd]?|hlt|cpuid|vmmcall|vmcall|rdtscp?|rdpmc|wbinvd|invd|monitor|mwait|xsetbv|ud2)\b/;
 
 function texts(code: Instruction[]): string[] {
   return code.map((i) => i.text);
