@@ -169,9 +169,7 @@ vc_handler:
 
 .balign 8
 gdt:
-  .quad 0
-  .quad 0x00af9b000000ffff              # 0x08: 64-bit code
-  .quad 0x00cf93000000ffff              # 0x10: data
+.include "gdt64.inc"
 gdt_end:
 gdt_pointer:
   .word gdt_end - gdt - 1
@@ -186,9 +184,7 @@ idt_base:
 idt:
   .skip (X86_TRAP_VC + 1) * 16
 
-text secret, "guestmem secret: a private page keeps this from the host and the device"
-text host_note, "note from the host, through the shared memfd"
-text message, "hello device: this page is shared, read it by DMA"
+.include "secret-texts.inc"
 
 .include "page-split.inc"
 

@@ -152,9 +152,7 @@ td_vmcall:
 shared_bit: .quad 0
 text hello, "secret (TD): converting a page private\n"
 text bye, "secret (TD): done\n"
-text secret, "guestmem secret: a private page keeps this from the host and the device"
-text host_note, "note from the host, through the shared memfd"
-text message, "hello device: this page is shared, read it by DMA"
+.include "secret-texts.inc"
 
 .include "page-split.inc"
 

@@ -52,9 +52,7 @@ long_mode:
 
 .balign 8
 gdt:
-  .quad 0
-  .quad 0x00af9b000000ffff             # 0x08: 64-bit code
-  .quad 0x00cf93000000ffff             # 0x10: data
+.include "gdt64.inc"
 gdt_end:
 gdt_pointer:
   .word gdt_end - gdt - 1

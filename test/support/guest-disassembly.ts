@@ -23,6 +23,14 @@ export function binutilsMissing(): string | null {
   return missing.length === 0 ? null : `binutils lacks ${missing.join(', ')} (apt-get install binutils)`;
 }
 
+/** A before() hook: pending with the reason where binutils is missing. */
+export function requireBinutils(this: Mocha.Context): void {
+  const missing = binutilsMissing();
+  if (!missing) return;
+  console.log(`      (skipped: ${missing})`);
+  this.skip();
+}
+
 /** One instruction: its offset in the flat image, its bytes, and objdump's Intel-syntax text. */
 export interface Instruction {
   offset: number;

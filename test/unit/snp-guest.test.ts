@@ -11,7 +11,7 @@ import { secretSnpProgram } from '../../lib/vmm/programs/secret-snp';
 import { HOST_NOTE, SECRET } from '../../lib/vmm/programs/secret';
 import type { ProgramContext, HostCheck } from '../../lib/vmm/program-host';
 import type { RamBlock } from '../../lib/memory/ram-block';
-import { assembleGuest, binutilsMissing, builtGuest, includeNumbers, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
+import { assembleGuest, builtGuest, includeNumbers, requireBinutils, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
 
 /** Instructions an SNP guest cannot execute without a GHCB page: each would raise #VC. */
 const EXITING = /^(rep )?(in|out|ins[bwd]?|outs[bwd]?|hlt|cpuid|vmmcall|vmcall|rdtscp?|rdpmc|wbinvd|invd|monitor|mwait|xsetbv|ud2)\b/;
@@ -57,11 +57,7 @@ describe('secret-snp as assembled (objdump)', function () {
   let code: Instruction[];
 
   before(function () {
-    const missing = binutilsMissing();
-    if (missing) {
-      console.log(`      (skipped: ${missing})`);
-      this.skip();
-    }
+    requireBinutils.call(this);
     guest = assembleGuest('secret-snp');
     code = [...routine(guest, 'start', 'gdt'), ...routine(guest, 'split_2m', 'split_table')];
   });

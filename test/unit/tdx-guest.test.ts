@@ -10,7 +10,7 @@ import { identityMap } from '../../lib/vmm/long-mode';
 import { PROGRAM_HOSTS } from '../../lib/vmm/programs';
 import { TDCALL_LEAF, TDVMCALL } from '../../lib/vmm/tdvmcall';
 import { TDX_RESET_PAGE_GPA, TDX_RESET_PAGE_SIZE, TDX_RESET_PARAMS, TDX_RESET_VECTOR, tdxResetImage, tdxResetPage } from '../../lib/vmm/tdx-reset-page';
-import { assembleGuest, binutilsMissing, builtGuest, disassemble, includeNumbers, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
+import { assembleGuest, builtGuest, disassemble, includeNumbers, requireBinutils, routine, type AssembledGuest, type Instruction } from '../support/guest-disassembly';
 
 /** What a TD cannot execute without #VE (or that the program must not need). */
 const EXITING = /^(rep )?(in|out|ins[bwd]?|outs[bwd]?|hlt|cpuid|vmmcall|vmcall|rdmsr|wrmsr|rdtscp|rdpmc|wbinvd|invd|monitor|mwait|ud2)\b/;
@@ -30,11 +30,7 @@ describe('the TD reset page (lib/vmm/tdx-reset-page.ts, guest/tdx-reset.s)', fun
   let reset: AssembledGuest;
 
   before(function () {
-    const missing = binutilsMissing();
-    if (missing) {
-      console.log(`      (skipped: ${missing})`);
-      this.skip();
-    }
+    requireBinutils.call(this);
     reset = assembleGuest('tdx-reset');
   });
 
@@ -101,11 +97,7 @@ describe('secret-tdx as assembled (objdump)', function () {
   let code: Instruction[];
 
   before(function () {
-    const missing = binutilsMissing();
-    if (missing) {
-      console.log(`      (skipped: ${missing})`);
-      this.skip();
-    }
+    requireBinutils.call(this);
     guest = assembleGuest('secret-tdx');
     code = [...routine(guest, 'start', 'shared_bit'), ...routine(guest, 'split_2m', 'split_table')];
   });

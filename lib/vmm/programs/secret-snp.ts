@@ -7,9 +7,8 @@
 import { GUESTMEM_TERM_SET } from '../ghcb-msr';
 import type { ProgramHost } from '../program-host';
 import { readShared, writeShared } from '../shared-bytes';
-import { HOST_NOTE, MESSAGE, SECRET } from './secret';
+import { checkMessage, HOST_NOTE, SECRET } from './secret';
 
-const MESSAGE_OFFSET = 2048n;
 const PAGE = 4096;
 
 /** What each of the guest's check ids means (guest/secret-snp.s). */
@@ -33,16 +32,7 @@ export const secretSnpProgram: ProgramHost = {
     context.check('memfd-hides-secret', !visible, visible ? 'the shared memfd shows the private page\'s secret' : 'the page turned shared does not show the secret written while it was private');
     writeShared(context.block, context.dataGpa, HOST_NOTE);
   },
-  async finish(context) {
-    const page = context.dataGpa;
-    const seen = readShared(context.block, page + MESSAGE_OFFSET, MESSAGE.length).equals(MESSAGE);
-    context.check('memfd-shows-message', seen, seen ? 'the shared memfd holds the guest\'s message' : 'the guest\'s message is NOT in the shared memfd');
-    if (context.probe) {
-      const read = await context.probe.read(Number(page + MESSAGE_OFFSET), MESSAGE.length);
-      const ok = read.equals(MESSAGE);
-      context.check('device-reads-message', ok, ok ? 'the device read the guest\'s message by DMA' : `the device read ${JSON.stringify(read.toString('latin1'))} instead of the message`);
-    }
-  },
+  finish: checkMessage,
   termination(sev) {
     if (!sev) return 'the guest ended without an SEV termination request';
     if (sev.reasonSet === 0 && sev.reasonCode === 0) return null;

@@ -3,7 +3,7 @@
 // the memfd. At sync 2 the page is shared again: the guest read the note (its check 4) and
 // left a message, which the memfd shows and the device reads by DMA.
 
-import type { ProgramHost } from '../program-host';
+import type { ProgramContext, ProgramHost } from '../program-host';
 import { readShared, writeShared } from '../shared-bytes';
 
 // The texts of guest/secret.s.
@@ -27,13 +27,19 @@ export const secretProgram: ProgramHost = {
       }
       writeShared(context.block, page, HOST_NOTE);
     } else if (step === 2) {
-      const seen = readShared(context.block, page + MESSAGE_OFFSET, MESSAGE.length).equals(MESSAGE);
-      context.check('memfd-shows-message', seen, seen ? 'the shared memfd holds the guest\'s message' : 'the guest\'s message is NOT in the shared memfd');
-      if (context.probe) {
-        const read = await context.probe.read(Number(page + MESSAGE_OFFSET), MESSAGE.length);
-        const ok = read.equals(MESSAGE);
-        context.check('device-reads-message', ok, ok ? 'the device read the guest\'s message by DMA' : `the device read ${JSON.stringify(read.toString('latin1'))} instead of the message`);
-      }
+      await checkMessage(context);
     }
   },
 };
+
+/** The guest left its message in the shared page: the memfd shows it, and the device reads it by DMA. */
+export async function checkMessage(context: ProgramContext): Promise<void> {
+  const at = context.dataGpa + MESSAGE_OFFSET;
+  const seen = readShared(context.block, at, MESSAGE.length).equals(MESSAGE);
+  context.check('memfd-shows-message', seen, seen ? 'the shared memfd holds the guest\'s message' : 'the guest\'s message is NOT in the shared memfd');
+  if (context.probe) {
+    const read = await context.probe.read(Number(at), MESSAGE.length);
+    const ok = read.equals(MESSAGE);
+    context.check('device-reads-message', ok, ok ? 'the device read the guest\'s message by DMA' : `the device read ${JSON.stringify(read.toString('latin1'))} instead of the message`);
+  }
+}
