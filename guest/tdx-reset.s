@@ -1,7 +1,8 @@
 # The page a TD starts in: the last 4 KiB below 4 GiB, whose last 16 bytes hold the reset
 # vector (0xfffffff0), where the TDX module starts every vCPU: 32-bit protected mode with
-# flat segments, paging off, ESI = the vCPU's index, RCX = what KVM_TDX_INIT_VCPU gave (as
-# the kernel's TDX selftests' td_boot relies on). It does what td_boot does with its boot
+# flat segments, paging off (CR0 0x21, CR4 0x2040, EFER 0x901: LME set; the TDX module's
+# td_vmcs_init.c), ESI = the vCPU's index, RCX = what KVM_TDX_INIT_VCPU gave (tdh_vp_init.c;
+# the kernel's TDX selftests' td_boot relies on the same). It does what td_boot does with its boot
 # parameters: loads a GDT, CR4, CR3 and CR0 (EFER.LME is already set in a TD, so paging on
 # is long mode), far-jumps to 64-bit code, and enters the program as the VMM's long-mode
 # entry would (common.inc: rdi boot info, rsi index, rdx count, rsp this vCPU's stack).
