@@ -135,8 +135,7 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
       if ('terminated' in outcome) {
         const problem = host.termination ? host.termination(outcome.sev) : `the guest terminated itself (${outcome.terminated})`;
         if (problem !== null) problems.push(`vCPU ${outcome.vcpu}: ${problem}`);
-      }
-      else if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
+      } else if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
       else if (outcome.status !== 0) problems.push(`vCPU ${outcome.vcpu} exited with status ${outcome.status}`);
     }
     const failedGuest = protocol.failedChecks;
