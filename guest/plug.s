@@ -17,7 +17,7 @@ start:
   sync 1                                # host: the device reaches it
 
   mov eax, PLUG_UNPLUG
-  call ask
+  call ask_plug
   mov edi, 2                            # check 2: the host unplugged it
   check edi
   sync 2                                # host: the device no longer reaches it
@@ -31,7 +31,7 @@ start:
   mov edi, 4
   check edi
   mov eax, PLUG_PLUG
-  call ask
+  call ask_plug
   mov edi, 5                            # check 5: the host plugged it back
   check edi
   sync 3                                # host: the device reaches it again
@@ -41,11 +41,11 @@ start:
   mov edi, 6
   check edi
   mov eax, PLUG_UNPLUG
-  call ask
+  call ask_plug
   mov edi, 7
   check edi
   mov eax, PLUG_PLUG
-  call ask
+  call ask_plug
   mov edi, 8                            # check 8: a private area unplugged and plugged back
   check edi
   sync 4                                # host: the device does not reach the private area
@@ -58,13 +58,6 @@ convert:
   mov r9, r14
   call map_range
   test rax, rax
-  ret
-
-# Asks the host to plug (eax = PLUG_PLUG) or unplug the data area; ZF set when it answered 0.
-ask:
-  out PORT_PLUG, eax
-  in eax, PORT_PLUG
-  test eax, eax
   ret
 
 text hello, "plug: converting, unplugging and plugging the data area\n"

@@ -1,6 +1,7 @@
 # secret: a private page keeps the guest's secret from the host and the device; a shared
-# page carries the host's note to the guest and the guest's message to the device.
-# Host side: lib/vmm/programs/secret.ts (its checks at sync 1 and 2, and the texts below).
+# page carries the host's note to the guest and the guest's message to the device; once
+# unplugged (virtio-mem), the page is given back and the device loses it until plugged again.
+# Host side: lib/vmm/programs/secret.ts (its checks at sync 1 to 4, and the texts below).
 .include "common.inc"
 .globl start
 start:
@@ -50,6 +51,18 @@ start:
   rep movsb
 
   sync 2                                # host: the device reads the message by DMA
+
+  mov eax, PLUG_UNPLUG                  # virtio-mem's request: the shared page unplugged
+  call ask_plug
+  mov edi, 5                            # check 5: the host unplugged it
+  check edi
+  sync 3                                # host: the memfd gave it back, the device lost it
+
+  mov eax, PLUG_PLUG
+  call ask_plug
+  mov edi, 6                            # check 6: the host plugged it back
+  check edi
+  sync 4                                # host: the device reaches it again
   say bye
   exit_with 0
 

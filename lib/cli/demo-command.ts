@@ -2,8 +2,10 @@
 // SW-protected VM with one RAM block and the edu device's VFIO listener; a vCPU runs the
 // `secret` guest program, which converts a page private with the MAP_GPA_RANGE hypercall
 // and hides a secret in it (neither the memfd nor the device's DMA can see it), then
-// converts it shared and leaves a message that the device reads by DMA. Each step is
-// timed; exits 1 if any proof fails.
+// converts it shared and leaves a message that the device reads by DMA; last, it asks for
+// the page to be unplugged (virtio-mem's request: the memfd gives it back, the device loses
+// it) and plugged back (the device reaches it again). Each step is timed; exits 1 if any
+// proof fails.
 
 import { AssignedDevice } from '../vfio/assigned-device';
 import { DmaProbe } from '../vfio/dma-probe';
@@ -40,6 +42,9 @@ const CHECK_STEPS: Record<string, string> = {
   'device-blocked': 'dma-private',
   'memfd-shows-message': 'memfd-sees',
   'device-reads-message': 'dma-shared',
+  'memfd-gives-back': 'memfd-freed',
+  'device-loses-unplugged': 'dma-unplugged',
+  'device-reaches-plugged': 'dma-plugged',
 };
 
 const DEMO_OPTIONS = {
@@ -56,7 +61,8 @@ export const DEMO: CommandSpec<typeof DEMO_OPTIONS> = {
 where present); a vCPU runs the secret guest program, which converts a page private with
 KVM_HC_MAP_GPA_RANGE and hides a secret there, then shares it again. The host proves that
 neither the memfd nor the device's DMA sees the secret, and that both see the message
-once shared; each step is timed, then the final map. Runs inside the harness VM when this
+once shared; then the guest unplugs the page (the memfd gives it back, the device loses
+it) and plugs it back (the device reaches it again). Each step is timed, then the final map. Runs inside the harness VM when this
 host lacks what it needs. Exits 1 if a proof fails.`,
   examples: ['guestmem demo', 'guestmem demo --json'],
 };
@@ -129,7 +135,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         });
         const guestOk = report.guestChecks.failed.length === 0 && report.run.vcpus.every((v) => 'status' in v && v.status === 0);
         record('guest-exit', guestOk, guestOk
-          ? `the guest read its secret back while private and the host's note once shared (${report.guestChecks.passed} guest checks), and exited 0`
+          ? `the guest read its secret back while private and the host's note once shared, had the page unplugged and plugged back (${report.guestChecks.passed} guest checks), and exited 0`
           : `the guest: ${report.problems.join('; ')}`);
       }
     }
@@ -145,7 +151,7 @@ export async function demoCommand(args: string[]): Promise<number> {
     }
   }
   const block = parts.block;
-  const expected = ['add-block', 'attach-vfio', 'guest-boot', 'guest-private', 'memfd-blind', 'dma-private', 'guest-shared', 'memfd-sees', 'dma-shared', 'guest-exit'];
+  const expected = ['add-block', 'attach-vfio', 'guest-boot', 'guest-private', 'memfd-blind', 'dma-private', 'guest-shared', 'memfd-sees', 'dma-shared', 'memfd-freed', 'dma-unplugged', 'dma-plugged', 'guest-exit'];
   const ok = steps.every((s) => s.ok) && expected.every((name) => steps.some((s) => s.step === name));
   const report = {
     ok,

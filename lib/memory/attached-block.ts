@@ -1,7 +1,7 @@
 // A RAM block converted from another thread: attachBlock(descriptor) in a Worker (a vCPU
 // thread) gives a converter that runs the block's one conversion (block-conversion.ts) over
 // the state the main thread's RamBlock shares with it (block-state.ts, the tracker's
-// memory, each VFIO listener's held bitmap), under the same lock. Its listeners are
+// memory, the plug source's, each VFIO listener's held bitmap), under the same lock. Its listeners are
 // replicas made from the registry's descriptors, brought up to date under the lock
 // whenever the registry's generation moved (block-sharing.ts). Its stats are its own.
 
@@ -14,6 +14,7 @@ import { BlockConversion } from './block-conversion';
 import type { BlockKernel } from './block-kernel';
 import { BlockState } from './block-state';
 import type { BlockDescriptor, RegistrySnapshot } from './block-sharing';
+import { PlugSource } from '../tracker/plug-source';
 import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
 import { revive } from './thread-kinds';
@@ -70,6 +71,9 @@ export class AttachedBlock {
     this.size = descriptor.size;
     this.granularity = descriptor.granularity;
     this.tracker = new RamBlockAttributes(descriptor.size, { granularity: descriptor.granularity, name: descriptor.name, memory: descriptor.memory.tracker });
+    // What is unplugged, as the main thread's plug and unplug leave it (under the lock): a
+    // conversion here tells the listeners only of what is plugged.
+    this.tracker.addSource(new PlugSource(descriptor.granules, descriptor.granularity, descriptor.plugBlockSize, descriptor.memory.plug), { inEffect: true });
     this.state = new BlockState(descriptor.memory, descriptor.granules, `RAM block ${descriptor.name}`, descriptor.lockTimeoutMs);
     this.port = descriptor.port;
     this.generation = descriptor.registry.generation;

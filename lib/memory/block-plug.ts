@@ -15,8 +15,9 @@
 // PLUG ORDER. One step: the listeners populate the parts of the range that are shared.
 // Memory comes back on first touch; nothing needs allocating.
 //
-// Only on the main thread, and only while the block is not shared with other threads
-// (RamBlock refuses otherwise): the plug bitmap is this thread's, not in shared memory.
+// On the main thread (RamBlock's plug and unplug), under the block's lock: the plug bitmap
+// is shared memory (plug-source.ts), so a block shared with vCPU threads is plugged and
+// unplugged here while they convert it, and their conversions mask what is unplugged.
 
 import { describeDisagreements } from '../tracker/block-agreement';
 import { checkSpan, type Bytes, type GranuleRange } from '../common/byte-range';

@@ -54,8 +54,10 @@ export interface BlockDescriptor {
    * KVM_PRE_FAULT_MEMORY): a thread that attaches it with its own vCPU's fd does so too.
    */
   readonly prefaults: boolean;
-  /** The block's shared state and the tracker's memory. */
-  readonly memory: BlockMemory & { readonly tracker: SharedArrayBuffer };
+  /** Bytes per plug block (virtio-mem's block size) of the block's plug source. */
+  readonly plugBlockSize: number;
+  /** The block's shared state, the tracker's memory and the plug source's. */
+  readonly memory: BlockMemory & { readonly tracker: SharedArrayBuffer; readonly plug: SharedArrayBuffer };
   /** How the thread makes the block's kernel calls (defineThreadKind('kernel', kind)). */
   readonly kernel: ThreadDescriptor;
   readonly registry: RegistrySnapshot;

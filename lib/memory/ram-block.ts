@@ -303,9 +303,6 @@ export class RamBlock implements Disposable {
     if (lock.heldHere || this.pending > 0) {
       throw new GuestmemError('ERR_GUESTMEM_BUSY', `share on ${this.name}: a conversion, repair or registration is in flight; await it first`);
     }
-    if (this.plugSource.discarded > 0) {
-      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `share on ${this.name}: part of it is unplugged, and other threads do not see the plug state; plug it all first`);
-    }
     const kernel = describeKernel(this.vm, this.shared, this.guestMemfd);
     lock.acquire('share', 0, 0, null);
     try {
@@ -320,7 +317,8 @@ export class RamBlock implements Disposable {
         granules: this.attributes.granules,
         lockTimeoutMs: lock.timeoutMs,
         prefaults: this.prefaults,
-        memory: { ...this.state.memory, tracker: this.attributes.memory },
+        plugBlockSize: this.plugSource.blockSize,
+        memory: { ...this.state.memory, tracker: this.attributes.memory, plug: this.plugSource.memory },
         kernel,
         registry,
         port: this.broadcast.open(),
@@ -480,7 +478,7 @@ export class RamBlock implements Disposable {
       }
     }
     return this.serialized(async () => {
-      this.checkPlug();
+      this.checkOpen();
       const range = this.plugging.range(gpa, size, to);
       return runAsync(this.plugging.steps(range, to, false));
     });
@@ -493,21 +491,13 @@ export class RamBlock implements Disposable {
     }
     const refusal = this.attributes.canChangeSync ? null : this.attributes.syncRefusal(`${to === 'plugged' ? 'plug' : 'unplug'}Sync`);
     if (refusal) throw refusal;
-    this.checkPlug();
+    this.checkOpen();
     const range = this.plugging.range(gpa, size, to);
     this.pending++;
     try {
       return runSync(this.plugging.steps(range, to, true), () => new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `a listener of ${this.name} returned a promise during a synchronous plug`));
     } finally {
       this.pending--;
-    }
-  }
-
-  /** Plug state lives on this thread only: a block shared with other threads keeps it all plugged. */
-  private checkPlug(): void {
-    this.checkOpen();
-    if (this.broadcast !== null) {
-      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `plug and unplug on ${this.name}: it is shared with other threads, which do not see the plug state`);
     }
   }
 

@@ -396,9 +396,12 @@ export class RamBlockAttributes {
    * Adds a discard source besides the bitmap (a plug source): from now on listeners are
    * told, and hold, only what it calls populated too. It must call everything populated
    * now (what listeners already hold stays theirs); it changes through sourceChange.
+   * `inEffect`: the source's discards are already in effect for the listeners (a tracker
+   * over another thread's memory, whose listeners' holdings are shared state), so it may
+   * discard something now.
    */
-  addSource(source: DiscardSource): void {
-    if (source.discarded !== 0) throw invalidArgValue(`discard source "${source.name}" of ${this.name} must start with nothing discarded`);
+  addSource(source: DiscardSource, options: { inEffect?: boolean } = {}): void {
+    if (source.discarded !== 0 && options.inEffect !== true) throw invalidArgValue(`discard source "${source.name}" of ${this.name} must start with nothing discarded`);
     this.sources.push(source);
   }
 

@@ -2,8 +2,9 @@
 // (guest/common.inc PORT_PLUG), as virtio-mem's guest driver asks through its queue: an OUT
 // of 0 (unplug) or 1 (plug), then an IN that reads the answer. As with MAP_GPA_RANGE, the
 // guest is answered rather than stopped: 0, -KVM_EINVAL for a request refused before any
-// step (nothing changed; a block converted from vCPU threads refuses plug and unplug, as
-// their plug state is the main thread's), -KVM_EFAULT for one that failed and was rolled back.
+// step (nothing changed), -KVM_EFAULT for one that failed and was rolled back. The handler
+// runs on the main thread (a vCPU thread's exit to it is a call there); the plug state is
+// shared memory, so the vCPU threads' conversions follow it.
 
 import type { Bytes } from '../common/byte-range';
 import { isRejection } from '../common/errors';

@@ -117,6 +117,7 @@ describe('guestmem CLI on a real kernel', function () {
     assert.deepEqual(report.conversions, { converted: 2, rejected: 0, failed: 0 });
     assert.deepEqual(report.hostChecks.map((c: { name: string; ok: boolean }) => [c.name, c.ok]), [
       ['memfd-hides-secret', true], ['device-blocked', true], ['memfd-shows-message', true], ['device-reads-message', true],
+      ['memfd-gives-back', true], ['device-loses-unplugged', true], ['device-reaches-plugged', true],
     ]);
     const text = guestmem(['guest', 'random', '--vcpus', '2', '--iterations', '10']);
     assert.equal(text.status, 0, text.stderr + text.stdout);
@@ -132,7 +133,8 @@ describe('guestmem CLI on a real kernel', function () {
     assert.equal(report.ok, true);
     assert.deepEqual(report.steps.map((s: { step: string; ok: boolean }) => [s.step, s.ok]), [
       ['add-block', true], ['attach-vfio', true], ['guest-boot', true], ['guest-private', true], ['memfd-blind', true],
-      ['dma-private', true], ['guest-shared', true], ['memfd-sees', true], ['dma-shared', true], ['guest-exit', true],
+      ['dma-private', true], ['guest-shared', true], ['memfd-sees', true], ['dma-shared', true],
+      ['memfd-freed', true], ['dma-unplugged', true], ['dma-plugged', true], ['guest-exit', true],
     ]);
     assert.deepEqual(report.map.shared[1], [256, 1]);
   });

@@ -20,7 +20,7 @@ describe('guestmem demo from the host', function () {
     assert.equal(demo.ok, true);
     assert.deepEqual(
       demo.steps.map((s: { step: string; ok: boolean }) => [s.step, s.ok]),
-      ['add-block', 'attach-vfio', 'guest-boot', 'guest-private', 'memfd-blind', 'dma-private', 'guest-shared', 'memfd-sees', 'dma-shared', 'guest-exit'].map((s) => [s, true]),
+      ['add-block', 'attach-vfio', 'guest-boot', 'guest-private', 'memfd-blind', 'dma-private', 'guest-shared', 'memfd-sees', 'dma-shared', 'memfd-freed', 'dma-unplugged', 'dma-plugged', 'guest-exit'].map((s) => [s, true]),
     );
     for (const step of demo.steps) assert.ok(step.ms >= 0 && typeof step.detail === 'string');
     assert.match(demo.steps[5].detail, /the device cannot reach the private page by DMA/);

@@ -1,9 +1,13 @@
 // secret's host side (guest/secret.s): at sync 1 the page is private and holds the
 // guest's secret: neither the memfd nor the device may see it; the host leaves a note in
 // the memfd. At sync 2 the page is shared again: the guest read the note (its check 4) and
-// left a message, which the memfd shows and the device reads by DMA.
+// left a message, which the memfd shows and the device reads by DMA. Then the guest asks
+// for the page to be unplugged (PORT_PLUG, as virtio-mem's driver asks): at sync 3 the memfd
+// has given it back (the message is gone) and the device cannot reach it; plugged back, at
+// sync 4 the device reaches it again.
 
 import type { ProgramContext, ProgramHost } from '../program-host';
+import { PORT_PLUG, plugPort } from '../plug-port';
 import { readShared, writeShared } from '../shared-bytes';
 
 // The texts of guest/secret.s.
@@ -16,6 +20,7 @@ const PAGE = 4096;
 export const secretProgram: ProgramHost = {
   description: 'a private page hides a secret from the host and the device; a shared page carries messages both ways',
   boot: (context) => ({ dataGpa: context.dataGpa, dataPages: 1 }),
+  ports: (context) => new Map([[PORT_PLUG, plugPort(context.block, context.dataGpa, PAGE)]]),
   async onSync(step, _vcpu, context) {
     const page = context.dataGpa;
     if (step === 1) {
@@ -28,6 +33,17 @@ export const secretProgram: ProgramHost = {
       writeShared(context.block, page, HOST_NOTE);
     } else if (step === 2) {
       await checkMessage(context);
+    } else if (step === 3) {
+      // Read before the probe, which writes its marker through the memfd.
+      const emptied = readShared(context.block, page, PAGE).every((b) => b === 0);
+      context.check('memfd-gives-back', emptied, emptied ? 'the unplugged page was given back: the memfd reads zeros where the message was' : 'the unplugged page still holds data in the memfd');
+      if (context.probe) {
+        const reached = await context.probe.canRead(context.block, Number(page) - context.block.gpa, 0x3c);
+        context.check('device-loses-unplugged', !reached, reached ? 'the device READ the unplugged page by DMA' : 'the device cannot reach the unplugged page by DMA');
+      }
+    } else if (step === 4 && context.probe) {
+      const reached = await context.probe.canRead(context.block, Number(page) - context.block.gpa, 0xc3);
+      context.check('device-reaches-plugged', reached, reached ? 'plugged back, the shared page is the device\'s again' : 'the device cannot reach the page plugged back');
     }
   },
 };
