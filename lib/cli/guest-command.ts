@@ -51,8 +51,8 @@ export const GUEST: CommandSpec<typeof GUEST_OPTIONS> = {
   summary: 'run a guest program whose own hypercalls convert its memory (vCPUs, VMM loop)',
   positionals: 'PROGRAM',
   options: GUEST_OPTIONS,
-  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; SNP and TDX
-need a launch flow guestmem does not do yet, so in practice SW-protected). Its
+  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; on SNP and TDX
+only secret-snp and secret-tdx run, the others speak port I/O and VMMCALL). Its
 KVM_HC_MAP_GPA_RANGE hypercalls convert its memory through the tracker, KVM's attributes,
 the device's VFIO DMA listener (--vfio) and the punch-hole; the guest is answered 0, or
 -22 (bad request) / -14 (failed and rolled back) and goes on. The host checks the memfd
@@ -61,6 +61,8 @@ and, with --vfio, the device's reach by DMA. Programs:
   random     --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
   loop       --iterations x (private, shared) of one page
   misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts, 4 ud2
+  secret-snp secret as an SEV-SNP guest (--vm-type snp): GHCB MSR protocol, PVALIDATE
+  secret-tdx secret as a TD (--vm-type tdx): TDG.VP.VMCALL, TDG.MEM.PAGE.ACCEPT
 Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
 Exits 1 if a check fails or the guest does not exit 0.`,
   examples: ['guestmem guest secret --vfio 0000:00:01.0', 'guestmem guest random --vcpus 2 --iterations 50 --seed 7 --svg random.svg'],
@@ -175,6 +177,8 @@ const PROGRAM_LINE: Record<GuestProgramName, string> = {
   requests: 'a table of MAP_GPA_RANGE requests',
   misbehave: 'a guest that spins, crashes, halts or uses a stray port',
   plug: 'the guest converts its data area and asks the host to unplug and plug it; the device follows',
+  'secret-snp': 'secret as an SEV-SNP guest: page state changes and PVALIDATE through the GHCB MSR protocol',
+  'secret-tdx': 'secret as a TD: MapGPA and port I/O through TDG.VP.VMCALL, pages accepted',
 };
 
 function describeConversion(event: ConversionEvent): string {

@@ -12,8 +12,11 @@ import { identityMapSize } from './long-mode';
 const PAGE = 4096n;
 export const STACK_SIZE = 16 * 1024;
 
-/** The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. */
-export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave', 'plug'] as const;
+/**
+ * The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. secret-snp
+ * and secret-tdx run only on an SNP VM and a TD (programs/index.ts says which).
+ */
+export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave', 'plug', 'secret-snp', 'secret-tdx'] as const;
 /** The names of the guest programs built from guest/*.s. */
 export type GuestProgramName = (typeof GUEST_PROGRAMS)[number];
 
@@ -24,6 +27,11 @@ export function guestProgram(name: string): Buffer {
   if (!(GUEST_PROGRAMS as readonly string[]).includes(name)) {
     throw invalidArgValue(`unknown guest program '${name}'; known: ${GUEST_PROGRAMS.join(', ')}`);
   }
+  return guestBinary(name);
+}
+
+/** A flat binary of dist/guest/ by name: a program, or a piece the VMM places (tdx-reset). */
+export function guestBinary(name: string): Buffer {
   const file = path.join(GUEST_DIRECTORY, `${name}.bin`);
   try {
     return fs.readFileSync(file);
