@@ -40,6 +40,7 @@ const GUEST_OPTIONS = {
   seed: { type: 'string', value: 'N', help: 'the seed of random, or the misbehaviour of misbehave (default 1)' },
   pages: { type: 'string', value: 'N', help: 'pages of the data area random converts in (default 64)' },
   timeout: { type: 'string', value: 'S', help: 'stop the vCPUs after S seconds (default 600)' },
+  threads: { type: 'boolean', help: 'run each vCPU on its own thread, handling its exits (conversions included) there, not on the event loop' },
   json: { type: 'boolean', help: 'print the report as one JSON object' },
   svg: { type: 'string', value: 'FILE', help: 'draw the map and the conversions over time' },
   'no-vm': { type: 'boolean', help: 'fail on a host that lacks what it needs, instead of running in the harness VM' },
@@ -120,6 +121,7 @@ export async function guestCommand(args: string[]): Promise<number> {
       probe,
       listener: listener ?? undefined,
       timeoutMs: timeout * 1000,
+      threads: values.threads === true,
       onConsole: values.json ? undefined : (text) => process.stdout.write(text.replace(/^(?=.)/gm, '  guest| ')),
       onConversion: (event) => {
         events.push(event);
