@@ -20,6 +20,7 @@ import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { GuestmemError } from '../common/errors';
 import type { PortContext, PortHandler } from './guest-ports';
 import { answerCall, uncrossError, type MainThreadCall } from './main-thread-calls';
+import { unpackEvents } from './conversion-event-batch';
 import type { IoExit, MmioExit } from './vcpu-exit';
 import type { Vcpu } from './vcpu';
 import type { BlockDescriptor } from '../memory/block-sharing';
@@ -154,7 +155,7 @@ export class VcpuThreads {
         void answerCall(message, (kind, argument) => this.onMainThread(thread, message, kind, argument), thread.signal, thread.replies);
         return;
       case 'events':
-        for (const event of message.events) this.options.onConversion?.(event);
+        if (this.options.onConversion) for (const event of unpackEvents(message.packed)) this.options.onConversion(event);
         return;
       case 'post':
         this.options.onMessage?.(message.message, thread.vcpu.id);

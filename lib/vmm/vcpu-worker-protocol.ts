@@ -7,7 +7,8 @@ import { invalidArgType, invalidArgValue } from '../common/errors';
 import type { PortHandler } from './guest-ports';
 import type { BlockDescriptor } from '../memory/block-sharing';
 import type { CrossedError, MainThreadCall } from './main-thread-calls';
-import type { ConversionEvent, VmmReport } from './vmm-loop';
+import type { VmmReport } from './vmm-loop';
+import type { PackedEvents } from './conversion-event-batch';
 
 /**
  * Port handlers that run on each vCPU's own thread: a CommonJS module (an absolute path, or
@@ -61,7 +62,7 @@ export const EVENT_BATCH = 64;
 /** A message from a vCPU's worker to the main thread. */
 export type WorkerMessage =
   | MainThreadCall
-  | { type: 'events'; events: ConversionEvent[] }
+  | { type: 'events'; packed: PackedEvents }
   | { type: 'post'; message: unknown }
   | { type: 'done'; report: VmmReport }
   | { type: 'failed'; error: CrossedError };

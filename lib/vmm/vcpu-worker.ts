@@ -3,13 +3,14 @@
 // the main thread runs. Port handlers given as modules run here; handlers given as plain
 // functions, and conversions of a block that only the main thread may convert, are calls
 // to the main thread (main-thread-calls.ts). Conversion events go to the main thread in
-// batches. Blocks shared with this thread (RamBlock.share) are converted here, under each
-// block's lock. The vCPU's fd is the main thread's: this thread maps its kvm_run and never
-// closes the fd. Started by vcpu-threads.ts, which documents the messages.
+// batches, packed into one transferred buffer each (conversion-event-batch.ts). Blocks
+// shared with this thread (RamBlock.share) are converted here, under each block's lock.
+// The vCPU's fd is the main thread's: this thread maps its kvm_run and never closes the fd. Started by vcpu-threads.ts, which documents the messages.
 
 import { parentPort, workerData } from 'node:worker_threads';
 import { native } from '../common/native';
-import type { ConversionEvent, LoopMemory, LoopVcpu, VmmReport } from './vmm-loop';
+import type { LoopMemory, LoopVcpu, VmmReport } from './vmm-loop';
+import { EventPacker } from './conversion-event-batch';
 import { VmmLoop } from './vmm-loop';
 import type { PortHandler } from './guest-ports';
 import type { MmioExit } from './vcpu-exit';
@@ -19,18 +20,18 @@ import { MainThreadCaller, crossError } from './main-thread-calls';
 import { loadPortModules, type VcpuWorkerData, type WorkerMessage, STOP_WORD, EVENT_BATCH } from './vcpu-worker-protocol';
 
 const data = workerData as VcpuWorkerData;
-const toMain = (message: WorkerMessage): void => parentPort!.postMessage(message);
+const toMain = (message: WorkerMessage, transfer: ArrayBuffer[] = []): void => parentPort!.postMessage(message, transfer);
 const caller = new MainThreadCaller(data.signal, data.replies, (call) => {
   flushEvents();
   toMain(call);
 });
 const words = new Int32Array(data.signal);
 
-let events: ConversionEvent[] = [];
+const events = new EventPacker(EVENT_BATCH);
 function flushEvents(): void {
   if (events.length === 0) return;
-  toMain({ type: 'events', events });
-  events = [];
+  const packed = events.take();
+  toMain({ type: 'events', packed }, [packed.buffer]);
 }
 
 /** Bytes as the main thread's handlers expect them (a Buffer), after the structured clone. */
@@ -107,7 +108,7 @@ async function main(): Promise<VmmReport> {
       onConversion: data.observe
         ? (event) => {
             events.push(event);
-            if (events.length >= EVENT_BATCH) flushEvents();
+            if (events.length >= events.capacity) flushEvents();
           }
         : undefined,
       stopRequested: () => Atomics.load(words, STOP_WORD) === 1,
