@@ -3,20 +3,28 @@
 // change of policy: a listener that fails does not end the process, the change is rolled
 // back so that the bitmap, every listener and the caller agree.
 
-import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
-import { GuestmemError, describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { GranuleRange, bytesOf, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
+import { GuestmemError, invalidArgValue } from '../common/errors';
 import { messageOf as message } from '../common/errors';
 import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
 import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
 import { anyDiscarded, maskRunList, populatedBySources, type DiscardSource, type SourceChange } from './discard-source';
 import { stateChangeChannel, type PageState } from './state-change-channel';
+import {
+  blockGeometry,
+  checkListenerObject,
+  checkName,
+  checkReplayCallback,
+  checkSection,
+  checkState,
+  checkTimeout,
+  trackerMemory,
+  type RamBlockAttributesOptions,
+  type SectionInput,
+} from './tracker-arguments';
 
-/** A section of a block (offset and size in bytes) as a listener registers on it. */
-export interface SectionInput {
-  offset: Bytes;
-  size: Bytes;
-}
+export { blockGeometry, DEFAULT_MAX_BITMAP_BYTES, type RamBlockAttributesOptions, type SectionInput } from './tracker-arguments';
 
 /** What a state change did: the range's state before, the new state, and how much changed. */
 export interface StateChangeResult {
@@ -32,35 +40,8 @@ export interface StateChangeResult {
   changedRuns: number;
 }
 
-export interface RamBlockAttributesOptions {
-  /** Bytes per tracked granule: a power of two, default 4096. */
-  granularity?: number;
-  name?: string;
-  /**
-   * The most memory the bitmap may take, default 256 MiB (2^31 granules: 8 TiB of 4 KiB
-   * pages). A block that needs more is refused before anything is allocated, with the
-   * granularity that would fit.
-   */
-  maxBitmapBytes?: number;
-  /**
-   * How long a listener's promise may take to settle, in ms; default none. When it runs
-   * out, the change rolls back and fails with ERR_GUESTMEM_LISTENER_FAILED (cause
-   * ERR_GUESTMEM_LISTENER_TIMEOUT) naming the listener, and later operations proceed.
-   */
-  listenerTimeoutMs?: number;
-  /**
-   * The tracker's memory, made by another tracker of the same geometry (its `memory`): the
-   * bitmap and shared count are then that tracker's, seen from this thread (a block attached
-   * in a worker). Its registrations are this tracker's own. Default: fresh memory.
-   */
-  memory?: SharedArrayBuffer;
-}
-
 /** Bytes before the bitmap's words in a tracker's memory: the shared count, a Float64. */
 const COUNT_BYTES = 8;
-
-/** The default bound on a bitmap's memory: 256 MiB. */
-export const DEFAULT_MAX_BITMAP_BYTES = 256 * 2 ** 20;
 
 type Notify = 'populate' | 'discard';
 type Notifier = (range: GranuleRange) => unknown;
@@ -86,8 +67,6 @@ interface Registration {
   newer: Registration | null;
   older: Registration | null;
 }
-
-const DEFAULT_GRANULARITY = 4096;
 
 /** No ranges: what notifySync says a listener was handed before it calls one. */
 const NO_RANGES: GranuleRange[] = [];
@@ -118,56 +97,6 @@ function inverse(kind: Notify): Notify {
 /** The cause of a notification that broke a listener's promise to be synchronous. */
 function notSynchronous(name: string): GuestmemError {
   return new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `listener "${name}" declared itself synchronous but returned a promise; it may still finish later, out of step with the tracker: unregister it`);
-}
-
-/**
- * Checks a block's geometry without allocating anything: the size (a positive multiple
- * of the granularity, below 2^64), the granularity (a power of two) and the memory its
- * bitmap would take against the bound. The constructor calls it; a caller can call it
- * first to refuse bad input before it touches anything else (a VM, a file).
- */
-export function blockGeometry(size: unknown, options: RamBlockAttributesOptions = {}): { granularity: number; granules: number } {
-  if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
-  const granularity = checkGranularity(options.granularity ?? DEFAULT_GRANULARITY);
-  const bound = options.maxBitmapBytes ?? DEFAULT_MAX_BITMAP_BYTES;
-  if (typeof bound !== 'number') throw invalidArgType(`maxBitmapBytes must be a number, got ${describeValue(bound)}`);
-  if (!Number.isSafeInteger(bound) || bound <= 0) throw outOfRange(`maxBitmapBytes must be a positive integer, got ${bound}`);
-  const granules = toGranuleRange(0, size, granularity, Number.MAX_SAFE_INTEGER, 'block').count;
-  const bitmapBytes = Math.ceil(granules / 8);
-  if (bitmapBytes > bound || granules > PageBitmap.MAX_BITS) {
-    let fits = granularity;
-    while (fits < 2 ** 52 && Math.ceil(granules / (fits / granularity) / 8) > bound) fits *= 2;
-    throw outOfRange(
-      `a block of ${approximateBytes(granules * granularity)} in ${granularity}-byte granules needs a ${approximateBytes(bitmapBytes)} bitmap, ` +
-        `above the bound of ${approximateBytes(bound)} (maxBitmapBytes): use a granularity of ${fits} or more, or raise the bound`,
-    );
-  }
-  return { granularity, granules };
-}
-
-function checkTimeout(value: unknown): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'number') throw invalidArgType(`listenerTimeoutMs must be a number, got ${describeValue(value)}`);
-  // setTimeout's own limit: above 2^31 - 1 ms it fires at once.
-  if (!Number.isInteger(value) || value <= 0 || value > 0x7fffffff) {
-    throw outOfRange(`listenerTimeoutMs must be an integer in [1, 2147483647], got ${value}`);
-  }
-  return value;
-}
-
-/** 'shared' → true, 'private' → false; anything else is refused with Node's codes. */
-function checkState(state: unknown, what = 'state'): boolean {
-  if (state === 'shared') return true;
-  if (state === 'private') return false;
-  if (typeof state !== 'string') throw invalidArgType(`${what} must be 'shared' or 'private', got ${describeValue(state)}`);
-  throw invalidArgValue(`${what} must be 'shared' or 'private', got '${state}'`);
-}
-
-function checkSection(section: unknown, what: string): SectionInput {
-  if (section === null || typeof section !== 'object') {
-    throw invalidArgType(`${what} must be an object { offset, size }, got ${describeValue(section)}`);
-  }
-  return section as SectionInput;
 }
 
 /**
@@ -230,19 +159,14 @@ export class RamBlockAttributes {
    */
   constructor(size: Bytes, options: RamBlockAttributesOptions = {}) {
     const { granularity, granules } = blockGeometry(size, options);
-    const name = options.name ?? 'ram-block';
-    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
+    const name = checkName(options.name ?? 'ram-block');
     this.listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
     this.granularity = granularity;
     this.perByte = 1 / granularity;
     this.granules = granules;
     // In a SharedArrayBuffer whether or not the block is ever shared: a bitmap over plain
     // memory would have to be copied to be shared, and typed-array access costs the same.
-    const bytes = COUNT_BYTES + PageBitmap.bytesFor(granules);
-    if (options.memory !== undefined && (!(options.memory instanceof SharedArrayBuffer) || options.memory.byteLength !== bytes)) {
-      throw invalidArgType(`memory must be the SharedArrayBuffer of a tracker of ${granules} granules (${bytes} bytes), got ${describeValue(options.memory)}`);
-    }
-    this.memory = options.memory ?? PageBitmap.sharedMemory(bytes, 'a tracker');
+    this.memory = trackerMemory(options.memory, granules, COUNT_BYTES + PageBitmap.bytesFor(granules));
     this.counts = new Float64Array(this.memory, 0, 1);
     this.bitmap = new PageBitmap(granules, { buffer: this.memory, byteOffset: COUNT_BYTES });
     this.name = name;
@@ -443,9 +367,7 @@ export class RamBlockAttributes {
    */
   unregister(listener: RamDiscardListener): Promise<void> {
     this.refuseReentry('unregister');
-    if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
-      throw invalidArgType(`listener must be an object, got ${describeValue(listener)}`);
-    }
+    checkListenerObject(listener);
     return this.queue.run(() => this.guarded('unregister', this.byListener.get(listener)?.section ?? null, async () => {
       const registration = this.byListener.get(listener);
       if (!registration) {
@@ -686,7 +608,7 @@ export class RamBlockAttributes {
   private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
     this.refuseReentry(shared ? 'replayPopulated' : 'replayDiscarded');
     const range = this.sectionRange(section);
-    if (typeof fn !== 'function') throw invalidArgType(`the replay callback must be a function, got ${describeValue(fn)}`);
+    checkReplayCallback(fn);
     return this.queue.run(async () => {
       for (const [first, count] of this.bitmap.runs(range.first, range.count, shared)) {
         const result = this.call(undefined, fn, new GranuleRange(first, count, this.granularity));
