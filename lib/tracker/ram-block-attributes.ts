@@ -11,12 +11,13 @@ import { GranuleRange, bytesOf, toGranuleRange, type Bytes } from '../common/byt
 import { GuestmemError } from '../common/errors';
 import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
-import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
+import { checkListener, type RamDiscardListener } from './ram-discard-listener';
+import { registerListener, unregisterListener, type RegistrationParts } from './listener-registration';
 import type { DiscardSource, SourceChange } from './discard-source';
 import { stateChangeChannel, type PageState } from './state-change-channel';
-import { FanOut, ToldRuns, fanOutAsync, fanOutSync } from './fan-out';
+import { FanOut, fanOutAsync, fanOutSync } from './fan-out';
 import { ListenerCalls, isThenable } from './listener-calls';
-import { TrackerRegistry, type Registration, type RegistrationRecord } from './tracker-registry';
+import { TrackerRegistry, type RegistrationRecord } from './tracker-registry';
 import { COUNT_BYTES, TrackerState } from './tracker-state';
 import {
   blockGeometry,
@@ -64,6 +65,8 @@ export class RamBlockAttributes {
   private readonly state: TrackerState;
   private readonly registry = new TrackerRegistry();
   private readonly calls: ListenerCalls;
+  /** What register and unregister work on (listener-registration.ts). */
+  private readonly parts: RegistrationParts;
   /** The synchronous path's fan-out, reused change after change: no allocation per conversion. */
   private readonly fan: FanOut;
   /** Operations that call listeners asynchronously run one at a time, in call order. */
@@ -95,6 +98,7 @@ export class RamBlockAttributes {
     this.name = name;
     this.calls = new ListenerCalls(name, listenerTimeoutMs);
     this.fan = new FanOut(this.calls, this.registry, this.state.bitmap, granularity);
+    this.parts = { name, granularity, state: this.state, registry: this.registry, calls: this.calls };
   }
 
   /** Block size in bytes: a number where exact, else a bigint. */
@@ -251,24 +255,7 @@ export class RamBlockAttributes {
     this.calls.refuseReentry('register');
     const checked = checkListener(listener);
     const range = this.sectionRange(section);
-    return this.queue.run(() => this.guarded('register', range, async () => {
-      if (this.registry.has(listener)) {
-        throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${checked.name}" is already registered on ${this.name}`);
-      }
-      const registration = this.registry.create(listener, checked, range);
-      if (checked.attach) {
-        try {
-          // An async attach is awaited: its rejection refuses the registration like a throw
-          // would, instead of escaping as an unhandled rejection after register resolved.
-          const answer = this.calls.call(listener, checked.attach, range);
-          if (isThenable(answer)) await this.calls.settle(answer);
-        } catch (cause) {
-          throw this.calls.listenerFailed(registration, 'attach', [range], cause);
-        }
-      }
-      await this.tellOne(registration, this.state.populatedRuns(range.first, range.count), true);
-      this.registry.add(registration);
-    }));
+    return this.queue.run(() => this.guarded('register', range, () => registerListener(this.parts, listener, checked, range)));
   }
 
   /**
@@ -279,27 +266,7 @@ export class RamBlockAttributes {
   unregister(listener: RamDiscardListener): Promise<void> {
     this.calls.refuseReentry('unregister');
     checkListenerObject(listener);
-    return this.queue.run(() => this.guarded('unregister', this.registry.get(listener)?.section ?? null, async () => {
-      const registration = this.registry.get(listener);
-      if (!registration) {
-        throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
-      }
-      const { section } = registration;
-      await this.tellOne(registration, registration.doubleDiscardSupported ? [[section.first, section.count]] : this.state.populatedRuns(section.first, section.count), false, section);
-      this.registry.remove(registration);
-    }));
-  }
-
-  /**
-   * Tells one registration of `runs` (inside its section), as a change tells every one, and
-   * undoes what it accepted if a later run fails. `whole` is the section's own range object,
-   * handed over where a run is the whole section.
-   */
-  private tellOne(registration: Registration, runs: Run[], populate: boolean, whole: GranuleRange | null = null): Promise<void> {
-    const told = new ToldRuns(this.granularity);
-    for (const [first, count] of runs) told.runs.push(first, count);
-    told.span(registration.section.first, registration.section.count, whole);
-    return fanOutAsync(this.newFanOut().begin(populate, told, registration, true, null), this.calls);
+    return this.queue.run(() => this.guarded('unregister', this.registry.get(listener)?.section ?? null, () => unregisterListener(this.parts, listener)));
   }
 
   /**
