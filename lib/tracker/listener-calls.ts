@@ -35,7 +35,8 @@ export class ListenerCalls {
    * It is refused at once instead, and the notification fails.
    */
   notifying = false;
-  private reentry: GuestmemError | null = null;
+  /** The re-entry error a listener's call back into the tracker was refused with, until its notification fails. */
+  reentry: GuestmemError | null = null;
 
   constructor(
     private readonly trackerName: string,
@@ -70,13 +71,18 @@ export class ListenerCalls {
     } finally {
       this.notifying = false;
     }
-    const reentry = this.reentry;
-    if (reentry !== null) {
-      this.reentry = null;
-      abandon(result);
-      throw reentry;
-    }
+    const reentry = this.takeReentry(result);
+    if (reentry !== null) throw reentry;
     return result;
+  }
+
+  /** The re-entry error a listener swallowed, taken (and its answer abandoned); null when there is none. */
+  takeReentry(result: unknown): GuestmemError | null {
+    const reentry = this.reentry;
+    if (reentry === null) return null;
+    this.reentry = null;
+    abandon(result);
+    return reentry;
   }
 
   /**

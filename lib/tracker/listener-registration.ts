@@ -64,7 +64,9 @@ export async function unregisterListener(parts: RegistrationParts, listener: Ram
 function tellOne(parts: RegistrationParts, registration: Registration, runs: Run[], populate: boolean, whole: GranuleRange | null): Promise<void> {
   const told = new ToldRuns(parts.granularity);
   for (const [first, count] of runs) told.runs.push(first, count);
-  told.span(registration.section.first, registration.section.count, whole);
+  told.first = registration.section.first;
+  told.count = registration.section.count;
+  told.rangeObject = whole;
   const fan = new FanOut(parts.calls, parts.registry, parts.state.bitmap, parts.granularity);
-  return fanOutAsync(fan.begin(populate, told, registration, true, null), parts.calls);
+  return fanOutAsync(fan, populate, told, registration, true, null);
 }

@@ -383,7 +383,7 @@ export class RamBlockAttributes {
       const held = state.convert(first, count, range, toShared);
       const changed = state.changes.total;
       const head = this.registry.newest;
-      if (state.told.runs.length > 0 && head !== null) fanOutSync(this.fan.begin(toShared, state.told, head, false, state), this.calls);
+      if (state.told.runs.length > 0 && head !== null) fanOutSync(this.fan, toShared, state.told, head, state);
       return this.finish(FROM[held]!, toShared, changed, into);
     } finally {
       this.changing = false;
@@ -395,7 +395,7 @@ export class RamBlockAttributes {
     const state = this.state;
     const held = state.convert(range.first, range.count, range, toShared);
     const changed = state.changes.total;
-    if (state.told.runs.length > 0) await fanOutAsync(this.newFanOut().begin(toShared, state.told, this.registry.newest, false, state), this.calls);
+    if (state.told.runs.length > 0) await fanOutAsync(this.newFanOut(), toShared, state.told, this.registry.newest, false, state);
     return this.finish(FROM[held]!, toShared, changed);
   }
 
@@ -460,7 +460,7 @@ export class RamBlockAttributes {
     this.changing = true;
     try {
       const head = this.registry.newest;
-      if (this.state.sourceRuns(change) && head !== null) fanOutSync(this.fan.begin(change.populate, this.state.told, head, false, change), this.calls);
+      if (this.state.sourceRuns(change) && head !== null) fanOutSync(this.fan, change.populate, this.state.told, head, change);
       return this.state.told.runs.total;
     } finally {
       this.changing = false;
@@ -470,7 +470,7 @@ export class RamBlockAttributes {
   private async changeSourceAsync(change: SourceChange): Promise<number> {
     const any = this.state.sourceRuns(change);
     const told = this.state.told.runs.total;
-    if (any) await fanOutAsync(this.newFanOut().begin(change.populate, this.state.told, this.registry.newest, false, change), this.calls);
+    if (any) await fanOutAsync(this.newFanOut(), change.populate, this.state.told, this.registry.newest, false, change);
     return told;
   }
 }

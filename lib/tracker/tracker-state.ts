@@ -54,7 +54,11 @@ export class TrackerState implements Restorable {
    */
   convert(first: number, count: number, range: GranuleRange | null, toShared: boolean): Held {
     this.toShared = toShared;
-    this.told.span(first, count, range);
+    // The span's fields set here, not through a method: this is the conversion hot path.
+    const told = this.told;
+    told.first = first;
+    told.count = count;
+    told.rangeObject = range;
     const held = this.bitmap.convert(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     // Masked only while another source discards something: a block nobody unplugs pays one test.
@@ -109,7 +113,9 @@ export class TrackerState implements Restorable {
     this.told.runs = told;
     if (told.length === 0) return false;
     const start = told.first(0);
-    this.told.span(start, told.first(told.length - 1) + told.count(told.length - 1) - start, null);
+    this.told.first = start;
+    this.told.count = told.first(told.length - 1) + told.count(told.length - 1) - start;
+    this.told.rangeObject = null;
     return true;
   }
 }
