@@ -68,8 +68,6 @@ start:
 
 text hello, "secret: converting a page private\n"
 text bye, "secret: done\n"
-text secret, "guestmem secret: a private page keeps this from the host and the device"
-text host_note, "note from the host, through the shared memfd"
-text message, "hello device: this page is shared, read it by DMA"
+.include "secret-texts.inc"
 
 .include "routines.inc"

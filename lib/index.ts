@@ -1,7 +1,7 @@
 // guestmem's public API.
 
 export { GranuleRange, bytesOf, type Bytes } from './common/byte-range';
-export { GuestmemError, type GuestmemErrorCode } from './common/errors';
+export { GuestmemError, type ConversionFacts, type FirmwareFacts, type GuestmemErrorCode, type GuestmemErrorConstructor, type GuestmemErrorDetails, type GuestmemErrorOptions, type KernelFacts } from './common/errors';
 export { PageBitmap, type Run } from './tracker/page-bitmap';
 export { RamBlockAttributes, type SectionInput, type StateChangeResult } from './tracker/ram-block-attributes';
 export type { RamDiscardListener } from './tracker/ram-discard-listener';
@@ -12,7 +12,7 @@ export { Kvm, Vm, GuestMemfd, type MemoryRegion, type GuestMemfdSource } from '.
 export type { MemoryVm } from './kvm/memory-vm';
 export { DelegatedVm, type VmDelegate } from './kvm/delegated-vm';
 export { bestPrivateMemoryVmType, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES, type VmTypeChoice } from './kvm/vm-types';
-export { initializeVm, type VmInitialisation } from './kvm/vm-init';
+export { initializeVm, type VmInitialization } from './kvm/vm-init';
 export { ConfidentialLaunch, nativeLaunchCalls, SNP_PAGE_TYPES, type LaunchCalls, type LaunchRegion, type PrivateMemoryCheck, type SnpPageType } from './kvm/vm-launch';
 export { SnpLaunch, SNP_DEFAULT_POLICY } from './kvm/snp-launch';
 export { TdxLaunch } from './kvm/tdx-launch';
@@ -21,10 +21,11 @@ export { SharedMemory, type SharedMemorySource } from './kvm/shared-memory';
 export { HostMapping, maxWindowBytes } from './common/host-mapping';
 export { type1Reach, type Type1Reach } from './vfio/type1-reach';
 export { RamBlock, type RamBlockOptions, type VcpuFdProvider } from './memory/ram-block';
+export type { BlockSetUpOptions, BlockSetUpProgress } from './memory/block-set-up';
 export { attachBlock, AttachedBlock } from './memory/attached-block';
 export type { BlockDescriptor, ThreadListener } from './memory/block-sharing';
 export type { Intent } from './memory/block-lock';
-export { defineThreadKind, type ThreadDescriptor, type ThreadKindFamily } from './memory/thread-kinds';
+export { defineThreadKind, type ThreadDescriptor, type ThreadKindFamily } from './common/thread-kinds';
 export { GuestMemory, type GuestMemoryOptions, type AddBlockOptions } from './memory/guest-memory';
 export { ConversionStats, type ConversionStep } from './memory/conversion-stats';
 export type { DmaBackend, DmaMapper } from './vfio/dma-mapper';
@@ -34,9 +35,9 @@ export { VfioDevice, type RegionInfo, type RegionMapping } from './vfio/vfio-dev
 export { AssignedDevice, type AssignOptions } from './vfio/assigned-device';
 export { VfioDmaListener, type VfioDmaListenerOptions } from './vfio/vfio-dma-listener';
 export { EduDevice } from './vfio/edu-device';
-export { DmaProbe } from './vfio/dma-probe';
+export { DmaProbe } from './vmm/dma-probe';
 export { pciDevice, pciDevices, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
-export { probe, type ProbeReport, type Feature, type Capability } from './probe';
+export { probe, type ProbeReport, type Feature, type Capability } from './host/probe';
 // The raw addon stays inside: every fd it takes is owned by a class above (Kvm, Vm, VfioContainer, …).
 export { nativeAvailable, nativeCalls } from './common/native';
 // The VMM loop: vCPUs, guest programs, guest-driven conversions.

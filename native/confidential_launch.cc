@@ -1,4 +1,4 @@
-// The launch of an SEV-SNP or TDX VM, after its initialisation (confidential_vm.cc): the
+// The launch of an SEV-SNP or TDX VM, after its initialization (confidential_vm.cc): the
 // sub-commands of KVM_MEMORY_ENCRYPT_OP that put measured pages into private memory and end
 // the launch, so that the vCPUs may run. Each function is one sub-command (the partial-
 // progress loops the kernel's documentation asks for included); the order is kept by

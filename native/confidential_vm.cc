@@ -1,4 +1,4 @@
-// The initialisation an SEV-SNP or TDX VM needs after KVM_CREATE_VM and before memslots and
+// The initialization an SEV-SNP or TDX VM needs after KVM_CREATE_VM and before memslots and
 // vCPUs: each function is one KVM_MEMORY_ENCRYPT_OP sub-command on the VM fd. What to pass
 // (GHCB version, TD attributes, the CPUID configuration) is decided in lib/kvm/vm-init.ts.
 #include <vector>

@@ -1,4 +1,4 @@
-// Confidential-VM initialisation and launch uAPI: AMD SEV-SNP (KVM_SEV_INIT2, Linux 6.10+;
+// Confidential-VM initialization and launch uAPI: AMD SEV-SNP (KVM_SEV_INIT2, Linux 6.10+;
 // SNP_LAUNCH_START/UPDATE/FINISH, 6.11+) and Intel TDX (KVM_TDX_CAPABILITIES, INIT_VM,
 // INIT_VCPU, INIT_MEM_REGION, FINALIZE_VM, Linux 6.16+), all sub-commands of
 // KVM_MEMORY_ENCRYPT_OP on the VM fd (TDX's INIT_VCPU and INIT_MEM_REGION on a vCPU fd).

@@ -15,5 +15,8 @@ $sudo apt-get install -y -q --no-install-recommends gcc g++ make python3 binutil
 # The linters of `npm run lint` and `npm run format`: clang-format for native/ (bookworm's 14;
 # another major version may lay out the same code differently) and shellcheck for scripts/.
 $sudo apt-get install -y -q --no-install-recommends clang-format shellcheck
+# An x86 emulator for test/emulation/run-guest.py: the SNP and TDX guest programs run under it
+# in the unit suite (test/unit/guest-emulation.test.ts), with no SNP or TDX hardware.
+$sudo apt-get install -y -q --no-install-recommends python3-unicorn
 # Headless Chromium for scripts/svg-browser-check.sh (an --svg picture checked in a real browser).
 $sudo apt-get install -y -q --no-install-recommends chromium

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Comment, CommentTag, Converter, ReflectionKind } from 'typedoc';
 
-/** lib/'s folders, as the docs name them; lib/probe.ts and lib/common/ are "Host and common". */
+/** lib/'s folders, as the docs name them; lib/host/ (probe()) and lib/common/ are "Host and common". */
 const PARTS = {
   tracker: 'Tracker',
   memory: 'Memory',
@@ -17,7 +17,7 @@ const PARTS = {
   vfio: 'VFIO',
   vmm: 'VMM',
   common: 'Host and common',
-  '.': 'Host and common',
+  host: 'Host and common',
 };
 
 const EXAMPLES = path.resolve('docs', 'examples');

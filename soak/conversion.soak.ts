@@ -12,7 +12,7 @@
 
 import { AssignedDevice } from '../lib/vfio/assigned-device';
 import type { DmaBackend } from '../lib/vfio/dma-mapper';
-import { DmaProbe } from '../lib/vfio/dma-probe';
+import { DmaProbe } from '../lib/vmm/dma-probe';
 import { findEduDevice } from '../lib/vfio/edu-device';
 import { faultCounts, injectFaults } from '../lib/common/fault-injection';
 import { GuestMemory } from '../lib/memory/guest-memory';

@@ -7,5 +7,5 @@ using kvm = Kvm.open();
 console.log(vmTypesInMask(kvm.vmTypesMask));              // e.g. [ 'default', 'sw-protected' ]
 const type = bestPrivateMemoryVmType(kvm.vmTypesMask);   // 'snp', 'tdx', 'sw-protected' or null
 if (type === null) throw new Error('no VM type with private memory on this host');
-using vm = kvm.createVm(type);                           // SNP and TDX are initialised here
+using vm = kvm.createVm(type);                           // SNP and TDX are initialized here
 console.log(vm.supportsPreFault);

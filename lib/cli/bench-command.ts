@@ -9,7 +9,7 @@ import { findEduDevice } from '../vfio/edu-device';
 import os from 'node:os';
 import { benchGuestLoop } from './guest-bench';
 import { benchBareExits, type ExitBench } from './exit-bench';
-import { capabilityFeature, probe } from '../probe';
+import { capabilityFeature, probe } from '../host/probe';
 import { nativeCalls } from '../common/native';
 import { ConversionStats, type ConversionStep } from '../memory/conversion-stats';
 import type { PageState } from '../tracker/page-state';
@@ -169,6 +169,8 @@ bare exits (out 0x10 in real mode on a default-type VM, counted, re-entered), be
 
 /** Conversions of each size both ways on one block, after a warm-up. */
 async function measure(host: VmHost, sizes: number[], iterations: number, prefault: boolean): Promise<BenchRow[]> {
+  // Each row reports the crossings into C++ a conversion makes.
+  nativeCalls.enabled = true;
   const rows: BenchRow[] = [];
   host.openBlock(Math.max(...sizes) * PAGE * 2, PAGE);
   const block = host.block!;

@@ -67,6 +67,8 @@ Exits 1 if a conversion fails or is rejected.`,
 };
 
 export async function convertCommand(args: string[]): Promise<number> {
+  // Each result reports the crossings into C++ its conversion made.
+  nativeCalls.enabled = true;
   const { values } = parseCommand(CONVERT, args);
   if (!values.size || !values.gpa) throw new UsageError('convert needs --size and --gpa (example: --size 64M --gpa 16M)');
   const ranges = (values.range ?? []).map((r) => parseRange(r, '--range'));

@@ -8,7 +8,7 @@
 // proof fails.
 
 import { AssignedDevice } from '../vfio/assigned-device';
-import { DmaProbe } from '../vfio/dma-probe';
+import { DmaProbe } from '../vmm/dma-probe';
 import { findEduDevice } from '../vfio/edu-device';
 import { GuestMemory } from '../memory/guest-memory';
 import { Kvm } from '../kvm/kvm';

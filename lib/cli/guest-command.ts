@@ -5,7 +5,7 @@
 // console, its conversions and the final map; exits 1 if any check fails.
 
 import fs from 'node:fs';
-import { DmaProbe } from '../vfio/dma-probe';
+import { DmaProbe } from '../vmm/dma-probe';
 import { GUEST_PROGRAMS, type GuestProgramName } from '../vmm/guest-image';
 import { runGuestSession, type GuestSessionReport } from '../vmm/guest-session';
 import type { ConversionEvent } from '../vmm/vmm-loop';
@@ -40,6 +40,7 @@ const GUEST_OPTIONS = {
   seed: { type: 'string', value: 'N', help: 'the seed of random, or the misbehaviour of misbehave (default 1)' },
   pages: { type: 'string', value: 'N', help: 'pages of the data area random converts in (default 64)' },
   timeout: { type: 'string', value: 'S', help: 'stop the vCPUs after S seconds (default 600)' },
+  threads: { type: 'boolean', help: 'run each vCPU on its own thread, handling its exits (conversions included) there, not on the event loop' },
   json: { type: 'boolean', help: 'print the report as one JSON object' },
   svg: { type: 'string', value: 'FILE', help: 'draw the map and the conversions over time' },
   'no-vm': { type: 'boolean', help: 'fail on a host that lacks what it needs, instead of running in the harness VM' },
@@ -51,8 +52,8 @@ export const GUEST: CommandSpec<typeof GUEST_OPTIONS> = {
   summary: 'run a guest program whose own hypercalls convert its memory (vCPUs, VMM loop)',
   positionals: 'PROGRAM',
   options: GUEST_OPTIONS,
-  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; SNP and TDX
-need a launch flow guestmem does not do yet, so in practice SW-protected). Its
+  description: `Runs a guest program (64-bit, assembled from guest/) on vCPUs of a VM with private memory (--vm-type; on SNP and TDX
+only secret-snp and secret-tdx run, the others speak port I/O and VMMCALL). Its
 KVM_HC_MAP_GPA_RANGE hypercalls convert its memory through the tracker, KVM's attributes,
 the device's VFIO DMA listener (--vfio) and the punch-hole; the guest is answered 0, or
 -22 (bad request) / -14 (failed and rolled back) and goes on. The host checks the memfd
@@ -61,6 +62,8 @@ and, with --vfio, the device's reach by DMA. Programs:
   random     --iterations random conversions (--seed), checked against a model after each; --vcpus 2 races them
   loop       --iterations x (private, shared) of one page
   misbehave  --seed 0 spins (stop it with --timeout), 1 triple-faults, 2 uses a stray port, 3 halts, 4 ud2
+  secret-snp secret as an SEV-SNP guest (--vm-type snp): GHCB MSR protocol, PVALIDATE
+  secret-tdx secret as a TD (--vm-type tdx): TDG.VP.VMCALL, TDG.MEM.PAGE.ACCEPT
 Runs inside the harness VM when this host lacks what it needs (--no-vm: fail instead).
 Exits 1 if a check fails or the guest does not exit 0.`,
   examples: ['guestmem guest secret --vfio 0000:00:01.0', 'guestmem guest random --vcpus 2 --iterations 50 --seed 7 --svg random.svg'],
@@ -118,6 +121,7 @@ export async function guestCommand(args: string[]): Promise<number> {
       probe,
       listener: listener ?? undefined,
       timeoutMs: timeout * 1000,
+      threads: values.threads === true,
       onConsole: values.json ? undefined : (text) => process.stdout.write(text.replace(/^(?=.)/gm, '  guest| ')),
       onConversion: (event) => {
         events.push(event);
@@ -175,6 +179,8 @@ const PROGRAM_LINE: Record<GuestProgramName, string> = {
   requests: 'a table of MAP_GPA_RANGE requests',
   misbehave: 'a guest that spins, crashes, halts or uses a stray port',
   plug: 'the guest converts its data area and asks the host to unplug and plug it; the device follows',
+  'secret-snp': 'secret as an SEV-SNP guest: page state changes and PVALIDATE through the GHCB MSR protocol',
+  'secret-tdx': 'secret as a TD: MapGPA and port I/O through TDG.VP.VMCALL, pages accepted',
 };
 
 function describeConversion(event: ConversionEvent): string {

@@ -130,10 +130,8 @@ function withKvmHint<T>(make: () => T, options: VmHostOptions): T {
     // No /dev/kvm at all is a host that lacks something, as --no-vm's refusal and a missing VM
     // type say (ERR_GUESTMEM_UNSUPPORTED); a permission or other error keeps the kernel's code.
     const lacking = e.code === 'ENOENT' || e.code === 'ENODEV' || e.code === 'ENXIO';
-    throw Object.assign(
-      lacking ? new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', message, { cause: error }) : new Error(message, { cause: error }),
-      lacking ? { errno: e.errno, syscall: e.syscall } : { code: e.code, errno: e.errno, syscall: e.syscall },
-    );
+    if (lacking) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', message, { cause: error, errno: e.errno, syscall: e.syscall });
+    throw Object.assign(new Error(message, { cause: error }), { code: e.code, errno: e.errno, syscall: e.syscall });
   }
 }
 

@@ -2,7 +2,7 @@
 // missing piece why and what to do.
 
 import { VM_TYPES, type VmType } from '../kvm/kvm-constants';
-import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability, type Feature, type ProbeReport } from '../probe';
+import { capabilityFeature, probe, vmTypeFeature, CAPABILITIES, type Capability, type Feature, type ProbeReport } from '../host/probe';
 import { UsageError } from './usage-error';
 import { type1Reach, type Type1Reach } from '../vfio/type1-reach';
 import { parseCommand, type CommandSpec } from './command-spec';

@@ -7,7 +7,7 @@
 import { GuestmemError } from '../common/errors';
 import type { Kvm } from '../kvm/kvm';
 import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, missingVmTypeLine, vmTypeFix, vmTypeName, PRIVATE_MEMORY_VM_TYPES, type VmTypeChoice } from '../kvm/vm-types';
-import { capabilityFeature, probe, vmTypeFeature, type Capability } from '../probe';
+import { capabilityFeature, probe, vmTypeFeature, type Capability } from '../host/probe';
 import { UsageError } from './usage-error';
 
 /** The option, spread into each command's option table (it parses and documents it). */

@@ -3,7 +3,8 @@
 // space above 2^53); both are checked for type, alignment and 64-bit overflow here,
 // once, so the tracker works on granule indices that are always safe numbers.
 
-import { checkInteger, describeValue, invalidArgType, outOfRange } from './errors';
+import { invalidArgType, outOfRange } from './errors';
+import { checkInteger, describeValue } from './validators';
 
 /** A byte count or address: a number where it is a safe integer, else a bigint (up to 2^64 − 1). */
 export type Bytes = number | bigint;

@@ -59,8 +59,8 @@ export abstract class FdOwner implements Disposable {
   /** Hook for subclasses that release more than the fd (a memslot); the fd is still open. */
   protected beforeClose(): void {}
 
-  /** Makes `child` close when this closes. */
-  protected adopt<T extends FdOwner>(child: T): T {
+  /** Makes `child` close when this closes (a parent owns its children; adopt is for foreign fds). */
+  protected own<T extends FdOwner>(child: T): T {
     this.#children.add(child);
     child.#onClose = () => this.#children.delete(child);
     return child;

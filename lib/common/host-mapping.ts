@@ -8,7 +8,20 @@
 import { constants as bufferConstants } from 'node:buffer';
 import { checkBytes, type Bytes } from './byte-range';
 import { closedError, invalidArgType, invalidArgValue, outOfRange } from './errors';
+import { checkMmap, checkOurMemory } from './mapping-guard';
 import { native, type NativeMappingHandle } from './native';
+
+const MADV_REMOVE = 9;
+
+/**
+ * madvise(MADV_REMOVE) over [address, address + length): frees a shared mapping's pages (they
+ * read back as zero), as QEMU's ram_block_discard_range does for shared RAM. Refused first
+ * unless the range is this process's shared read-write memory.
+ */
+export function removeMemory(address: Bytes, length: Bytes): void {
+  checkOurMemory(address, length, 'madvise');
+  native().madvise(address, length, MADV_REMOVE);
+}
 
 /** The longest window: Node's buffer limit, and no more than the addon makes (2^32). */
 export function maxWindowBytes(): number {
@@ -63,6 +76,7 @@ export class HostMapping {
 
   /** mmap(MAP_SHARED) of [offset, offset + size) of an fd. */
   static map(fd: number, size: bigint, offset: bigint, what: string, writable = true): HostMapping {
+    checkMmap(fd, size, offset, writable);
     const mapping = native().mmap(fd, size, offset, writable);
     return new HostMapping(mapping.handle, mapping.address, size, what, true);
   }
@@ -75,10 +89,13 @@ export class HostMapping {
    * `owned` is refused, as its unmap would pull the memory from under its owner.
    */
   static adopt(address: bigint, size: bigint, what: string, owned: boolean): HostMapping {
+    address = checkBytes(address, `${what} address`);
+    size = checkBytes(size, `${what} size`);
     const owners = unmappersOver(address, size);
     if (owned && owners.length > 0) {
       throw invalidArgValue(`${what}: [0x${address.toString(16)}, +0x${size.toString(16)}) is guestmem's own mapping (${owners[0]!.what}): it cannot be adopted with close: true, which would unmap it under its owner`);
     }
+    checkOurMemory(address, size, 'adoptMapping');
     const mapping = native().adoptMapping(address, size, owned);
     const adopted = new HostMapping(mapping.handle, mapping.address, size, what, owned);
     adopted.#pinned = owners;

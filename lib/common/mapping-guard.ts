@@ -1,7 +1,8 @@
 // The two mmap requests the kernel grants but JavaScript cannot survive: a read-only
 // mapping handed out as memory JS may write (a write is SIGSEGV), and a mapping that runs
 // past the end of its file (a read there is SIGBUS). Every mmap the package makes goes
-// through the addon, so these are refused here, in front of it, before the mapping exists: read-only mappings are not
+// through HostMapping (host-mapping.ts), which asks these checks before the addon, so such a
+// request is refused before the mapping exists: read-only mappings are not
 // offered (no view rather than a view that kills the process), and a mapping of a regular
 // file (a memfd) must end within the file's size as fstat sees it now. A file shrunk
 // afterwards (ftruncate) can still fault: do not shrink a file that is mapped.
@@ -9,32 +10,27 @@
 import fs from 'node:fs';
 import { invalidArgValue, outOfRange } from './errors';
 
-type Mmap = (fd: number, length: number | bigint, offset: number | bigint, writable: boolean) => unknown;
-
 function isByteCount(value: unknown): value is number | bigint {
   return (typeof value === 'number' && Number.isSafeInteger(value) && value >= 0) || (typeof value === 'bigint' && value >= 0n);
 }
 
-/** Checks an mmap request, then makes it; arguments of the wrong type go on to the addon's own checks. */
-export function guardedMmap(mmap: Mmap): Mmap {
-  return (fd, length, offset, writable) => {
-    if (writable !== true) {
-      throw invalidArgValue(
-        'mmap: a read-only mapping is not offered: its memory would reach JavaScript as writable, and a write would be SIGSEGV; map it writable',
+/** Refuses an mmap request JavaScript could not survive; arguments of the wrong type go on to the addon's own checks. */
+export function checkMmap(fd: unknown, length: unknown, offset: unknown, writable: unknown): void {
+  if (writable !== true) {
+    throw invalidArgValue(
+      'mmap: a read-only mapping is not offered: its memory would reach JavaScript as writable, and a write would be SIGSEGV; map it writable',
+    );
+  }
+  if (typeof fd === 'number' && Number.isSafeInteger(fd) && fd >= 0 && isByteCount(length) && isByteCount(offset)) {
+    const stat = fs.fstatSync(fd, { bigint: true });
+    const end = BigInt(offset) + BigInt(length);
+    if (stat.isFile() && end > stat.size) {
+      throw outOfRange(
+        `mmap: [0x${BigInt(offset).toString(16)}, +0x${BigInt(length).toString(16)}) runs past the end of the ${stat.size}-byte file ` +
+          '(a read there would be SIGBUS); size the file first (ftruncate)',
       );
     }
-    if (Number.isSafeInteger(fd) && fd >= 0 && isByteCount(length) && isByteCount(offset)) {
-      const stat = fs.fstatSync(fd, { bigint: true });
-      const end = BigInt(offset) + BigInt(length);
-      if (stat.isFile() && end > stat.size) {
-        throw outOfRange(
-          `mmap: [0x${BigInt(offset).toString(16)}, +0x${BigInt(length).toString(16)}) runs past the end of the ${stat.size}-byte file ` +
-            '(a read there would be SIGBUS); size the file first (ftruncate)',
-        );
-      }
-    }
-    return mmap(fd, length, offset, writable);
-  };
+  }
 }
 
 /**
@@ -67,7 +63,11 @@ export function isMappedSharedReadWrite(address: bigint, length: bigint): boolea
   return covered >= end;
 }
 
-function checkOurMemory(address: unknown, length: unknown, what: string): void {
+/**
+ * Refuses an address range that is not this process's shared read-write memory (adoptMapping,
+ * madvise): anything else could be unmapped under a window (SIGSEGV) or be the heap.
+ */
+export function checkOurMemory(address: unknown, length: unknown, what: string): void {
   if (!isByteCount(address) || !isByteCount(length)) return; // the addon's own checks name it
   if (BigInt(length) > 0n && !isMappedSharedReadWrite(BigInt(address), BigInt(length))) {
     throw invalidArgValue(
@@ -75,23 +75,4 @@ function checkOurMemory(address: unknown, length: unknown, what: string): void {
         'only such memory (a memfd, shmem) can be adopted: anything else could be unmapped (SIGSEGV) or be the heap',
     );
   }
-}
-
-type AdoptMapping = (address: number | bigint, length: number | bigint, owned: boolean) => unknown;
-type Madvise = (address: number | bigint, length: number | bigint, advice: number) => void;
-
-/** Refuses an address range that is not this process's read-write memory. */
-export function guardedAdoptMapping(adopt: AdoptMapping): AdoptMapping {
-  return (address, length, owned) => {
-    checkOurMemory(address, length, 'adoptMapping');
-    return adopt(address, length, owned);
-  };
-}
-
-/** The same for madvise: MADV_REMOVE on someone else's (or no) memory is refused first. */
-export function guardedMadvise(madvise: Madvise): Madvise {
-  return (address, length, advice) => {
-    checkOurMemory(address, length, 'madvise');
-    madvise(address, length, advice);
-  };
 }

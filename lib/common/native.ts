@@ -8,7 +8,6 @@
 
 import path from 'node:path';
 import { GuestmemError, messageOf } from './errors';
-import { guardedAdoptMapping, guardedMadvise, guardedMmap } from './mapping-guard';
 
 type U64 = number | bigint;
 
@@ -81,7 +80,7 @@ export interface NativeAddon {
   kvmSetMemoryAttributes(vmFd: number, gpa: U64, size: U64, attributes: U64): void;
   /** KVM_PRE_FAULT_MEMORY over the whole range (resumed after partial progress). */
   kvmPreFaultMemory(vcpuFd: number, gpa: U64, size: U64): void;
-  // Confidential-VM initialisation (KVM_MEMORY_ENCRYPT_OP); a failure carries the
+  // Confidential-VM initialization (KVM_MEMORY_ENCRYPT_OP); a failure carries the
   // firmware's status (firmwareError) or the TDX module's (hwError) when there is one.
   kvmSevInit2(vmFd: number, vmsaFeatures: U64, ghcbVersion: number): void;
   kvmTdxCapabilities(vmFd: number): { supportedAttributes: bigint; supportedXfam: bigint; cpuid: Buffer };
@@ -174,8 +173,14 @@ function load(): NativeAddon {
   return nodeGypBuild(PACKAGE_ROOT) as NativeAddon;
 }
 
-/** Counts crossings into C++, so benchmarks can show that a conversion's are bounded. */
-export const nativeCalls = { count: 0 };
+/**
+ * Counts crossings into C++ while `enabled`, so a benchmark, a report or a test can show that
+ * a conversion's are bounded. Off by default: then native() is the addon itself, and a call
+ * costs no wrapper. Turned on, native() is a counting copy from that call on.
+ */
+export const nativeCalls = { count: 0, enabled: false };
+
+let counting: NativeAddon | null = null;
 
 function counted(addon: NativeAddon): NativeAddon {
   const wrapped: Record<string, unknown> = {};
@@ -193,17 +198,17 @@ function counted(addon: NativeAddon): NativeAddon {
   return wrapped as unknown as NativeAddon;
 }
 
-/** The addon, or a coded error that says why it is not there. */
+/**
+ * The addon (a counting copy while nativeCalls.enabled), or a coded error that says why it is
+ * not there. Its mmap, adoptMapping and madvise are unguarded: HostMapping and removeMemory
+ * (host-mapping.ts) check their requests first, and nothing else calls them.
+ */
 export function native(): NativeAddon {
-  if (loaded) return loaded;
+  if (loaded) return nativeCalls.enabled ? (counting ??= counted(loaded)) : loaded;
   if (loadError === null) {
     try {
-      const addon = counted(load());
-      addon.mmap = guardedMmap(addon.mmap) as NativeAddon['mmap'];
-      addon.adoptMapping = guardedAdoptMapping(addon.adoptMapping) as NativeAddon['adoptMapping'];
-      addon.madvise = guardedMadvise(addon.madvise) as NativeAddon['madvise'];
-      loaded = addon;
-      return loaded;
+      loaded = load();
+      return native();
     } catch (error) {
       loadError = error;
     }

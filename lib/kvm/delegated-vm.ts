@@ -10,7 +10,8 @@
 // creating a guest_memfd or a memslot here is refused.
 
 import { checkExtent, type Bytes } from '../common/byte-range';
-import { describeValue, GuestmemError, invalidArgType } from '../common/errors';
+import { GuestmemError, invalidArgType } from '../common/errors';
+import { describeValue } from '../common/validators';
 import type { GuestMemfd, MemoryRegion } from './kvm';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from './kvm-constants';
 import type { MemoryVm } from './memory-vm';

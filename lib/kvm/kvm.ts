@@ -4,7 +4,8 @@
 
 import fs from 'node:fs';
 import { checkBytes, checkExtent, checkSpan, type Bytes } from '../common/byte-range';
-import { describeValue, GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange, systemError } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { FdOwner } from '../common/fd-owner';
 import {
   FALLOC_FL_KEEP_SIZE,
@@ -19,7 +20,7 @@ import {
   type VmType,
 } from './kvm-constants';
 import { native } from '../common/native';
-import { initializeVm, type ConfidentialInitCalls, type VmInitialisation } from './vm-init';
+import { initializeVm, type ConfidentialInitCalls, type VmInitialization } from './vm-init';
 import type { ConfidentialLaunch, LaunchCalls } from './vm-launch';
 import { SnpLaunch } from './snp-launch';
 import { TdxLaunch } from './tdx-launch';
@@ -71,7 +72,7 @@ export class Kvm extends FdOwner {
 
   /**
    * Creates a VM; its fd is owned by the returned Vm (closed with it, or with this Kvm). An
-   * SNP or TDX VM is initialised as its type requires (KVM_SEV_INIT2; KVM_TDX_CAPABILITIES
+   * SNP or TDX VM is initialized as its type requires (KVM_SEV_INIT2; KVM_TDX_CAPABILITIES
    * and KVM_TDX_INIT_VM: see vm-init.ts) unless `initialize` is false (to ask the bare VM
    * its capabilities, as the probe does). Their launch begins too (`vm.launch`: SNP's
    * LAUNCH_START here; see vm-launch.ts). A type this host lacks is ERR_GUESTMEM_UNSUPPORTED
@@ -91,13 +92,13 @@ export class Kvm extends FdOwner {
       const mask = this.vmTypesMask;
       if ((error as NodeJS.ErrnoException).code !== 'EINVAL' || maskHasVmType(mask, number)) throw error;
       const e = error as NodeJS.ErrnoException;
-      throw Object.assign(new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error }), { errno: e.errno, syscall: e.syscall });
+      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${missingVmTypeLine(type, mask)} (${e.message})`, { cause: error, errno: e.errno, syscall: e.syscall });
     }
-    const vm = this.adopt(new Vm(fd, number));
+    const vm = this.own(new Vm(fd, number));
     if (options.initialize === false) return vm;
     try {
-      vm.initialisation = initializeVm(number, { kvm: this.fd, vm: fd }, options.initCalls);
-      vm.launch = beginLaunch(vm.initialisation, fd, options.launchCalls);
+      vm.initialization = initializeVm(number, { kvm: this.fd, vm: fd }, options.initCalls);
+      vm.launch = beginLaunch(vm.initialization, fd, options.launchCalls);
     } catch (error) {
       vm.close();
       throw error;
@@ -106,14 +107,14 @@ export class Kvm extends FdOwner {
   }
 }
 
-/** The launch an initialised SNP or TDX VM needs before its vCPUs run; none for other types. */
-function beginLaunch(initialisation: VmInitialisation, vmFd: number, calls?: LaunchCalls): ConfidentialLaunch | null {
-  if (initialisation.kind === 'snp') {
+/** The launch an initialized SNP or TDX VM needs before its vCPUs run; none for other types. */
+function beginLaunch(initialization: VmInitialization, vmFd: number, calls?: LaunchCalls): ConfidentialLaunch | null {
+  if (initialization.kind === 'snp') {
     const launch = new SnpLaunch(vmFd, calls);
     launch.start();
     return launch;
   }
-  if (initialisation.kind === 'tdx') return new TdxLaunch(vmFd, calls);
+  if (initialization.kind === 'tdx') return new TdxLaunch(vmFd, calls);
   return null;
 }
 
@@ -142,7 +143,7 @@ export class Vm extends FdOwner {
   /** The KVM_CREATE_VM type number; -1 for an adopted VM whose type we cannot ask. */
   readonly type: number;
   /** What createVm did after KVM_CREATE_VM (SNP: KVM_SEV_INIT2; TDX: KVM_TDX_INIT_VM). */
-  initialisation: VmInitialisation = { kind: 'none' };
+  initialization: VmInitialization = { kind: 'none' };
   /**
    * An SNP or TDX VM's launch: what puts measured pages into private memory and ends the
    * launch before the first KVM_RUN (see vm-launch.ts). Null for other types.
@@ -196,8 +197,8 @@ export class Vm extends FdOwner {
   }
 
   /** @internal Makes `child` (a vCPU) close before this VM does. */
-  own<T extends FdOwner>(child: T): T {
-    return this.adopt(child);
+  override own<T extends FdOwner>(child: T): T {
+    return super.own(child);
   }
 
   get supportsGuestMemfd(): boolean {
@@ -237,7 +238,7 @@ export class Vm extends FdOwner {
       if (checkedFlags !== 0n && (error as NodeJS.ErrnoException)?.code === 'EINVAL') throw error;
       throw this.unsupported(error, KVM_CAP_GUEST_MEMFD, 'KVM_CREATE_GUEST_MEMFD', 'guest_memfd');
     }
-    return this.adopt(new GuestMemfd(fd, length));
+    return this.own(new GuestMemfd(fd, length));
   }
 
   /** KVM_SET_USER_MEMORY_REGION2: creates or changes a memslot. */
@@ -284,9 +285,10 @@ export class Vm extends FdOwner {
     }
     if (present > 0) return error;
     const type = this.type < 0 ? 'this VM' : `this VM (type ${vmTypeName(this.type)})`;
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${ioctl}: ${type} has no ${what} (KVM_CHECK_EXTENSION says 0): create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports (${e.message})`, { cause: error }),
-      { errno: e.errno, syscall: e.syscall },
+    return new GuestmemError(
+      'ERR_GUESTMEM_UNSUPPORTED',
+      `${ioctl}: ${type} has no ${what} (KVM_CHECK_EXTENSION says 0): create it as 'sw-protected' (or 'snp', 'tdx'); guestmem probe says what this host supports (${e.message})`,
+      { cause: error, errno: e.errno, syscall: e.syscall },
     );
   }
 }

@@ -13,14 +13,13 @@ import fs from 'node:fs';
 import { checkBytes, checkExtent, type Bytes } from '../common/byte-range';
 import { closedError, GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
 import { FdOwner } from '../common/fd-owner';
-import { HostMapping } from '../common/host-mapping';
+import { HostMapping, removeMemory } from '../common/host-mapping';
 import { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE } from './kvm-constants';
 import { native } from '../common/native';
 
 /** off_t is signed: a file (and a mapping offset) stops below 2^63. */
 const MAX_FILE_SIZE = (1n << 63n) - 1n;
 const PAGE = 4096n;
-const MADV_REMOVE = 9;
 
 /**
  * Shared memory a VMM already has. `fd`: a memfd, shmem or regular file (nothing else: a
@@ -54,7 +53,7 @@ export function takeFd(fd: unknown, close: unknown, what: string): number {
   try {
     fs.fstatSync(fd);
   } catch (error) {
-    throw Object.assign(new GuestmemError('ERR_GUESTMEM_CLOSED', `${what} fd ${fd} is not open`, { cause: error }), { errno: (error as NodeJS.ErrnoException).errno, syscall: 'fstat' });
+    throw new GuestmemError('ERR_GUESTMEM_CLOSED', `${what} fd ${fd} is not open`, { cause: error, errno: (error as NodeJS.ErrnoException).errno, syscall: 'fstat' });
   }
   return close === true ? fd : native().dupCloexec(fd);
 }
@@ -163,7 +162,7 @@ export class SharedMemory implements Disposable {
       native().fallocate(this.#file.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, this.fileOffset + start, length);
       return;
     }
-    native().madvise(this.address + start, length, MADV_REMOVE);
+    removeMemory(this.address + start, length);
   }
 
   /** Bytes of memory the file holds now (st_blocks * 512); not known for memory adopted by address. */

@@ -29,9 +29,10 @@ const FIRMWARE_FIX = 'check the SEV firmware (dmesg | grep -i sev) and the guest
 
 function sevDeviceFailure(error: unknown): Error {
   const e = error as NodeJS.ErrnoException;
-  return Object.assign(
-    new GuestmemError('ERR_GUESTMEM_LAUNCH_FAILED', `an SNP launch needs /dev/sev open for its firmware commands, but opening it failed: ${e.message ?? String(error)}; fix: load ccp, run as root or join the group that owns /dev/sev`, { cause: error }),
-    { errno: e.errno, syscall: e.syscall ?? 'open' },
+  return new GuestmemError(
+    'ERR_GUESTMEM_LAUNCH_FAILED',
+    `an SNP launch needs /dev/sev open for its firmware commands, but opening it failed: ${e.message ?? String(error)}; fix: load ccp, run as root or join the group that owns /dev/sev`,
+    { cause: error, errno: e.errno, syscall: e.syscall ?? 'open' },
   );
 }
 

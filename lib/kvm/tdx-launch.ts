@@ -1,8 +1,8 @@
 // The launch of a TDX VM (Documentation/virt/kvm/x86/intel-tdx.rst), after KVM_TDX_INIT_VM:
 // each vCPU gets its CPUID (KVM_SET_CPUID2, before KVM_TDX_INIT_VCPU as QEMU does it) and
 // then KVM_TDX_INIT_VCPU (its initial RCX); the initial memory is copied into private pages
-// (and measured) with KVM_TDX_INIT_MEM_REGION, a vCPU ioctl, so after a vCPU is initialised;
-// then KVM_TDX_FINALIZE_VM, once, after every vCPU is initialised. A TD's registers are the
+// (and measured) with KVM_TDX_INIT_MEM_REGION, a vCPU ioctl, so after a vCPU is initialized;
+// then KVM_TDX_FINALIZE_VM, once, after every vCPU is initialized. A TD's registers are the
 // TDX module's: the vCPUs start at the reset vector, not where KVM_SET_REGS would put them.
 //
 // A vCPU's CPUID is the TD's own (KVM_TDX_GET_CPUID) plus KVM's for the leaves KVM emulates
@@ -28,7 +28,7 @@ export class TdxLaunch extends ConfidentialLaunch {
   readonly kind = 'tdx';
   protected readonly endStep = 'KVM_TDX_FINALIZE_VM';
 
-  /** The launch of the TD `vmFd`, which KVM_TDX_INIT_VM initialised: building from the start. */
+  /** The launch of the TD `vmFd`, which KVM_TDX_INIT_VM initialized: building from the start. */
   constructor(vmFd: number, calls: LaunchCalls = nativeLaunchCalls()) {
     super(vmFd, calls);
     this.stage = 'building';
@@ -65,11 +65,11 @@ export class TdxLaunch extends ConfidentialLaunch {
     this.vcpus.get(id)!.state = 'ready';
   }
 
-  /** KVM_TDX_INIT_MEM_REGION through an initialised vCPU: copies the region into private pages, measured unless `measure` is false. */
+  /** KVM_TDX_INIT_MEM_REGION through an initialized vCPU: copies the region into private pages, measured unless `measure` is false. */
   measure(region: LaunchRegion, isPrivate: PrivateMemoryCheck): void {
     this.requireBuilding('KVM_TDX_INIT_MEM_REGION');
     const fd = [...this.vcpus.values()].find((v) => v.state === 'ready' && v.fd !== null)?.fd;
-    if (fd === undefined || fd === null) throw launchOrderError('KVM_TDX_INIT_MEM_REGION before any vCPU is initialised (it is a vCPU ioctl): initialise a vCPU first');
+    if (fd === undefined || fd === null) throw launchOrderError('KVM_TDX_INIT_MEM_REGION before any vCPU is initialized (it is a vCPU ioctl): initialize a vCPU first');
     const checked = checkRegion(region, isPrivate);
     try {
       this.calls.tdxInitMemRegion(fd, checked.source, checked.gpa, checked.size / PAGE, checked.measure);
@@ -79,7 +79,7 @@ export class TdxLaunch extends ConfidentialLaunch {
     this.measuredBytes += checked.size;
   }
 
-  /** KVM_TDX_FINALIZE_VM, once, after every vCPU is initialised; EBUSY tried again up to TDX_FINALIZE_ATTEMPTS times. */
+  /** KVM_TDX_FINALIZE_VM, once, after every vCPU is initialized; EBUSY tried again up to TDX_FINALIZE_ATTEMPTS times. */
   finish(): void {
     this.requireAllReady();
     for (let attempt = 1; ; attempt++) {

@@ -44,7 +44,7 @@ export interface TdxCapabilities {
   cpuid: Uint8Array;
 }
 
-/** The system calls the initialisation makes; the addon's by default, a stand-in in tests. */
+/** The system calls the initialization makes; the addon's by default, a stand-in in tests. */
 export interface ConfidentialInitCalls {
   sevInit2(vmFd: number, vmsaFeatures: bigint, ghcbVersion: number): void;
   tdxCapabilities(vmFd: number): TdxCapabilities;
@@ -68,29 +68,30 @@ export function nativeInitCalls(): ConfidentialInitCalls {
 }
 
 /** What was done to the VM after KVM_CREATE_VM. */
-export type VmInitialisation =
+export type VmInitialization =
   | { kind: 'none' }
   | { kind: 'snp'; ghcbVersion: number; vmsaFeatures: bigint }
   | { kind: 'tdx'; attributes: bigint; xfam: bigint; cpuidEntries: number; ioapicPins: number; apicBusCycleNs: number; initVmAttempts: number };
 
 /**
- * An initialisation step failed: one line that names the step, the kernel's error (and the
+ * An initialization step failed: one line that names the step, the kernel's error (and the
  * firmware's or TDX module's status) and what to check; errno/code/syscall kept.
  */
 function initFailure(step: string, error: unknown, fix: string): Error {
   const e = error as NodeJS.ErrnoException & { firmwareError?: bigint; hwError?: bigint };
   const status = e.firmwareError !== undefined ? `, SEV firmware error ${e.firmwareError}` : e.hwError !== undefined ? `, TDX module status 0x${e.hwError.toString(16)}` : '';
-  return Object.assign(
-    new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `${step} failed: ${e.message ?? String(error)}${status}; ${fix}`, { cause: error }),
-    { errno: e.errno, syscall: e.syscall, firmwareError: e.firmwareError, hwError: e.hwError },
+  return new GuestmemError(
+    'ERR_GUESTMEM_UNSUPPORTED',
+    `${step} failed: ${e.message ?? String(error)}${status}; ${fix}`,
+    { cause: error, errno: e.errno, syscall: e.syscall, firmwareError: e.firmwareError, hwError: e.hwError },
   );
 }
 
-function initSnp(vmFd: number, calls: ConfidentialInitCalls): VmInitialisation {
+function initSnp(vmFd: number, calls: ConfidentialInitCalls): VmInitialization {
   try {
     calls.sevInit2(vmFd, 0n, SNP_GHCB_VERSION);
   } catch (error) {
-    throw initFailure('KVM_SEV_INIT2', error, 'check that SEV-SNP is enabled (kvm_amd sev_snp=Y) and the SEV firmware is initialised (dmesg | grep -i sev)');
+    throw initFailure('KVM_SEV_INIT2', error, 'check that SEV-SNP is enabled (kvm_amd sev_snp=Y) and the SEV firmware is initialized (dmesg | grep -i sev)');
   }
   return { kind: 'snp', ghcbVersion: SNP_GHCB_VERSION, vmsaFeatures: 0n };
 }
@@ -117,12 +118,12 @@ function isCode(error: unknown, code: string): boolean {
   return (error as { code?: unknown } | null)?.code === code;
 }
 
-function initTdx(kvmFd: number, vmFd: number, calls: ConfidentialInitCalls): VmInitialisation {
+function initTdx(kvmFd: number, vmFd: number, calls: ConfidentialInitCalls): VmInitialization {
   let caps: TdxCapabilities;
   try {
     caps = calls.tdxCapabilities(vmFd);
   } catch (error) {
-    throw initFailure('KVM_TDX_CAPABILITIES', error, 'a Linux 6.16+ kernel with kvm_intel tdx=Y and an initialised TDX module (dmesg | grep -i tdx)');
+    throw initFailure('KVM_TDX_CAPABILITIES', error, 'a Linux 6.16+ kernel with kvm_intel tdx=Y and an initialized TDX module (dmesg | grep -i tdx)');
   }
   tdxIrqchip(vmFd, calls);
   const attributes = caps.supportedAttributes & TDX_ATTR_SEPT_VE_DISABLE;
@@ -144,8 +145,8 @@ function initTdx(kvmFd: number, vmFd: number, calls: ConfidentialInitCalls): VmI
   }
 }
 
-/** Initialises a just-created VM of type `type`, as that type requires before anything else. */
-export function initializeVm(type: number, fds: { kvm: number; vm: number }, calls: ConfidentialInitCalls = nativeInitCalls()): VmInitialisation {
+/** Initializes a just-created VM of type `type`, as that type requires before anything else. */
+export function initializeVm(type: number, fds: { kvm: number; vm: number }, calls: ConfidentialInitCalls = nativeInitCalls()): VmInitialization {
   if (type === VM_TYPES.snp) return initSnp(fds.vm, calls);
   if (type === VM_TYPES.tdx) return initTdx(fds.kvm, fds.vm, calls);
   return { kind: 'none' };

@@ -112,9 +112,10 @@ export function launchOrderError(message: string): GuestmemError {
 export function launchFailure(step: string, error: unknown, fix: string): Error {
   const e = error as NodeJS.ErrnoException & { firmwareError?: bigint; hwError?: bigint };
   const status = e.firmwareError !== undefined ? `, SEV firmware error ${e.firmwareError}` : e.hwError !== undefined ? `, TDX module status 0x${e.hwError.toString(16)}` : '';
-  return Object.assign(
-    new GuestmemError('ERR_GUESTMEM_LAUNCH_FAILED', `${step} failed: ${e.message ?? String(error)}${status}; ${fix}`, { cause: error }),
-    { errno: e.errno, syscall: e.syscall, firmwareError: e.firmwareError, hwError: e.hwError },
+  return new GuestmemError(
+    'ERR_GUESTMEM_LAUNCH_FAILED',
+    `${step} failed: ${e.message ?? String(error)}${status}; ${fix}`,
+    { cause: error, errno: e.errno, syscall: e.syscall, firmwareError: e.firmwareError, hwError: e.hwError },
   );
 }
 

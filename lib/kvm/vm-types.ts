@@ -2,7 +2,7 @@
 // type the host lacks, one sentence that says why and what to do. KVM_CAP_VM_TYPES is a
 // bitmap: bit N set means KVM_CREATE_VM accepts type N.
 
-import { checkInteger } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import { VM_TYPES, type VmType } from './kvm-constants';
 
 /** A VM type by name, or the raw KVM_CREATE_VM number. */

@@ -1,22 +1,24 @@
 // A RAM block converted from another thread: attachBlock(descriptor) in a Worker (a vCPU
 // thread) gives a converter that runs the block's one conversion (block-conversion.ts) over
 // the state the main thread's RamBlock shares with it (block-state.ts, the tracker's
-// memory, each VFIO listener's held bitmap), under the same lock. Its listeners are
+// memory, the plug source's, each VFIO listener's held bitmap), under the same lock. Its listeners are
 // replicas made from the registry's descriptors, brought up to date under the lock
 // whenever the registry's generation moved (block-sharing.ts). Its stats are its own.
 
 import { receiveMessageOnPort, MessagePort } from 'node:worker_threads';
 import { GranuleRange, type Bytes } from '../common/byte-range';
 import { ConversionStats } from './conversion-stats';
-import { checkInteger, GuestmemError, invalidArgType } from '../common/errors';
+import { GuestmemError, invalidArgType } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import { native } from '../common/native';
 import { BlockConversion } from './block-conversion';
 import type { BlockKernel } from './block-kernel';
 import { BlockState } from './block-state';
 import type { BlockDescriptor, RegistrySnapshot } from './block-sharing';
+import { PlugSource } from '../tracker/plug-source';
 import { RamBlockAttributes, type StateChangeResult } from '../tracker/ram-block-attributes';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
-import { revive } from './thread-kinds';
+import { revive } from '../common/thread-kinds';
 import type { PageState } from '../tracker/state-change-channel';
 // The built-in kinds a descriptor may name: each module defines its own on load.
 import './block-kernel';
@@ -70,10 +72,13 @@ export class AttachedBlock {
     this.size = descriptor.size;
     this.granularity = descriptor.granularity;
     this.tracker = new RamBlockAttributes(descriptor.size, { granularity: descriptor.granularity, name: descriptor.name, memory: descriptor.memory.tracker });
+    // What is unplugged, as the main thread's plug and unplug leave it (under the lock): a
+    // conversion here tells the listeners only of what is plugged.
+    this.tracker.addSource(new PlugSource(descriptor.granules, descriptor.granularity, descriptor.plugBlockSize, descriptor.memory.plug), { inEffect: true });
     this.state = new BlockState(descriptor.memory, descriptor.granules, `RAM block ${descriptor.name}`, descriptor.lockTimeoutMs);
     this.port = descriptor.port;
     this.generation = descriptor.registry.generation;
-    this.adopt(descriptor.registry);
+    this.takeSnapshot(descriptor.registry);
     this.conversion = new BlockConversion({
       name: this.name, gpa: this.gpa, tracker: this.tracker, state: this.state, stats: this.stats,
       kernel: revive<BlockKernel>('kernel', descriptor.kernel), prefault: prefaultThrough(descriptor, options),
@@ -127,17 +132,17 @@ export class AttachedBlock {
         `${this.name}: the listener registry moved to generation ${generation} but its message ${latest === null ? 'is missing' : `says ${latest.generation}`}: was this descriptor's port transferred to this thread, and attached once?`,
       );
     }
-    this.adopt(latest);
+    this.takeSnapshot(latest);
   }
 
-  private adopt(snapshot: RegistrySnapshot): void {
+  private takeSnapshot(snapshot: RegistrySnapshot): void {
     const replicas = new Map<number, RamDiscardListener>();
     const registrations = snapshot.registrations.map(({ id, first, count, listener }) => {
       const replica = this.replicas.get(id) ?? revive<RamDiscardListener>('listener', listener);
       replicas.set(id, replica);
       return { id, listener: replica, section: new GranuleRange(first, count, this.granularity) };
     });
-    this.tracker.adoptRegistrations(registrations);
+    this.tracker.replaceRegistrations(registrations);
     this.replicas = replicas;
     this.generation = snapshot.generation;
   }

@@ -144,12 +144,10 @@ export class BlockConversion {
     if (to !== 'shared' && to !== 'private') throw invalidArgValue(`target state must be 'shared' or 'private', got ${String(to)}`);
     if (this.state.mayBeUnsettled && !this.state.unsettled.isAllClear(range.first, range.count)) {
       const runs = this.state.unsettledRuns(range.first, range.count);
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_CONVERSION_REJECTED',
-          `${this.describeRange(range)} of ${this.name} holds granules that disagree since a failed rollback, or are in doubt since a thread died converting them ` +
-            `(${formatRuns(runs)}): call repair() first`,
-        ),
+      throw new GuestmemError(
+        'ERR_GUESTMEM_CONVERSION_REJECTED',
+        `${this.describeRange(range)} of ${this.name} holds granules that disagree since a failed rollback, or are in doubt since a thread died converting them ` +
+          `(${formatRuns(runs)}): call repair() first`,
         { unsettled: runs },
       );
     }
@@ -275,18 +273,16 @@ export class BlockConversion {
     const stayed = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${formatRuns(applied)}` : '';
     if (disagreements.length > 0) {
       this.state.markUnsettled(disagreements.map((d) => [d.first, d.count]));
-      return Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_ROLLBACK_FAILED',
-          `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
-            `${describeDisagreements(disagreements, g)}${stayed}`,
-          { cause },
-        ),
+      return new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
+          `${describeDisagreements(disagreements, g)}${stayed}`,
         { ...facts, disagreements, applied },
       );
     }
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`, { cause }),
+    return new GuestmemError(
+      'ERR_GUESTMEM_CONVERSION_FAILED',
+      `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`,
       { ...facts, applied },
     );
   }

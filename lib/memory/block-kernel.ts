@@ -9,10 +9,11 @@ import { GuestmemError, invalidArgType } from '../common/errors';
 import type { GuestMemfd } from '../kvm/kvm';
 import { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
+import { removeMemory } from '../common/host-mapping';
 import { native } from '../common/native';
 import type { SharedMemory } from '../kvm/shared-memory';
 import type { PageState } from '../tracker/state-change-channel';
-import { defineThreadKind, type ThreadDescriptor } from './thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../common/thread-kinds';
 
 /** The kernel calls a conversion makes, with block-relative offsets but for KVM's. */
 export interface BlockKernel {
@@ -32,7 +33,6 @@ export interface ThreadDescribableVm {
   describeForThreads(shared: SharedMemory, guestMemfd: GuestMemfd): ThreadDescriptor;
 }
 
-const MADV_REMOVE = 9;
 
 /** The calls through the objects that own the fds (the main thread's RamBlock). */
 export function ownedKernel(vm: MemoryVm, shared: SharedMemory, guestMemfd: GuestMemfd): BlockKernel {
@@ -86,7 +86,7 @@ function borrowedKernel(descriptor: ThreadDescriptor): BlockKernel {
     setMemoryAttributes: (gpa, size, to) => native().kvmSetMemoryAttributes(vmFd, BigInt(gpa), BigInt(size), to === 'private' ? KVM_MEMORY_ATTRIBUTE_PRIVATE : 0n),
     discardShared: (offset, size) => {
       if ('fd' in shared) native().fallocate(shared.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, shared.fileOffset + BigInt(offset), BigInt(size));
-      else native().madvise(shared.address + BigInt(offset), BigInt(size), MADV_REMOVE);
+      else removeMemory(shared.address + BigInt(offset), BigInt(size));
     },
     punchPrivate: (offset, size) => native().fallocate(guestMemfd.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, guestMemfd.offset + BigInt(offset), BigInt(size)),
   };

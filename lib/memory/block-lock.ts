@@ -10,7 +10,8 @@
 // passing it is ERR_GUESTMEM_LOCK_TIMEOUT naming the holder and what it is doing.
 
 import { threadId } from 'node:worker_threads';
-import { GuestmemError, checkInteger } from '../common/errors';
+import { GuestmemError } from '../common/errors';
+import { checkInteger } from '../common/validators';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** Int32 slots of the lock's memory. */
@@ -146,12 +147,10 @@ export class BlockLock {
   }
 
   private timedOut(holder: number): GuestmemError {
-    return Object.assign(
-      new GuestmemError(
-        'ERR_GUESTMEM_LOCK_TIMEOUT',
-        `${this.name} stayed locked by thread ${holder} (${holder === 0 ? 'the main thread' : 'a worker'}, ${this.describeIntent()}) for more than ${this.timeoutMs} ms; ` +
-          'if that thread died, RamBlock.recoverFrom(threadId) releases the lock',
-      ),
+    return new GuestmemError(
+      'ERR_GUESTMEM_LOCK_TIMEOUT',
+      `${this.name} stayed locked by thread ${holder} (${holder === 0 ? 'the main thread' : 'a worker'}, ${this.describeIntent()}) for more than ${this.timeoutMs} ms; ` +
+        'if that thread died, RamBlock.recoverFrom(threadId) releases the lock',
       { holder, intent: this.intent },
     );
   }

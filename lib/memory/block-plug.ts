@@ -15,8 +15,9 @@
 // PLUG ORDER. One step: the listeners populate the parts of the range that are shared.
 // Memory comes back on first touch; nothing needs allocating.
 //
-// Only on the main thread, and only while the block is not shared with other threads
-// (RamBlock refuses otherwise): the plug bitmap is this thread's, not in shared memory.
+// On the main thread (RamBlock's plug and unplug), under the block's lock: the plug bitmap
+// is shared memory (plug-source.ts), so a block shared with vCPU threads is plugged and
+// unplugged here while they convert it, and their conversions mask what is unplugged.
 
 import { describeDisagreements } from '../tracker/block-agreement';
 import { checkSpan, type Bytes, type GranuleRange } from '../common/byte-range';
@@ -77,8 +78,9 @@ export class BlockPlug {
     const range = plug.range(start - BigInt(this.parts.gpa), length, what);
     if (state.mayBeUnsettled && !state.unsettled.isAllClear(range.first, range.count)) {
       const runs = state.unsettledRuns(range.first, range.count);
-      throw Object.assign(
-        new GuestmemError('ERR_GUESTMEM_CONVERSION_REJECTED', `${what} of ${range} of ${name} holds granules that disagree since a failed rollback (${formatRuns(runs)}): call repair() first`),
+      throw new GuestmemError(
+        'ERR_GUESTMEM_CONVERSION_REJECTED',
+        `${what} of ${range} of ${name} holds granules that disagree since a failed rollback (${formatRuns(runs)}): call repair() first`,
         { unsettled: runs },
       );
     }
@@ -154,22 +156,20 @@ export class BlockPlug {
     const applied = before.flatMap(([first, count]) => plug.runs(to, first, count))
       .filter(([first, count]) => !doubtful.some(([f, c]) => f < first + count && first < f + c));
     const stayed = applied.length > 0 ? `; these runs stayed ${to}, in agreement: ${formatRuns(applied)}` : '';
-    const facts = { step, cause, errors, applied, operation: to === 'plugged' ? 'plug' : 'unplug' };
+    const facts = { step, cause, errors, applied, operation: to === 'plugged' ? 'plug' as const : 'unplug' as const };
     if (disagreements.length > 0) {
       state.markUnsettled(doubtful);
-      return Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_ROLLBACK_FAILED',
-          `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
-            `${describeDisagreements(disagreements, range.granularity)}${stayed}`,
-          { cause },
-        ),
+      return new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${what}: ${describe(cause)}; undoing it also failed (${errors.map(describe).join('; ')}), and these disagree until repair(): ` +
+          `${describeDisagreements(disagreements, range.granularity)}${stayed}`,
         { ...facts, disagreements },
       );
     }
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`, { cause }),
-      facts,
+    return new GuestmemError(
+      'ERR_GUESTMEM_CONVERSION_FAILED',
+      `${what}: ${describe(cause)}${errors.length > 0 ? ` (undo: ${errors.map(describe).join('; ')})` : ''}${stayed}`,
+      { ...facts },
     );
   }
 }

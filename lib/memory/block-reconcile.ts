@@ -259,7 +259,7 @@ export class BlockReconciler {
         }
       }
     } catch (error) {
-      errors.push(Object.assign(new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `repairing listener "${listenerName(listener)}" of ${this.name}: ${kind} failed: ${describe(error)}`, { cause: error }), { listener: listenerName(listener) }));
+      errors.push(new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `repairing listener "${listenerName(listener)}" of ${this.name}: ${kind} failed: ${describe(error)}`, { cause: error, listener: listenerName(listener) }));
     }
   }
 

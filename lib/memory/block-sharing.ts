@@ -13,7 +13,7 @@ import { GuestmemError } from '../common/errors';
 import type { BlockMemory } from './block-state';
 import { listenerName, type RamDiscardListener } from '../tracker/ram-discard-listener';
 import type { RamBlockAttributes } from '../tracker/ram-block-attributes';
-import type { ThreadDescriptor } from './thread-kinds';
+import type { ThreadDescriptor } from '../common/thread-kinds';
 
 /** A listener that can run on another thread: it describes itself for a thread to rebuild. */
 export interface ThreadListener extends RamDiscardListener {
@@ -54,8 +54,10 @@ export interface BlockDescriptor {
    * KVM_PRE_FAULT_MEMORY): a thread that attaches it with its own vCPU's fd does so too.
    */
   readonly prefaults: boolean;
-  /** The block's shared state and the tracker's memory. */
-  readonly memory: BlockMemory & { readonly tracker: SharedArrayBuffer };
+  /** Bytes per plug block (virtio-mem's block size) of the block's plug source. */
+  readonly plugBlockSize: number;
+  /** The block's shared state, the tracker's memory and the plug source's. */
+  readonly memory: BlockMemory & { readonly tracker: SharedArrayBuffer; readonly plug: SharedArrayBuffer };
   /** How the thread makes the block's kernel calls (defineThreadKind('kernel', kind)). */
   readonly kernel: ThreadDescriptor;
   readonly registry: RegistrySnapshot;
@@ -80,7 +82,9 @@ export function threadDescriptorOf(listener: RamDiscardListener): ThreadDescript
 export function registrySnapshot(tracker: RamBlockAttributes, generation: number): RegistrySnapshot {
   const registrations = tracker.registrations.map(({ id, listener, section }) => {
     const descriptor = threadDescriptorOf(listener);
-    if (descriptor instanceof GuestmemError) throw descriptor;
+    // instanceof Error, not GuestmemError: TypeScript narrows the other branch of a test
+    // against a class alone, and GuestmemError is a union of one per code.
+    if (descriptor instanceof Error) throw descriptor;
     return { id, first: section.first, count: section.count, listener: descriptor };
   });
   return { generation, registrations };

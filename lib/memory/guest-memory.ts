@@ -3,7 +3,8 @@
 // block too, and a range that spans two would need two transactions.
 
 import { checkSpan, type Bytes } from '../common/byte-range';
-import { describeValue, GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange, shutdownIncomplete } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { KVM_MEMORY_ATTRIBUTE_PRIVATE } from '../kvm/kvm-constants';
 import type { Vm } from '../kvm/kvm';
 import type { MemoryVm } from '../kvm/memory-vm';
@@ -47,6 +48,8 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
   /** Slot numbers given out, and those of blocks whose memslot KVM kept after a failure. */
   private readonly usedSlots = new Set<number>();
   private readonly slotList: readonly number[] | null;
+  /** The ranges of blocks addBlockAsync is making: no other block may overlap them meanwhile. */
+  private readonly adding: Array<{ gpa: bigint; size: bigint }> = [];
   private nextSlot: number;
 
   /**
@@ -94,11 +97,54 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
    * @returns the block, owned by this memory (closed with it)
    * @throws RangeError (`ERR_OUT_OF_RANGE`) for a range that is unaligned, empty or overlaps
    *   another block, or no memslot number left, before any syscall; a Node-style system
-   *   error if KVM refuses
+   *   error if KVM refuses; an AbortError (`ABORT_ERR`) when `signal` aborts (seen between
+   *   chunks: from `onProgress`, or before the call; addBlockAsync hears a timer's too)
    */
   addBlock(options: AddBlockOptions): RamBlock {
+    const slot = this.reserve(options);
+    let block: RamBlock;
+    try {
+      block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
+    } catch (error) {
+      this.unreserve(slot, options, error);
+      throw error;
+    }
+    return this.admit(block, options);
+  }
+
+  /**
+   * addBlock with the event loop running while KVM marks the block private (over a minute
+   * for 256 GiB in the harness VM): `onProgress` hears of each GiB, and `signal` aborts it
+   * from a timer or a signal handler, leaving nothing made (KVM's attributes back to shared,
+   * no memslot, no backings; the slot number free again). Another block may not take its
+   * range or memslot meanwhile.
+   *
+   * @returns the block, owned by this memory (closed with it)
+   * @throws (as a rejected promise) what addBlock throws; an AbortError (`ABORT_ERR`, the
+   *   signal's reason as its cause) when `signal` aborts
+   */
+  async addBlockAsync(options: AddBlockOptions): Promise<RamBlock> {
+    const slot = this.reserve(options);
+    const range = { gpa: BigInt(options.gpa), size: BigInt(options.size) };
+    this.adding.push(range);
+    let block: RamBlock;
+    try {
+      block = await RamBlock.create(this.vm, { ...options, slot, prefault: this.options.prefault });
+    } catch (error) {
+      this.unreserve(slot, options, error);
+      throw error;
+    } finally {
+      this.adding.splice(this.adding.indexOf(range), 1);
+    }
+    return this.admit(block, options);
+  }
+
+  /** Checks a block's options against the blocks there are and picks its slot, held until unreserve or admit. */
+  private reserve(options: AddBlockOptions): number {
     if (options === null || typeof options !== 'object') throw invalidArgType(`block options must be an object, got ${describeValue(options)}`);
     const [gpa, size] = checkSpan(options.gpa, options.size, 'block');
+    const adding = this.adding.find((b) => gpa < b.gpa + b.size && b.gpa < gpa + size);
+    if (adding) throw outOfRange(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps a block being added at 0x${adding.gpa.toString(16)}`);
     const overlapping = this.blocks.find((b) => gpa < BigInt(b.gpa + b.size) && BigInt(b.gpa) < gpa + size);
     if (overlapping) {
       throw outOfRange(`block [0x${options.gpa.toString(16)}, +0x${options.size.toString(16)}) overlaps ${overlapping.name}`);
@@ -119,17 +165,22 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
       if (next === null) throw outOfRange(`no memslot number left: all of ${this.slotList ? this.slotList.join(', ') : '0..65535'} are taken`);
       slot = next;
     }
-    let block: RamBlock;
-    try {
-      block = new RamBlock(this.vm, { ...options, slot, prefault: this.options.prefault });
-    } catch (error) {
-      // A slot number stays used only when KVM still holds it: the memslot was made and
-      // deleting it again failed (ERR_GUESTMEM_ROLLBACK_FAILED). A block refused before
-      // that (bad granularity, a backing that failed) leaves the number free.
-      if ((error as { code?: unknown } | null)?.code === 'ERR_GUESTMEM_ROLLBACK_FAILED') this.takeSlot(slot, options.slot === undefined);
-      throw error;
-    }
-    this.takeSlot(slot, options.slot === undefined);
+    // Held while the block is made, so that a block added meanwhile (addBlockAsync) takes another.
+    this.usedSlots.add(slot);
+    return slot;
+  }
+
+  /** A block that was not made gives its slot back, unless KVM still holds the memslot. */
+  private unreserve(slot: number, options: AddBlockOptions, error: unknown): void {
+    this.usedSlots.delete(slot);
+    // A slot number stays used only when KVM still holds it: the memslot was made and
+    // deleting it again failed (ERR_GUESTMEM_ROLLBACK_FAILED naming the slot). A block refused
+    // before that (bad granularity, a backing that failed, an abort) leaves the number free.
+    if (error instanceof GuestmemError && error.code === 'ERR_GUESTMEM_ROLLBACK_FAILED' && error.slot !== undefined) this.takeSlot(slot, options.slot === undefined);
+  }
+
+  private admit(block: RamBlock, options: AddBlockOptions): RamBlock {
+    this.takeSlot(block.slot, options.slot === undefined);
     this.blocks.push(block);
     return block;
   }
@@ -169,9 +220,11 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
 
   /**
    * Converts [gpa, gpa + size) to `to`, in the one block that holds it, as QEMU's
-   * kvm_convert_memory: the tracker, KVM's memory attributes, every listener (a VFIO
-   * listener maps or unmaps the device's DMA), then the punch-hole of the backing left;
-   * a failed step undoes those before it. Conversions of one block run one at a time.
+   * kvm_convert_memory (RamBlock.convert): KVM's memory attributes and the tracker's state
+   * change, whose listeners map or unmap (a VFIO listener the device's DMA), in the order
+   * that never leaves a device mapping a private page (to private, listeners first), then
+   * the punch-hole of the backing left; a failed step undoes those before it. Conversions of
+   * one block run one at a time.
    *
    * @returns what changed (the range's state before, granules changed)
    * @throws (as a rejected promise) `ERR_GUESTMEM_CONVERSION_REJECTED` for a range in no
@@ -233,8 +286,16 @@ export class GuestMemory<V extends MemoryVm = Vm> implements Disposable {
     if (errors.length > 0) throw shutdownIncomplete('guest memory', errors);
   }
 
-  /** close(): every block goes at once, listeners still registered keep their mappings; prefer `await using`. */
+  /**
+   * What `using` calls: close(), when no block has listeners registered. Otherwise it refuses
+   * before closing any block (ERR_GUESTMEM_LISTENERS_REGISTERED, naming the first such block's
+   * listeners), as RamBlock's does: use `await using`, whose shutdown() unregisters them first.
+   */
   [Symbol.dispose](): void {
+    for (const block of this.blocks) {
+      const refusal = block.disposeRefusal();
+      if (refusal) throw refusal;
+    }
     this.close();
   }
 }

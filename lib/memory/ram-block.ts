@@ -30,12 +30,19 @@ import { BlockState } from './block-state';
 import { BlockPlug, type PlugResult } from './block-plug';
 import { PlugSource, type PlugState } from '../tracker/plug-source';
 import { RegistryBroadcast, registrySnapshot, threadDescriptorOf, type BlockDescriptor } from './block-sharing';
+import { checkSetUpOptions, markPrivate, type BlockSetUpOptions } from './block-set-up';
+
+/** The constructor's third argument from RamBlock.create: the marking is left to it. */
+const MARKED_LATER = Symbol('marked later');
 
 /** Gives a vCPU fd of the block's VM, for vCPU ioctls such as KVM_PRE_FAULT_MEMORY. */
 export type VcpuFdProvider = () => number;
 
-/** How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name. */
-export interface RamBlockOptions {
+/**
+ * How {@link GuestMemory.addBlock} makes a block: where, how big, its granule and name; and
+ * for a big block, a progress callback and an AbortSignal for the time KVM takes to mark it private.
+ */
+export interface RamBlockOptions extends BlockSetUpOptions {
   slot: number;
   /** Guest physical address and size: numbers or bigints, kept as numbers (both < 2^53). */
   gpa: Bytes;
@@ -78,8 +85,10 @@ export type { Disagreement } from '../tracker/block-agreement';
 
 /**
  * One RAM block: a guest_memfd memslot over a shared memfd, with its tracker. `convert()` is
- * QEMU's kvm_convert_memory: tracker, KVM attributes, listeners, punch-hole, each undone if a
- * later one fails.
+ * QEMU's kvm_convert_memory, each step undone if a later one fails: to shared, KVM's
+ * attributes, then the tracker (listeners map), then the guest_memfd's punch-hole; to
+ * private, the tracker first (listeners unmap), then KVM's attributes, then the shared
+ * backing's discard (block-conversion.ts says why the order differs).
  */
 export class RamBlock implements Disposable {
   readonly name: string;
@@ -117,8 +126,10 @@ export class RamBlock implements Disposable {
    * shared (attributes default to 0) while the tracker already says private: nothing may
    * run the guest on the block in that window. If that call fails, the memslot is deleted
    * again: a guest_memfd slot cannot be changed, and one left behind would hold its number.
+   * The marking goes in chunks (options.onProgress, options.signal: see BlockSetUpOptions);
+   * RamBlock.create lets the event loop run between them.
    */
-  constructor(readonly vm: MemoryVm, options: RamBlockOptions) {
+  constructor(readonly vm: MemoryVm, options: RamBlockOptions, marking?: typeof MARKED_LATER) {
     this.name = options.name ?? `ram-block@0x${Number(options.gpa).toString(16)}`;
     this.attributes = new RamBlockAttributes(options.size, { granularity: options.granularity, name: this.name });
     this.plugSource = new PlugSource(this.attributes.granules, this.attributes.granularity, options.plugBlockSize ?? this.attributes.granularity);
@@ -146,6 +157,7 @@ export class RamBlock implements Disposable {
       throw invalidArgValue('an adopted memslot needs the backings it joins: give shared and guestMemfd too');
     }
     this.ownsSlot = memslot === undefined || memslot.close === true;
+    checkSetUpOptions(options, `adding ${this.name}`);
     this.shared = options.shared !== undefined ? SharedMemory.adopt(options.shared, options.size, this.name) : SharedMemory.create(options.size, this.name);
     try {
       this.guestMemfd = options.guestMemfd !== undefined ? GuestMemfd.adopt(options.guestMemfd, options.size) : vm.createGuestMemfd(options.size);
@@ -157,7 +169,7 @@ export class RamBlock implements Disposable {
           });
         }
         try {
-          vm.setMemoryAttributes(this.gpa, this.size, 'private');
+          if (marking !== MARKED_LATER) runSync(this.markPrivate(options, true), () => new Error('unreachable: the synchronous marking yields nothing'));
         } catch (error) {
           if (memslot === undefined) this.deleteSlotAfter(error);
           throw error;
@@ -185,17 +197,43 @@ export class RamBlock implements Disposable {
     };
   }
 
+  /**
+   * A block made as the constructor makes it, with the event loop running between the chunks
+   * of its marking, so that `options.signal` can abort it from a timer or a signal handler.
+   * An abort or failure leaves nothing made: KVM's attributes back to shared, the memslot
+   * deleted (unless adopted), the backings closed.
+   */
+  static async create(vm: MemoryVm, options: RamBlockOptions): Promise<RamBlock> {
+    const block = new RamBlock(vm, options, MARKED_LATER);
+    try {
+      await runAsync(block.markPrivate(options, false));
+    } catch (error) {
+      try {
+        if (options.memslot === undefined) block.deleteSlotAfter(error);
+      } finally {
+        block.closed = true;
+        block.released = true;
+        block.state.markClosed();
+        block.guestMemfd.close();
+        block.shared.close();
+      }
+      throw error;
+    }
+    return block;
+  }
+
+  private markPrivate(options: RamBlockOptions, sync: boolean) {
+    return markPrivate(this.vm, this.gpa, this.size, this.attributes.granularity, options, `adding ${this.name}`, sync);
+  }
+
   private deleteSlotAfter(cause: unknown): void {
     try {
       this.vm.deleteMemorySlot(this.slot);
     } catch (error) {
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_ROLLBACK_FAILED',
-          `${describe(cause)}; deleting memslot ${this.slot} again also failed, it stays in the VM: ${describe(error)}`,
-          { cause },
-        ),
-        { slot: this.slot, errors: [error] },
+      throw new GuestmemError(
+        'ERR_GUESTMEM_ROLLBACK_FAILED',
+        `${describe(cause)}; deleting memslot ${this.slot} again also failed, it stays in the VM: ${describe(error)}`,
+        { cause, slot: this.slot, errors: [error] },
       );
     }
   }
@@ -303,9 +341,6 @@ export class RamBlock implements Disposable {
     if (lock.heldHere || this.pending > 0) {
       throw new GuestmemError('ERR_GUESTMEM_BUSY', `share on ${this.name}: a conversion, repair or registration is in flight; await it first`);
     }
-    if (this.plugSource.discarded > 0) {
-      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `share on ${this.name}: part of it is unplugged, and other threads do not see the plug state; plug it all first`);
-    }
     const kernel = describeKernel(this.vm, this.shared, this.guestMemfd);
     lock.acquire('share', 0, 0, null);
     try {
@@ -320,7 +355,8 @@ export class RamBlock implements Disposable {
         granules: this.attributes.granules,
         lockTimeoutMs: lock.timeoutMs,
         prefaults: this.prefaults,
-        memory: { ...this.state.memory, tracker: this.attributes.memory },
+        plugBlockSize: this.plugSource.blockSize,
+        memory: { ...this.state.memory, tracker: this.attributes.memory, plug: this.plugSource.memory },
         kernel,
         registry,
         port: this.broadcast.open(),
@@ -480,7 +516,7 @@ export class RamBlock implements Disposable {
       }
     }
     return this.serialized(async () => {
-      this.checkPlug();
+      this.checkOpen();
       const range = this.plugging.range(gpa, size, to);
       return runAsync(this.plugging.steps(range, to, false));
     });
@@ -493,21 +529,13 @@ export class RamBlock implements Disposable {
     }
     const refusal = this.attributes.canChangeSync ? null : this.attributes.syncRefusal(`${to === 'plugged' ? 'plug' : 'unplug'}Sync`);
     if (refusal) throw refusal;
-    this.checkPlug();
+    this.checkOpen();
     const range = this.plugging.range(gpa, size, to);
     this.pending++;
     try {
       return runSync(this.plugging.steps(range, to, true), () => new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `a listener of ${this.name} returned a promise during a synchronous plug`));
     } finally {
       this.pending--;
-    }
-  }
-
-  /** Plug state lives on this thread only: a block shared with other threads keeps it all plugged. */
-  private checkPlug(): void {
-    this.checkOpen();
-    if (this.broadcast !== null) {
-      throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `plug and unplug on ${this.name}: it is shared with other threads, which do not see the plug state`);
     }
   }
 
@@ -542,11 +570,9 @@ export class RamBlock implements Disposable {
         this.state.clearUnsettled();
         this.state.markUnsettled(left.map((d) => [d.first, d.count]));
         if (left.length > 0) {
-          throw Object.assign(
-            new GuestmemError(
-              'ERR_GUESTMEM_REPAIR_FAILED',
-              `repairing ${this.name} failed (${errors.map(describe).join('; ')}); still in disagreement: ${describeDisagreements(left, this.attributes.granularity)}`,
-            ),
+          throw new GuestmemError(
+            'ERR_GUESTMEM_REPAIR_FAILED',
+            `repairing ${this.name} failed (${errors.map(describe).join('; ')}); still in disagreement: ${describeDisagreements(left, this.attributes.granularity)}`,
             { errors, disagreements: left },
           );
         }
@@ -589,14 +615,11 @@ export class RamBlock implements Disposable {
         } catch (error) {
           const left = await this.releaseHoldings(listener);
           if (left === null || left.length > 0) {
-            errors.push(Object.assign(
-              new GuestmemError(
-                'ERR_GUESTMEM_LISTENER_FAILED',
-                `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
-                  (left ? `; it still holds granules ${formatRuns(left)}` : ''),
-                { cause: error },
-              ),
-              { listener: listenerName(listener), held: left },
+            errors.push(new GuestmemError(
+              'ERR_GUESTMEM_LISTENER_FAILED',
+              `listener "${listenerName(listener)}" failed to unregister from ${this.name}: ${describe(error)}` +
+                (left ? `; it still holds granules ${formatRuns(left)}` : ''),
+              { cause: error, listener: listenerName(listener), held: left },
             ));
           }
         }
@@ -674,8 +697,28 @@ export class RamBlock implements Disposable {
     return errors;
   }
 
-  /** close(): the block goes at once, listeners still registered keep their mappings; prefer `await using`. */
+  /**
+   * What `using` calls: close(), for a block without listeners. A block with listeners still
+   * registered refuses (ERR_GUESTMEM_LISTENERS_REGISTERED, nothing closed): a synchronous
+   * dispose cannot unregister them, and closing under them would leave their DMA mappings
+   * pinning the block's pages. `await using` (shutdown()) is the teardown that unregisters them.
+   */
   [Symbol.dispose](): void {
+    const refusal = this.disposeRefusal();
+    if (refusal) throw refusal;
     this.close();
+  }
+
+  /** @internal Why a synchronous dispose would be unsafe now (listeners registered on an open block), or null. */
+  disposeRefusal(): GuestmemError<'ERR_GUESTMEM_LISTENERS_REGISTERED'> | null {
+    if (this.closed) return null;
+    const listeners = this.attributes.listeners.map(listenerName);
+    if (listeners.length === 0) return null;
+    return new GuestmemError(
+      'ERR_GUESTMEM_LISTENERS_REGISTERED',
+      `${this.name} still has listeners registered (${listeners.map((name) => `"${name}"`).join(', ')}): a synchronous dispose cannot unregister them, ` +
+        'and closing under them would leave their DMA mappings pinning its pages; use `await using` (Symbol.asyncDispose) or await shutdown(), or close() to leave them',
+      { listeners },
+    );
   }
 }

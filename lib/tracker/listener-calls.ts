@@ -117,9 +117,10 @@ export class ListenerCalls {
   listenerFailed(registration: Registration, kind: Notify | 'attach', ranges: GranuleRange[], cause: unknown): GuestmemError {
     const { name } = registration;
     const what = kind === 'attach' ? `accept its section ${ranges[0]}` : `${kind} ${describeRanges(ranges)}`;
-    const error = Object.assign(
-      new GuestmemError('ERR_GUESTMEM_LISTENER_FAILED', `listener "${name}" failed to ${what} of ${this.trackerName}: ${message(cause)}`, { cause }),
-      { listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
+    const error = new GuestmemError(
+      'ERR_GUESTMEM_LISTENER_FAILED',
+      `listener "${name}" failed to ${what} of ${this.trackerName}: ${message(cause)}`,
+      { cause, listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
     );
     // The block finds the listener by this, never by its name, which two listeners may share.
     Object.defineProperty(error, 'registered', { value: registration.listener, enumerable: false });
@@ -129,13 +130,10 @@ export class ListenerCalls {
   /** A rollback that itself failed leaves listeners out of step: say so, loudly. */
   withRollbackErrors(failure: unknown, rollbackErrors: unknown[]): unknown {
     if (rollbackErrors.length === 0) return failure;
-    return Object.assign(
-      new GuestmemError(
-        'ERR_GUESTMEM_ROLLBACK_FAILED',
-        `${message(failure)}; rolling back also failed, listeners may disagree with the tracker: ${rollbackErrors.map(message).join('; ')}`,
-        { cause: failure },
-      ),
-      { errors: rollbackErrors },
+    return new GuestmemError(
+      'ERR_GUESTMEM_ROLLBACK_FAILED',
+      `${message(failure)}; rolling back also failed, listeners may disagree with the tracker: ${rollbackErrors.map(message).join('; ')}`,
+      { cause: failure, errors: rollbackErrors },
     );
   }
 }

@@ -7,7 +7,8 @@
 // (fill, convert, scan, collectRuns) check in one inlined test of plain comparisons and
 // name the bad argument only when it fails, so a conversion pays a few instructions.
 
-import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { allocationFailed, invalidArgType, outOfRange } from '../common/errors';
+import { checkInteger, describeValue } from '../common/validators';
 
 const ALL = 0xffffffff;
 /** Word spans up to this long are filled by a loop, longer ones by TypedArray.fill. */
@@ -38,7 +39,7 @@ function popcount(word: number): number {
   return (((word + (word >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
-/** What a range held before {@link PageBitmap.convert}: every bit clear, every bit set, or both. */
+/** What a range held before {@link PageBitmap.exchange}: every bit clear, every bit set, or both. */
 export const enum Held {
   Clear = 0,
   Set = 1,
@@ -105,9 +106,9 @@ export class RunList {
   }
 }
 
-/** Bitmaps below this many bits convert with int32 indices throughout (convertWords). */
+/** Bitmaps below this many bits exchange with int32 indices throughout (exchangeWords). */
 const INT32_BITS = 2 ** 31;
-/** The window convertWords works in on a larger bitmap: its bit indices stay int32. */
+/** The window exchangeWords works in on a larger bitmap: its bit indices stay int32. */
 const WINDOW_BITS = 2 ** 30;
 
 /** Whole words [from, to) set to `filler`: TypedArray.fill is a call into C++ that costs more than a short loop. */
@@ -117,14 +118,14 @@ function fillInts(words: Int32Array, from: number, to: number, filler: number): 
 }
 
 /**
- * The conversion's loop (PageBitmap.convert) over int32 words, for bit indices below 2^31:
+ * The conversion's loop (PageBitmap.exchange) over int32 words, for bit indices below 2^31:
  * shifts and masks only, no double arithmetic (a `/` or `%` on a double, a Math.floor, is
  * what made the loop cost 2.5× its C counterpart), no allocation, and words compared with
  * -1 and 0 (an Int32Array word is never 0xffffffff, a double). Runs that change are listed
  * in `out` at their edges inside each word (Math.clz32 of the lowest set bit); a word
  * wholly in the other state flips whole, and so does every such word after it.
  */
-function convertWords(words: Int32Array, start: number, count: number, value: boolean, out: RunList): Held {
+function exchangeWords(words: Int32Array, start: number, count: number, value: boolean, out: RunList): Held {
   out.clear();
   if (count === 0) return value ? Held.Set : Held.Clear;
   if (count === 1) {
@@ -203,9 +204,9 @@ export class PageBitmap {
 
   readonly bits: number;
   private readonly words: Uint32Array;
-  /** The same words as int32, for convertWords. */
+  /** The same words as int32, for exchangeWords. */
   private readonly ints: Int32Array;
-  /** convertWindows's runs of one window, reused. */
+  /** exchangeWindows's runs of one window, reused. */
   private windowRuns: RunList | null = null;
 
   /**
@@ -229,9 +230,7 @@ export class PageBitmap {
     try {
       this.words = new Uint32Array(Math.ceil(bits / 32));
     } catch (cause) {
-      throw Object.assign(new RangeError(`cannot allocate a bitmap of ${bits} bits (${Math.ceil(bits / 8)} bytes): ${(cause as Error).message}`, { cause }), {
-        code: 'ERR_MEMORY_ALLOCATION_FAILED',
-      });
+      throw allocationFailed(`cannot allocate a bitmap of ${bits} bits (${Math.ceil(bits / 8)} bytes): ${(cause as Error).message}`, cause);
     }
     // The zeroed pages come from the kernel lazily; touch them all now, at creation, so that
     // a conversion never pays a first-touch page fault (a 1 TiB block's 32 MiB bitmap would
@@ -254,9 +253,7 @@ export class PageBitmap {
     try {
       buffer = new SharedArrayBuffer(bytes);
     } catch (cause) {
-      throw Object.assign(new RangeError(`cannot allocate ${what} of ${bytes} bytes: ${(cause as Error).message}`, { cause }), {
-        code: 'ERR_MEMORY_ALLOCATION_FAILED',
-      });
+      throw allocationFailed(`cannot allocate ${what} of ${bytes} bytes: ${(cause as Error).message}`, cause);
     }
     new Uint8Array(buffer).fill(0);
     return buffer;
@@ -327,26 +324,27 @@ export class PageBitmap {
 
   /**
    * A state change's whole bitmap step in one pass over the range's words (checked as fill
-   * is): sets (`value` true) or clears bits [start, start + count), lists in `out`
+   * is), named as Atomics.exchange (it writes and returns what was there; a conversion is
+   * the whole sequence of which this is one step): sets (`value` true) or clears bits [start, start + count), lists in `out`
    * (cleared first) the maximal runs of bits that changed, and says what the range held
    * before. One loop, no scans before it: the cost follows the range, a word at a time.
-   * A bitmap of fewer than 2^31 bits (8 TiB of 4 KiB granules) runs convertWords straight;
-   * a larger one runs it over windows of its words (convertWindows).
+   * A bitmap of fewer than 2^31 bits (8 TiB of 4 KiB granules) runs exchangeWords straight;
+   * a larger one runs it over windows of its words (exchangeWindows).
    */
-  convert(start: number, count: number, value: boolean, out: RunList): Held {
+  exchange(start: number, count: number, value: boolean, out: RunList): Held {
     if (!this.isRange(start, count) || typeof value !== 'boolean') this.refuse(start, count, value);
     if (!(out instanceof RunList)) throw invalidArgType(`out must be a RunList, got ${describeValue(out)}`);
-    if (this.bits < INT32_BITS) return convertWords(this.ints, start, count, value, out);
-    return this.convertWindows(start, count, value, out);
+    if (this.bits < INT32_BITS) return exchangeWords(this.ints, start, count, value, out);
+    return this.exchangeWindows(start, count, value, out);
   }
 
   /**
-   * convert for a bitmap of 2^31 bits or more: convertWords over windows of at most 2^30
+   * exchange for a bitmap of 2^31 bits or more: exchangeWords over windows of at most 2^30
    * bits, each a view of the words from the window's first (so that its indices stay
    * int32), its runs moved back to the bitmap's indices and joined across window edges.
    * It allocates a view per window: blocks of 8 TiB and more pay that, the others nothing.
    */
-  private convertWindows(start: number, count: number, value: boolean, out: RunList): Held {
+  private exchangeWindows(start: number, count: number, value: boolean, out: RunList): Held {
     out.clear();
     const local = (this.windowRuns ??= new RunList());
     let changedSome = false;
@@ -356,7 +354,7 @@ export class PageBitmap {
       const word = Math.floor(at / 32);
       const bit = at - word * 32;
       const bits = Math.min(end - at, WINDOW_BITS - bit);
-      const held = convertWords(this.ints.subarray(word, word + Math.ceil((bit + bits) / 32)), bit, bits, value, local);
+      const held = exchangeWords(this.ints.subarray(word, word + Math.ceil((bit + bits) / 32)), bit, bits, value, local);
       if (local.length > 0) changedSome = true;
       if (local.length === 0 || held === Held.Mixed) keptSome = true;
       for (let i = 0; i < local.length; i++) out.pushJoined(word * 32 + local.first(i), local.count(i));

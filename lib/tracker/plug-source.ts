@@ -3,10 +3,14 @@
 // real device); the bitmap holds one bit per plug block, 1 = unplugged, so that a fresh
 // block is plugged everywhere and behaves as a block without a plug source. As a discard
 // source (discard-source.ts) it masks what the block's listeners are told: populated =
-// shared and plugged.
+// shared and plugged. Its memory is a SharedArrayBuffer (the unplugged count, then the
+// bitmap), as the tracker's is: a block shared with vCPU threads carries it to each, so a
+// conversion there masks what is unplugged, and a plug or unplug on the main thread (under
+// the block's lock) is seen by all.
 
 import { checkGranularity, checkSpan, granuleRangeOf, type Bytes, type GranuleRange } from '../common/byte-range';
-import { outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import type { DiscardSource, SourceChange } from './discard-source';
 import { PageBitmap, type Run } from './page-bitmap';
 
@@ -16,6 +20,9 @@ export function oppositePlug(state: PlugState): PlugState {
   return state === 'plugged' ? 'unplugged' : 'plugged';
 }
 
+/** Bytes before the bitmap in a plug source's memory: the unplugged plug blocks, an Int32 (with padding to the words). */
+const COUNT_BYTES = 8;
+
 export class PlugSource implements DiscardSource {
   readonly name = 'plug';
   /** Bytes per plug block: a power of two, a multiple of the tracker's granule. */
@@ -23,11 +30,17 @@ export class PlugSource implements DiscardSource {
   /** Tracker granules per plug block. */
   readonly granulesPerBlock: number;
   readonly blocks: number;
+  /** The count of unplugged plug blocks, then the bitmap: what share() carries to another thread. */
+  readonly memory: SharedArrayBuffer;
   private readonly unplugged: PageBitmap;
-  private unpluggedBlocks = 0;
+  private readonly count: Int32Array;
 
-  /** A plug source over `granules` granules of `granularity` bytes, in plug blocks of `blockSize` bytes; plugged everywhere. */
-  constructor(readonly granules: number, readonly granularity: number, blockSize: number = granularity) {
+  /**
+   * A plug source over `granules` granules of `granularity` bytes, in plug blocks of
+   * `blockSize` bytes: plugged everywhere, or as `memory` (another plug source's of the same
+   * geometry, carried to this thread) says.
+   */
+  constructor(readonly granules: number, readonly granularity: number, blockSize: number = granularity, memory?: SharedArrayBuffer) {
     checkGranularity(blockSize, 'plug block size');
     if (blockSize < granularity) throw outOfRange(`plug block size ${blockSize} is below the granularity ${granularity}; it must be a multiple of it`);
     this.granulesPerBlock = blockSize / granularity;
@@ -36,12 +49,18 @@ export class PlugSource implements DiscardSource {
     }
     this.blockSize = blockSize;
     this.blocks = granules / this.granulesPerBlock;
-    this.unplugged = new PageBitmap(this.blocks);
+    const bytes = COUNT_BYTES + PageBitmap.bytesFor(this.blocks);
+    if (memory !== undefined && (!(memory instanceof SharedArrayBuffer) || memory.byteLength !== bytes)) {
+      throw invalidArgType(`memory must be the SharedArrayBuffer of a plug source of ${this.blocks} plug blocks (${bytes} bytes), got ${describeValue(memory)}`);
+    }
+    this.memory = memory ?? PageBitmap.sharedMemory(bytes, 'a plug bitmap');
+    this.count = new Int32Array(this.memory, 0, 1);
+    this.unplugged = new PageBitmap(this.blocks, { buffer: this.memory, byteOffset: COUNT_BYTES });
   }
 
   /** Granules unplugged now. */
   get discarded(): number {
-    return this.unpluggedBlocks * this.granulesPerBlock;
+    return this.count[0]! * this.granulesPerBlock;
   }
 
   /**
@@ -104,6 +123,6 @@ export class PlugSource implements DiscardSource {
     const unplug = state === 'unplugged';
     const before = this.unplugged.countSet(firstBlock, blocks);
     this.unplugged.fill(firstBlock, blocks, unplug);
-    this.unpluggedBlocks += (unplug ? blocks : 0) - before;
+    this.count[0] = this.count[0]! + (unplug ? blocks : 0) - before;
   }
 }

@@ -132,7 +132,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * Why a synchronous change is refused now (null when it is not): a listener that is not
+   * @internal Why a synchronous change is refused now (null when it is not): a listener that is not
    * synchronous (ERR_GUESTMEM_ASYNC_LISTENER, naming it) or an operation in flight
    * (ERR_GUESTMEM_BUSY). Throws ERR_GUESTMEM_REENTRANT_CALL from inside a notification.
    */
@@ -175,8 +175,8 @@ export class RamBlockAttributes {
    * these registrations, newest first, as its own, with no notification (the tracker that
    * registered them has notified them already). Every listener must be synchronous.
    */
-  adoptRegistrations(registrations: ReadonlyArray<RegistrationRecord>): void {
-    this.registry.adopt(registrations);
+  replaceRegistrations(registrations: ReadonlyArray<RegistrationRecord>): void {
+    this.registry.replace(registrations);
   }
 
   /**
@@ -235,9 +235,12 @@ export class RamBlockAttributes {
    * Adds a discard source besides the bitmap (a plug source): from now on listeners are
    * told, and hold, only what it calls populated too. It must call everything populated
    * now (what listeners already hold stays theirs); it changes through sourceChange.
+   * `inEffect`: the source's discards are already in effect for the listeners (a tracker
+   * over another thread's memory, whose listeners' holdings are shared state), so it may
+   * discard something now.
    */
-  addSource(source: DiscardSource): void {
-    this.state.addSource(source, this.name);
+  addSource(source: DiscardSource, options: { inEffect?: boolean } = {}): void {
+    this.state.addSource(source, this.name, options.inEffect === true);
   }
 
   /** The runs the last change flipped (valid until the next change), as Run tuples. */
@@ -363,7 +366,7 @@ export class RamBlockAttributes {
   }
 
   /**
-   * The state change of a range this tracker has validated (range()), made now, with every
+   * @internal The state change of a range this tracker has validated (range()), made now, with every
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
    */

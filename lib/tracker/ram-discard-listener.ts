@@ -3,7 +3,8 @@
 
 import type { GranuleRange } from '../common/byte-range';
 import type { Run } from './page-bitmap';
-import { describeValue, invalidArgType } from '../common/errors';
+import { invalidArgType } from '../common/errors';
+import { describeValue } from '../common/validators';
 
 /**
  * QEMU's RamDiscardListener: told when granules of its section become shared (`populate`) or

@@ -7,11 +7,12 @@
 // each thread's own.
 
 import { GranuleRange } from '../common/byte-range';
-import { checkInteger, describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { checkInteger, describeValue } from '../common/validators';
 import { Held, PageBitmap, RunList, type Run } from './page-bitmap';
 import { checkListener, type RamDiscardListener } from './ram-discard-listener';
 import { GuestmemError } from '../common/errors';
-import { defineThreadKind, type ThreadDescriptor } from '../memory/thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../common/thread-kinds';
 
 type Kind = 'populate' | 'discard';
 
@@ -148,16 +149,16 @@ export class RecordingListener implements RamDiscardListener {
     }
   }
 
-  /** One pass (PageBitmap.convert): the granules flip, and what they held says whether any was mapped already. */
+  /** One pass (PageBitmap.exchange): the granules flip, and what they held says whether any was mapped already. */
   private recordPopulate(range: GranuleRange): void {
     this.populates++;
-    if (this.mapped.convert(range.first - this.base, range.count, true, this.flipped) !== Held.Clear) this.errors++;
+    if (this.mapped.exchange(range.first - this.base, range.count, true, this.flipped) !== Held.Clear) this.errors++;
   }
 
   private recordDiscard(range: GranuleRange): void {
     this.discards++;
     // A listener with double discard accepts a discard over granules it no longer holds.
-    if (this.mapped.convert(range.first - this.base, range.count, false, this.flipped) !== Held.Set && !this.doubleDiscardSupported) this.errors++;
+    if (this.mapped.exchange(range.first - this.base, range.count, false, this.flipped) !== Held.Set && !this.doubleDiscardSupported) this.errors++;
   }
 
   /** Maximal runs of mapped granules, ascending, in the block's granules. */

@@ -4,7 +4,8 @@
 // run blockGeometry first to refuse bad input before it touches anything else.
 
 import { approximateBytes, checkGranularity, toGranuleRange, type Bytes } from '../common/byte-range';
-import { describeValue, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { PageBitmap } from './page-bitmap';
 
 /** A section of a block (offset and size in bytes) as a listener registers on it. */

@@ -91,19 +91,19 @@ export class TrackerRegistry {
    * Takes these registrations, newest first, in place of its own (a tracker over another's
    * memory: a block attached in a worker). Every listener must be synchronous.
    */
-  adopt(registrations: ReadonlyArray<RegistrationRecord>): void {
-    const adopted: Registration[] = registrations.map(({ id, listener, section }) => {
+  replace(registrations: ReadonlyArray<RegistrationRecord>): void {
+    const taken: Registration[] = registrations.map(({ id, listener, section }) => {
       const checked = checkListener(listener);
       if (!checked.synchronous) throw notSynchronous(checked.name);
       return { id, listener, section, ...checked, newer: null, older: null };
     });
-    for (let i = 0; i < adopted.length; i++) {
-      adopted[i]!.older = adopted[i + 1] ?? null;
-      adopted[i]!.newer = adopted[i - 1] ?? null;
+    for (let i = 0; i < taken.length; i++) {
+      taken[i]!.older = taken[i + 1] ?? null;
+      taken[i]!.newer = taken[i - 1] ?? null;
     }
-    this.newest = adopted[0] ?? null;
+    this.newest = taken[0] ?? null;
     this.byListener.clear();
-    for (const registration of adopted) this.byListener.set(registration.listener, registration);
+    for (const registration of taken) this.byListener.set(registration.listener, registration);
     this.asyncListeners = 0;
   }
 

@@ -59,7 +59,7 @@ export class TrackerState implements Restorable {
     told.first = first;
     told.count = count;
     told.rangeObject = range;
-    const held = this.bitmap.convert(first, count, toShared, this.changes);
+    const held = this.bitmap.exchange(first, count, toShared, this.changes);
     this.counts[0] += toShared ? this.changes.total : -this.changes.total;
     // Masked only while another source discards something: a block nobody unplugs pays one test.
     if (this.sources.length === 0 || !anyDiscarded(this.sources)) {
@@ -91,8 +91,8 @@ export class TrackerState implements Restorable {
     return populatedBySources(this.bitmap.runs(first, count, true), this.sources);
   }
 
-  addSource(source: DiscardSource, tracker: string): void {
-    if (source.discarded !== 0) throw invalidArgValue(`discard source "${source.name}" of ${tracker} must start with nothing discarded`);
+  addSource(source: DiscardSource, tracker: string, inEffect: boolean): void {
+    if (source.discarded !== 0 && !inEffect) throw invalidArgValue(`discard source "${source.name}" of ${tracker} must start with nothing discarded`);
     this.sources.push(source);
   }
 

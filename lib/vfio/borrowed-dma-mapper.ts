@@ -8,7 +8,7 @@ import { DmaBatches, type DmaBackend, type DmaExtent, type DmaMapper } from './d
 import type { Bytes } from '../common/byte-range';
 import { invalidArgType } from '../common/errors';
 import { native } from '../common/native';
-import { defineThreadKind, type ThreadDescriptor } from '../memory/thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../common/thread-kinds';
 
 /** A type1 container's or an iommufd IOAS's DMA calls, by fd number, owning nothing. */
 export class BorrowedDmaMapper implements DmaMapper {

@@ -6,7 +6,7 @@
 // an interval tree bounded only by the memory it pins (RLIMIT_MEMLOCK / memory cgroup).
 
 import { checkBytes, checkGranularity, type Bytes } from '../common/byte-range';
-import { checkInteger } from '../common/errors';
+import { checkInteger } from '../common/validators';
 
 /** How much of a guest type1 can share at once, given its dma_entry_limit. */
 export interface Type1Reach {

@@ -17,10 +17,11 @@
 
 import { GranuleRange } from '../common/byte-range';
 import type { DmaExtent, DmaMapper } from './dma-mapper';
-import { describeValue, GuestmemError, invalidArgType, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { PageBitmap, type Run } from '../tracker/page-bitmap';
 import type { RamDiscardListener } from '../tracker/ram-discard-listener';
-import { defineThreadKind, revive, type ThreadDescriptor } from '../memory/thread-kinds';
+import { defineThreadKind, revive, type ThreadDescriptor } from '../common/thread-kinds';
 
 /** Bytes before the held bitmap's words in its shared memory: the count of held granules, a Float64. */
 const COUNT_BYTES = 8;
@@ -182,13 +183,11 @@ export class VfioDmaListener implements RamDiscardListener {
     // type1 fails a map past its entry limit part-way; refuse before starting instead.
     const available = this.dma.mappingsAvailable();
     if (available !== null && needed > available) {
-      throw Object.assign(
-        new GuestmemError(
-          'ERR_GUESTMEM_DMA_LIMIT',
-          `mapping ${needed} granules needs ${needed} type1 DMA entries but only ${available} are left; ` +
-            'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
+      throw new GuestmemError(
+        'ERR_GUESTMEM_DMA_LIMIT',
+        `mapping ${needed} granules needs ${needed} type1 DMA entries but only ${available} are left; ` +
+          'raise the limit (modprobe vfio_iommu_type1 dma_entry_limit=N, or write ' +
             '/sys/module/vfio_iommu_type1/parameters/dma_entry_limit before opening the container) or use iommufd, which has no such limit',
-        ),
         { needed, available },
       );
     }

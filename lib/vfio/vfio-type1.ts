@@ -96,7 +96,7 @@ export class VfioContainer extends FdOwner implements DmaMapper {
 
   /** Opens the IOMMU group of a device and puts it in this container. */
   addGroup(group: number): VfioGroup {
-    return this.adopt(VfioGroup.open(group, this));
+    return this.own(VfioGroup.open(group, this));
   }
 }
 
@@ -133,6 +133,6 @@ export class VfioGroup extends FdOwner {
 
   /** The device's fd through the group path; its owner closes with this group. */
   openDevice(bdf: string): VfioDevice {
-    return this.adopt(new VfioDevice(native().vfioGroupGetDeviceFd(this.fd, bdf), bdf));
+    return this.own(new VfioDevice(native().vfioGroupGetDeviceFd(this.fd, bdf), bdf));
   }
 }

@@ -5,15 +5,18 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, invalidArgValue } from '../common/errors';
 import { BOOT_INFO_SIZE } from './boot-info';
 import { identityMapSize } from './long-mode';
 
 const PAGE = 4096n;
 export const STACK_SIZE = 16 * 1024;
 
-/** The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. */
-export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave', 'plug'] as const;
+/**
+ * The programs in guest/, assembled into dist/guest/ by scripts/build-guests.sh. secret-snp
+ * and secret-tdx run only on an SNP VM and a TD (programs/index.ts says which).
+ */
+export const GUEST_PROGRAMS = ['secret', 'random', 'loop', 'requests', 'misbehave', 'plug', 'secret-snp', 'secret-tdx'] as const;
 /** The names of the guest programs built from guest/*.s. */
 export type GuestProgramName = (typeof GUEST_PROGRAMS)[number];
 
@@ -22,8 +25,13 @@ const GUEST_DIRECTORY = path.resolve(__dirname, '..', '..', 'guest');
 /** The flat binary of a built guest program. */
 export function guestProgram(name: string): Buffer {
   if (!(GUEST_PROGRAMS as readonly string[]).includes(name)) {
-    throw Object.assign(new RangeError(`unknown guest program '${name}'; known: ${GUEST_PROGRAMS.join(', ')}`), { code: 'ERR_INVALID_ARG_VALUE' });
+    throw invalidArgValue(`unknown guest program '${name}'; known: ${GUEST_PROGRAMS.join(', ')}`);
   }
+  return guestBinary(name);
+}
+
+/** A flat binary of dist/guest/ by name: a program, or a piece the VMM places (tdx-reset). */
+export function guestBinary(name: string): Buffer {
   const file = path.join(GUEST_DIRECTORY, `${name}.bin`);
   try {
     return fs.readFileSync(file);

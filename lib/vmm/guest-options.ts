@@ -3,7 +3,8 @@
 // null memory, a program that does not exist) was an engine TypeError after the VM had
 // been changed; here it is a coded error, and nothing has happened yet.
 
-import { describeValue, GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import { GuestMemory } from '../memory/guest-memory';
 import { Kvm, Vm } from '../kvm/kvm';
 

@@ -2,7 +2,7 @@
 // ports, the program's host checks, and a report that says whether every check held, the
 // guest's and the host's. The CLI's `guestmem guest`, the demo and the kernel suites use it.
 
-import type { DmaProbe } from '../vfio/dma-probe';
+import type { DmaProbe } from './dma-probe';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
@@ -11,9 +11,12 @@ import { guestProgram, type GuestProgramName } from './guest-image';
 import { GuestProtocol, type GuestCheck } from './guest-ports';
 import { checkSessionOptions } from './guest-options';
 import { GuestVm } from './guest-vm';
+import { GuestmemError } from '../common/errors';
+import { VM_TYPES } from '../kvm/kvm-constants';
 import type { HostCheck, ProgramContext } from './program-host';
 import { PROGRAM_HOSTS } from './programs';
 import type { ConversionEvent, VmmReport } from './vmm-loop';
+import { outOfRange } from '../common/errors';
 
 const PAGE = 4096;
 
@@ -70,8 +73,11 @@ export interface GuestSessionReport {
 export async function runGuestSession(options: GuestSessionOptions): Promise<GuestSessionReport> {
   checkSessionOptions(options, PROGRAM_HOSTS);
   const host = PROGRAM_HOSTS[options.program];
+  if (host.vmType && options.memory.vm.type !== VM_TYPES[host.vmType]) {
+    throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `the ${options.program} program runs on ${host.vmType} VMs only (its guest speaks that type's protocol); this VM's type is ${options.memory.vm.type}`);
+  }
   const dataBlock = options.memory.blocks.find((b) => b.contains(Number(options.dataGpa), options.dataPages * PAGE));
-  if (!dataBlock) throw Object.assign(new RangeError(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+  if (!dataBlock) throw outOfRange(`the data area [0x${options.dataGpa.toString(16)}, +${options.dataPages} pages) is not inside one RAM block`);
   const hostChecks: HostCheck[] = [];
   const context: ProgramContext & { sharedOutsideData: number } = {
     block: dataBlock,
@@ -127,8 +133,10 @@ export async function runGuestSession(options: GuestSessionOptions): Promise<Gue
     const problems: string[] = [];
     if (timedOut) problems.push(`the guest did not finish within ${options.timeoutMs} ms and was stopped`);
     for (const outcome of run.vcpus) {
-      if ('terminated' in outcome) problems.push(`vCPU ${outcome.vcpu}: the guest terminated itself (${outcome.terminated})`);
-      else if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
+      if ('terminated' in outcome) {
+        const problem = host.termination ? host.termination(outcome.sev) : `the guest terminated itself (${outcome.terminated})`;
+        if (problem !== null) problems.push(`vCPU ${outcome.vcpu}: ${problem}`);
+      } else if (!('status' in outcome)) problems.push(`vCPU ${outcome.vcpu} ${'halted' in outcome ? 'halted' : 'was stopped'} before it exited`);
       else if (outcome.status !== 0) problems.push(`vCPU ${outcome.vcpu} exited with status ${outcome.status}`);
     }
     const failedGuest = protocol.failedChecks;

@@ -4,7 +4,7 @@
 // punch-hole). On an SNP or TDX VM the program goes into private memory through the VM's
 // launch instead (launch-boot.ts), which ends before the first KVM_RUN.
 
-import { GuestmemError } from '../common/errors';
+import { GuestmemError, outOfRange } from '../common/errors';
 import { checkGuestOptions } from './guest-options';
 import type { GuestMemory } from '../memory/guest-memory';
 import type { Kvm } from '../kvm/kvm';
@@ -18,6 +18,7 @@ import { writeShared } from './shared-bytes';
 import { measureIntoPrivate } from './launch-boot';
 import { MeasuredPages } from './measured-pages';
 import { snpEncryptionBit } from './snp-encryption-bit';
+import { TDX_RESET_PAGE_GPA, TDX_RESET_PAGE_SIZE, tdxResetPage } from './tdx-reset-page';
 import { launchOrderError } from '../kvm/vm-launch';
 import { SnpLaunch } from '../kvm/snp-launch';
 import { TdxLaunch } from '../kvm/tdx-launch';
@@ -133,7 +134,7 @@ export class GuestVm implements Disposable {
     checkGuestOptions(options, 'GuestVm options');
     const { kvm, memory } = options;
     const count = options.vcpus ?? 1;
-    if (!Number.isInteger(count) || count < 1 || count > 64) throw Object.assign(new RangeError(`vcpus must be 1..64, got ${count}`), { code: 'ERR_OUT_OF_RANGE' });
+    if (!Number.isInteger(count) || count < 1 || count > 64) throw outOfRange(`vcpus must be 1..64, got ${count}`);
     if (memory.blocks.length === 0) throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', 'the guest memory has no RAM block to load the program into');
     const launch = memory.vm.launch;
     if (launch?.finished) throw launchOrderError(`this ${launch.kind} VM's launch has ended: a confidential VM runs the one guest loaded before its launch ended`);
@@ -142,13 +143,16 @@ export class GuestVm implements Disposable {
       throw new GuestmemError('ERR_GUESTMEM_UNSUPPORTED', `KVM_CAP_EXIT_HYPERCALL does not offer KVM_HC_MAP_GPA_RANGE on this host (0x${supported.toString(16)}): guest-driven conversions need Linux 6.8 or later`);
     }
     memory.vm.enableCap(KVM_CAP_EXIT_HYPERCALL, HYPERCALL_BIT);
+    // A TD starts at the reset vector, in the page below 4 GiB: a block must hold it, and
+    // the identity map must reach it (the trampoline turns paging on from there).
+    if (launch instanceof TdxLaunch) resetBlock(memory);
 
     const mapEnd = memory.blocks.reduce((end, block) => (BigInt(block.gpa + block.size) > end ? BigInt(block.gpa + block.size) : end), 0n);
     const bootGpa = options.bootGpa ?? BigInt(memory.blocks[0]!.gpa);
     const layout = guestLayout(bootGpa, options.image.length, count, mapEnd);
     const regionSize = layout.end - layout.bootInfo;
     const block = memory.blocks.find((b) => b.contains(Number(bootGpa), Number(regionSize)));
-    if (!block) throw Object.assign(new RangeError(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`), { code: 'ERR_OUT_OF_RANGE' });
+    if (!block) throw outOfRange(`the boot region [0x${bootGpa.toString(16)}, +0x${regionSize.toString(16)}) is not inside one RAM block`);
 
     // SNP: the tables mark everything private (the C-bit), as the launch measures it. CR3
     // stays untagged, as KVM's selftests leave it: KVM_SET_SREGS refuses a CR3 above the
@@ -159,6 +163,9 @@ export class GuestVm implements Disposable {
       [layout.pageTables, identityMap(mapEnd, layout.pageTables, encryptionBit).bytes],
       [layout.image, options.image],
     ] as const;
+    const reset = launch instanceof TdxLaunch
+      ? tdxResetPage({ pageTables: layout.pageTables, entry: layout.image, stacks: layout.stacks, stackSize: STACK_SIZE, vcpus: count, bootInfo: layout.bootInfo })
+      : null;
     if (!launch) {
       await memory.convert(Number(bootGpa), Number(regionSize), 'shared');
       for (const [gpa, bytes] of parts) writeShared(block, gpa, bytes);
@@ -169,6 +176,7 @@ export class GuestVm implements Disposable {
 
     const guest = new GuestVm(options, layout, block);
     if (launch) guest.measured.add(bootGpa, regionSize);
+    if (reset) guest.measured.add(TDX_RESET_PAGE_GPA, BigInt(TDX_RESET_PAGE_SIZE));
     try {
       const cpuid = supportedCpuid(kvm);
       const firstId = nextVcpuIds.get(memory.vm) ?? 0;
@@ -187,9 +195,12 @@ export class GuestVm implements Disposable {
         vcpu.registers = entryRegisters(layout, id, count);
         if (launch instanceof SnpLaunch) launch.vcpuReady(vcpu.id);
       }
-      // TDX measures through an initialised vCPU; either way the launch ends before the
+      // TDX measures through an initialized vCPU; either way the launch ends before the
       // first KVM_RUN, and nothing is measured after it.
-      if (launch instanceof TdxLaunch) await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
+      if (launch instanceof TdxLaunch) {
+        await measureIntoPrivate(launch, memory, bootGpa, regionSize, parts);
+        await measureIntoPrivate(launch, memory, TDX_RESET_PAGE_GPA, BigInt(TDX_RESET_PAGE_SIZE), [[TDX_RESET_PAGE_GPA, reset!]]);
+      }
       launch?.finish();
     } catch (error) {
       guest.close();
@@ -239,6 +250,12 @@ export class GuestVm implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** The block that holds a TD's reset page: the caller's, or a one-page block added for it. */
+function resetBlock(memory: GuestMemory): RamBlock {
+  const gpa = Number(TDX_RESET_PAGE_GPA);
+  return memory.blocks.find((b) => b.contains(gpa, TDX_RESET_PAGE_SIZE)) ?? memory.addBlock({ gpa, size: TDX_RESET_PAGE_SIZE, name: 'tdx-reset' });
 }
 
 function entryRegisters(layout: GuestLayout, id: number, count: number): Registers {

@@ -4,6 +4,7 @@
 // programs are then plain 64-bit code that can reach any block below the map's end.
 
 import type { SpecialRegisters } from './vcpu';
+import { outOfRange } from '../common/errors';
 
 const PAGE = 4096;
 const GiB = 1n << 30n;
@@ -37,7 +38,7 @@ export interface IdentityMap {
 export function identityMapSize(end: bigint): number {
   const directories = Number((end + GiB - 1n) / GiB);
   const pdpts = Math.ceil(directories / ENTRIES);
-  if (pdpts > ENTRIES) throw new RangeError(`cannot identity-map past 256 TiB (asked for 0x${end.toString(16)})`);
+  if (pdpts > ENTRIES) throw outOfRange(`cannot identity-map past 256 TiB (asked for 0x${end.toString(16)})`);
   return (1 + pdpts + directories) * PAGE;
 }
 
@@ -72,10 +73,10 @@ export function identityMap(end: bigint, gpa: bigint, encryptionBit?: number): I
 export function encryptionMask(encryptionBit: number | undefined, end: bigint): bigint {
   if (encryptionBit === undefined) return 0n;
   if (!Number.isInteger(encryptionBit) || encryptionBit < 32 || encryptionBit > 63) {
-    throw Object.assign(new RangeError(`the encryption bit must be an integer in [32, 63], got ${encryptionBit}`), { code: 'ERR_OUT_OF_RANGE' });
+    throw outOfRange(`the encryption bit must be an integer in [32, 63], got ${encryptionBit}`);
   }
   const mask = 1n << BigInt(encryptionBit);
-  if (((end + GiB - 1n) / GiB) * GiB > mask) throw Object.assign(new RangeError(`the identity map's end 0x${end.toString(16)} reaches the encryption bit ${encryptionBit}`), { code: 'ERR_OUT_OF_RANGE' });
+  if (((end + GiB - 1n) / GiB) * GiB > mask) throw outOfRange(`the identity map's end 0x${end.toString(16)} reaches the encryption bit ${encryptionBit}`);
   return mask;
 }
 

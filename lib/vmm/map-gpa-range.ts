@@ -4,7 +4,8 @@
 // and overflow with -KVM_EINVAL without exiting; what reaches us is decoded here, and
 // what we refuse gets the same answer. The value goes back in the guest's rax.
 
-import { describeValue, invalidArgType, outOfRange } from '../common/errors';
+import { invalidArgType, outOfRange } from '../common/errors';
+import { describeValue } from '../common/validators';
 import type { PageState } from '../tracker/state-change-channel';
 
 /** The hypercall number a guest converts its memory with (KVM_HC_MAP_GPA_RANGE). */

@@ -2,11 +2,12 @@
 // (guest/common.inc PORT_PLUG), as virtio-mem's guest driver asks through its queue: an OUT
 // of 0 (unplug) or 1 (plug), then an IN that reads the answer. As with MAP_GPA_RANGE, the
 // guest is answered rather than stopped: 0, -KVM_EINVAL for a request refused before any
-// step (nothing changed; a block converted from vCPU threads refuses plug and unplug, as
-// their plug state is the main thread's), -KVM_EFAULT for one that failed and was rolled back.
+// step (nothing changed), -KVM_EFAULT for one that failed and was rolled back. The handler
+// runs on the main thread (a vCPU thread's exit to it is a call there); the plug state is
+// shared memory, so the vCPU threads' conversions follow it.
 
 import type { Bytes } from '../common/byte-range';
-import { isRejection } from '../common/errors';
+import { isRejection, outOfRange } from '../common/errors';
 import type { RamBlock } from '../memory/ram-block';
 import type { PortHandler } from './guest-ports';
 import { KVM_EFAULT, KVM_EINVAL } from './map-gpa-range';
@@ -27,7 +28,7 @@ export function plugPort(block: RamBlock, gpa: Bytes, size: Bytes): PortHandler 
     try {
       if (request === 1) await block.plug(gpa, size);
       else if (request === 0) await block.unplug(gpa, size);
-      else throw Object.assign(new RangeError(`plug request ${request}: 0 unplugs, 1 plugs`), { code: 'ERR_OUT_OF_RANGE' });
+      else throw outOfRange(`plug request ${request}: 0 unplugs, 1 plugs`);
       answer = 0;
     } catch (error) {
       const refused = isRejection(error) || (error as { code?: unknown }).code === 'ERR_GUESTMEM_UNSUPPORTED';

@@ -2,11 +2,12 @@
 // it makes at the guest's sync points and at the end, and what it learns from each
 // conversion. lib/vmm/programs/ holds one per guest program.
 
-import type { DmaProbe } from '../vfio/dma-probe';
+import type { DmaProbe } from './dma-probe';
 import type { RamBlock } from '../memory/ram-block';
 import type { VfioDmaListener } from '../vfio/vfio-dma-listener';
 import type { BootParams } from './boot-info';
 import type { ConversionEvent } from './vmm-loop';
+import type { SevTermination } from './system-event';
 import type { PortHandler } from './guest-ports';
 
 export interface HostCheck {
@@ -33,6 +34,13 @@ export interface ProgramContext {
 
 export interface ProgramHost {
   readonly description: string;
+  /** The one VM type the program runs on (its guest speaks that type's protocol); any when absent. */
+  readonly vmType?: 'snp' | 'tdx';
+  /**
+   * A program that ends with an SEV termination request: null when `sev` is its normal end,
+   * else the problem. Without it every termination is a problem.
+   */
+  termination?(sev: SevTermination | undefined): string | null;
   boot(context: ProgramContext): BootParams;
   /** Ports of its own besides the protocol's (plug's PORT_PLUG), on the main thread. */
   ports?(context: ProgramContext): Map<number, PortHandler>;

@@ -2,10 +2,11 @@
 // what the guest left in shared pages, and what the host puts there for it.
 
 import type { RamBlock } from '../memory/ram-block';
+import { outOfRange } from '../common/errors';
 
 function offsetOf(block: RamBlock, gpa: bigint, length: number): number {
   const offset = Number(gpa - BigInt(block.gpa));
-  if (offset < 0 || offset + length > block.size) throw Object.assign(new RangeError(`[0x${gpa.toString(16)}, +${length}) is outside ${block.name}`), { code: 'ERR_OUT_OF_RANGE' });
+  if (offset < 0 || offset + length > block.size) throw outOfRange(`[0x${gpa.toString(16)}, +${length}) is outside ${block.name}`);
   return offset;
 }
 

@@ -12,11 +12,11 @@
 // the guest: the VMM must not run it again.
 
 import { KVM_SYSTEM_EVENT_SEV_TERM, KVM_SYSTEM_EVENT_TDX_FATAL } from '../kvm/kvm-constants';
+import { GHCB_MSR, GUESTMEM_TERM_SET } from './ghcb-msr';
 
 export { KVM_SYSTEM_EVENT_SEV_TERM, KVM_SYSTEM_EVENT_TDX_FATAL };
 
 const GHCB_MSR_INFO_MASK = 0xfffn;
-const GHCB_MSR_TERM_REQ = 0x100n;
 
 /** The reason codes of reason set 0 (general), from the GHCB specification. */
 const GENERAL_REASONS: Record<number, string> = {
@@ -24,6 +24,13 @@ const GENERAL_REASONS: Record<number, string> = {
   1: 'SEV-ES / GHCB protocol range is not supported',
   2: 'SEV-SNP features are not supported',
 };
+
+/** What guestmem's own reason sets (guest/ghcb.inc) mean. */
+function guestmemReason(sev: { reasonSet: number; reasonCode: number }): string | undefined {
+  if (sev.reasonSet === GUESTMEM_TERM_SET.check) return `guestmem: the guest's check ${sev.reasonCode} failed`;
+  if (sev.reasonSet === GUESTMEM_TERM_SET.vc) return `guestmem: a #VC the program did not expect, exit code 0x${sev.reasonCode.toString(16)}${sev.reasonCode === 0xff ? ' or above' : ''}`;
+  return undefined;
+}
 
 /** An SNP (or SEV-ES) guest's termination request, decoded from the GHCB MSR value. */
 export interface SevTermination {
@@ -37,7 +44,7 @@ export interface SevTermination {
 export function decodeSevTermination(type: number, data: readonly bigint[]): SevTermination | null {
   if (type !== KVM_SYSTEM_EVENT_SEV_TERM || data.length === 0) return null;
   const msr = data[0]!;
-  if ((msr & GHCB_MSR_INFO_MASK) !== GHCB_MSR_TERM_REQ) return null;
+  if ((msr & GHCB_MSR_INFO_MASK) !== GHCB_MSR.terminationRequest) return null;
   return { reasonSet: Number((msr >> 12n) & 0xfn), reasonCode: Number((msr >> 16n) & 0xffn), ghcbMsr: msr };
 }
 
@@ -79,7 +86,7 @@ export function decodeTdxFatalError(type: number, data: readonly bigint[]): TdxF
 export function describeTermination(type: number, data: readonly bigint[]): string | null {
   const sev = decodeSevTermination(type, data);
   if (sev) {
-    const known = sev.reasonSet === 0 ? GENERAL_REASONS[sev.reasonCode] : undefined;
+    const known = sev.reasonSet === 0 ? GENERAL_REASONS[sev.reasonCode] : guestmemReason(sev);
     return `SEV termination request, reason set ${sev.reasonSet} code 0x${sev.reasonCode.toString(16)}${known ? ` (${known})` : ''}`;
   }
   if (type === KVM_SYSTEM_EVENT_SEV_TERM) return `SEV termination (GHCB MSR 0x${(data[0] ?? 0n).toString(16)})`;

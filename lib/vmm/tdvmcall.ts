@@ -16,8 +16,16 @@
 
 import type { TdxExit } from './vcpu-exit';
 
-/** TDVMCALL sub-function numbers (the TD's R11). */
+/** TDCALL leaves (the TD's RAX; the TDX module ABI). */
+export const TDCALL_LEAF = { vpVmcall: 0, vpInfo: 1, memPageAccept: 6 } as const;
+
+/**
+ * TDVMCALL sub-function numbers (the TD's R11). KVM handles MapGPA (as KVM_HC_MAP_GPA_RANGE
+ * to the VMM) and Instruction.IO (as KVM_EXIT_IO) itself; the rest reach the VMM here.
+ */
 export const TDVMCALL = {
+  instructionIo: 30n,
+  mapGpa: 0x10001n,
   getTdVmCallInfo: 0x10000n,
   getQuote: 0x10002n,
   setupEventNotifyInterrupt: 0x10004n,

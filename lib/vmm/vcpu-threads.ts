@@ -204,7 +204,7 @@ export class VcpuThreads {
   }
 
   private threadError(vcpu: Vcpu, why: string, cause?: unknown): GuestmemError {
-    return Object.assign(new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu.id} stopped the VM: ${why}`, { cause }), { vcpu: vcpu.id });
+    return new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu.id} stopped the VM: ${why}`, { cause, vcpu: vcpu.id });
   }
 
   private report(): VmmReport {

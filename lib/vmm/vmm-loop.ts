@@ -16,6 +16,7 @@ import type { PortContext, PortHandler } from './guest-ports';
 import { hypercallErrorAnswer } from './hypercall-answer';
 import { KVM_EFAULT, KVM_EINVAL, KVM_HC_MAP_GPA_RANGE, decodeMapGpaRange } from './map-gpa-range';
 import { tdvmcallAnswer } from './tdvmcall';
+import { decodeSevTermination, type SevTermination } from './system-event';
 import type { Registers } from './vcpu';
 import { KVM_MEMORY_EXIT_FLAG_PRIVATE, describeExit, type HypercallExit, type IoExit, type MemoryFaultExit, type MmioExit, type VcpuExit } from './vcpu-exit';
 
@@ -104,8 +105,11 @@ export type VcpuOutcome =
   | { vcpu: number; status: number }
   | { vcpu: number; halted: true }
   | { vcpu: number; stopped: true }
-  /** A confidential guest ended itself (SEV termination request, TDX fatal error): why. */
-  | { vcpu: number; terminated: string };
+  /**
+   * A confidential guest ended itself (SEV termination request, TDX fatal error): why, and
+   * for an SEV termination request its reason set and code.
+   */
+  | { vcpu: number; terminated: string; sev?: SevTermination };
 
 /** What a run of the VMM loop did: each vCPU's outcome and the conversions by result. */
 export interface VmmReport {
@@ -126,7 +130,11 @@ const KVM_EXIT_HYPERCALL_NAME = 'KVM_HC_MAP_GPA_RANGE';
  */
 function coded(error: unknown, vcpu: number): unknown {
   if (typeof (error as { code?: unknown } | null)?.code === 'string') return error;
-  return Object.assign(new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu} stopped the VM: ${messageOf(error)}`, { cause: error }), { vcpu });
+  return new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${vcpu} stopped the VM: ${messageOf(error)}`, { cause: error, vcpu });
+}
+
+function terminatedOutcome(vcpu: number, terminated: string, sev: SevTermination | null): VcpuOutcome {
+  return sev ? { vcpu, terminated, sev } : { vcpu, terminated };
 }
 
 function hasRuns(applied: unknown): boolean {
@@ -224,7 +232,7 @@ export class VmmLoop {
         // An SNP guest's termination request or a TD's fatal error ends the whole guest:
         // no vCPU of it may run again.
         if (exit.termination === undefined) throw this.unexpected(vcpu, id, exit, 'a system event the VMM does not handle');
-        this.outcomes.set(id, { vcpu: id, terminated: exit.termination });
+        this.outcomes.set(id, terminatedOutcome(id, exit.termination, decodeSevTermination(exit.type, exit.data)));
         this.stop();
         return;
       default:
@@ -368,8 +376,9 @@ export class VmmLoop {
     } catch (error) {
       registers = `; registers unreadable: ${(error as Error).message}`;
     }
-    return Object.assign(
-      new GuestmemError('ERR_GUESTMEM_VCPU_FAILED', `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`),
+    return new GuestmemError(
+      'ERR_GUESTMEM_VCPU_FAILED',
+      `vCPU ${id} stopped the VM: ${why}: exit ${describeExit(exit)}${registers}`,
       { vcpu: id, exit },
     );
   }

@@ -1,5 +1,5 @@
 // On a real SEV-SNP or TDX host (`npm run test:host`; never in the harness VM, which has
-// neither): a VM of the hardware type, initialised as the type requires (KVM_SEV_INIT2;
+// neither): a VM of the hardware type, initialized as the type requires (KVM_SEV_INIT2;
 // KVM_TDX_CAPABILITIES + KVM_TDX_INIT_VM), guest memory on it converted both ways, and
 // with a device bound to vfio-pci (GUESTMEM_HOST_VFIO=<bdf>) the VFIO listener mapping
 // exactly the shared pages. The type: GUESTMEM_HOST_VM_TYPE (snp, tdx, sw-protected), else
@@ -11,21 +11,16 @@ import assert from 'node:assert/strict';
 import { Kvm, type Vm } from '../../lib/kvm/kvm';
 import { vmTypeFix } from '../../lib/kvm/vm-types';
 import { GuestMemory } from '../../lib/memory/guest-memory';
-import { vmTypeFeature, type ProbeReport } from '../../lib/probe';
+import { vmTypeFeature } from '../../lib/host/probe';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { GuestVm } from '../../lib/vmm/guest-vm';
+import { hardwareType } from '../support/hardware-type';
 import { hostReport } from '../support/requires';
 
 const MiB = 1 << 20;
 const GPA = 16 * MiB;
 const PAGE = 4096;
-
-function hardwareType(report: ProbeReport): 'snp' | 'tdx' | 'sw-protected' | null {
-  const wanted = process.env.GUESTMEM_HOST_VM_TYPE;
-  if (wanted === 'snp' || wanted === 'tdx' || wanted === 'sw-protected') return wanted;
-  return report.snpVm.ok ? 'snp' : report.tdxVm.ok ? 'tdx' : null;
-}
 
 describe('a confidential VM on this host (SNP or TDX hardware)', function () {
   this.timeout(120_000);
@@ -52,11 +47,11 @@ describe('a confidential VM on this host (SNP or TDX hardware)', function () {
     kvm?.close();
   });
 
-  it('creates the VM and initialises it as its type requires', () => {
+  it('creates the VM and initializes it as its type requires', () => {
     vm = kvm.createVm(type);
     const expected = type === 'sw-protected' ? 'none' : type;
-    assert.equal(vm.initialisation.kind, expected, JSON.stringify(vm.initialisation, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)));
-    if (vm.initialisation.kind === 'tdx') assert.ok(vm.initialisation.cpuidEntries > 0, 'a CPUID configuration was given');
+    assert.equal(vm.initialization.kind, expected, JSON.stringify(vm.initialization, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v)));
+    if (vm.initialization.kind === 'tdx') assert.ok(vm.initialization.cpuidEntries > 0, 'a CPUID configuration was given');
   });
 
   it('guest memory on it: a block all private, then converted shared and back', async () => {
@@ -98,8 +93,7 @@ describe('a confidential VM on this host (SNP or TDX hardware)', function () {
 });
 
 // The launch (vm-launch.ts) on real hardware: every call succeeding. A guest program running
-// on SNP or TDX needs guest code that speaks the GHCB protocol (SNP) or TDG.VP.VMCALL (TDX),
-// which guest/ does not have yet: this checks the launch, not a run.
+// on it is confidential-guest.test.ts.
 describe('the launch of an SNP or TDX VM on this host', function () {
   this.timeout(120_000);
   let type: 'snp' | 'tdx';
@@ -129,7 +123,8 @@ describe('the launch of an SNP or TDX VM on this host', function () {
       const guest = await GuestVm.create({ kvm, memory, image: new Uint8Array(PAGE).fill(0xf4), boot: { dataGpa: BigInt(GPA + MiB), dataPages: 4 }, vcpus: 2 });
       try {
         assert.equal(vm.launch!.finished, true);
-        assert.equal(vm.launch!.measuredBytes, guest.layout.end - guest.layout.bootInfo);
+        // A TD's reset page (tdx-reset-page.ts) is measured too.
+        assert.equal(vm.launch!.measuredBytes, guest.layout.end - guest.layout.bootInfo + (type === 'tdx' ? 4096n : 0n));
         assert.equal(memory.blocks[0]!.attributes.countShared({ offset: 0, size: Number(guest.layout.end - guest.layout.bootInfo) }), 0);
       } finally {
         guest.close();

@@ -124,6 +124,10 @@ describe('guestmem CLI on a real kernel', function () {
     assert.match(text.stdout, /vCPU [01] MAP_GPA_RANGE \[0x[0-9a-f]+, \+\d+ pages?\) → (shared|private): done/);
     assert.match(text.stdout, /conversions: 20 done, 0 rejected, 0 failed/);
     assert.match(text.stdout, /guest random: every check held/);
+    // The same on vCPU threads, each handling its own exits.
+    const threaded = guestmem(['guest', 'random', '--vcpus', '2', '--iterations', '10', '--threads', '--json']);
+    assert.equal(threaded.status, 0, threaded.stderr + threaded.stdout);
+    assert.deepEqual(JSON.parse(threaded.stdout).conversions, { converted: 20, rejected: 0, failed: 0 });
   });
 
   it('demo proves DMA reaches shared pages and not private ones', () => {

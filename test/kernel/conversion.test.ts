@@ -16,7 +16,7 @@ import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import type { Run } from '../../lib/tracker/page-bitmap';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { prng } from '../support/prng';
 
 const PAGE = 4096;
@@ -74,6 +74,13 @@ function state(f: Fixture): string {
 describe('conversions end to end: KVM + tracker + VFIO', function () {
   this.timeout(300_000);
   before(requires('sw-protected-vm', 'memory-attributes', 'vfio-device'));
+  // A conversion's crossings into C++ are counted here (off by default).
+  before(() => {
+    nativeCalls.enabled = true;
+  });
+  after(() => {
+    nativeCalls.enabled = false;
+  });
 
   for (const backend of ['iommufd', 'type1'] as const) {
     describe(`with ${backend}`, () => {

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { Kvm } from '../../lib/kvm/kvm';
 import { Vcpu } from '../../lib/vmm/vcpu';

@@ -13,7 +13,7 @@ import { Kvm } from '../../lib/kvm/kvm';
 import { SharedMemory } from '../../lib/kvm/shared-memory';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
 import { requires } from '../support/requires';
 import { findEdu } from '../support/edu';

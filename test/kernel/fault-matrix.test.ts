@@ -11,7 +11,7 @@
 
 import assert from 'node:assert/strict';
 import type { DmaBackend } from '../../lib/vfio/dma-mapper';
-import { SCRATCH_IOVA } from '../../lib/vfio/dma-probe';
+import { SCRATCH_IOVA } from '../../lib/vmm/dma-probe';
 import { GuestmemError } from '../../lib/common/errors';
 import { faultCounts, injectFaults } from '../../lib/common/fault-injection';
 import type { Run } from '../../lib/tracker/page-bitmap';

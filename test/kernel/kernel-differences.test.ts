@@ -8,7 +8,7 @@ import { GuestMemory } from '../../lib/memory/guest-memory';
 import { HostMapping } from '../../lib/common/host-mapping';
 import { Kvm } from '../../lib/kvm/kvm';
 import { GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS } from '../../lib/kvm/kvm-constants';
-import { probe } from '../../lib/probe';
+import { probe } from '../../lib/host/probe';
 import { assertSystemError } from '../support/errors';
 import { requires } from '../support/requires';
 import { Vcpu } from '../../lib/vmm/vcpu';

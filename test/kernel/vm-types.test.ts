@@ -2,7 +2,7 @@
 // TDX): every command that makes a VM runs with --vm-type sw-protected; --vm-type snp and
 // tdx end in one line that says why and what to do, exit 1, never a bare errno; the library
 // refuses them the same way; probe --require passes for what the VM has and fails, naming
-// it, for what it lacks. The SNP and TDX initialisation itself awaits a real host (see
+// it, for what it lacks. The SNP and TDX initialization itself awaits a real host (see
 // docs/confidential-hosts.md); its calls are proven against a stand-in in test/unit/confidential-vm-init.test.ts.
 
 import assert from 'node:assert/strict';
@@ -114,9 +114,9 @@ describe('VM types: --vm-type on every command, on a kernel with SW-protected VM
         return true;
       });
     }
-    // A type the host has: created, and nothing to initialise after KVM_CREATE_VM.
+    // A type the host has: created, and nothing to initialize after KVM_CREATE_VM.
     using vm = kvm.createVm('sw-protected');
-    assert.deepEqual(vm.initialisation, { kind: 'none' });
+    assert.deepEqual(vm.initialization, { kind: 'none' });
   });
 });
 

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fc from 'fast-check';
 import { GranuleRange, bytesOf, isPowerOfTwo } from '../../lib/common/byte-range';
+import { HostMapping, removeMemory } from '../../lib/common/host-mapping';
 import { GuestMemfd } from '../../lib/kvm/kvm';
 import { native, nativeCalls } from '../../lib/common/native';
 import { PageBitmap, type Run } from '../../lib/tracker/page-bitmap';
@@ -552,6 +553,8 @@ async function recordingListener(): Promise<void> {
 // Ranges that reach a syscall: refused in JS (no native call) unless they are valid.
 
 async function syscallRanges(): Promise<void> {
+  // A refused range must not reach the kernel: counted crossings say whether it did.
+  nativeCalls.enabled = true;
   const SIZE = 16 * PAGE;
   const shared = SharedMemory.create(SIZE, 'hostile');
   const memfd = native().memfdCreate('hostile-guest-memfd');
@@ -607,36 +610,31 @@ async function syscallRanges(): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The raw addon's mmap: a mapping comes out usable (every byte readable and writable) or
-// not at all. A read-only one or one past the end of its file would kill this process.
+// Every mmap the package makes (HostMapping.map, in front of the addon's): a mapping comes
+// out usable (every byte readable and writable) or not at all. A read-only one or one past
+// the end of its file would kill this process.
 
-async function rawMmap(): Promise<void> {
+async function hostMmap(): Promise<void> {
   const SIZE = 4 * PAGE;
   const fd = native().memfdCreate('hostile-mmap');
   fs.ftruncateSync(fd, SIZE);
   const counts = fc.oneof(fc.integer({ min: 0, max: 6 }).map((n) => n * PAGE), fc.constantFrom(1, PAGE - 1, 2 ** 53, 2n ** 63n));
-  type Mapped = { buffer?: ArrayBuffer; handle?: unknown; address: bigint };
-  const raw = native() as unknown as {
-    mmap(...args: unknown[]): Mapped;
-    munmap(target: unknown): void;
-    mapWindow?(handle: unknown, offset: bigint, length: number): ArrayBuffer;
-  };
+  const map = HostMapping.map as (...args: unknown[]) => HostMapping;
   try {
     await fc.assert(
       fc.asyncProperty(sometimes(counts), sometimes(counts), sometimes(fc.boolean()), async (length, offset, writable) => {
-        const outcome = await bounded('native().mmap', [fd, length, offset, writable], () => raw.mmap(fd, length, offset, writable));
+        const outcome = await bounded('HostMapping.map', [fd, length, offset, writable], () => map(fd, length, offset, 'hostile', writable));
         if (!outcome.ok) {
           assertCoded(outcome.error, [...ARGUMENT_CODES, 'EINVAL', 'ENOMEM', 'EOVERFLOW'], `mmap(${fc.stringify([length, offset, writable])})`);
           return;
         }
         assert.equal(writable, true, 'only writable mappings are handed out');
         assert.ok(BigInt(offset as number) + BigInt(length as number) <= BigInt(SIZE), 'no mapping past the end of the file');
-        const mapped = outcome.value;
-        const buffer = mapped.buffer ?? raw.mapWindow!(mapped.handle, 0n, Number(length));
-        const bytes = new Uint8Array(buffer);
+        const mapping = outcome.value;
+        const bytes = mapping.view(0, Number(length));
         bytes.fill(0xa5); // every byte writable
         assert.equal(bytes.reduce((sum, b) => sum + b, 0), 0xa5 * bytes.length); // and readable
-        raw.munmap(mapped.buffer ?? mapped.handle);
+        mapping.unmap();
       }),
       { numRuns: RUNS },
     );
@@ -647,9 +645,10 @@ async function rawMmap(): Promise<void> {
 
 // ---------------------------------------------------------------------------------------
 // Adopting memory by address (an embedding VMM's guest RAM): any address and length either
-// gives windows that are readable and writable to the last byte, or a coded error. The raw
-// addon's adoptMapping and madvise are guarded the same way. An address that is not this
-// process's read-write memory would be SIGSEGV.
+// gives windows that are readable and writable to the last byte, or a coded error.
+// HostMapping.adopt and removeMemory (the only callers of the addon's adoptMapping and
+// madvise) are guarded the same way. An address that is not this process's read-write
+// memory would be SIGSEGV.
 
 async function adoptedMemory(): Promise<void> {
   const owner = SharedMemory.create(8 * PAGE, 'hostile-owner');
@@ -659,7 +658,8 @@ async function adoptedMemory(): Promise<void> {
     fc.constantFrom(0n, 1n, 0x1000n, base + 1n, 2n ** 47n, 2n ** 64n - 4096n, Number(base)),
   );
   const lengths = fc.oneof(fc.integer({ min: 0, max: 10 }).map((n) => n * PAGE), fc.constantFrom(1, 2 ** 53, 2n ** 64n - 1n));
-  const raw = native() as unknown as { adoptMapping(...a: unknown[]): { handle: unknown }; madvise(...a: unknown[]): void; munmap(h: unknown): void; mapWindow(h: unknown, o: bigint, l: number): ArrayBuffer };
+  const adopt = HostMapping.adopt as (...args: unknown[]) => HostMapping;
+  const remove = removeMemory as (...args: unknown[]) => void;
   // Accepted only over shared read-write mappings (the owner, or another memfd mapping of
   // this process next to it), as /proc/self/maps lists them.
   const inOwner = (address: unknown, length: unknown) => {
@@ -698,15 +698,15 @@ async function adoptedMemory(): Promise<void> {
         } else {
           assertCoded(outcome.error, ARGUMENT_CODES, `SharedMemory.adopt(${fc.stringify([address, length, close])})`);
         }
-        // The raw addon: refused before the syscall unless the range is this process's memory.
-        const advice = await bounded('native().madvise', [address, length], () => raw.madvise(address, length, 9));
+        // The mapping code's own: refused before the syscall unless the range is this process's memory.
+        const advice = await bounded('removeMemory', [address, length], () => remove(address, length));
         if (!advice.ok) assertCoded(advice.error, [...ARGUMENT_CODES, 'EINVAL'], `madvise(${fc.stringify([address, length])})`);
         else assert.ok(inOwner(address, length) || BigInt(length as number) === 0n, `madvise accepted ${fc.stringify([address, length])}`);
-        const adopted = await bounded('native().adoptMapping', [address, length], () => raw.adoptMapping(address, length, false));
+        const adopted = await bounded('HostMapping.adopt', [address, length], () => adopt(address, length, 'hostile', false));
         if (adopted.ok) {
-          assert.ok(inOwner(address, length), `adoptMapping accepted ${fc.stringify([address, length])}`);
-          new Uint8Array(raw.mapWindow(adopted.value.handle, 0n, Number(length))).fill(1);
-          raw.munmap(adopted.value.handle);
+          assert.ok(inOwner(address, length), `HostMapping.adopt accepted ${fc.stringify([address, length])}`);
+          adopted.value.view(0, Number(length)).fill(1);
+          adopted.value.unmap();
         } else {
           assertCoded(adopted.error, ARGUMENT_CODES, `adoptMapping(${fc.stringify([address, length])})`);
         }
@@ -720,7 +720,7 @@ async function adoptedMemory(): Promise<void> {
 }
 
 export const GROUPS: Record<string, () => Promise<void>> = {
-  'raw-mmap': rawMmap,
+  'host-mmap': hostMmap,
   'adopted-memory': adoptedMemory,
   'page-bitmap': pageBitmap,
   'byte-ranges': byteRanges,

@@ -182,7 +182,7 @@ function sweepTable(): SweepEntry[] {
   return [
     { name: 'new PageBitmap', valid: [64], call: fn((bits: number) => new PageBitmap(bits)) },
     ...(['scan', 'collectRuns'] as const).map((m) => ({ name: `PageBitmap.${m}`, valid: [0, 64, true, new RunList()], call: fn((...a: unknown[]) => (bitmap[m] as (...x: unknown[]) => unknown)(...a)) })),
-    ...(['fill', 'convert'] as const).map((m) => ({ name: `PageBitmap.${m}`, valid: [0, 8, false, new RunList()], call: fn((...a: unknown[]) => (bitmap[m] as (...x: unknown[]) => unknown)(...a)) })),
+    ...(['fill', 'exchange'] as const).map((m) => ({ name: `PageBitmap.${m}`, valid: [0, 8, false, new RunList()], call: fn((...a: unknown[]) => (bitmap[m] as (...x: unknown[]) => unknown)(...a)) })),
     { name: 'new GranuleRange', valid: [0, 2, PAGE], call: fn((a: number, b: number, c: number) => new GranuleRange(a, b, c)) },
     { name: 'bytesOf', valid: [2, PAGE], call: fn((a: number, b: number) => bytesOf(a, b)) },
     { name: 'new RamBlockAttributes', valid: [MiB, {}], call: fn((size: number, options: object) => new RamBlockAttributes(size, options)) },
@@ -194,6 +194,7 @@ function sweepTable(): SweepEntry[] {
     { name: 'DelegatedVm.setMemoryAttributes', valid: [GPA, PAGE, 'shared'], call: fn((a: number, b: number, c: 'shared') => delegated.setMemoryAttributes(a, b, c)) },
     { name: 'new GuestMemory', valid: [delegated, {}], call: fn((vm: DelegatedVm, options: object) => new GuestMemory(vm, options)) },
     { name: 'GuestMemory.addBlock', valid: [{ gpa: GPA, size: MiB }], call: fn((options: never) => new GuestMemory(delegated).addBlock(options)) },
+    { name: 'GuestMemory.addBlockAsync', valid: [{ gpa: GPA, size: MiB }], call: fn((options: never) => new GuestMemory(delegated).addBlockAsync(options)) },
     { name: 'SharedMemory.create', valid: [PAGE], call: fn((size: number) => SharedMemory.create(size).close()) },
     { name: 'new VfioDmaListener', valid: [dma, { sharedAddress: 0x1000n, gpa: 0n }], call: fn((d: never, o: never) => new VfioDmaListener(d, o)) },
     { name: 'VmmLoop.run', valid: [[], { convert() {}, covers: () => false }], call: fn((v: never, m: never) => new VmmLoop(v, m).run()) },
@@ -300,7 +301,7 @@ async function wronglyAccepted(): Promise<void> {
   // PageBitmap's hot methods: refused whole, never half applied, never a loop forever.
   for (const [what, call] of [
     ['fill(0, 1000, true)', (b: PageBitmap) => b.fill(0, 1000, true)],
-    ['convert(60, 100, true)', (b: PageBitmap) => b.convert(60, 100, true, new RunList())],
+    ['exchange(60, 100, true)', (b: PageBitmap) => b.exchange(60, 100, true, new RunList())],
     ['scan(0, Infinity, true)', (b: PageBitmap) => b.scan(0, Infinity, true)],
     ['collectRuns(0, NaN, true)', (b: PageBitmap) => b.collectRuns(0, NaN, true, new RunList())],
   ] as const) {

@@ -1,7 +1,7 @@
 // Skip by capability, never by whether a device node exists. Inside the harness VM
 // (GUESTMEM_REQUIRE_KERNEL=1) a missing capability is a failure: there, nothing may skip.
 
-import { capabilityFeature, probe, type Capability, type ProbeReport } from '../../lib/probe';
+import { capabilityFeature, probe, type Capability, type ProbeReport } from '../../lib/host/probe';
 
 let cached: ProbeReport | null = null;
 

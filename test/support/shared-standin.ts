@@ -11,7 +11,7 @@
 import { isMainThread, threadId } from 'node:worker_threads';
 import type { GuestMemfd } from '../../lib/kvm/kvm';
 import type { BlockKernel } from '../../lib/memory/block-kernel';
-import { defineThreadKind, type ThreadDescriptor } from '../../lib/memory/thread-kinds';
+import { defineThreadKind, type ThreadDescriptor } from '../../lib/common/thread-kinds';
 import type { PageState } from '../../lib/tracker/state-change-channel';
 import type { DmaExtent, DmaMapper } from '../../lib/vfio/dma-mapper';
 

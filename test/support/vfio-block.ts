@@ -4,7 +4,7 @@
 
 import { AssignedDevice } from '../../lib/vfio/assigned-device';
 import type { DmaBackend } from '../../lib/vfio/dma-mapper';
-import { DmaProbe } from '../../lib/vfio/dma-probe';
+import { DmaProbe } from '../../lib/vmm/dma-probe';
 import { injectFaults } from '../../lib/common/fault-injection';
 import { GuestMemory } from '../../lib/memory/guest-memory';
 import { Kvm } from '../../lib/kvm/kvm';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { probe } from '../../lib/probe';
+import { probe } from '../../lib/host/probe';
 import { guestmem } from '../support/cli';
 
 function jsonLine(stdout: string): Record<string, unknown> {

@@ -63,6 +63,9 @@ describe('confidential guests ending themselves (exit decoder, VMM loop)', () =>
     // A TD's error code is R12 of the 16 registers KVM sends (confidential-answers.test.ts).
     assert.equal(describeTermination(KVM_SYSTEM_EVENT_TDX_FATAL, Array.from({ length: 16 }, (_, i) => (i === 12 ? 0x1234n : 0n))), 'TDX fatal error reported by the TD, error code 0x1234');
     assert.equal(describeTermination(2, []), null);
+    // guestmem's own reason sets (guest/ghcb.inc): a failed check, an unexpected #VC.
+    assert.equal(describeTermination(KVM_SYSTEM_EVENT_SEV_TERM, [0x03e100n]), "SEV termination request, reason set 14 code 0x3 (guestmem: the guest's check 3 failed)");
+    assert.equal(describeTermination(KVM_SYSTEM_EVENT_SEV_TERM, [0x7bf100n]), 'SEV termination request, reason set 15 code 0x7b (guestmem: a #VC the program did not expect, exit code 0x7b)');
   });
 
   it('the exit decoder reads the system event from the exit view and names the termination', () => {
@@ -76,7 +79,8 @@ describe('confidential guests ending themselves (exit decoder, VMM loop)', () =>
     const ending = new OneExit([systemEventExit(KVM_SYSTEM_EVENT_SEV_TERM, [0x100n])]);
     const other = new OneExit([]);
     const report = await new VmmLoop([ending, other], memory).run();
-    assert.deepEqual(report.vcpus, [{ vcpu: 0, terminated: 'SEV termination request, reason set 0 code 0x0 (general termination request)' }, { vcpu: 1, stopped: true }]);
+    const sev = { reasonSet: 0, reasonCode: 0, ghcbMsr: 0x100n };
+    assert.deepEqual(report.vcpus, [{ vcpu: 0, terminated: 'SEV termination request, reason set 0 code 0x0 (general termination request)', sev }, { vcpu: 1, stopped: true }]);
     assert.equal(other.stopped, true);
   });
 

@@ -229,7 +229,7 @@ describe('SNP launch (stand-in system calls)', () => {
 });
 
 describe('TDX launch (stand-in system calls)', () => {
-  it('each vCPU: SET_CPUID2 then INIT_VCPU; memory through an initialised vCPU; finalize once, after all', () => {
+  it('each vCPU: SET_CPUID2 then INIT_VCPU; memory through an initialized vCPU; finalize once, after all', () => {
     const calls = new StandIn();
     const launch = new TdxLaunch(VM_FD, calls);
     launch.vcpuCreated(0, 50);
@@ -260,7 +260,7 @@ describe('TDX launch (stand-in system calls)', () => {
     refusedInOrder(() => launch.finish(), /KVM_TDX_FINALIZE_VM with no vCPU ready/);
     refusedInOrder(() => launch.initVcpu(0, CPUID), /vCPU 0 is no vCPU this launch knows/);
     launch.vcpuCreated(0, 50);
-    refusedInOrder(() => launch.measure(region, allPrivate), /before any vCPU is initialised/);
+    refusedInOrder(() => launch.measure(region, allPrivate), /before any vCPU is initialized/);
     refusedInOrder(() => launch.finish(), /with no vCPU ready/);
     assert.equal(launch.runRefusal(0)?.code, 'ERR_GUESTMEM_LAUNCH_ORDER');
     launch.initVcpu(0, CPUID);

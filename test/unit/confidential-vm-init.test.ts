@@ -130,7 +130,7 @@ function kvmLookup(config: Uint8Array, fn: number, index: number): number[] | un
   return entries(config).find(([f, i, flags]) => f === fn && ((flags! & 1) === 0 || i === index));
 }
 
-describe('SNP and TDX initialisation (stand-in system calls)', () => {
+describe('SNP and TDX initialization (stand-in system calls)', () => {
   const TDX_STEPS = [
     `KVM_TDX_CAPABILITIES vm=${VM_FD}`,
     `KVM_ENABLE_CAP vm=${VM_FD} cap=121 args[0]=24`,

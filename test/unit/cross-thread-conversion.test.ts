@@ -405,6 +405,44 @@ describe('RamBlock.share refusals', () => {
     assert.throws(() => block.share(), { code: 'ERR_GUESTMEM_CLOSED' });
   });
 
+  it('a Worker\'s conversions follow the plug state the main thread sets while the block is shared: listeners hold shared ∩ plugged', async () => {
+    const r = await rig(1);
+    try {
+      const [worker] = r.workers;
+      // Unplugged before a second Worker attaches, and while the first one is attached.
+      await r.block.unplug(GPA, 16 * PAGE);
+      const late = start(r.block);
+      late.worker.unref();
+      r.workers.push(late.worker);
+      r.threadIds.push(late.worker.threadId);
+      for (const [w, first] of [[worker!, 0], [late.worker, 32]] as const) {
+        const reply = await ask(w, { op: 'convert', gpa: GPA + first * PAGE, size: 32 * PAGE, to: 'shared' });
+        assert.equal(reply.error, undefined, JSON.stringify(reply.error));
+      }
+      // KVM and the tracker follow the guest everywhere; the listeners hold only what is plugged.
+      assert.deepEqual(r.block.attributes.runs('shared'), [[0, 64]]);
+      assert.deepEqual(StandinKernelState.runs(r.kernel.attributes), [[0, 64]]);
+      assert.deepEqual(StandinKernelState.runs(r.kernel.mappings), [[16, 48]]);
+      assert.deepEqual(r.vfio.heldRuns(0, PAGES), [[16, 48]]);
+      assert.deepEqual(r.witness.mappedRuns(), [[16, 24]]);
+      // Unplugged on the main thread while both Workers are attached: a Worker's conversion back
+      // to private then tells no listener of [40, 48).
+      await r.block.unplug(GPA + 40 * PAGE, 8 * PAGE);
+      assert.deepEqual(StandinKernelState.runs(r.kernel.mappings), [[16, 24], [48, 16]]);
+      const back = await ask(late.worker, { op: 'convert', gpa: GPA + 32 * PAGE, size: 16 * PAGE, to: 'private' });
+      assert.equal(back.error, undefined, JSON.stringify(back.error));
+      assert.deepEqual(StandinKernelState.runs(r.kernel.attributes), [[0, 32], [48, 16]]);
+      assert.deepEqual(StandinKernelState.runs(r.kernel.mappings), [[16, 16], [48, 16]]);
+      assert.deepEqual(r.vfio.heldRuns(0, PAGES), [[16, 16], [48, 16]]);
+      assert.deepEqual(r.block.plugRuns('unplugged'), [[0, 16], [40, 8]]);
+      await r.block.plug(GPA, 16 * PAGE);
+      await r.block.plug(GPA + 40 * PAGE, 8 * PAGE);
+      assertAgreement(r, Array.from({ length: PAGES }, (_, i) => i < 32 || i >= 48), 'all plugged again');
+    } finally {
+      await closeRig(r);
+    }
+  });
+
   it('attachBlock refuses bad options before attaching, and a block without pre-fault tells threads not to', () => {
     const kernel = StandinKernelState.create(GPA, PAGES);
     const block = new RamBlock(new StandinVm(kernel) as unknown as Vm, { slot: 0, gpa: GPA, size: PAGES * PAGE, name: 'options' });

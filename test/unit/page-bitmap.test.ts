@@ -59,27 +59,27 @@ describe('PageBitmap', () => {
     bitmap.setRange(2 ** 32 + 3, 5);
     assert.deepEqual(bitmap.runs(2 ** 32, 64, true), [[2 ** 32 + 3, 5]]);
     assert.equal(bitmap.test(3), false);
-    // convert there too (the same bitmap: each one is 512 MiB), with runs across word edges.
+    // exchange there too (the same bitmap: each one is 512 MiB), with runs across word edges.
     const base = 2 ** 32 - 1000;
     const out = new RunList();
     bitmap.fillRange(base + 30, 5, true);
     bitmap.fillRange(base + 100, 60, true);
-    assert.equal(bitmap.convert(base + 20, 200, true, out), Held.Mixed);
+    assert.equal(bitmap.exchange(base + 20, 200, true, out), Held.Mixed);
     assert.deepEqual(out.toRuns(), [[base + 20, 10], [base + 35, 65], [base + 160, 60]]);
-    assert.equal(bitmap.convert(base + 20, 200, false, out), Held.Set);
+    assert.equal(bitmap.exchange(base + 20, 200, false, out), Held.Set);
     assert.deepEqual(out.toRuns(), [[base + 20, 200]]);
-    assert.equal(bitmap.convert(base + 64, 1, false, out), Held.Clear);
+    assert.equal(bitmap.exchange(base + 64, 1, false, out), Held.Clear);
     assert.equal(out.length, 0);
-    // A range longer than convert's window on a bitmap this large (2^30 bits): the runs on
+    // A range longer than exchange's window on a bitmap this large (2^30 bits): the runs on
     // either side of the window's edge come out joined.
     const edge = 2 ** 30;
     bitmap.fillRange(edge - 10, 20, true);
-    assert.equal(bitmap.convert(5, edge + 95, false, out), Held.Mixed);
+    assert.equal(bitmap.exchange(5, edge + 95, false, out), Held.Mixed);
     assert.deepEqual(out.toRuns(), [[edge - 10, 20]]);
-    assert.equal(bitmap.convert(5, edge + 95, true, out), Held.Clear);
+    assert.equal(bitmap.exchange(5, edge + 95, true, out), Held.Clear);
     assert.deepEqual(out.toRuns(), [[5, edge + 95]]);
     assert.equal(out.total, edge + 95);
-    assert.equal(bitmap.convert(5, edge + 95, true, out), Held.Set);
+    assert.equal(bitmap.exchange(5, edge + 95, true, out), Held.Set);
     assert.equal(out.length, 0);
   });
 
@@ -112,7 +112,7 @@ describe('PageBitmap', () => {
     );
   });
 
-  it('convert flips a range in one pass: the runs that changed, what it held, the bits after (against the model)', () => {
+  it('exchange flips a range in one pass: the runs that changed, what it held, the bits after (against the model)', () => {
     // Sizes past SHORT_SPAN words, so that both fills (loop and TypedArray.fill) are reached.
     const size = 32 * 80 + 7;
     const op = fc.record({ start: fc.nat(size - 1), count: fc.integer({ min: 1, max: size }), value: fc.boolean() });
@@ -125,7 +125,7 @@ describe('PageBitmap', () => {
           const n = Math.min(count, size - start);
           const changing = naive.runs(start, n, !value);
           const held = changing.length === 0 ? (value ? Held.Set : Held.Clear) : changing.length === 1 && changing[0]![1] === n ? (value ? Held.Clear : Held.Set) : Held.Mixed;
-          assert.equal(bitmap.convert(start, n, value, out), held);
+          assert.equal(bitmap.exchange(start, n, value, out), held);
           assert.deepEqual(out.toRuns(), changing);
           assert.equal(out.total, changing.reduce((sum, [, c]) => sum + c, 0));
           naive.fill(start, n, value);

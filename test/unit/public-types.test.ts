@@ -40,6 +40,12 @@ async function main(): Promise<void> {
     await block.unregister(device);
   } catch (error) {
     if (error instanceof GuestmemError && error.code === code) console.log(error.message);
+    // The code narrows the error to its details (GuestmemErrorDetails): no cast to reach them.
+    if (error instanceof GuestmemError && error.code === 'ERR_GUESTMEM_VCPU_FAILED') {
+      const vcpu: number = error.vcpu;
+      console.log(vcpu, error.exit?.reason);
+    }
+    if (error instanceof GuestmemError && error.code === 'ERR_GUESTMEM_SHUTDOWN_INCOMPLETE') console.log(error.errors.length);
   }
   console.log(channel, exit, message);
 }
@@ -106,6 +112,15 @@ describe('the published types in a strict project of a user\'s', function () {
 
   it('has an example for each class or function a user starts from', () => {
     assert.deepEqual(Object.keys(examples()).sort(), ['AssignedDevice.ts', 'GuestMemory.ts', 'Kvm.ts', 'RamBlockAttributes.ts', 'runGuestSession.ts']);
+  });
+
+  it('leaves the internals out (@internal, stripInternal): the tracker\'s changeSync and syncRefusal, the VM\'s own, a block\'s disposeRefusal', () => {
+    const declarations = (file: string) => fs.readFileSync(path.join(ROOT, 'dist', 'lib', file), 'utf8');
+    assert.doesNotMatch(declarations('tracker/ram-block-attributes.d.ts'), /\b(changeSync|syncRefusal|replaceRegistrations)\(/);
+    assert.doesNotMatch(declarations('kvm/kvm.d.ts'), /\bown<T/);
+    assert.doesNotMatch(declarations('memory/ram-block.d.ts'), /\bdisposeRefusal\(/);
+    // What a user calls is still there.
+    assert.match(declarations('tracker/ram-block-attributes.d.ts'), /\bstateChangeSync\(/);
   });
 
   for (const setup of SETUPS) {

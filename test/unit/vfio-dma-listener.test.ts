@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { GranuleRange } from '../../lib/common/byte-range';
 import type { DmaExtent, DmaMapper } from '../../lib/vfio/dma-mapper';
 import { VfioDmaListener } from '../../lib/vfio/vfio-dma-listener';
-import { defineThreadKind } from '../../lib/memory/thread-kinds';
+import { defineThreadKind } from '../../lib/common/thread-kinds';
 
 const PAGE = 4096;
 const GPA = 1n << 24n;

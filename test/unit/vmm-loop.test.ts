@@ -152,7 +152,7 @@ for (const synchronous of [false, true]) {
     it('answers -KVM_EFAULT when the conversion failed and was rolled back; the guest goes on', async () => {
       const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
       const memory = memoryOf();
-      memory.failWith = Object.assign(new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; rolled back'), { applied: [] });
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; rolled back', { step: 'listeners', errors: [], applied: [] });
       const report = await loopOf([vcpu], memory).run();
       assert.deepEqual(vcpu.answers, [-14]);
       assert.deepEqual(report.conversions, { converted: 0, rejected: 0, failed: 1 });
@@ -162,7 +162,7 @@ for (const synchronous of [false, true]) {
     it('stops the VM when a failed conversion left runs converted: the guest is never told nothing changed', async () => {
       const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 4n, 0n), exitGuest]);
       const memory = memoryOf();
-      memory.failWith = Object.assign(new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; these runs stayed shared, in agreement: 0+1'), { applied: [[0, 1]] });
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_CONVERSION_FAILED', 'listener vfio failed; these runs stayed shared, in agreement: 0+1', { step: 'listeners', errors: [], applied: [[0, 1]] });
       await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_CONVERSION_FAILED', message: /stayed shared/ });
       assert.deepEqual(vcpu.answers, []);
     });
@@ -179,7 +179,7 @@ for (const synchronous of [false, true]) {
     it('stops the VM when a rollback failed: nothing may run while the host is unsure what is mapped', async () => {
       const vcpu = new ScriptedVcpu(0, [hypercall(0x100000n, 1n, 0n), exitGuest]);
       const memory = memoryOf();
-      memory.failWith = new GuestmemError('ERR_GUESTMEM_ROLLBACK_FAILED', 'undo failed');
+      memory.failWith = new GuestmemError('ERR_GUESTMEM_ROLLBACK_FAILED', 'undo failed', { errors: [] });
       await assert.rejects(loopOf([vcpu], memory).run(), { code: 'ERR_GUESTMEM_ROLLBACK_FAILED' });
       assert.deepEqual(vcpu.answers, []);
     });

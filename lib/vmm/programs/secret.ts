@@ -6,7 +6,7 @@
 // has given it back (the message is gone) and the device cannot reach it; plugged back, at
 // sync 4 the device reaches it again.
 
-import type { ProgramHost } from '../program-host';
+import type { ProgramContext, ProgramHost } from '../program-host';
 import { PORT_PLUG, plugPort } from '../plug-port';
 import { readShared, writeShared } from '../shared-bytes';
 
@@ -32,13 +32,7 @@ export const secretProgram: ProgramHost = {
       }
       writeShared(context.block, page, HOST_NOTE);
     } else if (step === 2) {
-      const seen = readShared(context.block, page + MESSAGE_OFFSET, MESSAGE.length).equals(MESSAGE);
-      context.check('memfd-shows-message', seen, seen ? 'the shared memfd holds the guest\'s message' : 'the guest\'s message is NOT in the shared memfd');
-      if (context.probe) {
-        const read = await context.probe.read(Number(page + MESSAGE_OFFSET), MESSAGE.length);
-        const ok = read.equals(MESSAGE);
-        context.check('device-reads-message', ok, ok ? 'the device read the guest\'s message by DMA' : `the device read ${JSON.stringify(read.toString('latin1'))} instead of the message`);
-      }
+      await checkMessage(context);
     } else if (step === 3) {
       // Read before the probe, which writes its marker through the memfd.
       const emptied = readShared(context.block, page, PAGE).every((b) => b === 0);
@@ -53,3 +47,15 @@ export const secretProgram: ProgramHost = {
     }
   },
 };
+
+/** The guest left its message in the shared page: the memfd shows it, and the device reads it by DMA. */
+export async function checkMessage(context: ProgramContext): Promise<void> {
+  const at = context.dataGpa + MESSAGE_OFFSET;
+  const seen = readShared(context.block, at, MESSAGE.length).equals(MESSAGE);
+  context.check('memfd-shows-message', seen, seen ? 'the shared memfd holds the guest\'s message' : 'the guest\'s message is NOT in the shared memfd');
+  if (context.probe) {
+    const read = await context.probe.read(Number(at), MESSAGE.length);
+    const ok = read.equals(MESSAGE);
+    context.check('device-reads-message', ok, ok ? 'the device read the guest\'s message by DMA' : `the device read ${JSON.stringify(read.toString('latin1'))} instead of the message`);
+  }
+}

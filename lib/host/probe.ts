@@ -13,12 +13,12 @@ import {
   KVM_CAP_USER_MEMORY2,
   KVM_MEMORY_ATTRIBUTE_PRIVATE,
   type VmType,
-} from './kvm/kvm-constants';
-import { Kvm, type Vm } from './kvm/kvm';
-import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, vmTypeFix, vmTypeName, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES } from './kvm/vm-types';
-import { native, nativeAvailable } from './common/native';
-import { VfioContainer, VFIO_TYPE1v2_IOMMU } from './vfio/vfio-type1';
-import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from './vfio/vfio-sysfs';
+} from '../kvm/kvm-constants';
+import { Kvm, type Vm } from '../kvm/kvm';
+import { bestPrivateMemoryVmType, describeVmTypesMask, maskHasVmType, vmTypeFix, vmTypeName, vmTypesInMask, PRIVATE_MEMORY_VM_TYPES } from '../kvm/vm-types';
+import { native, nativeAvailable } from '../common/native';
+import { VfioContainer, VFIO_TYPE1v2_IOMMU } from '../vfio/vfio-type1';
+import { iommuGroupCount, vfioPciDevices, type PciDeviceInfo } from '../vfio/vfio-sysfs';
 
 /** One capability of the host: present, or why not and what to do. */
 export interface Feature {
@@ -118,7 +118,7 @@ function probeKvm(report: ProbeReport): void {
       : missing('KVM_CAP_VM_TYPES lacks KVM_X86_SW_PROTECTED_VM', 'use a kernel built with CONFIG_KVM_SW_PROTECTED_VM (guestmem vm does)');
     let vm: Vm | null = null;
     try {
-      // The bare VM (no SNP/TDX initialisation) answers KVM_CHECK_EXTENSION for its type.
+      // The bare VM (no SNP/TDX initialization) answers KVM_CHECK_EXTENSION for its type.
       vm = kvm.createVm(best ?? 'default', { initialize: false });
     } catch (error) {
       const failure = missing(`KVM_CREATE_VM failed: ${errorWhy(error)}`);

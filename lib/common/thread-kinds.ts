@@ -4,7 +4,7 @@
 // memory). The built-in kinds register themselves with their classes; a test registers its
 // stand-ins the same way, in the worker, before it attaches a block.
 
-import { GuestmemError } from '../common/errors';
+import { GuestmemError } from './errors';
 
 /** A part of a descriptor: its kind, and the structured-cloneable values its kind needs. */
 export interface ThreadDescriptor {

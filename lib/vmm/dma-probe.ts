@@ -2,8 +2,8 @@
 // a scratch page that stays DMA-mapped (at an IOVA above the blocks, below edu's 256 MiB
 // reach), and the scratch page tells whether they arrived. The demo and the tests use it.
 
-import type { AssignedDevice } from './assigned-device';
-import { EduDevice } from './edu-device';
+import type { AssignedDevice } from '../vfio/assigned-device';
+import { EduDevice } from '../vfio/edu-device';
 import { SharedMemory } from '../kvm/shared-memory';
 import type { RamBlock } from '../memory/ram-block';
 
