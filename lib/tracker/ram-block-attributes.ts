@@ -1,23 +1,38 @@
 // The shared/private tracker of one RAM block and the fan-out of its conversions to
 // listeners: QEMU's RamBlockAttributes (its RamDiscardManager for guest_memfd), with one
 // change of policy: a listener that fails does not end the process, the change is rolled
-// back so that the bitmap, every listener and the caller agree.
+// back so that the bitmap, every listener and the caller agree. This file is the public
+// face and the sequencing: it checks arguments (tracker-arguments.ts), keeps operations in
+// call order (a Serializer, for the asynchronous calls only), and drives the one fan-out
+// (fan-out.ts) synchronously or asynchronously over the pure state (tracker-state.ts, the
+// bitmap; tracker-registry.ts, the listeners).
 
-import { GranuleRange, approximateBytes, bytesOf, checkGranularity, granuleRangeOf, toGranuleRange, type Bytes } from '../common/byte-range';
-import { GuestmemError, invalidArgType, invalidArgValue, outOfRange } from '../common/errors';
-import { describeValue } from '../common/validators';
-import { messageOf as message } from '../common/errors';
-import { PageBitmap, RunList, type Held, type Run } from './page-bitmap';
+import { GranuleRange, bytesOf, toGranuleRange, type Bytes } from '../common/byte-range';
+import { GuestmemError } from '../common/errors';
+import { PageBitmap, type Run } from './page-bitmap';
 import { Serializer } from '../common/serializer';
-import { checkListener, listenerName, type RamDiscardListener } from './ram-discard-listener';
-import { anyDiscarded, maskRunList, populatedBySources, type DiscardSource, type SourceChange } from './discard-source';
+import { checkListener, type RamDiscardListener } from './ram-discard-listener';
+import { registerListener, unregisterListener, type RegistrationParts } from './listener-registration';
+import type { DiscardSource, SourceChange } from './discard-source';
 import { stateChangeChannel, type PageState } from './state-change-channel';
+import { FanOut, fanOutAsync, fanOutSync } from './fan-out';
+import { ListenerCalls, isThenable } from './listener-calls';
+import { TrackerRegistry, type RegistrationRecord } from './tracker-registry';
+import { COUNT_BYTES, TrackerState } from './tracker-state';
+import {
+  blockGeometry,
+  checkListenerObject,
+  checkName,
+  checkReplayCallback,
+  checkSection,
+  checkState,
+  checkTimeout,
+  trackerMemory,
+  type RamBlockAttributesOptions,
+  type SectionInput,
+} from './tracker-arguments';
 
-/** A section of a block (offset and size in bytes) as a listener registers on it. */
-export interface SectionInput {
-  offset: Bytes;
-  size: Bytes;
-}
+export { blockGeometry, DEFAULT_MAX_BITMAP_BYTES, type RamBlockAttributesOptions, type SectionInput } from './tracker-arguments';
 
 /** What a state change did: the range's state before, the new state, and how much changed. */
 export interface StateChangeResult {
@@ -33,143 +48,8 @@ export interface StateChangeResult {
   changedRuns: number;
 }
 
-export interface RamBlockAttributesOptions {
-  /** Bytes per tracked granule: a power of two, default 4096. */
-  granularity?: number;
-  name?: string;
-  /**
-   * The most memory the bitmap may take, default 256 MiB (2^31 granules: 8 TiB of 4 KiB
-   * pages). A block that needs more is refused before anything is allocated, with the
-   * granularity that would fit.
-   */
-  maxBitmapBytes?: number;
-  /**
-   * How long a listener's promise may take to settle, in ms; default none. When it runs
-   * out, the change rolls back and fails with ERR_GUESTMEM_LISTENER_FAILED (cause
-   * ERR_GUESTMEM_LISTENER_TIMEOUT) naming the listener, and later operations proceed.
-   */
-  listenerTimeoutMs?: number;
-  /**
-   * The tracker's memory, made by another tracker of the same geometry (its `memory`): the
-   * bitmap and shared count are then that tracker's, seen from this thread (a block attached
-   * in a worker). Its registrations are this tracker's own. Default: fresh memory.
-   */
-  memory?: SharedArrayBuffer;
-}
-
-/** Bytes before the bitmap's words in a tracker's memory: the shared count, a Float64. */
-const COUNT_BYTES = 8;
-
-/** The default bound on a bitmap's memory: 256 MiB. */
-export const DEFAULT_MAX_BITMAP_BYTES = 256 * 2 ** 20;
-
-type Notify = 'populate' | 'discard';
-type Notifier = (range: GranuleRange) => unknown;
-type BatchNotifier = (ranges: GranuleRange[]) => unknown;
-
-/**
- * A registered listener: its section, and its methods as they were at register (checked
- * then, so a listener changed afterwards cannot turn a notification into a TypeError), in a
- * list newest first (QEMU's QLIST_INSERT_HEAD) that adds and removes in O(1).
- */
-interface Registration {
-  /** Unique in the tracker that registered it (main thread), and kept by every replica of it. */
-  readonly id: number;
-  readonly listener: RamDiscardListener;
-  readonly name: string;
-  readonly section: GranuleRange;
-  readonly populate: Notifier;
-  readonly discard: Notifier;
-  readonly populateRuns: BatchNotifier | undefined;
-  readonly discardRuns: BatchNotifier | undefined;
-  readonly doubleDiscardSupported: boolean;
-  readonly synchronous: boolean;
-  newer: Registration | null;
-  older: Registration | null;
-}
-
-const DEFAULT_GRANULARITY = 4096;
-
-/** No ranges: what notifySync says a listener was handed before it calls one. */
-const NO_RANGES: GranuleRange[] = [];
-
 /** What a range was, by what its bits held before a change. */
 const FROM: ReadonlyArray<StateChangeResult['from']> = ['private', 'shared', 'mixture'];
-
-function isThenable(value: unknown): value is PromiseLike<unknown> {
-  return value != null && typeof (value as PromiseLike<unknown>).then === 'function';
-}
-
-/** A promise nobody will await any more must not end the process as an unhandled rejection. */
-function abandon(value: unknown): void {
-  if (isThenable(value)) Promise.resolve(value).catch(() => {});
-}
-
-/** What one listener accepted during a change: undone, newest first, if the change fails. */
-type Delivery = [Registration, GranuleRange[]];
-
-function describeRanges(ranges: GranuleRange[]): string {
-  return ranges.length === 1 ? String(ranges[0]) : `${ranges.length} runs from ${ranges[0]} to ${ranges[ranges.length - 1]}`;
-}
-
-function inverse(kind: Notify): Notify {
-  return kind === 'populate' ? 'discard' : 'populate';
-}
-
-/** The cause of a notification that broke a listener's promise to be synchronous. */
-function notSynchronous(name: string): GuestmemError {
-  return new GuestmemError('ERR_GUESTMEM_ASYNC_LISTENER', `listener "${name}" declared itself synchronous but returned a promise; it may still finish later, out of step with the tracker: unregister it`);
-}
-
-/**
- * Checks a block's geometry without allocating anything: the size (a positive multiple
- * of the granularity, below 2^64), the granularity (a power of two) and the memory its
- * bitmap would take against the bound. The constructor calls it; a caller can call it
- * first to refuse bad input before it touches anything else (a VM, a file).
- */
-export function blockGeometry(size: unknown, options: RamBlockAttributesOptions = {}): { granularity: number; granules: number } {
-  if (options === null || typeof options !== 'object') throw invalidArgType(`options must be an object, got ${describeValue(options)}`);
-  const granularity = checkGranularity(options.granularity ?? DEFAULT_GRANULARITY);
-  const bound = options.maxBitmapBytes ?? DEFAULT_MAX_BITMAP_BYTES;
-  if (typeof bound !== 'number') throw invalidArgType(`maxBitmapBytes must be a number, got ${describeValue(bound)}`);
-  if (!Number.isSafeInteger(bound) || bound <= 0) throw outOfRange(`maxBitmapBytes must be a positive integer, got ${bound}`);
-  const granules = toGranuleRange(0, size, granularity, Number.MAX_SAFE_INTEGER, 'block').count;
-  const bitmapBytes = Math.ceil(granules / 8);
-  if (bitmapBytes > bound || granules > PageBitmap.MAX_BITS) {
-    let fits = granularity;
-    while (fits < 2 ** 52 && Math.ceil(granules / (fits / granularity) / 8) > bound) fits *= 2;
-    throw outOfRange(
-      `a block of ${approximateBytes(granules * granularity)} in ${granularity}-byte granules needs a ${approximateBytes(bitmapBytes)} bitmap, ` +
-        `above the bound of ${approximateBytes(bound)} (maxBitmapBytes): use a granularity of ${fits} or more, or raise the bound`,
-    );
-  }
-  return { granularity, granules };
-}
-
-function checkTimeout(value: unknown): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'number') throw invalidArgType(`listenerTimeoutMs must be a number, got ${describeValue(value)}`);
-  // setTimeout's own limit: above 2^31 - 1 ms it fires at once.
-  if (!Number.isInteger(value) || value <= 0 || value > 0x7fffffff) {
-    throw outOfRange(`listenerTimeoutMs must be an integer in [1, 2147483647], got ${value}`);
-  }
-  return value;
-}
-
-/** 'shared' → true, 'private' → false; anything else is refused with Node's codes. */
-function checkState(state: unknown, what = 'state'): boolean {
-  if (state === 'shared') return true;
-  if (state === 'private') return false;
-  if (typeof state !== 'string') throw invalidArgType(`${what} must be 'shared' or 'private', got ${describeValue(state)}`);
-  throw invalidArgValue(`${what} must be 'shared' or 'private', got '${state}'`);
-}
-
-function checkSection(section: unknown, what: string): SectionInput {
-  if (section === null || typeof section !== 'object') {
-    throw invalidArgType(`${what} must be an object { offset, size }, got ${describeValue(section)}`);
-  }
-  return section as SectionInput;
-}
 
 /**
  * QEMU's RamBlockAttributes: which granules of a block are shared, and the fan-out of every
@@ -180,49 +60,24 @@ export class RamBlockAttributes {
   readonly granularity: number;
   /** Size of the block in granules. */
   readonly granules: number;
-  private readonly bitmap: PageBitmap;
-  /** Newest first, as QEMU's QLIST_INSERT_HEAD: the newest listener is notified first. */
-  private newest: Registration | null = null;
-  private readonly byListener = new Map<RamDiscardListener, Registration>();
-  /** Word 0: shared granules, in the tracker's memory beside the bitmap. */
-  private readonly counts: Float64Array;
   /** The tracker's SharedArrayBuffer: the shared count, then the bitmap's words. */
   readonly memory: SharedArrayBuffer;
-  private nextId = 1;
-  /** Operations that call listeners run one at a time, in call order. */
+  private readonly state: TrackerState;
+  private readonly registry = new TrackerRegistry();
+  private readonly calls: ListenerCalls;
+  /** What register and unregister work on (listener-registration.ts). */
+  private readonly parts: RegistrationParts;
+  /** The synchronous path's fan-out, reused change after change: no allocation per conversion. */
+  private readonly fan: FanOut;
+  /** Operations that call listeners asynchronously run one at a time, in call order. */
   private readonly queue = new Serializer();
-  private readonly listenerTimeoutMs: number | undefined;
   /**
-   * True while a listener (or a replay callback) runs. An operation that would wait in the
-   * queue, called from there, waits for the very notification that called it: a deadlock.
-   * It is refused at once instead, and the notification fails.
-   */
-  private notifying = false;
-  /**
-   * True while changeSync runs: a change asked for from code it calls out to (a diagnostics
-   * subscriber) is queued behind it, so it cannot reuse `changes` under it.
+   * True while a synchronous change runs: a change asked for from code it calls out to (a
+   * diagnostics subscriber) is queued behind it, so it cannot reuse the run lists under it.
    */
   private changing = false;
-  private reentry: GuestmemError | null = null;
-  /** Registered listeners that did not declare themselves synchronous. */
-  private asyncListeners = 0;
-  /** The runs the change in progress (or the last one) flips: reused, never reallocated per change. */
-  private readonly changes = new RunList();
-  /** The range of the change in progress, in granules. */
-  private changeFirst = 0;
-  private changeCount = 0;
-  /**
-   * Its GranuleRange: the caller's where it made one, else made when a listener is first
-   * handed the whole range (changeRange()), so that a change no listener sees whole makes none.
-   */
-  private changeRangeObject: GranuleRange | null = null;
   /** 1 / granularity: exact for a power of two, so byte offsets become granules by a multiply, not a division. */
   private readonly perByte: number;
-  /** Discard sources besides the bitmap (a plug source): listeners hold what all of them call populated. */
-  private readonly sources: DiscardSource[] = [];
-  /** The runs listeners are told of in the change in progress: `changes`, or `masked` while another source discards. */
-  private told: RunList = this.changes;
-  private readonly masked = new RunList();
 
   /**
    * A block of `size` bytes, tracked at `granularity` bytes (a power of two, default 4096).
@@ -231,22 +86,19 @@ export class RamBlockAttributes {
    */
   constructor(size: Bytes, options: RamBlockAttributesOptions = {}) {
     const { granularity, granules } = blockGeometry(size, options);
-    const name = options.name ?? 'ram-block';
-    if (typeof name !== 'string') throw invalidArgType(`name must be a string, got ${describeValue(name)}`);
-    this.listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
+    const name = checkName(options.name ?? 'ram-block');
+    const listenerTimeoutMs = checkTimeout(options.listenerTimeoutMs);
     this.granularity = granularity;
     this.perByte = 1 / granularity;
     this.granules = granules;
     // In a SharedArrayBuffer whether or not the block is ever shared: a bitmap over plain
     // memory would have to be copied to be shared, and typed-array access costs the same.
-    const bytes = COUNT_BYTES + PageBitmap.bytesFor(granules);
-    if (options.memory !== undefined && (!(options.memory instanceof SharedArrayBuffer) || options.memory.byteLength !== bytes)) {
-      throw invalidArgType(`memory must be the SharedArrayBuffer of a tracker of ${granules} granules (${bytes} bytes), got ${describeValue(options.memory)}`);
-    }
-    this.memory = options.memory ?? PageBitmap.sharedMemory(bytes, 'a tracker');
-    this.counts = new Float64Array(this.memory, 0, 1);
-    this.bitmap = new PageBitmap(granules, { buffer: this.memory, byteOffset: COUNT_BYTES });
+    this.memory = trackerMemory(options.memory, granules, COUNT_BYTES + PageBitmap.bytesFor(granules));
+    this.state = new TrackerState(granules, granularity, this.memory);
     this.name = name;
+    this.calls = new ListenerCalls(name, listenerTimeoutMs);
+    this.fan = new FanOut(this.calls, this.registry, this.state.bitmap, granularity);
+    this.parts = { name, granularity, state: this.state, registry: this.registry, calls: this.calls };
   }
 
   /** Block size in bytes: a number where exact, else a bigint. */
@@ -255,11 +107,11 @@ export class RamBlockAttributes {
   }
 
   get sharedGranules(): number {
-    return this.counts[0]!;
+    return this.state.shared;
   }
 
   get privateGranules(): number {
-    return this.granules - this.counts[0]!;
+    return this.granules - this.state.shared;
   }
 
   /**
@@ -268,7 +120,7 @@ export class RamBlockAttributes {
    * from there: check this and refuse, as stateChange does.
    */
   get inNotification(): boolean {
-    return this.notifying;
+    return this.calls.notifying;
   }
 
   /**
@@ -276,7 +128,7 @@ export class RamBlockAttributes {
    * synchronous, no operation is queued or running, and no listener is being notified.
    */
   get canChangeSync(): boolean {
-    return this.asyncListeners === 0 && this.queue.idle && !this.notifying && !this.changing;
+    return this.registry.asyncListeners === 0 && this.queue.idle && !this.calls.notifying && !this.changing;
   }
 
   /**
@@ -285,13 +137,11 @@ export class RamBlockAttributes {
    * (ERR_GUESTMEM_BUSY). Throws ERR_GUESTMEM_REENTRANT_CALL from inside a notification.
    */
   syncRefusal(operation: string): GuestmemError | null {
-    this.refuseReentry(operation);
-    if (this.asyncListeners > 0) {
-      let name = 'listener';
-      for (let r = this.newest; r; r = r.older) if (!r.synchronous) name = r.name;
+    this.calls.refuseReentry(operation);
+    if (this.registry.asyncListeners > 0) {
       return new GuestmemError(
         'ERR_GUESTMEM_ASYNC_LISTENER',
-        `${operation} on ${this.name} needs every listener to be synchronous, and "${name}" does not declare it (synchronous: true): use the asynchronous call`,
+        `${operation} on ${this.name} needs every listener to be synchronous, and "${this.registry.oldestAsyncName()}" does not declare it (synchronous: true): use the asynchronous call`,
       );
     }
     if (!this.queue.idle) {
@@ -307,23 +157,17 @@ export class RamBlockAttributes {
 
   /** The registered listeners, newest first. */
   get listeners(): RamDiscardListener[] {
-    const result: RamDiscardListener[] = [];
-    for (let r = this.newest; r; r = r.older) result.push(r.listener);
-    return result;
+    return this.registry.records().map((r) => r.listener);
   }
 
   /** Each listener with its section in granules, newest first. */
   get registered(): ReadonlyArray<{ readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
-    const result: Array<{ listener: RamDiscardListener; section: GranuleRange }> = [];
-    for (let r = this.newest; r; r = r.older) result.push({ listener: r.listener, section: r.section });
-    return result;
+    return this.registry.records().map(({ listener, section }) => ({ listener, section }));
   }
 
   /** Each registration's id with its listener and section, newest first (what a descriptor of the block carries). */
   get registrations(): ReadonlyArray<{ readonly id: number; readonly listener: RamDiscardListener; readonly section: GranuleRange }> {
-    const result: Array<{ id: number; listener: RamDiscardListener; section: GranuleRange }> = [];
-    for (let r = this.newest; r; r = r.older) result.push({ id: r.id, listener: r.listener, section: r.section });
-    return result;
+    return this.registry.records();
   }
 
   /**
@@ -331,20 +175,8 @@ export class RamBlockAttributes {
    * these registrations, newest first, as its own, with no notification (the tracker that
    * registered them has notified them already). Every listener must be synchronous.
    */
-  replaceRegistrations(registrations: ReadonlyArray<{ id: number; listener: RamDiscardListener; section: GranuleRange }>): void {
-    const taken: Registration[] = registrations.map(({ id, listener, section }) => {
-      const checked = checkListener(listener);
-      if (!checked.synchronous) throw notSynchronous(checked.name);
-      return { id, listener, section, ...checked, newer: null, older: null };
-    });
-    for (let i = 0; i < taken.length; i++) {
-      taken[i]!.older = taken[i + 1] ?? null;
-      taken[i]!.newer = taken[i - 1] ?? null;
-    }
-    this.newest = taken[0] ?? null;
-    this.byListener.clear();
-    for (const registration of taken) this.byListener.set(registration.listener, registration);
-    this.asyncListeners = 0;
+  replaceRegistrations(registrations: ReadonlyArray<RegistrationRecord>): void {
+    this.registry.replace(registrations);
   }
 
   /**
@@ -352,7 +184,7 @@ export class RamBlockAttributes {
    * died holding the block's lock, between a change of the bitmap and of its count.
    */
   recount(): void {
-    this.counts[0] = this.bitmap.countSet(0, this.granules);
+    this.state.recount();
   }
 
   /** Validates a byte range of this block and returns it in granules. */
@@ -360,29 +192,35 @@ export class RamBlockAttributes {
     return toGranuleRange(offset, size, this.granularity, this.granules, what);
   }
 
+  /** A section of this block checked (an object, aligned, inside) and in granules; throws as register does. */
+  sectionRange(section: SectionInput): GranuleRange {
+    const { offset, size } = checkSection(section, 'section');
+    return this.range(offset, size, 'section');
+  }
+
   /** True iff every granule of the range is shared (QEMU: is_populated). */
   isPopulated(section: SectionInput): boolean {
     const range = this.sectionRange(section);
-    return this.bitmap.isAllSet(range.first, range.count);
+    return this.state.bitmap.isAllSet(range.first, range.count);
   }
 
   /** True iff every granule of the range is private. */
   isDiscarded(section: SectionInput): boolean {
     const range = this.sectionRange(section);
-    return this.bitmap.isAllClear(range.first, range.count);
+    return this.state.bitmap.isAllClear(range.first, range.count);
   }
 
   /** Maximal runs of shared (or private) granules, in granule indices, ascending. */
   runs(state: PageState, section?: SectionInput): Run[] {
     const shared = checkState(state);
     const range = section === undefined ? null : this.sectionRange(section);
-    return this.bitmap.runs(range?.first ?? 0, range?.count ?? this.granules, shared);
+    return this.state.bitmap.runs(range?.first ?? 0, range?.count ?? this.granules, shared);
   }
 
   /** Shared granules inside a range; O(range / 32). */
   countShared(section: SectionInput): number {
     const range = this.sectionRange(section);
-    return this.bitmap.countSet(range.first, range.count);
+    return this.state.bitmap.countSet(range.first, range.count);
   }
 
   /**
@@ -390,7 +228,7 @@ export class RamBlockAttributes {
    * other discard source (a plug source) calls populated too, ascending.
    */
   populatedRuns(first = 0, count = this.granules): Run[] {
-    return populatedBySources(this.bitmap.runs(first, count, true), this.sources);
+    return this.state.populatedRuns(first, count);
   }
 
   /**
@@ -402,8 +240,12 @@ export class RamBlockAttributes {
    * discard something now.
    */
   addSource(source: DiscardSource, options: { inEffect?: boolean } = {}): void {
-    if (source.discarded !== 0 && options.inEffect !== true) throw invalidArgValue(`discard source "${source.name}" of ${this.name} must start with nothing discarded`);
-    this.sources.push(source);
+    this.state.addSource(source, this.name, options.inEffect === true);
+  }
+
+  /** The runs the last change flipped (valid until the next change), as Run tuples. */
+  lastChanges(): Run[] {
+    return this.state.changes.toRuns();
   }
 
   /**
@@ -413,31 +255,10 @@ export class RamBlockAttributes {
    * must be functions, populateRuns and discardRuns functions where present.
    */
   register(listener: RamDiscardListener, section: SectionInput): Promise<void> {
-    this.refuseReentry('register');
+    this.calls.refuseReentry('register');
     const checked = checkListener(listener);
     const range = this.sectionRange(section);
-    return this.queue.run(() => this.guarded('register', range, async () => {
-      if (this.byListener.has(listener)) {
-        throw new GuestmemError('ERR_GUESTMEM_ALREADY_REGISTERED', `listener "${checked.name}" is already registered on ${this.name}`);
-      }
-      const registration: Registration = { id: this.nextId++, listener, section: range, ...checked, newer: null, older: null };
-      if (checked.attach) {
-        try {
-          // An async attach is awaited: its rejection refuses the registration like a throw
-          // would, instead of escaping as an unhandled rejection after register resolved.
-          const answer = this.call(listener, checked.attach, range);
-          if (isThenable(answer)) await this.settle(answer);
-        } catch (cause) {
-          throw this.listenerFailed(registration, 'attach', [range], cause);
-        }
-      }
-      await this.notifyRuns(registration, this.toRanges(this.populatedRuns(range.first, range.count)), 'populate');
-      registration.older = this.newest;
-      if (this.newest) this.newest.newer = registration;
-      this.newest = registration;
-      this.byListener.set(listener, registration);
-      if (!registration.synchronous) this.asyncListeners++;
-    }));
+    return this.queue.run(() => this.guarded('register', range, () => registerListener(this.parts, listener, checked, range)));
   }
 
   /**
@@ -446,24 +267,9 @@ export class RamBlockAttributes {
    * registered, with what it had discarded populated again.
    */
   unregister(listener: RamDiscardListener): Promise<void> {
-    this.refuseReentry('unregister');
-    if (listener === null || (typeof listener !== 'object' && typeof listener !== 'function')) {
-      throw invalidArgType(`listener must be an object, got ${describeValue(listener)}`);
-    }
-    return this.queue.run(() => this.guarded('unregister', this.byListener.get(listener)?.section ?? null, async () => {
-      const registration = this.byListener.get(listener);
-      if (!registration) {
-        throw new GuestmemError('ERR_GUESTMEM_NOT_REGISTERED', `listener "${listenerName(listener)}" is not registered on ${this.name}`);
-      }
-      const { section } = registration;
-      const ranges = registration.doubleDiscardSupported ? [section] : this.toRanges(this.populatedRuns(section.first, section.count));
-      await this.notifyRuns(registration, ranges, 'discard');
-      if (registration.newer) registration.newer.older = registration.older;
-      else this.newest = registration.older;
-      if (registration.older) registration.older.newer = registration.newer;
-      this.byListener.delete(listener);
-      if (!registration.synchronous) this.asyncListeners--;
-    }));
+    this.calls.refuseReentry('unregister');
+    checkListenerObject(listener);
+    return this.queue.run(() => this.guarded('unregister', this.registry.get(listener)?.section ?? null, () => unregisterListener(this.parts, listener)));
   }
 
   /**
@@ -496,6 +302,18 @@ export class RamBlockAttributes {
     return this.replay(section, false, fn);
   }
 
+  private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
+    this.calls.refuseReentry(shared ? 'replayPopulated' : 'replayDiscarded');
+    const range = this.sectionRange(section);
+    checkReplayCallback(fn);
+    return this.queue.run(async () => {
+      for (const [first, count] of this.state.bitmap.runs(range.first, range.count, shared)) {
+        const result = this.calls.call(undefined, fn, new GranuleRange(first, count, this.granularity));
+        if (isThenable(result)) await this.calls.settle(result);
+      }
+    });
+  }
+
   /**
    * Converts a range to `to`. Already there: nothing. Wholly the other state: one
    * notification per listener with the range clipped to its section. A mixture: only the
@@ -508,7 +326,7 @@ export class RamBlockAttributes {
    * listener is synchronous, the change is made before this returns (see stateChangeSync).
    */
   stateChange(offset: Bytes, size: Bytes, to: PageState): Promise<StateChangeResult> {
-    this.refuseReentry('stateChange');
+    this.calls.refuseReentry('stateChange');
     const range = this.range(offset, size);
     const toShared = checkState(to, 'target state');
     if (this.canChangeSync) {
@@ -518,7 +336,7 @@ export class RamBlockAttributes {
         return Promise.reject(error);
       }
     }
-    return this.queue.run(async () => (this.asyncListeners === 0 ? this.changeSync(range, toShared) : this.changeAsync(range, toShared)));
+    return this.queue.run(async () => (this.registry.asyncListeners === 0 ? this.changeSync(range, toShared) : this.changeAsync(range, toShared)));
   }
 
   /**
@@ -548,84 +366,6 @@ export class RamBlockAttributes {
   }
 
   /**
-   * A change of another discard source (a plug or unplug), with the listeners told in call
-   * order with the state changes: `change.apply()` changes the source and names the granules
-   * it changed; the listeners are told to populate (or discard) those of them that are
-   * shared and populated by every other source, newest first, as a state change tells
-   * them. A listener that fails rolls the listeners back, `change.revert()` restores the
-   * source, and the call rejects as stateChange does. The bitmap never changes.
-   */
-  sourceChange(change: SourceChange): Promise<number> {
-    this.refuseReentry('sourceChange');
-    if (this.canChangeSync) {
-      try {
-        return Promise.resolve(this.changeSourceSync(change));
-      } catch (error) {
-        return Promise.reject(error);
-      }
-    }
-    return this.queue.run(async () => (this.asyncListeners === 0 ? this.changeSourceSync(change) : this.changeSourceAsync(change)));
-  }
-
-  /** sourceChange, made before it returns; only while canChangeSync (else it throws as stateChangeSync does). */
-  sourceChangeSync(change: SourceChange): number {
-    if (!this.canChangeSync) {
-      const refusal = this.syncRefusal('sourceChangeSync');
-      if (refusal) throw refusal;
-    }
-    return this.changeSourceSync(change);
-  }
-
-  /**
-   * Applies a source's change and puts the granules the listeners are to be told of in
-   * this.told; the change in progress is the span they lie in (what clip() hands a listener
-   * whole). False when there is nothing to tell.
-   */
-  private sourceRuns(change: SourceChange): boolean {
-    this.changes.clear();
-    const told = this.masked;
-    told.clear();
-    const others = this.sources.filter((source) => source !== change.source);
-    for (const [first, count] of change.apply()) {
-      for (const [f, c] of populatedBySources(this.bitmap.runs(first, count, true), others)) told.push(f, c);
-    }
-    this.told = told;
-    if (told.length === 0) return false;
-    this.changeFirst = told.first(0);
-    this.changeCount = told.first(told.length - 1) + told.count(told.length - 1) - this.changeFirst;
-    this.changeRangeObject = null;
-    return true;
-  }
-
-  private changeSourceSync(change: SourceChange): number {
-    this.changing = true;
-    try {
-      const any = this.sourceRuns(change);
-      try {
-        if (any && this.newest !== null) this.notifySync(change.populate);
-      } catch (error) {
-        change.revert();
-        throw error;
-      }
-      return this.told.total;
-    } finally {
-      this.changing = false;
-    }
-  }
-
-  private async changeSourceAsync(change: SourceChange): Promise<number> {
-    const any = this.sourceRuns(change);
-    const told = this.told.total;
-    try {
-      if (any) await this.applyRuns([], change.populate);
-    } catch (error) {
-      change.revert();
-      throw error;
-    }
-    return told;
-  }
-
-  /**
    * @internal The state change of a range this tracker has validated (range()), made now, with every
    * listener synchronous: the conversion path of RamBlock hands its one range object down.
    * The caller has checked canChangeSync.
@@ -642,32 +382,44 @@ export class RamBlockAttributes {
   private changeGranules(first: number, count: number, toShared: boolean, range: GranuleRange | null, into: StateChangeResult | undefined): StateChangeResult {
     this.changing = true;
     try {
-      const held = this.convertBitmap(first, count, range, toShared);
-      const changed = this.changes.total;
-      if (this.told.length > 0 && this.newest !== null) this.notifySync(toShared);
-      return this.finish(FROM[held], toShared, changed, into);
+      const state = this.state;
+      const held = state.convert(first, count, range, toShared);
+      const changed = state.changes.total;
+      const head = this.registry.newest;
+      if (state.told.runs.length > 0 && head !== null) fanOutSync(this.fan, toShared, state.told, head, state);
+      return this.finish(FROM[held]!, toShared, changed, into);
     } finally {
       this.changing = false;
     }
   }
 
-  /** The runs the last change flipped (valid until the next change), as Run tuples. */
-  lastChanges(): Run[] {
-    return this.changes.toRuns();
+  /** The asynchronous form of changeSync, for listeners that may return promises: the same steps, awaited. */
+  private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
+    const state = this.state;
+    const held = state.convert(range.first, range.count, range, toShared);
+    const changed = state.changes.total;
+    if (state.told.runs.length > 0) await fanOutAsync(this.newFanOut(), toShared, state.told, this.registry.newest, false, state);
+    return this.finish(FROM[held]!, toShared, changed);
+  }
+
+  /** A fan-out of its own for an asynchronous operation (the synchronous path reuses this.fan). */
+  private newFanOut(): FanOut {
+    return new FanOut(this.calls, this.registry, this.state.bitmap, this.granularity);
   }
 
   private finish(from: StateChangeResult['from'], toShared: boolean, changed: number, into?: StateChangeResult): StateChangeResult {
     const to: PageState = toShared ? 'shared' : 'private';
+    const changedRuns = this.state.changes.length;
     // Read before publishing: a subscriber may start another change.
     let result: StateChangeResult;
     if (into === undefined) {
-      result = { from, to, changed, changedRuns: this.changes.length };
+      result = { from, to, changed, changedRuns };
     } else {
       result = into;
       result.from = from;
       result.to = to;
       result.changed = changed;
-      result.changedRuns = this.changes.length;
+      result.changedRuns = changedRuns;
     }
     if (stateChangeChannel.hasSubscribers) this.publish(from, to);
     return result;
@@ -675,417 +427,53 @@ export class RamBlockAttributes {
 
   /** QEMU's ram_block_attributes_state_change tracepoint; apart from finish so that finish stays small enough to inline. */
   private publish(from: StateChangeResult['from'], to: PageState): void {
-    stateChangeChannel.publish({ block: this.name, ...this.changeRange().toJSON(), from, to });
-  }
-
-  /** The asynchronous form of changeSync, for listeners that may return promises. */
-  private async changeAsync(range: GranuleRange, toShared: boolean): Promise<StateChangeResult> {
-    const held = this.convertBitmap(range.first, range.count, range, toShared);
-    const changed = this.changes.total;
-    const runs = this.changes.toRuns();
-    await this.applyRuns(runs, toShared);
-    return this.finish(FROM[held], toShared, changed);
-  }
-
-  private replay(section: SectionInput, shared: boolean, fn: (range: GranuleRange) => void | PromiseLike<void>): Promise<void> {
-    this.refuseReentry(shared ? 'replayPopulated' : 'replayDiscarded');
-    const range = this.sectionRange(section);
-    if (typeof fn !== 'function') throw invalidArgType(`the replay callback must be a function, got ${describeValue(fn)}`);
-    return this.queue.run(async () => {
-      for (const [first, count] of this.bitmap.runs(range.first, range.count, shared)) {
-        const result = this.call(undefined, fn, new GranuleRange(first, count, this.granularity));
-        if (isThenable(result)) await this.settle(result);
-      }
-    });
-  }
-
-  /** A section of this block checked (an object, aligned, inside) and in granules; throws as register does. */
-  sectionRange(section: SectionInput): GranuleRange {
-    const { offset, size } = checkSection(section, 'section');
-    return this.range(offset, size, 'section');
-  }
-
-  private refuseReentry(operation: string): void {
-    if (!this.notifying) return;
-    this.reentry = new GuestmemError(
-      'ERR_GUESTMEM_REENTRANT_CALL',
-      `${operation} on ${this.name} was called from inside one of its own listeners, which would wait for itself: ` +
-        'a listener must not change the block it listens to (defer the call until the change has settled)',
-    );
-    throw this.reentry;
+    stateChangeChannel.publish({ block: this.name, ...this.state.told.range().toJSON(), from, to });
   }
 
   /**
-   * Calls a listener's method (or a replay callback) with the re-entry guard up. A call
-   * back into this tracker throws at once; if the listener swallowed that error, its
-   * notification fails anyway, so the change it is part of rolls back.
+   * A change of another discard source (a plug or unplug), with the listeners told in call
+   * order with the state changes: `change.apply()` changes the source and names the granules
+   * it changed; the listeners are told to populate (or discard) those of them that are
+   * shared and populated by every other source, newest first, as a state change tells
+   * them. A listener that fails rolls the listeners back, `change.revert()` restores the
+   * source, and the call rejects as stateChange does. The bitmap never changes.
    */
-  private call<A>(listener: unknown, method: (arg: A) => unknown, arg: A): unknown {
-    this.notifying = true;
-    let result: unknown;
-    try {
-      result = method.call(listener, arg);
-    } catch (error) {
-      // It failed anyway (with the re-entry error or another): the notification fails.
-      this.reentry = null;
-      throw error;
-    } finally {
-      this.notifying = false;
-    }
-    const reentry = this.reentry;
-    if (reentry !== null) {
-      this.reentry = null;
-      abandon(result);
-      throw reentry;
-    }
-    return result;
-  }
-
-  /**
-   * A listener's promise, bounded by listenerTimeoutMs where one is set. After a timeout
-   * the listener may still finish: the error says it is out of step and should go.
-   */
-  private settle(result: PromiseLike<unknown>): PromiseLike<unknown> {
-    const ms = this.listenerTimeoutMs;
-    if (ms === undefined) return result;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(
-          new GuestmemError(
-            'ERR_GUESTMEM_LISTENER_TIMEOUT',
-            `it did not settle within ${ms} ms (listenerTimeoutMs); if it still finishes, it is out of step with the tracker: unregister it`,
-          ),
-        );
-      }, ms);
-      Promise.resolve(result).then(
-        (value) => {
-          clearTimeout(timer);
-          resolve(value);
-        },
-        (error: unknown) => {
-          clearTimeout(timer);
-          reject(error);
-        },
-      );
-    });
-  }
-
-  /**
-   * A change's bitmap step: makes granules [first, first + count) (`range`, where the caller
-   * has it) the change in progress, flips them, puts the runs that changed in this.changes,
-   * counts them.
-   */
-  private convertBitmap(first: number, count: number, range: GranuleRange | null, toShared: boolean): Held {
-    this.changeFirst = first;
-    this.changeCount = count;
-    this.changeRangeObject = range;
-    const held = this.bitmap.exchange(first, count, toShared, this.changes);
-    this.counts[0] += toShared ? this.changes.total : -this.changes.total;
-    // Masked only while another source discards something: a block nobody unplugs pays one test.
-    this.told = this.sources.length === 0 || !anyDiscarded(this.sources) ? this.changes : this.maskChanges();
-    return held;
-  }
-
-  /** The change in progress as a GranuleRange, made on first use. */
-  private changeRange(): GranuleRange {
-    return (this.changeRangeObject ??= granuleRangeOf(this.changeFirst, this.changeCount, this.granularity));
-  }
-
-  /**
-   * The part of run [first, first + count) of the change in progress inside `section`, or
-   * null when they do not meet; the change's own range object when the run is the whole
-   * change (the common case: one range object per conversion, handed to every listener).
-   */
-  private clip(section: GranuleRange, first: number, count: number): GranuleRange | null {
-    const start = Math.max(section.first, first);
-    const end = Math.min(section.first + section.count, first + count);
-    if (start >= end) return null;
-    if (start === this.changeFirst && end - start === this.changeCount) return this.changeRange();
-    return granuleRangeOf(start, end - start, this.granularity);
-  }
-
-  /** The runs of this.changes that every other discard source calls populated, in this.masked. */
-  private maskChanges(): RunList {
-    maskRunList(this.changes, this.sources, this.masked);
-    return this.masked;
-  }
-
-  /** Flips granules of a range this tracker has checked (hence the unchecked fill). */
-  private flip(first: number, count: number, toShared: boolean): void {
-    this.bitmap.fill(first, count, toShared);
-    this.counts[0] += toShared ? count : -count;
-  }
-
-  private toRanges(runs: Run[]): GranuleRange[] {
-    return runs.map(([first, count]) => new GranuleRange(first, count, this.granularity));
-  }
-
-  /**
-   * Notifies, on runs convert() has flipped already, every listener whose section they meet, newest first,
-   * each with all of its clipped runs (in one call where it takes batches). On a failure,
-   * undoes in reverse order what was done for this change, flips the runs back, rethrows.
-   */
-  private async applyRuns(runs: Run[], toShared: boolean): Promise<void> {
-    if (this.told.length === 0) return;
-    const kind: Notify = toShared ? 'populate' : 'discard';
-    const done: Delivery[] = [];
-    try {
-      for (let registration = this.newest; registration; registration = registration.older) {
-        const clipped = this.clipped(registration, this.told.length);
-        if (clipped.length > 0) await this.deliver(registration, kind, clipped, done);
-      }
-    } catch (failure) {
-      const rollbackErrors = await this.undo(done, kind);
-      for (let i = runs.length - 1; i >= 0; i--) this.flip(runs[i]![0], runs[i]![1], !toShared);
-      throw this.withRollbackErrors(failure, rollbackErrors);
-    }
-  }
-
-  /** The first `runs` runs of the change in progress, clipped to a listener's section. */
-  private clipped(registration: Registration, runs: number): GranuleRange[] {
-    const changes = this.told;
-    const ranges: GranuleRange[] = [];
-    for (let i = 0; i < runs; i++) {
-      const part = this.clip(registration.section, changes.first(i), changes.count(i));
-      if (part) ranges.push(part);
-    }
-    return ranges;
-  }
-
-  /**
-   * applyRuns for synchronous listeners, on the runs already flipped in this.changes: every
-   * listener whose section they meet, newest first, each called straight from here (one run
-   * or one batch at a time) under one re-entry guard for the whole fan-out. A change of one
-   * run (the common case) hands each listener the conversion's own range object. On a
-   * failure it undoes, last first, what was delivered, restores the bitmap and throws.
-   */
-  private notifySync(toShared: boolean): void {
-    const kind: Notify = toShared ? 'populate' : 'discard';
-    const changes = this.told;
-    let registration = this.newest;
-    // For a listener told run by run: the runs of this.changes it has been told of.
-    let told = 0;
-    // What the listener being called was handed (set before each call), and the failure its answer amounts to.
-    let arg: GranuleRange | GranuleRange[] = NO_RANGES;
-    let broken: GuestmemError | null = null;
-    this.notifying = true;
-    try {
-      for (; registration !== null; registration = registration.older) {
-        told = 0;
-        const batch = toShared ? registration.populateRuns : registration.discardRuns;
-        if (batch !== undefined) {
-          const ranges = this.clipped(registration, changes.length);
-          if (ranges.length === 0) continue;
-          arg = ranges;
-          const result = batch.call(registration.listener, ranges);
-          if (result !== undefined || this.reentry !== null) broken = this.brokenDelivery(registration, kind, ranges, result);
-          if (broken !== null) throw broken;
-          continue;
-        }
-        // Run by run, straight from the run list: no list of ranges is built.
-        const single = toShared ? registration.populate : registration.discard;
-        for (; told < changes.length; told++) {
-          const part = this.clip(registration.section, changes.first(told), changes.count(told));
-          if (part === null) continue;
-          arg = part;
-          const result = single.call(registration.listener, part);
-          if (result !== undefined || this.reentry !== null) broken = this.brokenDelivery(registration, kind, part, result);
-          if (broken !== null) throw broken;
-        }
-      }
-      this.notifying = false;
-    } catch (cause) {
-      this.notifying = false;
-      let failure: unknown = cause;
-      if (cause !== broken) {
-        // The listener threw (the re-entry error, or its own): its notification failed.
-        this.reentry = null;
-        failure = this.listenerFailed(registration!, kind, Array.isArray(arg) ? arg : [arg], cause);
-      }
-      const errors = this.undoSync(registration!, told, kind);
-      const flipped = this.changes;
-      for (let i = flipped.length - 1; i >= 0; i--) this.flip(flipped.first(i), flipped.count(i), !toShared);
-      throw this.withRollbackErrors(failure, errors);
-    }
-  }
-
-  /**
-   * What a synchronous listener's normal return amounts to: null when it kept its promises;
-   * else the failure, when it swallowed the re-entry error of a call back into this tracker,
-   * or returned a promise (a populate's late result is retracted when it settles).
-   */
-  private brokenDelivery(registration: Registration, kind: Notify, arg: GranuleRange | GranuleRange[], result: unknown): GuestmemError | null {
-    const ranges = Array.isArray(arg) ? arg : [arg];
-    const reentry = this.reentry;
-    if (reentry !== null) {
-      this.reentry = null;
-      abandon(result);
-      return this.listenerFailed(registration, kind, ranges, reentry);
-    }
-    if (!isThenable(result)) return null;
-    // The change is rolled back now, but what the listener started may land later: a
-    // populate landing after the rollback would map granules the tracker calls private.
-    if (kind === 'populate') this.retractWhenSettled(registration, ranges, result);
-    else abandon(result);
-    return this.listenerFailed(registration, kind, ranges, notSynchronous(registration.name));
-  }
-
-  /** One call of a synchronous listener (the undo path): a promise breaks its contract and fails the call. */
-  private deliverOne<A extends GranuleRange | GranuleRange[]>(registration: Registration, method: (arg: A) => unknown, kind: Notify, arg: A): void {
-    let result: unknown;
-    try {
-      result = this.call(registration.listener, method, arg);
-    } catch (cause) {
-      throw this.listenerFailed(registration, kind, Array.isArray(arg) ? arg : [arg as GranuleRange], cause);
-    }
-    const broken = this.brokenDelivery(registration, kind, arg, result);
-    if (broken !== null) throw broken;
-  }
-
-  /**
-   * When a populate that broke its promise to be synchronous settles, tells the listener to
-   * discard whatever of its ranges the tracker calls private by then (when in doubt, unmap).
-   * Its failures are left to the block's agreement check: nothing is waiting for them.
-   */
-  private retractWhenSettled(registration: Registration, ranges: GranuleRange[], late: PromiseLike<unknown>): void {
-    const retract = (): void => {
-      let registered = false;
-      for (let r = this.newest; r; r = r.older) if (r === registration) registered = true;
-      if (!registered) return;
-      for (const range of ranges) {
-        const end = range.first + range.count;
-        for (let first = this.bitmap.scan(range.first, end, false); first < end; ) {
-          const stop = this.bitmap.scan(first, end, true);
-          try {
-            abandon(this.call(registration.listener, registration.discard, granuleRangeOf(first, stop - first, this.granularity)));
-          } catch {
-            // The agreement check (disagreements(), repair()) sees what is still mapped.
-          }
-          first = stop < end ? this.bitmap.scan(stop, end, false) : end;
-        }
-      }
-    };
-    Promise.resolve(late).then(retract, retract);
-  }
-
-  /**
-   * Undoes a synchronous notification that failed at `failed` (whose first `delivered`
-   * single ranges went through): the inverse to each listener told before, last first, as
-   * the asynchronous undo does from its log. Returns what failed.
-   */
-  private undoSync(failed: Registration, told: number, kind: Notify): unknown[] {
-    const errors: unknown[] = [];
-    const undoKind = inverse(kind);
-    for (let registration: Registration | null = failed; registration; registration = registration.newer) {
-      const asBatch = (kind === 'populate' ? registration.populateRuns : registration.discardRuns) !== undefined;
-      // The failed listener itself: a batch did nothing (all or nothing); run by run, the
-      // runs before the one that failed went through.
-      if (registration === failed && asBatch) continue;
-      const ranges = this.clipped(registration, registration === failed ? told : this.told.length);
-      if (ranges.length === 0) continue;
-      if (asBatch) {
-        try {
-          this.deliverAllSync(registration, undoKind, ranges);
-        } catch (error) {
-          errors.push(error);
-        }
-        continue;
-      }
-      for (let i = ranges.length - 1; i >= 0; i--) {
-        try {
-          this.deliverAllSync(registration, undoKind, [ranges[i]!]);
-        } catch (error) {
-          errors.push(error);
-        }
-      }
-    }
-    return errors;
-  }
-
-  /** deliver, synchronously: in one call where the listener takes batches, else one by one. */
-  private deliverAllSync(registration: Registration, kind: Notify, ranges: GranuleRange[]): void {
-    const batch = kind === 'populate' ? registration.populateRuns : registration.discardRuns;
-    if (batch) {
-      this.deliverOne(registration, batch, kind, ranges);
-      return;
-    }
-    const single = kind === 'populate' ? registration.populate : registration.discard;
-    for (const range of ranges) this.deliverOne(registration, single, kind, range);
-  }
-
-  /** Notifies one listener of several ranges, undoing its earlier ones if a later one fails. */
-  private async notifyRuns(registration: Registration, ranges: GranuleRange[], kind: Notify): Promise<void> {
-    if (ranges.length === 0) return;
-    const done: Delivery[] = [];
-    try {
-      await this.deliver(registration, kind, ranges, done);
-    } catch (failure) {
-      throw this.withRollbackErrors(failure, await this.undo(done, kind));
-    }
-  }
-
-  /**
-   * Hands ranges to one listener: in one call if it takes batches (all or nothing), else
-   * one by one. Records in `done` what it accepted; throws ERR_GUESTMEM_LISTENER_FAILED.
-   */
-  private async deliver(registration: Registration, kind: Notify, ranges: GranuleRange[], done: Delivery[]): Promise<void> {
-    const batch = kind === 'populate' ? registration.populateRuns : registration.discardRuns;
-    if (batch) {
+  sourceChange(change: SourceChange): Promise<number> {
+    this.calls.refuseReentry('sourceChange');
+    if (this.canChangeSync) {
       try {
-        const result = this.call(registration.listener, batch, ranges);
-        if (isThenable(result)) await this.settle(result);
-      } catch (cause) {
-        throw this.listenerFailed(registration, kind, ranges, cause);
-      }
-      done.push([registration, ranges]);
-      return;
-    }
-    const single = kind === 'populate' ? registration.populate : registration.discard;
-    for (const range of ranges) {
-      try {
-        const result = this.call(registration.listener, single, range);
-        if (isThenable(result)) await this.settle(result);
-      } catch (cause) {
-        throw this.listenerFailed(registration, kind, [range], cause);
-      }
-      done.push([registration, [range]]);
-    }
-  }
-
-  /** Sends the inverse notification for each delivery, last first; returns what failed. */
-  private async undo(done: Delivery[], kind: Notify): Promise<unknown[]> {
-    const errors: unknown[] = [];
-    for (let i = done.length - 1; i >= 0; i--) {
-      const [registration, ranges] = done[i]!;
-      try {
-        await this.deliver(registration, inverse(kind), ranges, []);
+        return Promise.resolve(this.changeSourceSync(change));
       } catch (error) {
-        errors.push(error);
+        return Promise.reject(error);
       }
     }
-    return errors;
+    return this.queue.run(async () => (this.registry.asyncListeners === 0 ? this.changeSourceSync(change) : this.changeSourceAsync(change)));
   }
 
-  private listenerFailed(registration: Registration, kind: Notify | 'attach', ranges: GranuleRange[], cause: unknown): GuestmemError {
-    const { name } = registration;
-    const what = kind === 'attach' ? `accept its section ${ranges[0]}` : `${kind} ${describeRanges(ranges)}`;
-    const error = new GuestmemError(
-      'ERR_GUESTMEM_LISTENER_FAILED',
-      `listener "${name}" failed to ${what} of ${this.name}: ${message(cause)}`,
-      { cause, listener: name, operation: kind, ranges: ranges.map((r) => r.toJSON()) },
-    );
-    // The block finds the listener by this, never by its name, which two listeners may share.
-    Object.defineProperty(error, 'registered', { value: registration.listener, enumerable: false });
-    return error;
+  /** sourceChange, made before it returns; only while canChangeSync (else it throws as stateChangeSync does). */
+  sourceChangeSync(change: SourceChange): number {
+    if (!this.canChangeSync) {
+      const refusal = this.syncRefusal('sourceChangeSync');
+      if (refusal) throw refusal;
+    }
+    return this.changeSourceSync(change);
   }
 
-  /** A rollback that itself failed leaves listeners out of step: say so, loudly. */
-  private withRollbackErrors(failure: unknown, rollbackErrors: unknown[]): unknown {
-    if (rollbackErrors.length === 0) return failure;
-    return new GuestmemError(
-      'ERR_GUESTMEM_ROLLBACK_FAILED',
-      `${message(failure)}; rolling back also failed, listeners may disagree with the tracker: ${rollbackErrors.map(message).join('; ')}`,
-      { cause: failure, errors: rollbackErrors },
-    );
+  private changeSourceSync(change: SourceChange): number {
+    this.changing = true;
+    try {
+      const head = this.registry.newest;
+      if (this.state.sourceRuns(change) && head !== null) fanOutSync(this.fan, change.populate, this.state.told, head, change);
+      return this.state.told.runs.total;
+    } finally {
+      this.changing = false;
+    }
+  }
+
+  private async changeSourceAsync(change: SourceChange): Promise<number> {
+    const any = this.state.sourceRuns(change);
+    const told = this.state.told.runs.total;
+    if (any) await fanOutAsync(this.newFanOut(), change.populate, this.state.told, this.registry.newest, false, change);
+    return told;
   }
 }
