@@ -13,7 +13,7 @@ const env = { ...process.env, GUESTMEM_FAULTS: process.env.GUESTMEM_FAULTS ?? ''
 
 function hostCanRun() {
   if (process.env.GUESTMEM_IN_VM === '1') return true;
-  const { probe, capabilityFeature } = require(path.join(root, 'dist', 'lib', 'probe.js'));
+  const { probe, capabilityFeature } = require(path.join(root, 'dist', 'lib', 'host', 'probe.js'));
   const report = probe();
   return ['sw-protected-vm', 'memory-attributes', 'vfio-device', 'iommufd', 'vfio-type1'].every((c) => capabilityFeature(report, c).ok);
 }
