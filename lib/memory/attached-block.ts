@@ -1,9 +1,9 @@
 // A RAM block converted from another thread: attachBlock(descriptor) in a Worker (a vCPU
 // thread) gives a converter that runs the block's one conversion (block-conversion.ts) over
 // the state the main thread's RamBlock shares with it (block-state.ts, the tracker's
-// memory, the plug source's, each VFIO listener's held bitmap), under the same lock. Its listeners are
-// replicas made from the registry's descriptors, brought up to date under the lock
-// whenever the registry's generation moved (block-sharing.ts). Its stats are its own.
+// memory, the plug source's, each VFIO listener's held bitmap), under the same lock. Its
+// listeners are replicas made from the registry's descriptors, brought up to date under the
+// lock whenever the registry's generation moved (block-sharing.ts). Its stats are its own.
 
 import { receiveMessageOnPort, MessagePort } from 'node:worker_threads';
 import { GranuleRange, type Bytes } from '../common/byte-range';

@@ -9,8 +9,8 @@
 // the block's lock) is seen by all.
 
 import { checkGranularity, checkSpan, granuleRangeOf, type Bytes, type GranuleRange } from '../common/byte-range';
-import { invalidArgType, outOfRange } from '../common/errors';
-import { describeValue } from '../common/validators';
+import { outOfRange } from '../common/errors';
+import { givenOrFreshMemory } from './tracker-arguments';
 import type { DiscardSource, SourceChange } from './discard-source';
 import { PageBitmap, type Run } from './page-bitmap';
 
@@ -50,10 +50,7 @@ export class PlugSource implements DiscardSource {
     this.blockSize = blockSize;
     this.blocks = granules / this.granulesPerBlock;
     const bytes = COUNT_BYTES + PageBitmap.bytesFor(this.blocks);
-    if (memory !== undefined && (!(memory instanceof SharedArrayBuffer) || memory.byteLength !== bytes)) {
-      throw invalidArgType(`memory must be the SharedArrayBuffer of a plug source of ${this.blocks} plug blocks (${bytes} bytes), got ${describeValue(memory)}`);
-    }
-    this.memory = memory ?? PageBitmap.sharedMemory(bytes, 'a plug bitmap');
+    this.memory = givenOrFreshMemory(memory, bytes, `a plug source of ${this.blocks} plug blocks`, 'a plug bitmap');
     this.count = new Int32Array(this.memory, 0, 1);
     this.unplugged = new PageBitmap(this.blocks, { buffer: this.memory, byteOffset: COUNT_BYTES });
   }

@@ -111,13 +111,22 @@ export function checkReplayCallback(fn: unknown): void {
 }
 
 /**
+ * Shared memory of `bytes` bytes that another object of the same geometry made (`of`
+ * describes it: "a tracker of 64 granules"), checked; or fresh memory, zeroed, where none is
+ * given (`allocating` names it in an allocation failure).
+ */
+export function givenOrFreshMemory(memory: unknown, bytes: number, of: string, allocating: string): SharedArrayBuffer {
+  if (memory === undefined) return PageBitmap.sharedMemory(bytes, allocating);
+  if (!(memory instanceof SharedArrayBuffer) || memory.byteLength !== bytes) {
+    throw invalidArgType(`memory must be the SharedArrayBuffer of ${of} (${bytes} bytes), got ${describeValue(memory)}`);
+  }
+  return memory;
+}
+
+/**
  * The memory a tracker of `granules` granules is handed (`bytes` long, another tracker's
  * `memory`), or fresh memory where none is.
  */
 export function trackerMemory(memory: unknown, granules: number, bytes: number): SharedArrayBuffer {
-  if (memory === undefined) return PageBitmap.sharedMemory(bytes, 'a tracker');
-  if (!(memory instanceof SharedArrayBuffer) || memory.byteLength !== bytes) {
-    throw invalidArgType(`memory must be the SharedArrayBuffer of a tracker of ${granules} granules (${bytes} bytes), got ${describeValue(memory)}`);
-  }
-  return memory;
+  return givenOrFreshMemory(memory, bytes, `a tracker of ${granules} granules`, 'a tracker');
 }
