@@ -21,6 +21,11 @@ import { resolveVmType } from './vm-type-option';
 import { vmTypeFix, vmTypeName, type VmTypeChoice } from '../kvm/vm-types';
 import { GuestmemError, messageOf } from '../common/errors';
 import { normalizeBdf } from '../vfio/vfio-sysfs';
+import type { BlockSetUpProgress } from '../memory/block-set-up';
+import { progressBar } from './output';
+
+/** A block at least this large shows a progress bar while it is marked private. */
+const LONG_MARKING_BYTES = 8 * 2 ** 30;
 
 export class TrackerHost implements ScriptHost {
   private attributes: RamBlockAttributes | null = null;
@@ -162,7 +167,11 @@ export class VmHost implements ScriptHost {
   }
 
   openBlock(size: Bytes, granule: number, plugBlock?: number): RamBlockAttributes {
-    this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram', plugBlockSize: plugBlock });
+    // Marking a large block private takes a while (a minute for 256 GiB under emulation): a
+    // terminal sees how far it got.
+    const bar = progressBar('marking guest RAM private', Number(size), LONG_MARKING_BYTES);
+    const onProgress = bar && (({ done }: BlockSetUpProgress) => bar(done));
+    this.block = this.memory.addBlock({ gpa: this.options.gpa, size, granularity: granule, name: 'guest-ram', plugBlockSize: plugBlock, onProgress });
     // run, replay, convert and bench report the time of each step.
     this.block.stats.timing = true;
     return this.block.attributes;

@@ -51,10 +51,11 @@ export function failureJson(failures: JsonFailure[]): { error?: JsonFailure } {
 
 /**
  * A progress bar on stderr (as a kernel build's progress is: stdout is the output, which a
- * pipe may take), only when stderr is a terminal and the work is long.
+ * pipe may take), only when stderr is a terminal and the work is long: `total` (steps, or
+ * bytes) at least `minimum`.
  */
-export function progressBar(label: string, total: number): ((done: number) => void) | undefined {
-  if (!process.stderr.isTTY || total < 1000) return undefined;
+export function progressBar(label: string, total: number, minimum = 1000): ((done: number) => void) | undefined {
+  if (!process.stderr.isTTY || total < minimum) return undefined;
   let lastPercent = -1;
   return (done: number) => {
     const percent = Math.floor((done / total) * 100);
