@@ -13,7 +13,7 @@
 
 import { granuleRangeOf, type GranuleRange } from '../common/byte-range';
 import { abandon, inverse, isThenable, type ListenerCalls, type Notify } from './listener-calls';
-import { RunList, type PageBitmap } from './page-bitmap';
+import { RunList, type Run } from './page-bitmap';
 import { notSynchronous, type Registration, type TrackerRegistry } from './tracker-registry';
 
 /** A listener's method as the machine hands it to a driver: a single range or a batch. */
@@ -116,7 +116,8 @@ export class FanOut {
   constructor(
     readonly calls: ListenerCalls,
     private readonly registry: TrackerRegistry,
-    private readonly bitmap: PageBitmap,
+    /** What listeners may hold now (shared and plugged): a late populate is taken back outside it. */
+    private readonly populated: { populatedRuns(first: number, count: number): Run[] },
     private readonly granularity: number,
   ) {
     this.told = new ToldRuns(granularity);
@@ -312,24 +313,28 @@ export class FanOut {
 
   /**
    * When a populate that broke its promise to be synchronous settles, tells the listener to
-   * discard whatever of its ranges the tracker calls private by then (when in doubt, unmap).
-   * Its failures are left to the block's agreement check: nothing is waiting for them.
+   * discard whatever of its ranges listeners may not hold by then: private, or unplugged
+   * (when in doubt, unmap). Its failures are left to the block's agreement check: nothing
+   * is waiting for them.
    */
   private retractWhenSettled(registration: Registration, ranges: GranuleRange[], late: PromiseLike<unknown>): void {
-    const { bitmap, calls, registry, granularity } = this;
+    const { populated, calls, registry, granularity } = this;
+    const discard = (first: number, count: number): void => {
+      try {
+        abandon(calls.call(registration.listener, registration.discard, granuleRangeOf(first, count, granularity)));
+      } catch {
+        // The agreement check (disagreements(), repair()) sees what is still mapped.
+      }
+    };
     const retract = (): void => {
       if (!registry.includes(registration)) return;
       for (const range of ranges) {
-        const end = range.first + range.count;
-        for (let first = bitmap.scan(range.first, end, false); first < end; ) {
-          const stop = bitmap.scan(first, end, true);
-          try {
-            abandon(calls.call(registration.listener, registration.discard, granuleRangeOf(first, stop - first, granularity)));
-          } catch {
-            // The agreement check (disagreements(), repair()) sees what is still mapped.
-          }
-          first = stop < end ? bitmap.scan(stop, end, false) : end;
+        let at = range.first;
+        for (const [first, count] of populated.populatedRuns(range.first, range.count)) {
+          if (first > at) discard(at, first - at);
+          at = first + count;
         }
+        if (at < range.first + range.count) discard(at, range.first + range.count - at);
       }
     };
     Promise.resolve(late).then(retract, retract);

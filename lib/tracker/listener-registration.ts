@@ -67,6 +67,6 @@ function tellOne(parts: RegistrationParts, registration: Registration, runs: Run
   told.first = registration.section.first;
   told.count = registration.section.count;
   told.rangeObject = whole;
-  const fan = new FanOut(parts.calls, parts.registry, parts.state.bitmap, parts.granularity);
+  const fan = new FanOut(parts.calls, parts.registry, parts.state, parts.granularity);
   return fanOutAsync(fan, populate, told, registration, true, null);
 }

@@ -97,7 +97,7 @@ export class RamBlockAttributes {
     this.state = new TrackerState(granules, granularity, this.memory);
     this.name = name;
     this.calls = new ListenerCalls(name, listenerTimeoutMs);
-    this.fan = new FanOut(this.calls, this.registry, this.state.bitmap, granularity);
+    this.fan = new FanOut(this.calls, this.registry, this.state, granularity);
     this.parts = { name, granularity, state: this.state, registry: this.registry, calls: this.calls };
   }
 
@@ -404,7 +404,7 @@ export class RamBlockAttributes {
 
   /** A fan-out of its own for an asynchronous operation (the synchronous path reuses this.fan). */
   private newFanOut(): FanOut {
-    return new FanOut(this.calls, this.registry, this.state.bitmap, this.granularity);
+    return new FanOut(this.calls, this.registry, this.state, this.granularity);
   }
 
   private finish(from: StateChangeResult['from'], toShared: boolean, changed: number, into?: StateChangeResult): StateChangeResult {

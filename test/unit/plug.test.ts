@@ -54,4 +54,27 @@ describe('RamBlock plug and unplug', () => {
     assert.deepEqual(dma.mappedRuns(), [[0, 8]]);
     assert.equal(dma.errors, 0);
   });
+
+  // A listener that declares itself synchronous but answers a populate with a promise fails
+  // the change, which is rolled back; what it started may land later, and is taken back
+  // wherever listeners may not hold memory by then: private pages, and unplugged ones.
+  for (const kind of ['convert', 'plug'] as const) {
+    it(`takes back a late populate of a ${kind} that was rolled back`, async () => {
+      const block = makeBlock();
+      let late = false;
+      const liar = { name: 'liar', synchronous: true as const, populate: () => (late ? Promise.resolve() : undefined), discard: () => undefined };
+      const listener = new RecordingListener('late', PAGES, { inner: liar });
+      await block.register(listener);
+      if (kind === 'plug') {
+        block.convertSync(GPA, 4 * PAGE, 'shared');
+        await block.unplug(GPA, 4 * PAGE);
+      }
+      late = true;
+      assert.throws(() => (kind === 'plug' ? block.plugSync(GPA, 4 * PAGE) : block.convertSync(GPA, 4 * PAGE, 'shared')), { code: 'ERR_GUESTMEM_CONVERSION_FAILED' });
+      late = false;
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(listener.mappedRuns(), block.attributes.populatedRuns());
+      assert.deepEqual(listener.mappedRuns(), []);
+    });
+  }
 });
