@@ -168,7 +168,7 @@ export const RUN: CommandSpec<typeof RUN_OPTIONS> = {
   description: `Executes a simulate script against a real VM with private memory (--vm-type): the block becomes a guest_memfd
 memslot at --gpa; 'listen' attaches the VFIO DMA listener of the device named by --vfio on
 its section (a recording listener without --vfio). Exits 1 if a conversion fails in the
-kernel. A progress bar shows on long scripts when stdout is a terminal.
+kernel. A progress bar shows on long scripts when stderr is a terminal.
 ${SCRIPT_LINES}`,
   examples: ['guestmem run script.txt --vfio 0000:00:01.0 --svg map.svg'],
 };
