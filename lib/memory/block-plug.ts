@@ -76,6 +76,17 @@ export class BlockPlug {
     const [start, length] = checkSpan(gpa, size, what);
     if (start < BigInt(this.parts.gpa)) throw outOfRange(`${what} gpa 0x${start.toString(16)} is below block ${name} at 0x${this.parts.gpa.toString(16)}`);
     const range = plug.range(start - BigInt(this.parts.gpa), length, what);
+    this.refuseUnsettled(range, what);
+    return range;
+  }
+
+  /**
+   * Refuses a range holding granules that await repair. Checked again under the lock: another
+   * thread's failed rollback may have put some there while this one waited for it.
+   */
+  private refuseUnsettled(range: GranuleRange, what: string): void {
+    const { name, state } = this.parts;
+    if (state.closed) throw new GuestmemError('ERR_GUESTMEM_CLOSED', `RAM block ${name} is closed`);
     if (state.mayBeUnsettled && !state.unsettled.isAllClear(range.first, range.count)) {
       const runs = state.unsettledRuns(range.first, range.count);
       throw new GuestmemError(
@@ -84,7 +95,6 @@ export class BlockPlug {
         { unsettled: runs },
       );
     }
-    return range;
   }
 
   /** The steps under the block's lock, driven by runSync or runAsync. */
@@ -93,6 +103,7 @@ export class BlockPlug {
     const lock = state.lock;
     lock.acquire(to === 'plugged' ? 'plug' : 'unplug', range.first, range.count, null);
     try {
+      this.refuseUnsettled(range, to === 'plugged' ? 'plug' : 'unplug');
       // Read before any step: what an undo puts back, and what a report of the outcome is measured against.
       const before = plug.runs(oppositePlug(to), range.first, range.count);
       const changed = before.reduce((sum, [, count]) => sum + count, 0);
